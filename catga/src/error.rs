@@ -1,0 +1,98 @@
+//! Errors.
+
+/// The result type of catga's API.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Why applying a replicated entry produced no output. The same on every
+/// replica, so it is part of the replicated response.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
+pub enum ApplyError {
+    /// No handler on this node knows the wire name (a node running older code?).
+    #[error("no handler is registered for `{name}`; is every node running the same version?")]
+    UnknownMessage {
+        /// The wire name.
+        name: String,
+    },
+    /// The payload did not decode as the message type.
+    #[error("could not decode `{what}`: {reason}")]
+    Decode {
+        /// What was being decoded.
+        what: String,
+        /// The decoder's message.
+        reason: String,
+    },
+    /// A value did not encode.
+    #[error("could not encode `{what}`: {reason}")]
+    Encode {
+        /// What was being encoded.
+        what: String,
+        /// The encoder's message.
+        reason: String,
+    },
+    /// The handler panicked. Changes it made to the state before panicking stay
+    /// (they are the same on every replica); its events are dropped.
+    #[error("handler `{handler}` panicked: {message}")]
+    Panicked {
+        /// The handler's path.
+        handler: String,
+        /// The panic message.
+        message: String,
+    },
+    /// The client already acknowledged this sequence number, so its response
+    /// is gone; the request was not applied again.
+    #[error("request {seq} of client {client} was already acknowledged; it was not applied again")]
+    Stale {
+        /// The client id.
+        client: u64,
+        /// The sequence number.
+        seq: u64,
+    },
+}
+
+/// Everything that can go wrong in catga's API. A handler's own error is not
+/// here: it is the handler's return value, returned inside `Ok`.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The registry built from the annotated items is inconsistent.
+    #[error("registry: {0}")]
+    Registry(String),
+    /// Applying the command failed (see [`ApplyError`]).
+    #[error(transparent)]
+    Apply(#[from] ApplyError),
+    /// A state type that a query reads is not in the registry.
+    #[error("state `{0}` is not registered: no #[handler] or #[state] names it")]
+    UnknownState(&'static str),
+    /// A snapshot could not be taken or restored.
+    #[error("snapshot: {0}")]
+    Snapshot(String),
+    /// A setting is invalid.
+    #[error("invalid setting `{setting}`: {reason}")]
+    Config {
+        /// The builder method / setting name.
+        setting: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// No leader could be reached before the request's deadline.
+    #[error("no leader could be reached within {0:?}; is a majority of the cluster up?")]
+    Timeout(std::time::Duration),
+    /// The node is shutting down or has shut down.
+    #[error("the node is shut down")]
+    ShutDown,
+    /// The leader is overloaded; retry later.
+    #[error("the leader is overloaded; retry later")]
+    Overloaded,
+    /// An I/O or storage error.
+    #[error("storage: {0}")]
+    Storage(String),
+    /// A network error talking to another node.
+    #[error("network: {0}")]
+    Network(String),
+    /// A membership change was refused.
+    #[error("membership: {0}")]
+    Membership(String),
+    /// Node discovery failed.
+    #[error("discovery: {0}")]
+    Discovery(String),
+}

@@ -1,0 +1,49 @@
+#![doc = include_str!("../README.md")]
+#![warn(missing_docs)]
+
+extern crate self as catga;
+
+mod context;
+mod dedup;
+mod error;
+mod machine;
+mod message;
+mod registry;
+mod state;
+pub mod testing;
+
+#[doc(hidden)]
+#[path = "private.rs"]
+pub mod __private;
+
+pub use context::{CommandContext, EventContext, PublishedEvent};
+pub use error::{ApplyError, Error, Result};
+pub use machine::{Applied, EntryKind, Envelope, Machine};
+pub use message::{Command, Consistency, Event, Handled, Message, MessageKind, Query};
+pub use registry::state_names;
+pub use state::State;
+
+/// serde, re-exported so that your own types can derive `Serialize` and
+/// `Deserialize` without another dependency:
+/// `#[derive(catga::serde::Serialize)] #[serde(crate = "catga::serde")]`.
+pub use serde;
+
+#[doc = include_str!("../docs/command.md")]
+pub use catga_macros::command;
+#[doc = include_str!("../docs/event.md")]
+pub use catga_macros::event;
+#[doc = include_str!("../docs/handler.md")]
+pub use catga_macros::handler;
+#[doc = include_str!("../docs/query.md")]
+pub use catga_macros::query;
+#[doc = include_str!("../docs/state.md")]
+pub use catga_macros::state;
+
+/// Everything a service needs: `use catga::prelude::*;`.
+pub mod prelude {
+    pub use crate::{
+        Command, CommandContext, Consistency, Event, EventContext, Handled, Message, Query, State,
+        command, event, handler, query, state,
+    };
+    pub use serde::{Deserialize, Serialize};
+}

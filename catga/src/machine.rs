@@ -1,0 +1,275 @@
+//! The state machine core: applies encoded entries to the states, exactly
+//! once per (client, sequence), and snapshots/restores everything. It knows
+//! nothing of Raft: the Raft layer feeds it entries in log order.
+
+use std::any::Any;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+
+use serde::{Deserialize, Serialize};
+
+use crate::context::{CommandContext, PublishedEvent};
+use crate::dedup::{Check, Dedup};
+use crate::error::{ApplyError, Error, Result};
+use crate::message::{Handled, Route};
+use crate::registry::Registry;
+use crate::state::Slot;
+
+/// What a log entry asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EntryKind {
+    /// Apply a command with its handler.
+    Command,
+    /// Deliver an event (published directly, not by a command).
+    Event,
+}
+
+/// One client request as it is written to the replicated log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Envelope {
+    /// Command or event.
+    pub kind: EntryKind,
+    /// The message's wire name.
+    pub name: String,
+    /// The message, encoded with rmp-serde as a map.
+    #[serde(with = "serde_bytes")]
+    pub payload: Vec<u8>,
+    /// The sending client.
+    pub client: u64,
+    /// The client's sequence number for this request.
+    pub seq: u64,
+    /// Every response below this sequence number has reached the client.
+    pub ack_below: u64,
+    /// Milliseconds since the Unix epoch, chosen by the proposer.
+    pub time_ms: u64,
+}
+
+/// The outcome of applying one entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Applied {
+    /// The handler's encoded output, or why there is none.
+    pub response: Result<Vec<u8>, ApplyError>,
+    /// Events published while applying (empty when the entry was a repeat).
+    pub events: Vec<PublishedEvent>,
+}
+
+/// The snapshot format (rmp-serde, named fields).
+#[derive(Serialize, Deserialize)]
+struct SnapshotData {
+    format: u32,
+    last_applied: u64,
+    states: Vec<(String, serde_bytes::ByteBuf)>,
+    dedup: Dedup,
+}
+
+const SNAPSHOT_FORMAT: u32 = 1;
+
+/// All states plus the dedup table: the replicated state machine.
+pub struct Machine {
+    registry: &'static Registry,
+    states: Vec<Slot>,
+    dedup: Dedup,
+    last_applied: u64,
+}
+
+impl Machine {
+    /// A machine holding the default value of every registered state.
+    pub fn new() -> Result<Self> {
+        let registry = Registry::global()?;
+        Ok(Machine {
+            registry,
+            states: registry.states.iter().map(|s| (s.info.new)()).collect(),
+            dedup: Dedup::default(),
+            last_applied: 0,
+        })
+    }
+
+    /// The index of the last entry applied.
+    pub fn last_applied(&self) -> u64 {
+        self.last_applied
+    }
+
+    /// Number of clients in the dedup table.
+    pub fn dedup_clients(&self) -> usize {
+        self.dedup.clients()
+    }
+
+    /// Applies the entry at `index`. Never panics because of the entry or the
+    /// handler: every failure is an [`ApplyError`] in the result.
+    pub fn apply(&mut self, index: u64, env: &Envelope) -> Applied {
+        self.last_applied = self.last_applied.max(index);
+        match self
+            .dedup
+            .check(env.client, env.seq, env.ack_below, env.time_ms)
+        {
+            Check::Cached(response) => {
+                return Applied {
+                    response,
+                    events: Vec::new(),
+                };
+            }
+            Check::Apply => {}
+        }
+        let applied = self.apply_fresh(index, env);
+        self.dedup
+            .record(env.client, env.seq, applied.response.clone());
+        applied
+    }
+
+    /// Marks `index` applied without a client request (a membership or blank entry).
+    pub fn skip(&mut self, index: u64) {
+        self.last_applied = self.last_applied.max(index);
+    }
+
+    fn apply_fresh(&mut self, index: u64, env: &Envelope) -> Applied {
+        match env.kind {
+            EntryKind::Event => {
+                if !self.registry.messages.contains_key(env.name.as_str()) {
+                    return Applied {
+                        response: Err(ApplyError::UnknownMessage {
+                            name: env.name.clone(),
+                        }),
+                        events: Vec::new(),
+                    };
+                }
+                Applied {
+                    response: Ok(Vec::new()),
+                    events: vec![PublishedEvent {
+                        name: env.name.clone(),
+                        payload: env.payload.clone(),
+                    }],
+                }
+            }
+            EntryKind::Command => {
+                let Some(cmd) = self.registry.commands.get(env.name.as_str()) else {
+                    return Applied {
+                        response: Err(ApplyError::UnknownMessage {
+                            name: env.name.clone(),
+                        }),
+                        events: Vec::new(),
+                    };
+                };
+                let mut ctx = CommandContext::new(index, env.time_ms, env.client, env.seq);
+                let state: &mut (dyn Any + Send + Sync) = &mut *self.states[cmd.slot];
+                let apply = cmd.apply;
+                let outcome =
+                    catch_unwind(AssertUnwindSafe(|| apply(&env.payload, state, &mut ctx)));
+                match outcome {
+                    Ok(Ok(bytes)) => match ctx.error.take() {
+                        None => Applied {
+                            response: Ok(bytes),
+                            events: ctx.events,
+                        },
+                        Some(e) => Applied {
+                            response: Err(e),
+                            events: Vec::new(),
+                        },
+                    },
+                    Ok(Err(e)) => Applied {
+                        response: Err(e),
+                        events: Vec::new(),
+                    },
+                    Err(panic) => Applied {
+                        response: Err(ApplyError::Panicked {
+                            handler: cmd.handler.to_string(),
+                            message: panic_message(&*panic),
+                        }),
+                        events: Vec::new(),
+                    },
+                }
+            }
+        }
+    }
+
+    /// Runs a query against the local states, without encoding.
+    pub(crate) fn query<M: Handled>(
+        &self,
+        state: fn() -> crate::state::StateInfo,
+        run: fn(M, &(dyn Any + Send + Sync)) -> Option<M::Output>,
+        msg: M,
+    ) -> Result<M::Output> {
+        let info = state();
+        let slot = self
+            .registry
+            .slot_of(info.type_id)
+            .ok_or(Error::UnknownState(info.type_name))?;
+        run(msg, &*self.states[slot]).ok_or(Error::UnknownState(info.type_name))
+    }
+
+    /// A typed view of a state.
+    pub fn state<S: crate::State>(&self) -> Option<&S> {
+        let slot = self.registry.slot_of(std::any::TypeId::of::<S>())?;
+        self.states[slot].downcast_ref::<S>()
+    }
+
+    /// Encodes every state, the dedup table and the last applied index.
+    pub fn snapshot(&self) -> Result<Vec<u8>> {
+        let mut states = Vec::with_capacity(self.states.len());
+        for (slot, info) in self.states.iter().zip(&self.registry.states) {
+            let bytes = (info.info.encode)(&**slot)
+                .map_err(|e| Error::Snapshot(format!("state `{}`: {e}", info.name)))?;
+            states.push((info.name.clone(), serde_bytes::ByteBuf::from(bytes)));
+        }
+        let data = SnapshotData {
+            format: SNAPSHOT_FORMAT,
+            last_applied: self.last_applied,
+            states,
+            dedup: self.dedup.clone(),
+        };
+        rmp_serde::to_vec_named(&data).map_err(|e| Error::Snapshot(e.to_string()))
+    }
+
+    /// Replaces everything with the content of a snapshot. On error nothing
+    /// changes. States missing from the snapshot start from their default; a
+    /// state in the snapshot that this program does not know is an error
+    /// (restoring would silently drop it).
+    pub fn restore(&mut self, bytes: &[u8]) -> Result<()> {
+        let data: SnapshotData =
+            rmp_serde::from_slice(bytes).map_err(|e| Error::Snapshot(format!("decode: {e}")))?;
+        if data.format != SNAPSHOT_FORMAT {
+            return Err(Error::Snapshot(format!(
+                "unsupported snapshot format {} (this program reads {SNAPSHOT_FORMAT})",
+                data.format
+            )));
+        }
+        let mut states: Vec<Slot> = self
+            .registry
+            .states
+            .iter()
+            .map(|s| (s.info.new)())
+            .collect();
+        for (name, bytes) in &data.states {
+            let Some(i) = self.registry.states.iter().position(|s| &s.name == name) else {
+                return Err(Error::Snapshot(format!(
+                    "the snapshot holds state `{name}`, which this program does not register"
+                )));
+            };
+            states[i] = (self.registry.states[i].info.decode)(bytes)
+                .map_err(|e| Error::Snapshot(format!("state `{name}`: {e}")))?;
+        }
+        let mut dedup = data.dedup;
+        dedup.reindex();
+        self.states = states;
+        self.dedup = dedup;
+        self.last_applied = data.last_applied;
+        Ok(())
+    }
+}
+
+/// Dispatches a message that has a query route against `machine`; `None`
+/// when `M` is a command (it must go through the log).
+pub(crate) fn local_query<M: Handled>(machine: &Machine, msg: M) -> Option<Result<M::Output>> {
+    match M::ROUTE {
+        Route::Query { state, run } => Some(machine.query(state, run, msg)),
+        _ => None,
+    }
+}
+
+pub(crate) fn panic_message(panic: &(dyn Any + Send)) -> String {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "non-string panic payload".to_string()
+    }
+}

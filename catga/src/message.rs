@@ -1,0 +1,120 @@
+//! The message traits. `#[command]`, `#[query]` and `#[event]` implement
+//! them; `#[handler]` implements [`Handled`]. Users rarely name these traits
+//! except as bounds in their own generic helpers.
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::error::ApplyError;
+use crate::state::StateInfo;
+
+/// The three kinds of message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub enum MessageKind {
+    /// A replicated write.
+    Command,
+    /// A read.
+    Query,
+    /// A notification delivered to every node.
+    Event,
+}
+
+impl std::fmt::Display for MessageKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            MessageKind::Command => "command",
+            MessageKind::Query => "query",
+            MessageKind::Event => "event",
+        })
+    }
+}
+
+/// How fresh a query's answer must be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Consistency {
+    /// Answer from this node's state, with no network trip. On a follower
+    /// the answer may lag the leader by the entries not yet applied here.
+    #[default]
+    Local,
+    /// Answer only after this node has applied everything the leader had
+    /// committed when the query arrived (a read index), so the answer
+    /// reflects every write acknowledged before the query was sent.
+    Linearizable,
+}
+
+/// A type annotated with `#[command]`, `#[query]` or `#[event]`.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a catga message",
+    label = "not annotated with #[command], #[query] or #[event]",
+    note = "annotate the type with `#[command]` (a write), `#[query]` (a read) or `#[event]` (a notification)"
+)]
+pub trait Message: Serialize + DeserializeOwned + Send + 'static {
+    /// The stable wire name: `module::path::Type` unless set with `name = "..."`.
+    const NAME: &'static str;
+    /// Which kind of message this is.
+    const KIND: MessageKind;
+}
+
+/// A replicated write: applied to the state on every node, in log order.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a #[command], so its handler cannot take `&mut` state",
+    label = "not a #[command]",
+    note = "only command handlers take `&mut State` (and `&mut CommandContext`); a query handler reads through `&State`; an event handler takes no state"
+)]
+pub trait Command: Message {}
+
+/// A read, answered from the state.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a #[query], so its handler must not read `&State` or return a value",
+    label = "not a #[query]",
+    note = "a handler taking `&State`, or taking no state and returning a value, answers a #[query]; a command handler takes `&mut State`; an event handler takes no state and returns nothing"
+)]
+pub trait Query: Message {
+    /// The default consistency of this query (`#[query(linearizable)]` sets
+    /// [`Consistency::Linearizable`]). A call may ask for more.
+    const CONSISTENCY: Consistency = Consistency::Local;
+}
+
+/// A notification, delivered to the event handlers of every node.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not an #[event]",
+    label = "not an #[event]",
+    note = "a handler without state that returns nothing handles an #[event]; annotate the type with #[event], or give the handler the state it reads"
+)]
+pub trait Event: Message {}
+
+/// A command or query that has a `#[handler]`: it can be sent, and
+/// `Output` is what its handler returns.
+///
+/// Implemented by `#[handler]`. A second handler for the same message is a
+/// compile error (conflicting implementations of `Handled`).
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be sent: it is not a #[command] or #[query] with a #[handler]",
+    label = "no #[handler] for this type",
+    note = "annotate the type with #[command] or #[query] and write one `#[handler] fn` that takes it as its first parameter; events are published with `publish`, not sent"
+)]
+pub trait Handled: Message {
+    /// What the handler returns (for a command, decoded from the replicated response).
+    type Output: Send + 'static;
+    #[doc(hidden)]
+    const ROUTE: Route<Self, Self::Output>;
+}
+
+/// Boxed future used by generated code.
+pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+
+/// How a message reaches its handler; built by `#[handler]`.
+#[doc(hidden)]
+pub enum Route<M, O> {
+    /// Replicated: encode, propose, apply on every node, decode the output.
+    Command {
+        decode: fn(&[u8]) -> Result<O, ApplyError>,
+    },
+    /// Run against the local copy of a state.
+    Query {
+        state: fn() -> StateInfo,
+        run: fn(M, &(dyn std::any::Any + Send + Sync)) -> Option<O>,
+    },
+    /// Run without state.
+    StatelessQuery { run: fn(M) -> BoxFuture<'static, O> },
+}

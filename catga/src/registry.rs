@@ -1,0 +1,211 @@
+//! The registry: what the macros submitted through `inventory`, checked and
+//! turned into lookup tables once, when the first node (or test app) starts.
+
+use std::any::{Any, TypeId};
+use std::collections::HashMap;
+use std::sync::OnceLock;
+
+use crate::context::{CommandContext, EventContext};
+use crate::error::{ApplyError, Error, Result};
+use crate::message::{BoxFuture, MessageKind};
+use crate::state::StateInfo;
+
+/// Applies an encoded command to its (type-erased) state.
+#[doc(hidden)]
+pub type ApplyFn =
+    fn(&[u8], &mut (dyn Any + Send + Sync), &mut CommandContext) -> Result<Vec<u8>, ApplyError>;
+/// Decodes an event and starts its handler.
+#[doc(hidden)]
+pub type EventFn = fn(&[u8], EventContext) -> Result<BoxFuture<'static, ()>, ApplyError>;
+
+/// Submitted by `#[command]`, `#[query]`, `#[event]`.
+#[doc(hidden)]
+pub struct MessageEntry {
+    pub name: &'static str,
+    pub kind: MessageKind,
+    pub rust_type: &'static str,
+}
+/// Submitted by `#[handler]` on a command handler.
+#[doc(hidden)]
+pub struct CommandHandlerEntry {
+    pub name: &'static str,
+    pub handler: &'static str,
+    pub state: fn() -> StateInfo,
+    pub apply: ApplyFn,
+}
+/// Submitted by `#[handler]` on a query handler.
+#[doc(hidden)]
+pub struct QueryHandlerEntry {
+    pub name: &'static str,
+    pub handler: &'static str,
+    pub state: Option<fn() -> StateInfo>,
+}
+/// Submitted by `#[handler]` on an event handler.
+#[doc(hidden)]
+pub struct EventHandlerEntry {
+    pub name: &'static str,
+    pub handler: &'static str,
+    pub call: EventFn,
+}
+/// Submitted by `#[state]`.
+#[doc(hidden)]
+pub struct StateEntry {
+    pub name: &'static str,
+    pub info: fn() -> StateInfo,
+}
+
+inventory::collect!(MessageEntry);
+inventory::collect!(CommandHandlerEntry);
+inventory::collect!(QueryHandlerEntry);
+inventory::collect!(EventHandlerEntry);
+inventory::collect!(StateEntry);
+
+pub(crate) struct CommandSlot {
+    pub apply: ApplyFn,
+    pub slot: usize,
+    pub handler: &'static str,
+}
+
+pub(crate) struct StateSlot {
+    pub name: String,
+    pub info: StateInfo,
+}
+
+/// The checked lookup tables.
+pub(crate) struct Registry {
+    pub messages: HashMap<&'static str, &'static MessageEntry>,
+    pub commands: HashMap<&'static str, CommandSlot>,
+    pub events: HashMap<&'static str, Vec<&'static EventHandlerEntry>>,
+    pub states: Vec<StateSlot>,
+    state_by_type: Vec<(TypeId, usize)>,
+}
+
+impl Registry {
+    /// The registry of this program, built and checked on first use.
+    pub fn global() -> Result<&'static Registry> {
+        static REGISTRY: OnceLock<std::result::Result<Registry, String>> = OnceLock::new();
+        REGISTRY
+            .get_or_init(|| {
+                Registry::build(
+                    inventory::iter::<MessageEntry>.into_iter(),
+                    inventory::iter::<CommandHandlerEntry>.into_iter(),
+                    inventory::iter::<QueryHandlerEntry>.into_iter(),
+                    inventory::iter::<EventHandlerEntry>.into_iter(),
+                    inventory::iter::<StateEntry>.into_iter(),
+                )
+            })
+            .as_ref()
+            .map_err(|e| Error::Registry(e.clone()))
+    }
+
+    pub(crate) fn build(
+        messages: impl Iterator<Item = &'static MessageEntry>,
+        commands: impl Iterator<Item = &'static CommandHandlerEntry>,
+        queries: impl Iterator<Item = &'static QueryHandlerEntry>,
+        events: impl Iterator<Item = &'static EventHandlerEntry>,
+        states: impl Iterator<Item = &'static StateEntry>,
+    ) -> std::result::Result<Registry, String> {
+        let mut errors = Vec::new();
+        let mut reg = Registry {
+            messages: HashMap::new(),
+            commands: HashMap::new(),
+            events: HashMap::new(),
+            states: Vec::new(),
+            state_by_type: Vec::new(),
+        };
+        for m in messages {
+            if let Some(prev) = reg.messages.insert(m.name, m) {
+                errors.push(format!(
+                    "wire name `{}` is used by both `{}` ({}) and `{}` ({}); give one of them a unique `name = \"...\"`",
+                    m.name, prev.rust_type, prev.kind, m.rust_type, m.kind
+                ));
+            }
+        }
+        for s in states {
+            let info = (s.info)();
+            reg.add_state(s.name.to_string(), info, &mut errors);
+        }
+        let mut command_list: Vec<&'static CommandHandlerEntry> = commands.collect();
+        command_list.sort_by_key(|c| (c.name, c.handler));
+        for c in command_list {
+            let info = (c.state)();
+            let slot = reg.state_slot(info, &mut errors);
+            let entry = CommandSlot {
+                apply: c.apply,
+                slot,
+                handler: c.handler,
+            };
+            if let Some(prev) = reg.commands.insert(c.name, entry) {
+                errors.push(format!(
+                    "command `{}` has two handlers: `{}` and `{}`",
+                    c.name, prev.handler, c.handler
+                ));
+            }
+        }
+        for q in queries {
+            if let Some(st) = q.state {
+                reg.state_slot(st(), &mut errors);
+            }
+        }
+        for e in events {
+            reg.events.entry(e.name).or_default().push(e);
+        }
+        for list in reg.events.values_mut() {
+            list.sort_by_key(|e| e.handler);
+        }
+        if errors.is_empty() {
+            Ok(reg)
+        } else {
+            Err(errors.join("; "))
+        }
+    }
+
+    fn add_state(&mut self, name: String, info: StateInfo, errors: &mut Vec<String>) -> usize {
+        if let Some(&(_, i)) = self.state_by_type.iter().find(|(t, _)| *t == info.type_id) {
+            if self.states[i].name != name {
+                errors.push(format!(
+                    "state `{}` is given two names: `{}` and `{name}`",
+                    info.type_name, self.states[i].name
+                ));
+            }
+            return i;
+        }
+        if let Some(other) = self.states.iter().find(|s| s.name == name) {
+            errors.push(format!(
+                "state name `{name}` is used by both `{}` and `{}`; give one a unique #[state(name = \"...\")]",
+                other.info.type_name, info.type_name
+            ));
+        }
+        let i = self.states.len();
+        self.states.push(StateSlot { name, info });
+        self.state_by_type.push((info.type_id, i));
+        i
+    }
+
+    fn state_slot(&mut self, info: StateInfo, errors: &mut Vec<String>) -> usize {
+        match self.slot_of(info.type_id) {
+            Some(i) => i,
+            None => self.add_state(info.type_name.to_string(), info, errors),
+        }
+    }
+
+    /// The slot of a state type.
+    #[inline]
+    pub fn slot_of(&self, type_id: TypeId) -> Option<usize> {
+        self.state_by_type
+            .iter()
+            .find(|(t, _)| *t == type_id)
+            .map(|&(_, i)| i)
+    }
+}
+
+/// The snapshot names of every state type this program uses, with the Rust
+/// type each one stands for: `(name, type)`.
+pub fn state_names() -> Result<Vec<(String, &'static str)>> {
+    let reg = Registry::global()?;
+    Ok(reg
+        .states
+        .iter()
+        .map(|s| (s.name.clone(), s.info.type_name))
+        .collect())
+}

@@ -1,0 +1,57 @@
+//! Typed state slots: what a state type is, and how it is created,
+//! snapshotted and restored without the runtime knowing its type.
+
+use std::any::{Any, TypeId};
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+/// A type the replicated state machine can hold: any
+/// `Default + Serialize + DeserializeOwned + Send + Sync + 'static` type.
+///
+/// Each state has a snapshot name: the one given with
+/// `#[state(name = "...")]`, else `module::path::Type` for a type annotated
+/// with `#[state]`, else [`std::any::type_name`]. Annotate your states with
+/// `#[state]` so the name does not depend on the compiler; see
+/// [`crate::state_names`] for the names in use.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be a catga state",
+    label = "a state must be Default + Serialize + Deserialize + Send + Sync + 'static",
+    note = "annotate it with `#[state]` (which derives Serialize and Deserialize) and derive or implement `Default`"
+)]
+pub trait State: Default + Serialize + DeserializeOwned + Send + Sync + 'static {}
+impl<T: Default + Serialize + DeserializeOwned + Send + Sync + 'static> State for T {}
+
+/// A state slot, type-erased.
+pub(crate) type Slot = Box<dyn Any + Send + Sync>;
+
+/// Type-erased operations on one state type. Built by [`StateInfo::of`].
+#[doc(hidden)]
+#[derive(Clone, Copy)]
+pub struct StateInfo {
+    pub type_id: TypeId,
+    pub type_name: &'static str,
+    pub new: fn() -> Slot,
+    pub encode: fn(&(dyn Any + Send + Sync)) -> Result<Vec<u8>, String>,
+    pub decode: fn(&[u8]) -> Result<Slot, String>,
+}
+
+impl StateInfo {
+    /// The operations of state type `S`.
+    pub fn of<S: State>() -> StateInfo {
+        StateInfo {
+            type_id: TypeId::of::<S>(),
+            type_name: std::any::type_name::<S>(),
+            new: || Box::new(S::default()),
+            encode: |slot| match slot.downcast_ref::<S>() {
+                Some(s) => rmp_serde::to_vec_named(s).map_err(|e| e.to_string()),
+                None => Err("state slot holds another type".into()),
+            },
+            decode: |bytes| {
+                rmp_serde::from_slice::<S>(bytes)
+                    .map(|s| Box::new(s) as Slot)
+                    .map_err(|e| e.to_string())
+            },
+        }
+    }
+}

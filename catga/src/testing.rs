@@ -1,0 +1,212 @@
+//! Unit-test your handlers in one process, with no cluster.
+//!
+//! [`TestApp`] runs commands through exactly the path a cluster uses (encode
+//! → replicated-log envelope → state machine with dedup → decode), runs
+//! queries against the local states, runs the event handlers of published
+//! events, records those events, and takes and restores snapshots.
+//!
+//! ```
+//! use catga::prelude::*;
+//! use catga::testing::TestApp;
+//!
+//! #[state(name = "doc.counter")]
+//! #[derive(Default)]
+//! struct Counter { n: u64 }
+//!
+//! #[command] struct Add { by: u64 }
+//! #[query] struct Get;
+//! #[event] struct Added { total: u64 }
+//!
+//! #[handler]
+//! fn add(cmd: Add, c: &mut Counter, ctx: &mut CommandContext) -> u64 {
+//!     c.n += cmd.by;
+//!     ctx.publish(Added { total: c.n });
+//!     c.n
+//! }
+//!
+//! #[handler]
+//! fn get(_: Get, c: &Counter) -> u64 { c.n }
+//!
+//! # tokio::runtime::Runtime::new().unwrap().block_on(async {
+//! let mut app = TestApp::new().unwrap();
+//! assert_eq!(app.send(Add { by: 2 }).await.unwrap(), 2);
+//! assert_eq!(app.send(Get).await.unwrap(), 2);
+//! assert_eq!(app.events::<Added>().len(), 1);
+//! let snap = app.snapshot().unwrap();
+//! app.send(Add { by: 5 }).await.unwrap();
+//! app.restore(&snap).unwrap();
+//! assert_eq!(app.send(Get).await.unwrap(), 2);
+//! # });
+//! ```
+
+use crate::context::{EventContext, PublishedEvent};
+use crate::error::{Error, Result};
+use crate::machine::{Applied, EntryKind, Envelope, Machine, local_query};
+use crate::message::{Event, Handled, Route};
+use crate::registry::Registry;
+
+/// A single-process stand-in for a cluster, for tests.
+pub struct TestApp {
+    machine: Machine,
+    client: u64,
+    next_seq: u64,
+    next_index: u64,
+    time_ms: u64,
+    events: Vec<(u64, PublishedEvent)>,
+}
+
+impl TestApp {
+    /// A fresh app: every registered state at its default.
+    pub fn new() -> Result<Self> {
+        Ok(TestApp {
+            machine: Machine::new()?,
+            client: 1,
+            next_seq: 1,
+            next_index: 1,
+            time_ms: 1,
+            events: Vec::new(),
+        })
+    }
+
+    /// Sets the timestamp (ms) that the next commands see in
+    /// [`crate::CommandContext::timestamp_ms`].
+    pub fn set_time_ms(&mut self, ms: u64) {
+        self.time_ms = ms;
+    }
+
+    /// Sends a command (applied as in the cluster, then its events' handlers
+    /// run) or a query (run on the state).
+    pub async fn send<M: Handled>(&mut self, msg: M) -> Result<M::Output> {
+        match M::ROUTE {
+            Route::Command { decode } => {
+                let payload = encode(&msg)?;
+                let applied = self.submit(EntryKind::Command, M::NAME, payload).await;
+                let bytes = applied.response?;
+                Ok(decode(&bytes)?)
+            }
+            Route::StatelessQuery { run } => Ok(run(msg).await),
+            Route::Query { .. } => match local_query(&self.machine, msg) {
+                Some(r) => r,
+                None => Err(Error::Registry("query route expected".into())),
+            },
+        }
+    }
+
+    /// Publishes an event as `node.publish` does: through the log, then to
+    /// every event handler.
+    pub async fn publish<E: Event>(&mut self, event: E) -> Result<()> {
+        let payload = encode(&event)?;
+        self.submit(EntryKind::Event, E::NAME, payload)
+            .await
+            .response?;
+        Ok(())
+    }
+
+    /// Applies a raw envelope at the next log index, as a replica would
+    /// (e.g. to replay a request with the same client and sequence number).
+    pub async fn apply(&mut self, envelope: Envelope) -> Applied {
+        let index = self.next_index;
+        self.next_index += 1;
+        let applied = self.machine.apply(index, &envelope);
+        for ev in &applied.events {
+            self.events.push((index, ev.clone()));
+            run_event_handlers(
+                ev,
+                EventContext {
+                    node_id: 0,
+                    log_index: index,
+                },
+            )
+            .await;
+        }
+        applied
+    }
+
+    async fn submit(&mut self, kind: EntryKind, name: &str, payload: Vec<u8>) -> Applied {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let env = Envelope {
+            kind,
+            name: name.to_string(),
+            payload,
+            client: self.client,
+            seq,
+            ack_below: seq,
+            time_ms: self.time_ms,
+        };
+        self.apply(env).await
+    }
+
+    /// Every event of type `E` published so far, in order.
+    pub fn events<E: Event>(&self) -> Vec<E> {
+        self.events
+            .iter()
+            .filter(|(_, e)| e.name == E::NAME)
+            .filter_map(|(_, e)| rmp_serde::from_slice(&e.payload).ok())
+            .collect()
+    }
+
+    /// Every event published so far (encoded), with the log index that produced it.
+    pub fn raw_events(&self) -> &[(u64, PublishedEvent)] {
+        &self.events
+    }
+
+    /// Forgets the recorded events.
+    pub fn clear_events(&mut self) {
+        self.events.clear();
+    }
+
+    /// A typed view of a state.
+    pub fn state<S: crate::State>(&self) -> Option<&S> {
+        self.machine.state::<S>()
+    }
+
+    /// The state machine itself.
+    pub fn machine(&self) -> &Machine {
+        &self.machine
+    }
+
+    /// A snapshot of every state and the dedup table.
+    pub fn snapshot(&self) -> Result<Vec<u8>> {
+        self.machine.snapshot()
+    }
+
+    /// Restores a snapshot taken with [`TestApp::snapshot`] (or by a node).
+    pub fn restore(&mut self, bytes: &[u8]) -> Result<()> {
+        self.machine.restore(bytes)?;
+        self.next_index = self.machine.last_applied() + 1;
+        Ok(())
+    }
+}
+
+pub(crate) fn encode<M: serde::Serialize + crate::Message>(msg: &M) -> Result<Vec<u8>> {
+    rmp_serde::to_vec_named(msg).map_err(|e| {
+        Error::Apply(crate::ApplyError::Encode {
+            what: M::NAME.to_string(),
+            reason: e.to_string(),
+        })
+    })
+}
+
+/// Runs every local handler of an event; a handler that fails to decode or
+/// panics is logged and does not stop the others.
+pub(crate) async fn run_event_handlers(ev: &PublishedEvent, ctx: EventContext) {
+    let Ok(reg) = Registry::global() else { return };
+    let Some(handlers) = reg.events.get(ev.name.as_str()) else {
+        return;
+    };
+    for h in handlers {
+        match (h.call)(&ev.payload, ctx.clone()) {
+            Ok(fut) => {
+                if let Err(p) =
+                    futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(fut)).await
+                {
+                    tracing::error!(handler = h.handler, event = %ev.name, panic = %crate::machine::panic_message(&*p), "event handler panicked");
+                }
+            }
+            Err(e) => {
+                tracing::error!(handler = h.handler, event = %ev.name, error = %e, "event handler could not decode the event")
+            }
+        }
+    }
+}
