@@ -377,6 +377,7 @@ fn try_expand(args: TokenStream, item: TokenStream) -> syn::Result<TokenStream> 
                 impl ::catga::__private::Handled for #msg {
                     type Output = #out;
                     const ROUTE: ::catga::__private::Route<Self, #out> = ::catga::__private::Route::Query {
+                        consistency: <#msg as ::catga::__private::Query>::CONSISTENCY,
                         state: ::catga::__private::StateInfo::of::<#state>,
                         run: __catga_run,
                     };

@@ -74,9 +74,15 @@ pub enum Error {
         /// What is wrong with it.
         reason: String,
     },
-    /// No leader could be reached before the request's deadline.
-    #[error("no leader could be reached within {0:?}; is a majority of the cluster up?")]
-    Timeout(std::time::Duration),
+    /// The request did not complete before its deadline. For a command the
+    /// outcome is unknown: it may still be applied (once).
+    #[error("gave up after {waited:?} ({reason}); is a majority of the cluster up and reachable?")]
+    Timeout {
+        /// How long the call tried.
+        waited: std::time::Duration,
+        /// The last reason it could not complete.
+        reason: String,
+    },
     /// The node is shutting down or has shut down.
     #[error("the node is shut down")]
     ShutDown,

@@ -3,11 +3,15 @@
 
 extern crate self as catga;
 
+mod cluster;
 mod context;
 mod dedup;
 mod error;
+mod health;
 mod machine;
 mod message;
+mod raft;
+pub mod transport;
 mod registry;
 mod state;
 pub mod testing;
@@ -16,8 +20,10 @@ pub mod testing;
 #[path = "private.rs"]
 pub mod __private;
 
+pub use cluster::{ClusterBuilder, Node, cluster};
 pub use context::{CommandContext, EventContext, PublishedEvent};
 pub use error::{ApplyError, Error, Result};
+pub use health::{Health, Role};
 pub use machine::{Applied, EntryKind, Envelope, Machine};
 pub use message::{Command, Consistency, Event, Handled, Message, MessageKind, Query};
 pub use registry::state_names;

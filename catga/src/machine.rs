@@ -180,8 +180,22 @@ impl Machine {
         }
     }
 
-    /// Runs a query against the local states, without encoding.
-    pub(crate) fn query<M: Handled>(
+    /// Runs a query that reads state against this machine's states, without
+    /// encoding. Commands and state-less queries are refused (they go through
+    /// the log, or need no state).
+    #[inline]
+    pub fn query<M: Handled>(&self, msg: M) -> Result<M::Output> {
+        match M::ROUTE {
+            Route::Query { state, run, .. } => self.run_query(state, run, msg),
+            _ => Err(Error::Registry(format!(
+                "`{}` is not a query that reads state",
+                M::NAME
+            ))),
+        }
+    }
+
+    #[inline]
+    fn run_query<M: Handled>(
         &self,
         state: fn() -> crate::state::StateInfo,
         run: fn(M, &(dyn Any + Send + Sync)) -> Option<M::Output>,
@@ -252,15 +266,6 @@ impl Machine {
         self.dedup = dedup;
         self.last_applied = data.last_applied;
         Ok(())
-    }
-}
-
-/// Dispatches a message that has a query route against `machine`; `None`
-/// when `M` is a command (it must go through the log).
-pub(crate) fn local_query<M: Handled>(machine: &Machine, msg: M) -> Option<Result<M::Output>> {
-    match M::ROUTE {
-        Route::Query { state, run } => Some(machine.query(state, run, msg)),
-        _ => None,
     }
 }
 

@@ -112,6 +112,7 @@ pub enum Route<M, O> {
     },
     /// Run against the local copy of a state.
     Query {
+        consistency: Consistency,
         state: fn() -> StateInfo,
         run: fn(M, &(dyn std::any::Any + Send + Sync)) -> Option<O>,
     },

@@ -41,7 +41,7 @@
 
 use crate::context::{EventContext, PublishedEvent};
 use crate::error::{Error, Result};
-use crate::machine::{Applied, EntryKind, Envelope, Machine, local_query};
+use crate::machine::{Applied, EntryKind, Envelope, Machine};
 use crate::message::{Event, Handled, Route};
 use crate::registry::Registry;
 
@@ -85,10 +85,7 @@ impl TestApp {
                 Ok(decode(&bytes)?)
             }
             Route::StatelessQuery { run } => Ok(run(msg).await),
-            Route::Query { .. } => match local_query(&self.machine, msg) {
-                Some(r) => r,
-                None => Err(Error::Registry("query route expected".into())),
-            },
+            Route::Query { .. } => self.machine.query(msg),
         }
     }
 

@@ -125,3 +125,162 @@ pub async fn on_ping(e: Ping, ctx: EventContext) {
     let _ = ctx.log_index();
     PINGS_SEEN.fetch_add(e.n, Ordering::SeqCst);
 }
+
+pub mod harness {
+    //! Starting real multi-node clusters on 127.0.0.1 with ephemeral ports
+    //! and temporary data dirs.
+
+    use std::time::Duration;
+
+    use catga::{Node, Result};
+
+    /// A cluster of real nodes in this process.
+    pub struct Cluster {
+        pub nodes: Vec<Option<Node>>,
+        pub addrs: Vec<String>,
+        pub dir: tempfile::TempDir,
+        pub snapshot_every: u64,
+    }
+
+    pub const T: Duration = Duration::from_secs(20);
+
+    pub fn init_tracing() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_default_env()
+                    .unwrap_or_else(|_| "warn".into()),
+            )
+            .with_test_writer()
+            .try_init();
+    }
+
+    impl Cluster {
+        /// Starts `n` nodes with ids 1..=n.
+        pub async fn start(n: usize) -> Cluster {
+            Cluster::start_with(n, 10_000).await
+        }
+
+        pub async fn start_with(n: usize, snapshot_every: u64) -> Cluster {
+            init_tracing();
+            let dir = tempfile::tempdir().expect("tempdir");
+            let listeners: Vec<std::net::TcpListener> = (0..n)
+                .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind"))
+                .collect();
+            let addrs: Vec<String> = listeners
+                .iter()
+                .map(|l| l.local_addr().expect("addr").to_string())
+                .collect();
+            let mut c = Cluster {
+                nodes: Vec::new(),
+                addrs,
+                dir,
+                snapshot_every,
+            };
+            for (i, l) in listeners.into_iter().enumerate() {
+                let node = c.builder(i as u64 + 1).listener(l).start().await.expect("start");
+                c.nodes.push(Some(node));
+            }
+            c
+        }
+
+        pub fn builder(&self, id: u64) -> catga::ClusterBuilder {
+            let mut b = catga::cluster()
+                .node_id(id)
+                .data_dir(self.dir.path().join(format!("n{id}")))
+                .secret("test-secret")
+                .heartbeat_interval(Duration::from_millis(50))
+                .election_timeout(Duration::from_millis(300), Duration::from_millis(600))
+                .snapshot_every(self.snapshot_every)
+                .snapshot_logs_to_keep(if self.snapshot_every < 1000 { 0 } else { 1000 })
+                .request_timeout(Duration::from_secs(10));
+            for (j, a) in self.addrs.iter().enumerate() {
+                if j as u64 + 1 != id {
+                    b = b.peer(j as u64 + 1, a.clone());
+                }
+            }
+            b
+        }
+
+        pub fn node(&self, id: u64) -> &Node {
+            self.nodes[id as usize - 1].as_ref().expect("node is down")
+        }
+
+        pub fn up(&self) -> impl Iterator<Item = &Node> {
+            self.nodes.iter().flatten()
+        }
+
+        /// Waits until every running node agrees on one leader; returns it.
+        pub async fn leader(&self) -> u64 {
+            let deadline = tokio::time::Instant::now() + T;
+            loop {
+                let mut ls = Vec::new();
+                for n in self.up() {
+                    let h = n.health();
+                    ls.push(if h.role == catga::Role::Leader { Some(h.node_id) } else { None });
+                }
+                let leaders: Vec<u64> = ls.iter().flatten().copied().collect();
+                if leaders.len() == 1 {
+                    let l = leaders[0];
+                    if self.up().all(|n| n.health().leader == Some(l)) {
+                        return l;
+                    }
+                }
+                assert!(tokio::time::Instant::now() < deadline, "no single leader within {T:?}");
+                // wait for the next change of any node's view
+                let waits = self.up().map(|n| Box::pin(n.health_changed(Duration::from_millis(100))));
+                futures::future::select_all(waits).await;
+            }
+        }
+
+        /// A node that is up and is not the leader.
+        pub async fn follower(&self) -> u64 {
+            let l = self.leader().await;
+            self.up().map(|n| n.id()).find(|id| *id != l).expect("a follower")
+        }
+
+        /// Stops a node (its tasks end, its data dir stays).
+        pub async fn kill(&mut self, id: u64) {
+            if let Some(n) = self.nodes[id as usize - 1].take() {
+                n.shutdown().await;
+            }
+        }
+
+        /// Restarts a stopped node from its data dir, on the same address.
+        pub async fn restart(&mut self, id: u64) -> Result<()> {
+            let addr = self.addrs[id as usize - 1].clone();
+            let node = self.builder(id).listen(addr).start().await?;
+            self.nodes[id as usize - 1] = Some(node);
+            Ok(())
+        }
+
+        /// Waits until every running node has applied the same index and
+        /// holds the same state; returns that index.
+        pub async fn assert_replicas_equal(&self) -> u64 {
+            let deadline = tokio::time::Instant::now() + T;
+            loop {
+                let prints: Vec<(u64, Vec<u8>)> =
+                    self.up().map(|n| n.state_fingerprint().expect("fingerprint")).collect();
+                let max = prints.iter().map(|p| p.0).max().unwrap_or(0);
+                if prints.iter().all(|p| p.0 == max) {
+                    let first = &prints[0].1;
+                    assert!(
+                        prints.iter().all(|p| &p.1 == first),
+                        "replicas applied the same index {max} but differ"
+                    );
+                    return max;
+                }
+                assert!(tokio::time::Instant::now() < deadline, "replicas did not converge: {:?}",
+                    prints.iter().map(|p| p.0).collect::<Vec<_>>());
+                for n in self.up() {
+                    let _ = n.wait_applied(max, Duration::from_millis(200)).await;
+                }
+            }
+        }
+
+        pub async fn shutdown(mut self) {
+            for i in 0..self.nodes.len() {
+                self.kill(i as u64 + 1).await;
+            }
+        }
+    }
+}

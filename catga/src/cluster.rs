@@ -1,0 +1,490 @@
+//! The cluster builder and the [`Node`] handle.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use parking_lot::Mutex;
+
+use crate::error::{Error, Result};
+use crate::health::Health;
+use crate::machine::{EntryKind, Envelope};
+use crate::message::{Consistency, Event, Handled, Route};
+use crate::raft::{RaftHandle, RaftSettings};
+use crate::testing::encode;
+use crate::transport::Faults;
+
+/// Starts building a node: `catga::cluster().node_id(1).listen(..).peer(..).data_dir(..).start()`.
+pub fn cluster() -> ClusterBuilder {
+    ClusterBuilder::default()
+}
+
+/// Settings of one node. Every setting has a default except `node_id`,
+/// `listen` and `data_dir`. [`ClusterBuilder::start`] validates them all and
+/// names the setting that is wrong.
+#[derive(Debug)]
+pub struct ClusterBuilder {
+    node_id: Option<u64>,
+    listen: Option<String>,
+    listener: Option<std::net::TcpListener>,
+    advertise: Option<String>,
+    peers: Vec<(u64, String)>,
+    join: bool,
+    data_dir: Option<PathBuf>,
+    heartbeat: Duration,
+    election: (Duration, Duration),
+    snapshot_every: u64,
+    keep_logs: u64,
+    request_timeout: Duration,
+    secret: Option<String>,
+    max_frame_bytes: usize,
+}
+
+impl Default for ClusterBuilder {
+    fn default() -> Self {
+        ClusterBuilder {
+            node_id: None,
+            listen: None,
+            listener: None,
+            advertise: None,
+            peers: Vec::new(),
+            join: false,
+            data_dir: None,
+            heartbeat: Duration::from_millis(50),
+            election: (Duration::from_millis(300), Duration::from_millis(600)),
+            snapshot_every: 10_000,
+            keep_logs: 1_000,
+            request_timeout: Duration::from_secs(5),
+            secret: None,
+            max_frame_bytes: 64 << 20,
+        }
+    }
+}
+
+impl ClusterBuilder {
+    /// This node's id: unique in the cluster and never reused by another
+    /// node (even after this one is removed).
+    pub fn node_id(mut self, id: u64) -> Self {
+        self.node_id = Some(id);
+        self
+    }
+
+    /// The address to listen on for other nodes, e.g. `"127.0.0.1:7001"`
+    /// (port 0 picks a free port; see [`Node::local_addr`]).
+    pub fn listen(mut self, addr: impl Into<String>) -> Self {
+        self.listen = Some(addr.into());
+        self
+    }
+
+    /// Listens on an already bound socket (tests bind port 0 first to learn
+    /// every node's address before starting any).
+    pub fn listener(mut self, listener: std::net::TcpListener) -> Self {
+        self.listener = Some(listener);
+        self
+    }
+
+    /// The address other nodes use to reach this one, if not the listen
+    /// address (behind NAT, or when listening on 0.0.0.0).
+    pub fn advertise(mut self, addr: impl Into<String>) -> Self {
+        self.advertise = Some(addr.into());
+        self
+    }
+
+    /// Another member of the initial cluster.
+    pub fn peer(mut self, id: u64, addr: impl Into<String>) -> Self {
+        self.peers.push((id, addr.into()));
+        self
+    }
+
+    /// Several peers at once.
+    pub fn peers<A: Into<String>>(mut self, peers: impl IntoIterator<Item = (u64, A)>) -> Self {
+        self.peers.extend(peers.into_iter().map(|(i, a)| (i, a.into())));
+        self
+    }
+
+    /// Start as a new node that an existing cluster will add with
+    /// [`Node::add_node`]; it never initializes a cluster itself.
+    pub fn join_existing(mut self) -> Self {
+        self.join = true;
+        self
+    }
+
+    /// Where the Raft log, vote and snapshots are kept.
+    pub fn data_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.data_dir = Some(dir.into());
+        self
+    }
+
+    /// How often the leader sends heartbeats (default 50 ms).
+    pub fn heartbeat_interval(mut self, d: Duration) -> Self {
+        self.heartbeat = d;
+        self
+    }
+
+    /// How long a follower waits without heartbeats before it starts an
+    /// election: a random time in `[min, max)` (default 300–600 ms).
+    pub fn election_timeout(mut self, min: Duration, max: Duration) -> Self {
+        self.election = (min, max);
+        self
+    }
+
+    /// Take a snapshot every `n` applied entries (default 10,000; 0 = never)
+    /// and purge the log behind it.
+    pub fn snapshot_every(mut self, n: u64) -> Self {
+        self.snapshot_every = n;
+        self
+    }
+
+    /// How many entries to keep in the log behind a snapshot, so a slightly
+    /// lagging follower catches up by log instead of by snapshot (default 1,000).
+    pub fn snapshot_logs_to_keep(mut self, n: u64) -> Self {
+        self.keep_logs = n;
+        self
+    }
+
+    /// How long `send` and `publish` keep trying (through leader changes)
+    /// before giving up (default 5 s).
+    pub fn request_timeout(mut self, d: Duration) -> Self {
+        self.request_timeout = d;
+        self
+    }
+
+    /// The cluster secret. Nodes prove to each other that they know it
+    /// before any Raft message is accepted; it never crosses the network.
+    pub fn secret(mut self, secret: impl Into<String>) -> Self {
+        self.secret = Some(secret.into());
+        self
+    }
+
+    /// The largest message between nodes (default 64 MiB).
+    pub fn max_frame_bytes(mut self, n: usize) -> Self {
+        self.max_frame_bytes = n;
+        self
+    }
+
+    fn validate(self) -> Result<(RaftSettings, Duration)> {
+        let bad = |setting: &'static str, reason: String| Error::Config { setting, reason };
+        let node_id = self
+            .node_id
+            .ok_or_else(|| bad("node_id", "required: call .node_id(n)".into()))?;
+        let listen_str = match (&self.listen, &self.listener) {
+            (Some(l), _) => l.clone(),
+            (None, Some(l)) => l
+                .local_addr()
+                .map_err(|e| bad("listener", e.to_string()))?
+                .to_string(),
+            (None, None) => {
+                return Err(bad("listen", "required: call .listen(\"127.0.0.1:7001\")".into()));
+            }
+        };
+        let listen: SocketAddr = listen_str.parse().map_err(|e| {
+            bad("listen", format!("`{listen_str}` is not an ip:port socket address ({e})"))
+        })?;
+        let data_dir = self
+            .data_dir
+            .ok_or_else(|| bad("data_dir", "required: call .data_dir(\"data/1\")".into()))?;
+        let mut members = BTreeMap::new();
+        let mut seen = BTreeSet::new();
+        for (id, addr) in &self.peers {
+            if *id == node_id {
+                return Err(bad("peer", format!("peer {id} has this node's own id")));
+            }
+            if !seen.insert(*id) {
+                return Err(bad("peer", format!("peer {id} is given twice")));
+            }
+            check_addr(addr).map_err(|r| bad("peer", format!("peer {id}: {r}")))?;
+            members.insert(*id, addr.clone());
+        }
+        if let Some(a) = &self.advertise {
+            check_addr(a).map_err(|r| bad("advertise", r))?;
+        }
+        let me = self.advertise.clone().unwrap_or_else(|| listen_str.clone());
+        members.insert(node_id, me);
+        let hb = self.heartbeat.as_millis() as u64;
+        let (emin, emax) = (self.election.0.as_millis() as u64, self.election.1.as_millis() as u64);
+        if hb == 0 {
+            return Err(bad("heartbeat_interval", "must be at least 1 ms".into()));
+        }
+        if emin <= hb * 2 {
+            return Err(bad(
+                "election_timeout",
+                format!("the minimum ({emin} ms) must exceed twice the heartbeat interval ({hb} ms)"),
+            ));
+        }
+        if emax <= emin {
+            return Err(bad(
+                "election_timeout",
+                format!("the maximum ({emax} ms) must exceed the minimum ({emin} ms)"),
+            ));
+        }
+        if self.request_timeout < Duration::from_millis(1) {
+            return Err(bad("request_timeout", "must be at least 1 ms".into()));
+        }
+        if self.max_frame_bytes < 64 << 10 {
+            return Err(bad("max_frame_bytes", "must be at least 64 KiB".into()));
+        }
+        let secret = match self.secret {
+            Some(s) if s.is_empty() => return Err(bad("secret", "must not be empty".into())),
+            Some(s) => s.into_bytes(),
+            None => {
+                if !listen.ip().is_loopback() {
+                    tracing::warn!("no cluster secret set: any host that can reach {listen} can join; call .secret(..)");
+                }
+                b"catga-default-secret".to_vec()
+            }
+        };
+        Ok((
+            RaftSettings {
+                node_id,
+                listen,
+                listener: self.listener,
+                advertise: self.advertise,
+                members,
+                join: self.join,
+                data_dir,
+                heartbeat_ms: hb,
+                election_min_ms: emin,
+                election_max_ms: emax,
+                snapshot_every: self.snapshot_every,
+                keep_logs: self.keep_logs,
+                secret,
+                max_frame_bytes: self.max_frame_bytes,
+                event_queue: 1024,
+            },
+            self.request_timeout,
+        ))
+    }
+
+    /// Checks every setting, opens the data dir, starts listening and joins
+    /// (or, on the member with the smallest id and a pristine log, forms)
+    /// the cluster. Returns once the node runs; it need not have a leader yet.
+    pub async fn start(self) -> Result<Node> {
+        let (settings, request_timeout) = self.validate()?;
+        crate::registry::Registry::global()?;
+        let raft = RaftHandle::start(settings).await?;
+        Ok(Node {
+            inner: Arc::new(NodeInner {
+                raft,
+                client_id: loop {
+                    let id = rand::random::<u64>();
+                    if id != 0 {
+                        break id;
+                    }
+                },
+                next_seq: AtomicU64::new(1),
+                in_flight: Mutex::new(BTreeSet::new()),
+                request_timeout,
+            }),
+        })
+    }
+}
+
+fn check_addr(addr: &str) -> std::result::Result<(), String> {
+    match addr.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => Ok(()),
+        _ => Err(format!("`{addr}` is not a host:port address")),
+    }
+}
+
+struct NodeInner {
+    raft: RaftHandle,
+    client_id: u64,
+    next_seq: AtomicU64,
+    in_flight: Mutex<BTreeSet<u64>>,
+    request_timeout: Duration,
+}
+
+/// A running node. Cheap to clone; every clone is the same node.
+#[derive(Clone)]
+pub struct Node {
+    inner: Arc<NodeInner>,
+}
+
+/// Removes a sequence number from the in-flight set when the call ends,
+/// however it ends.
+struct InFlight<'a> {
+    set: &'a Mutex<BTreeSet<u64>>,
+    seq: u64,
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.set.lock().remove(&self.seq);
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl Node {
+    /// This node's id.
+    pub fn id(&self) -> u64 {
+        self.inner.raft.id()
+    }
+
+    /// The address this node listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.inner.raft.local_addr()
+    }
+
+    /// Sends a command or a query.
+    ///
+    /// A command is replicated through the leader (forwarded if this node
+    /// is a follower) and applied on every node; the result is what its
+    /// handler returned. Through leader changes it is retried with the same
+    /// client id and sequence number, so it is applied exactly once. The
+    /// outer error is the cluster's ([`Error::Timeout`] when no leader could
+    /// be reached in time: the command may still be applied, once).
+    ///
+    /// A query runs on this node's state with no network trip, unless its
+    /// type is `#[query(linearizable)]` (see [`Node::query`]).
+    pub async fn send<M: Handled>(&self, msg: M) -> Result<M::Output> {
+        match M::ROUTE {
+            Route::Command { decode } => {
+                let payload = encode(&msg)?;
+                let applied = self.submit(EntryKind::Command, M::NAME, payload).await?;
+                Ok(decode(&applied.response?)?)
+            }
+            Route::Query { consistency, .. } => self.query(msg, consistency).await,
+            Route::StatelessQuery { run } => Ok(run(msg).await),
+        }
+    }
+
+    /// Runs a query with the given consistency. `Linearizable` first asks the
+    /// leader for its commit index and waits until this node has applied it
+    /// (so the answer reflects every write acknowledged before the call); it
+    /// works on followers too.
+    pub async fn query<M: Handled>(&self, msg: M, consistency: Consistency) -> Result<M::Output> {
+        match M::ROUTE {
+            Route::Query { .. } => {
+                if consistency == Consistency::Linearizable {
+                    self.inner.raft.read_barrier(self.inner.request_timeout).await?;
+                }
+                self.inner.raft.read(|m| m.query(msg))
+            }
+            Route::StatelessQuery { run } => Ok(run(msg).await),
+            Route::Command { .. } => Err(Error::Registry(format!(
+                "`{}` is a command: use `send`",
+                M::NAME
+            ))),
+        }
+    }
+
+    /// Publishes an event: it goes through the log and reaches the event
+    /// handlers of every node (at least once).
+    pub async fn publish<E: Event>(&self, event: E) -> Result<()> {
+        let payload = encode(&event)?;
+        self.submit(EntryKind::Event, E::NAME, payload).await?.response?;
+        Ok(())
+    }
+
+    async fn submit(&self, kind: EntryKind, name: &str, payload: Vec<u8>) -> Result<crate::Applied> {
+        let inner = &self.inner;
+        let seq = inner.next_seq.fetch_add(1, Ordering::Relaxed);
+        let ack_below = {
+            let mut set = inner.in_flight.lock();
+            set.insert(seq);
+            set.first().copied().unwrap_or(seq)
+        };
+        let _guard = InFlight {
+            set: &inner.in_flight,
+            seq,
+        };
+        let env = Envelope {
+            kind,
+            name: name.to_string(),
+            payload,
+            client: inner.client_id,
+            seq,
+            ack_below,
+            time_ms: now_ms(),
+        };
+        inner.raft.write(env, inner.request_timeout).await
+    }
+
+    /// Role, term, leader, members, indexes, replication lag and readiness.
+    pub fn health(&self) -> Health {
+        self.inner.raft.health()
+    }
+
+    /// Adds a node to the cluster: it joins as a learner, catches up, then
+    /// becomes a voter. Start it first with [`ClusterBuilder::join_existing`].
+    pub async fn add_node(&self, id: u64, addr: impl Into<String>) -> Result<()> {
+        let addr = addr.into();
+        check_addr(&addr).map_err(|reason| Error::Config {
+            setting: "add_node",
+            reason,
+        })?;
+        self.inner
+            .raft
+            .add_node(id, addr, self.inner.request_timeout.max(Duration::from_secs(30)))
+            .await
+    }
+
+    /// Removes a node from the cluster (its id must never be reused).
+    pub async fn remove_node(&self, id: u64) -> Result<()> {
+        self.inner
+            .raft
+            .remove_node(id, self.inner.request_timeout)
+            .await
+    }
+
+    /// Waits until a leader is known to this node; returns its id.
+    pub async fn wait_for_leader(&self, timeout: Duration) -> Result<u64> {
+        self.inner.raft.wait_leader(timeout).await
+    }
+
+    /// Waits until this node's view of the cluster (role, term, leader,
+    /// members, indexes) changes, or `max` passes.
+    pub async fn health_changed(&self, max: Duration) {
+        self.inner.raft.changed(max).await
+    }
+
+    /// Waits until this node has applied the log up to `index`.
+    pub async fn wait_applied(&self, index: u64, timeout: Duration) -> Result<()> {
+        self.inner.raft.wait_applied(index, timeout).await
+    }
+
+    /// Reads a state of this node directly.
+    pub fn read_state<S: crate::State, R>(&self, f: impl FnOnce(&S) -> R) -> Option<R> {
+        self.inner.raft.read(|m| m.state::<S>().map(f))
+    }
+
+    /// This node's applied index and an encoding of its whole replicated
+    /// state (states and dedup table): equal on replicas that applied the
+    /// same log.
+    pub fn state_fingerprint(&self) -> Result<(u64, Vec<u8>)> {
+        self.inner.raft.read(|m| Ok((m.last_applied(), m.snapshot()?)))
+    }
+
+    /// Takes a snapshot now (and purges the log behind it).
+    pub async fn snapshot(&self) -> Result<()> {
+        self.inner.raft.trigger_snapshot().await
+    }
+
+    /// Asks this node to start an election now.
+    pub async fn campaign(&self) -> Result<()> {
+        self.inner.raft.trigger_election().await
+    }
+
+    /// The fault switch of this node's transport, for tests: block or delay
+    /// links to given peers.
+    #[doc(hidden)]
+    pub fn faults(&self) -> &Faults {
+        self.inner.raft.faults()
+    }
+
+    /// Stops every task of this node (Raft, transport, event delivery) and
+    /// closes its log. Other clones of this handle fail with
+    /// [`Error::ShutDown`] afterwards.
+    pub async fn shutdown(&self) {
+        self.inner.raft.shutdown().await;
+    }
+}

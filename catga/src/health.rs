@@ -1,0 +1,43 @@
+//! A node's view of the cluster, for health checks and dashboards.
+
+use std::collections::BTreeMap;
+
+/// The Raft role of a node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Role {
+    /// Accepts writes and replicates them.
+    Leader,
+    /// Replicates from the leader; forwards writes to it.
+    Follower,
+    /// Campaigning for leadership.
+    Candidate,
+    /// Receives the log but does not vote (joining, or not a member).
+    Learner,
+    /// Shut down.
+    Shutdown,
+}
+
+/// What [`crate::Node::health`] reports.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Health {
+    /// This node's id.
+    pub node_id: u64,
+    /// Its role.
+    pub role: Role,
+    /// The current Raft term.
+    pub term: u64,
+    /// The leader this node follows, if known.
+    pub leader: Option<u64>,
+    /// The voting members.
+    pub members: Vec<u64>,
+    /// The non-voting members.
+    pub learners: Vec<u64>,
+    /// The index of the last entry in this node's log.
+    pub last_log_index: Option<u64>,
+    /// The index of the last entry applied to the state here.
+    pub applied_index: Option<u64>,
+    /// On the leader: for each other member, how many entries it is behind.
+    pub replication_lag: BTreeMap<u64, u64>,
+    /// Running, a leader known, and everything committed here is applied.
+    pub ready: bool,
+}

@@ -1,0 +1,473 @@
+//! [`RaftHandle`]: one running Raft node — log, state machine, transport,
+//! event task — and the client-side logic that routes writes and
+//! linearizable reads to the leader.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::async_runtime::WatchReceiver;
+use openraft::{BasicNode, ChangeMembers, Config, ReadPolicy, ServerState, SnapshotPolicy};
+use parking_lot::Mutex;
+use serde::de::DeserializeOwned;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use super::log_store::LogStore;
+use super::network::{Network, RaftService, decode, encode, leader_write};
+use super::state_machine::{EventBatch, SmStore};
+use super::{Raft, Redirect, Rpc};
+use crate::context::EventContext;
+use crate::error::{Error, Result};
+use crate::health::{Health, Role};
+use crate::machine::{Applied, Envelope, Machine};
+use crate::transport::{Faults, Pool, Server, TransportConfig};
+
+/// Everything needed to start a node; validated by the cluster builder.
+pub(crate) struct RaftSettings {
+    pub node_id: u64,
+    pub listen: SocketAddr,
+    pub listener: Option<std::net::TcpListener>,
+    pub advertise: Option<String>,
+    pub members: BTreeMap<u64, String>,
+    pub join: bool,
+    pub data_dir: PathBuf,
+    pub heartbeat_ms: u64,
+    pub election_min_ms: u64,
+    pub election_max_ms: u64,
+    pub snapshot_every: u64,
+    pub keep_logs: u64,
+    pub secret: Vec<u8>,
+    pub max_frame_bytes: usize,
+    pub event_queue: usize,
+}
+
+pub(crate) struct RaftHandle {
+    id: u64,
+    raft: Raft,
+    sm: SmStore,
+    log: LogStore,
+    pool: Pool,
+    server: Mutex<Option<Server>>,
+    events_task: Mutex<Option<JoinHandle<()>>>,
+    stop_events: watch::Sender<bool>,
+    faults: Faults,
+    local_addr: SocketAddr,
+}
+
+async fn event_loop(
+    node_id: u64,
+    mut rx: mpsc::Receiver<EventBatch>,
+    delivered: watch::Sender<u64>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let batch = tokio::select! {
+            b = rx.recv() => b,
+            _ = stop.wait_for(|s| *s) => None,
+        };
+        let Some((index, events)) = batch else { return };
+        for ev in &events {
+            crate::testing::run_event_handlers(
+                ev,
+                EventContext {
+                    node_id,
+                    log_index: index,
+                },
+            )
+            .await;
+        }
+        delivered.send_replace(index);
+    }
+}
+
+impl RaftHandle {
+    pub async fn start(s: RaftSettings) -> Result<RaftHandle> {
+        let storage = |e: std::io::Error| Error::Storage(format!("{}: {e}", s.data_dir.display()));
+        let log = LogStore::open(&s.data_dir).map_err(storage)?;
+        let (ev_tx, ev_rx) = mpsc::channel(s.event_queue);
+        let (delivered_tx, delivered_rx) = watch::channel(0u64);
+        let sm = SmStore::open(s.data_dir.clone(), ev_tx, delivered_rx).map_err(|e| {
+            log.close();
+            storage(e)
+        })?;
+
+        let faults = Faults::default();
+        let tcfg = Arc::new(TransportConfig {
+            node_id: s.node_id,
+            secret: s.secret.clone(),
+            max_frame_bytes: s.max_frame_bytes,
+            ..TransportConfig::default()
+        });
+        let service = RaftService::new();
+        let server = match s.listener {
+            Some(l) => Server::from_std(l, tcfg.clone(), service.clone(), faults.clone()),
+            None => Server::bind(s.listen, tcfg.clone(), service.clone(), faults.clone()).await,
+        };
+        let server = server.map_err(|e| {
+            log.close();
+            Error::Config {
+                setting: "listen",
+                reason: format!("cannot listen on {}: {e}", s.listen),
+            }
+        })?;
+        let local_addr = server.local_addr();
+        let pool = Pool::new(tcfg, faults.clone());
+
+        let config = Config {
+            cluster_name: "catga".into(),
+            heartbeat_interval: s.heartbeat_ms,
+            election_timeout_min: s.election_min_ms,
+            election_timeout_max: s.election_max_ms,
+            snapshot_policy: if s.snapshot_every == 0 {
+                SnapshotPolicy::Never
+            } else {
+                SnapshotPolicy::LogsSinceLast(s.snapshot_every)
+            },
+            max_in_snapshot_log_to_keep: s.keep_logs,
+            install_snapshot_timeout: 30_000,
+            ..Default::default()
+        }
+        .validate()
+        .map_err(|e| Error::Config {
+            setting: "election_timeout / heartbeat_interval",
+            reason: e.to_string(),
+        })?;
+        let network = Network { pool: pool.clone() };
+        let raft = match Raft::new(s.node_id, Arc::new(config), network, log.clone(), sm.clone()).await {
+            Ok(r) => r,
+            Err(e) => {
+                server.shutdown().await;
+                log.close();
+                return Err(Error::Storage(format!("starting raft: {e}")));
+            }
+        };
+        let _ = service.raft.set(raft.clone());
+
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let events_task = tokio::spawn(event_loop(s.node_id, ev_rx, delivered_tx, stop_rx));
+
+        let handle = RaftHandle {
+            id: s.node_id,
+            raft,
+            sm,
+            log,
+            pool,
+            server: Mutex::new(Some(server)),
+            events_task: Mutex::new(Some(events_task)),
+            stop_events: stop_tx,
+            faults,
+            local_addr,
+        };
+
+        // Bootstrap: the smallest id of the initial members initializes the
+        // cluster, once, on a pristine log. Everyone else waits to be contacted.
+        let initializer = s.members.keys().next().copied();
+        if !s.join && initializer == Some(s.node_id) {
+            let initialized = handle.raft.is_initialized().await.map_err(|e| Error::Storage(e.to_string()))?;
+            if !initialized {
+                let mut members: BTreeMap<u64, BasicNode> = s
+                    .members
+                    .iter()
+                    .map(|(id, addr)| (*id, BasicNode::new(addr.clone())))
+                    .collect();
+                let me = s.advertise.clone().unwrap_or_else(|| local_addr.to_string());
+                members.insert(s.node_id, BasicNode::new(me));
+                if let Err(e) = handle.raft.initialize(members).await {
+                    tracing::warn!(error = %e, "initialize refused (already initialized?)");
+                }
+            }
+        }
+        Ok(handle)
+    }
+
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    pub fn faults(&self) -> &Faults {
+        &self.faults
+    }
+
+    /// Runs `f` on the local state machine (read lock).
+    pub fn read<R>(&self, f: impl FnOnce(&Machine) -> R) -> R {
+        f(&self.sm.shared.inner.read().machine)
+    }
+
+    fn leader(&self) -> Option<(u64, Option<String>)> {
+        let m = self.raft.metrics();
+        let m = m.borrow_watched();
+        let l = m.current_leader?;
+        let addr = m
+            .membership_config
+            .membership()
+            .get_node(&l)
+            .map(|n| n.addr.clone());
+        Some((l, addr))
+    }
+
+    /// Waits until the metrics change or `max` passes (whichever first).
+    async fn wait_change(&self, max: Duration) {
+        let mut rx = self.raft.metrics();
+        let _ = tokio::time::timeout(max, rx.changed()).await;
+    }
+
+    /// Sends `rpc` to the leader (or runs `local` when this node leads),
+    /// retrying through leader changes until `timeout`.
+    async fn route<T, L, F>(&self, timeout: Duration, rpc: impl Fn() -> Rpc, local: L) -> Result<T>
+    where
+        T: DeserializeOwned,
+        L: Fn(Raft) -> F,
+        F: Future<Output = Redirect<T>>,
+    {
+        let start = Instant::now();
+        let deadline = start + timeout;
+        let mut backoff = Duration::from_millis(1);
+        let mut last = String::from("no leader known");
+        loop {
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(Error::Timeout { waited: timeout, reason: last });
+            }
+            let remaining = deadline - now;
+            let outcome = match self.leader() {
+                None => None,
+                Some((l, _)) if l == self.id => Some(local(self.raft.clone()).await),
+                Some((l, Some(addr))) => {
+                    let body = encode(&rpc()).map_err(|e| Error::Network(e))?;
+                    match self.pool.call(l, &addr, body, remaining).await {
+                        Ok(bytes) => match decode::<Redirect<T>>(&bytes) {
+                            Ok(r) => Some(r),
+                            Err(e) => Some(Redirect::Unknown(format!("bad reply from {l}: {e}"))),
+                        },
+                        Err(e) => Some(Redirect::Unknown(format!("leader {l}: {e}"))),
+                    }
+                }
+                Some((l, None)) => Some(Redirect::Unknown(format!("no address for leader {l}"))),
+            };
+            match outcome {
+                Some(Redirect::Ok(v)) => return Ok(v),
+                Some(Redirect::Failed(e)) => return Err(Error::Membership(e)),
+                Some(Redirect::NotLeader(_)) => last = "leader changed".into(),
+                Some(Redirect::Unknown(e)) => last = e,
+                None => {}
+            }
+            if self.raft.metrics().borrow_watched().running_state.is_err() {
+                return Err(Error::ShutDown);
+            }
+            let wait = backoff.min(deadline.saturating_duration_since(Instant::now()));
+            self.wait_change(wait).await;
+            backoff = (backoff * 2).min(Duration::from_millis(50));
+        }
+    }
+
+    /// Replicates `env` through the leader; retried (with the same client id
+    /// and sequence number, so it applies once) until `timeout`.
+    pub async fn write(&self, env: Envelope, timeout: Duration) -> Result<Applied> {
+        self.route(
+            timeout,
+            || Rpc::Write(env.clone()),
+            |raft| {
+                let env = env.clone();
+                async move { leader_write(&raft, env).await }
+            },
+        )
+        .await
+    }
+
+    /// Waits until this node has applied every entry committed before the
+    /// call (a read index from the leader).
+    pub async fn read_barrier(&self, timeout: Duration) -> Result<()> {
+        let read_id = self
+            .route(timeout, || Rpc::ReadIndex, |raft| async move {
+                match raft.ensure_linearizable(ReadPolicy::ReadIndex).await {
+                    Ok(r) => Redirect::Ok(*r.log_id()),
+                    Err(e) => match e.forward_to_leader() {
+                        Some(f) => Redirect::NotLeader(f.leader_id),
+                        None => Redirect::Unknown(e.to_string()),
+                    },
+                }
+            })
+            .await;
+        let read_id = read_id?;
+        let mut applied = self.sm.shared.applied.subscribe();
+        match tokio::time::timeout(timeout, applied.wait_for(|a| *a >= read_id.index)).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(_)) => Err(Error::ShutDown),
+            Err(_) => Err(Error::Timeout {
+                waited: timeout,
+                reason: "this node did not apply the read index in time".into(),
+            }),
+        }
+    }
+
+    pub async fn add_node(&self, id: u64, addr: String, timeout: Duration) -> Result<()> {
+        self.route(
+            timeout,
+            || Rpc::AddNode { id, addr: addr.clone() },
+            |raft| {
+                let addr = addr.clone();
+                async move { leader_add_node(&raft, id, addr).await }
+            },
+        )
+        .await
+    }
+
+    pub async fn remove_node(&self, id: u64, timeout: Duration) -> Result<()> {
+        self.route(timeout, || Rpc::RemoveNode { id }, |raft| async move {
+            leader_remove_node(&raft, id).await
+        })
+        .await
+    }
+
+    /// Waits until some node is leader and this node knows it.
+    pub async fn wait_leader(&self, timeout: Duration) -> Result<u64> {
+        let mut rx = self.raft.metrics();
+        let r = tokio::time::timeout(timeout, async {
+            loop {
+                if let Some(l) = rx.borrow_watched().current_leader {
+                    return Some(l);
+                }
+                if rx.changed().await.is_err() {
+                    return None;
+                }
+            }
+        })
+        .await;
+        match r {
+            Ok(Some(l)) => Ok(l),
+            Ok(None) => Err(Error::ShutDown),
+            Err(_) => Err(Error::Timeout {
+                waited: timeout,
+                reason: "no leader elected".into(),
+            }),
+        }
+    }
+
+    /// Waits until this node has applied at least `index`.
+    pub async fn wait_applied(&self, index: u64, timeout: Duration) -> Result<()> {
+        let mut applied = self.sm.shared.applied.subscribe();
+        match tokio::time::timeout(timeout, applied.wait_for(|a| *a >= index)).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(_)) => Err(Error::ShutDown),
+            Err(_) => Err(Error::Timeout {
+                waited: timeout,
+                reason: format!("index {index} not applied"),
+            }),
+        }
+    }
+
+    pub async fn trigger_snapshot(&self) -> Result<()> {
+        self.raft
+            .trigger()
+            .snapshot()
+            .await
+            .map_err(|e| Error::Storage(e.to_string()))
+    }
+
+    pub async fn trigger_election(&self) -> Result<()> {
+        self.raft
+            .trigger()
+            .elect(false)
+            .await
+            .map_err(|e| Error::Storage(e.to_string()))
+    }
+
+    pub fn health(&self) -> Health {
+        let m = self.raft.metrics();
+        let m = m.borrow_watched();
+        let role = match m.state {
+            ServerState::Leader => Role::Leader,
+            ServerState::Follower => Role::Follower,
+            ServerState::Candidate => Role::Candidate,
+            ServerState::Learner => Role::Learner,
+            ServerState::Shutdown => Role::Shutdown,
+        };
+        let membership = m.membership_config.membership();
+        let members: Vec<u64> = membership.voter_ids().collect();
+        let learners: Vec<u64> = membership.learner_ids().collect();
+        let last_log = m.last_log_index;
+        let applied = m.last_applied.map(|l| l.index);
+        let replication_lag = m
+            .replication
+            .as_ref()
+            .map(|r| {
+                r.iter()
+                    .filter(|(id, _)| **id != self.id)
+                    .map(|(id, matched)| {
+                        let matched = matched.map(|l| l.index + 1).unwrap_or(0);
+                        (*id, last_log.map(|l| l + 1).unwrap_or(0).saturating_sub(matched))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let committed = m.local_committed.map(|l| l.index);
+        let ready = m.running_state.is_ok()
+            && m.current_leader.is_some()
+            && applied >= committed
+            && !matches!(role, Role::Shutdown);
+        Health {
+            node_id: self.id,
+            role,
+            term: m.current_term,
+            leader: m.current_leader,
+            members,
+            learners,
+            last_log_index: last_log,
+            applied_index: applied,
+            replication_lag,
+            ready,
+        }
+    }
+
+    /// Stops every task this node started.
+    pub async fn shutdown(&self) {
+        let _ = self.raft.shutdown().await;
+        let _ = self.stop_events.send(true);
+        let task = self.events_task.lock().take();
+        if let Some(t) = task {
+            let _ = t.await;
+        }
+        let server = self.server.lock().take();
+        if let Some(s) = server {
+            s.shutdown().await;
+        }
+        self.pool.shutdown().await;
+        self.log.close();
+    }
+}
+
+pub(crate) async fn leader_add_node(raft: &Raft, id: u64, addr: String) -> Redirect<()> {
+    if let Err(e) = raft.add_learner(id, BasicNode::new(addr), true).await {
+        return match e.forward_to_leader() {
+            Some(f) => Redirect::NotLeader(f.leader_id),
+            None => Redirect::Failed(e.to_string()),
+        };
+    }
+    let set: BTreeSet<u64> = [id].into();
+    match raft.change_membership(ChangeMembers::AddVoterIds(set), false).await {
+        Ok(_) => Redirect::Ok(()),
+        Err(e) => match e.forward_to_leader() {
+            Some(f) => Redirect::NotLeader(f.leader_id),
+            None => Redirect::Failed(e.to_string()),
+        },
+    }
+}
+
+pub(crate) async fn leader_remove_node(raft: &Raft, id: u64) -> Redirect<()> {
+    let set: BTreeSet<u64> = [id].into();
+    match raft.change_membership(ChangeMembers::RemoveVoters(set), false).await {
+        Ok(_) => Redirect::Ok(()),
+        Err(e) => match e.forward_to_leader() {
+            Some(f) => Redirect::NotLeader(f.leader_id),
+            None => Redirect::Failed(e.to_string()),
+        },
+    }
+}

@@ -1,0 +1,246 @@
+//! The openraft state machine adapter around [`Machine`], plus snapshots on
+//! disk and in-order event delivery.
+
+use std::io;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use futures::{Stream, TryStreamExt};
+use openraft::alias::{SnapshotMetaOf, SnapshotOf, StoredMembershipOf};
+use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine};
+use openraft::{EntryPayload, OptionalSend, Snapshot};
+use parking_lot::{Mutex, RwLock};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, watch};
+
+use super::{LogId, TC};
+use crate::context::PublishedEvent;
+use crate::machine::{Applied, Machine};
+
+type Meta = SnapshotMetaOf<TC>;
+type Membership = StoredMembershipOf<TC>;
+
+/// The machine with the Raft bookkeeping that must change with it atomically.
+pub(crate) struct Inner {
+    pub machine: Machine,
+    pub last_applied: Option<LogId>,
+    pub membership: Membership,
+    /// Highest index whose entry published events (queued for the event task).
+    pub last_event_index: u64,
+}
+
+/// Events produced by the entry at an index, for the event task.
+pub(crate) type EventBatch = (u64, Vec<PublishedEvent>);
+
+pub(crate) struct Shared {
+    pub inner: RwLock<Inner>,
+    current: Mutex<Option<(Meta, bytes::Bytes)>>,
+    dir: PathBuf,
+    events: mpsc::Sender<EventBatch>,
+    /// Highest log index whose events were all handled on this node.
+    delivered: watch::Receiver<u64>,
+    /// Highest log index applied (for waiters).
+    pub applied: watch::Sender<u64>,
+}
+
+/// What openraft holds; cheap to clone.
+#[derive(Clone)]
+pub(crate) struct SmStore {
+    pub shared: Arc<Shared>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct SnapshotFile {
+    meta: Meta,
+    #[serde(with = "serde_bytes")]
+    data: Vec<u8>,
+}
+
+fn other<E: std::fmt::Display>(e: E) -> io::Error {
+    io::Error::other(e.to_string())
+}
+
+impl SmStore {
+    /// Opens the state machine, restoring the snapshot in `dir` if any.
+    pub fn open(
+        dir: PathBuf,
+        events: mpsc::Sender<EventBatch>,
+        delivered: watch::Receiver<u64>,
+    ) -> io::Result<SmStore> {
+        let mut machine = Machine::new().map_err(other)?;
+        let mut last_applied = None;
+        let mut membership = Membership::default();
+        let mut current = None;
+        let path = dir.join("snapshot.bin");
+        match std::fs::read(&path) {
+            Ok(bytes) => {
+                let file: SnapshotFile = rmp_serde::from_slice(&bytes)
+                    .map_err(|e| other(format!("{}: {e}", path.display())))?;
+                machine.restore(&file.data).map_err(other)?;
+                last_applied = file.meta.last_log_id;
+                membership = file.meta.last_membership.clone();
+                current = Some((file.meta, bytes::Bytes::from(file.data)));
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        let idx = last_applied.map(|l| l.index).unwrap_or(0);
+        Ok(SmStore {
+            shared: Arc::new(Shared {
+                inner: RwLock::new(Inner {
+                    machine,
+                    last_applied,
+                    membership,
+                    last_event_index: 0,
+                }),
+                current: Mutex::new(current),
+                dir,
+                events,
+                delivered,
+                applied: watch::Sender::new(idx),
+            }),
+        })
+    }
+
+    fn persist(&self, meta: &Meta, data: &[u8]) -> io::Result<()> {
+        let file = SnapshotFile {
+            meta: meta.clone(),
+            data: data.to_vec(),
+        };
+        let bytes = rmp_serde::to_vec(&file).map_err(other)?;
+        let tmp = self.shared.dir.join("snapshot.bin.tmp");
+        {
+            use std::io::Write;
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(&bytes)?;
+            f.sync_all()?;
+        }
+        std::fs::rename(&tmp, self.shared.dir.join("snapshot.bin"))?;
+        std::fs::File::open(&self.shared.dir)?.sync_all()?;
+        Ok(())
+    }
+}
+
+impl RaftSnapshotBuilder<TC> for SmStore {
+    type SnapshotData = bytes::Bytes;
+
+    async fn build_snapshot(&mut self) -> Result<SnapshotOf<TC, bytes::Bytes>, io::Error> {
+        let (meta, data, upto) = {
+            let g = self.shared.inner.read();
+            let data = g.machine.snapshot().map_err(other)?;
+            let meta = Meta {
+                last_log_id: g.last_applied,
+                last_membership: g.membership.clone(),
+            };
+            (meta, data, g.last_event_index)
+        };
+        // Events of entries inside the snapshot must have run here first:
+        // after a restart only the log after the snapshot is replayed.
+        let mut delivered = self.shared.delivered.clone();
+        if delivered.wait_for(|d| *d >= upto).await.is_err() {
+            return Err(io::Error::other("event delivery stopped"));
+        }
+        let this = self.clone();
+        let (m2, d2) = (meta.clone(), data.clone());
+        tokio::task::spawn_blocking(move || this.persist(&m2, &d2))
+            .await
+            .map_err(other)??;
+        let data = bytes::Bytes::from(data);
+        *self.shared.current.lock() = Some((meta.clone(), data.clone()));
+        Ok(Snapshot {
+            meta,
+            snapshot: data,
+        })
+    }
+}
+
+impl RaftStateMachine<TC> for SmStore {
+    type SnapshotData = bytes::Bytes;
+    type SnapshotBuilder = Self;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, Membership), io::Error> {
+        let g = self.shared.inner.read();
+        Ok((g.last_applied, g.membership.clone()))
+    }
+
+    async fn apply<Strm>(&mut self, mut entries: Strm) -> Result<(), io::Error>
+    where
+        Strm: Stream<Item = Result<EntryResponder<TC>, io::Error>> + Unpin + OptionalSend,
+    {
+        let mut last = None;
+        while let Some((entry, responder)) = entries.try_next().await? {
+            let index = entry.log_id.index;
+            let applied = {
+                let mut g = self.shared.inner.write();
+                g.last_applied = Some(entry.log_id);
+                match entry.payload {
+                    EntryPayload::Blank => {
+                        g.machine.skip(index);
+                        None
+                    }
+                    EntryPayload::Normal(env) => {
+                        let a = g.machine.apply(index, &env);
+                        if !a.events.is_empty() {
+                            g.last_event_index = index;
+                        }
+                        Some(a)
+                    }
+                    EntryPayload::Membership(m) => {
+                        g.membership = Membership::new(Some(entry.log_id), m);
+                        g.machine.skip(index);
+                        None
+                    }
+                }
+            };
+            last = Some(index);
+            let applied = applied.unwrap_or(Applied {
+                response: Ok(Vec::new()),
+                events: Vec::new(),
+            });
+            if !applied.events.is_empty() {
+                // bounded: a slow event handler slows apply instead of growing a queue
+                let _ = self
+                    .shared
+                    .events
+                    .send((index, applied.events.clone()))
+                    .await;
+            }
+            if let Some(r) = responder {
+                r.send(applied);
+            }
+        }
+        if let Some(i) = last {
+            self.shared.applied.send_replace(i);
+        }
+        Ok(())
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn install_snapshot(&mut self, meta: &Meta, snapshot: bytes::Bytes) -> Result<(), io::Error> {
+        {
+            let mut g = self.shared.inner.write();
+            g.machine.restore(&snapshot).map_err(other)?;
+            g.last_applied = meta.last_log_id;
+            g.membership = meta.last_membership.clone();
+        }
+        let this = self.clone();
+        let (m2, d2) = (meta.clone(), snapshot.clone());
+        tokio::task::spawn_blocking(move || this.persist(&m2, &d2))
+            .await
+            .map_err(other)??;
+        *self.shared.current.lock() = Some((meta.clone(), snapshot));
+        let idx = meta.last_log_id.map(|l| l.index).unwrap_or(0);
+        self.shared.applied.send_replace(idx);
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<SnapshotOf<TC, bytes::Bytes>>, io::Error> {
+        Ok(self.shared.current.lock().as_ref().map(|(m, d)| Snapshot {
+            meta: m.clone(),
+            snapshot: d.clone(),
+        }))
+    }
+}

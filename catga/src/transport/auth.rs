@@ -1,0 +1,242 @@
+//! The mutual challenge-response handshake (see the module docs for the
+//! message flow).
+
+use bytes::BytesMut;
+use futures::{SinkExt, StreamExt};
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+use tokio::net::TcpStream;
+use tokio_util::codec::{Framed, LengthDelimitedCodec};
+
+use super::frame::{self, Frame, HANDSHAKE_MAX_FRAME, NONCE_LEN};
+use super::{Faults, TransportConfig, TransportError};
+
+type HmacSha256 = Hmac<Sha256>;
+type Nonce = [u8; NONCE_LEN];
+
+const DOMAIN: &[u8] = b"catga transport v1";
+pub(super) const SERVER: &[u8] = b"server";
+pub(super) const CLIENT: &[u8] = b"client";
+
+/// An authenticated stream and the bytes already read past the handshake.
+pub(crate) struct Authenticated {
+    pub stream: TcpStream,
+    pub read_buf: BytesMut,
+}
+
+/// The client's side: proves we know the secret to node `expected` and checks
+/// that it does. A connection lost before the server has shown its proof is
+/// `Unreachable` (the server may be down, or refusing us as a test fault);
+/// anything else that goes wrong is `Handshake`.
+pub(crate) async fn client(
+    stream: TcpStream,
+    cfg: &TransportConfig,
+    expected: u64,
+) -> Result<Authenticated, TransportError> {
+    let handshake = |e: String| TransportError::Handshake(e);
+    let lost = |e: String| {
+        TransportError::Unreachable(format!("node {expected} closed the connection: {e}"))
+    };
+    let mut framed = Framed::new(stream, frame::codec(HANDSHAKE_MAX_FRAME));
+    let nc: Nonce = rand::random();
+    let hello = Frame::Hello {
+        node_id: cfg.node_id,
+        nonce: nc,
+    };
+    send(&mut framed, &hello).await.map_err(lost)?;
+    let (server, ns, proof) = match recv(&mut framed).await {
+        Ok(Frame::Challenge {
+            node_id,
+            nonce,
+            proof,
+        }) => (node_id, nonce, proof),
+        Ok(other) => return Err(handshake(unexpected(&other, "Challenge"))),
+        Err(Recv::Lost(e)) => return Err(lost(e)),
+        Err(Recv::Bad(e)) => return Err(handshake(e)),
+    };
+    if server != expected {
+        return Err(handshake(format!(
+            "the node at this address is node {server}, not node {expected}"
+        )));
+    }
+    if !verify(&cfg.secret, SERVER, cfg.node_id, server, &nc, &ns, &proof) {
+        return Err(handshake(format!(
+            "node {server} could not prove it knows the cluster secret; \
+             is the same secret configured on every node?"
+        )));
+    }
+    let proof = prove(&cfg.secret, CLIENT, cfg.node_id, server, &nc, &ns).map_err(handshake)?;
+    send(&mut framed, &Frame::Proof { proof })
+        .await
+        .map_err(lost)?;
+    match recv(&mut framed).await {
+        Ok(Frame::Welcome) => {}
+        Ok(other) => return Err(handshake(unexpected(&other, "Welcome"))),
+        Err(Recv::Lost(e) | Recv::Bad(e)) => {
+            return Err(handshake(format!(
+                "node {server} refused our proof ({e}); is the same secret configured on every node?"
+            )));
+        }
+    }
+    let parts = framed.into_parts();
+    Ok(Authenticated {
+        stream: parts.io,
+        read_buf: parts.read_buf,
+    })
+}
+
+/// The server's side: returns the client's node id once it has proved it
+/// knows the secret. Errors are sentences for the log.
+pub(crate) async fn server(
+    stream: TcpStream,
+    cfg: &TransportConfig,
+    faults: &Faults,
+) -> Result<(u64, Authenticated), String> {
+    let mut framed = Framed::new(stream, frame::codec(HANDSHAKE_MAX_FRAME));
+    let (client, nc) = match recv(&mut framed).await? {
+        Frame::Hello { node_id, nonce } => (node_id, nonce),
+        other => return Err(unexpected(&other, "Hello")),
+    };
+    if faults.is_blocked(client) {
+        return Err(format!("node {client} is cut off (fault injection)"));
+    }
+    let ns: Nonce = rand::random();
+    let proof = prove(&cfg.secret, SERVER, client, cfg.node_id, &nc, &ns)?;
+    send(
+        &mut framed,
+        &Frame::Challenge {
+            node_id: cfg.node_id,
+            nonce: ns,
+            proof,
+        },
+    )
+    .await?;
+    let proof = match recv(&mut framed).await? {
+        Frame::Proof { proof } => proof,
+        other => return Err(unexpected(&other, "Proof")),
+    };
+    if !verify(&cfg.secret, CLIENT, client, cfg.node_id, &nc, &ns, &proof) {
+        return Err(format!(
+            "the peer claiming to be node {client} could not prove it knows the cluster secret"
+        ));
+    }
+    send(&mut framed, &Frame::Welcome).await?;
+    let parts = framed.into_parts();
+    Ok((
+        client,
+        Authenticated {
+            stream: parts.io,
+            read_buf: parts.read_buf,
+        },
+    ))
+}
+
+fn mac(
+    secret: &[u8],
+    role: &[u8],
+    client: u64,
+    server: u64,
+    nc: &Nonce,
+    ns: &Nonce,
+) -> Result<HmacSha256, String> {
+    // HMAC accepts keys of any length, so this does not fail in practice.
+    let mut m = HmacSha256::new_from_slice(secret).map_err(|e| format!("HMAC key: {e}"))?;
+    m.update(DOMAIN);
+    m.update(role);
+    m.update(&client.to_be_bytes());
+    m.update(&server.to_be_bytes());
+    m.update(nc);
+    m.update(ns);
+    Ok(m)
+}
+
+pub(super) fn prove(
+    secret: &[u8],
+    role: &[u8],
+    client: u64,
+    server: u64,
+    nc: &Nonce,
+    ns: &Nonce,
+) -> Result<Nonce, String> {
+    Ok(mac(secret, role, client, server, nc, ns)?
+        .finalize()
+        .into_bytes()
+        .into())
+}
+
+/// Constant-time comparison.
+fn verify(
+    secret: &[u8],
+    role: &[u8],
+    client: u64,
+    server: u64,
+    nc: &Nonce,
+    ns: &Nonce,
+    proof: &Nonce,
+) -> bool {
+    mac(secret, role, client, server, nc, ns).is_ok_and(|m| m.verify_slice(proof).is_ok())
+}
+
+async fn send(
+    framed: &mut Framed<TcpStream, LengthDelimitedCodec>,
+    f: &Frame,
+) -> Result<(), String> {
+    let mut buf = BytesMut::new();
+    frame::encode_payload(f, &mut buf).map_err(|e| e.to_string())?;
+    framed
+        .send(buf.freeze())
+        .await
+        .map_err(|e| format!("sending {}: {e}", f.kind()))
+}
+
+enum Recv {
+    /// The connection failed or was closed.
+    Lost(String),
+    /// The peer sent something that is not a frame.
+    Bad(String),
+}
+
+impl From<Recv> for String {
+    fn from(r: Recv) -> String {
+        match r {
+            Recv::Lost(e) | Recv::Bad(e) => e,
+        }
+    }
+}
+
+async fn recv(framed: &mut Framed<TcpStream, LengthDelimitedCodec>) -> Result<Frame, Recv> {
+    match framed.next().await {
+        Some(Ok(payload)) => {
+            frame::decode_frame(payload.freeze()).map_err(|e| Recv::Bad(e.to_string()))
+        }
+        Some(Err(e)) if e.kind() == std::io::ErrorKind::InvalidData => {
+            Err(Recv::Bad(e.to_string()))
+        }
+        Some(Err(e)) => Err(Recv::Lost(format!("reading: {e}"))),
+        None => Err(Recv::Lost(
+            "the connection was closed during the handshake".to_owned(),
+        )),
+    }
+}
+
+fn unexpected(f: &Frame, wanted: &str) -> String {
+    format!("expected {wanted}, got {}", f.kind())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proofs_bind_role_ids_and_nonces() {
+        let (nc, ns) = ([1u8; 32], [2u8; 32]);
+        let p = prove(b"s", SERVER, 1, 2, &nc, &ns).unwrap();
+        assert!(verify(b"s", SERVER, 1, 2, &nc, &ns, &p));
+        assert!(!verify(b"t", SERVER, 1, 2, &nc, &ns, &p), "other secret");
+        assert!(!verify(b"s", CLIENT, 1, 2, &nc, &ns, &p), "reflected");
+        assert!(!verify(b"s", SERVER, 3, 2, &nc, &ns, &p), "other client");
+        assert!(!verify(b"s", SERVER, 1, 3, &nc, &ns, &p), "other server");
+        assert!(!verify(b"s", SERVER, 1, 2, &[9; 32], &ns, &p), "replayed");
+        assert!(!verify(b"s", SERVER, 1, 2, &nc, &[9; 32], &p), "replayed");
+    }
+}

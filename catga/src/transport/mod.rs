@@ -1,0 +1,143 @@
+//! Node-to-node transport: authenticated, multiplexed RPC over TCP.
+//!
+//! Each node runs one server and one connection pool. A pool keeps
+//! one TCP connection per peer and multiplexes many requests on it; a server
+//! answers requests concurrently, at most `max_in_flight_per_conn` at a time
+//! per connection.
+//!
+//! # Wire format
+//!
+//! Every frame is a 4-byte big-endian length followed by that many bytes of an
+//! rmp-serde encoded frame enum (structs as maps, enum variants by name):
+//! `Hello`, `Challenge`, `Proof` and `Welcome` for the handshake, then
+//! `Request { id, body }` and `Response { id, result }`. The length never
+//! exceeds `max_frame_bytes` (checked when reading and when writing; during
+//! the handshake the limit is 1 KiB).
+//!
+//! # Handshake (mutual challenge-response)
+//!
+//! ```text
+//! client → server  Hello     { node: c, nonce: Nc }
+//! server → client  Challenge { node: s, nonce: Ns, proof: HMAC(secret, "server" c s Nc Ns) }
+//! client → server  Proof     { proof: HMAC(secret, "client" c s Nc Ns) }
+//! server → client  Welcome
+//! ```
+//!
+//! Nonces are 32 fresh random bytes per connection, so a recorded proof is
+//! useless on another connection; the role label keeps one side's proof from
+//! being reflected as the other's. The secret never crosses the wire.
+//!
+//! Only the test fault switch ([`Faults`]) and the frame decoder (for fuzzing)
+//! are public.
+
+// Until the cluster module (raft network adapter, forwarding) calls into it,
+// most of the transport is used only by its tests.
+#![cfg_attr(not(test), allow(dead_code, unused_imports))]
+
+mod auth;
+mod conn;
+mod faults;
+mod frame;
+mod pool;
+mod server;
+#[cfg(test)]
+mod tests;
+
+use std::time::Duration;
+
+pub use faults::Faults;
+#[doc(hidden)]
+pub use frame::{Frame, FrameError, decode_frame, decode_stream};
+pub(crate) use pool::Pool;
+pub(crate) use server::Server;
+
+/// Settings shared by a node's server and pool.
+#[derive(Debug, Clone)]
+pub(crate) struct TransportConfig {
+    /// This node's id, announced in the handshake.
+    pub node_id: u64,
+    /// The cluster secret both ends must prove they know.
+    pub secret: Vec<u8>,
+    /// The largest frame read or written (default 64 MiB).
+    pub max_frame_bytes: usize,
+    /// How long a TCP connect may take.
+    pub connect_timeout: Duration,
+    /// How long the whole handshake may take, on either side.
+    pub handshake_timeout: Duration,
+    /// How many requests a server handles at once on one connection; further
+    /// requests wait in the socket (backpressure).
+    pub max_in_flight_per_conn: usize,
+    /// Capacity of each connection's outgoing frame queue.
+    pub write_queue: usize,
+    /// How many connections a server holds at once (more are refused).
+    pub max_connections: usize,
+    /// The wait after the first failed connect to a peer; it doubles with
+    /// every further failure up to `reconnect_backoff_max`.
+    pub reconnect_backoff_min: Duration,
+    /// The longest wait between failed connects.
+    pub reconnect_backoff_max: Duration,
+}
+
+impl Default for TransportConfig {
+    fn default() -> Self {
+        TransportConfig {
+            node_id: 0,
+            secret: Vec::new(),
+            max_frame_bytes: 64 * 1024 * 1024,
+            connect_timeout: Duration::from_secs(1),
+            handshake_timeout: Duration::from_secs(2),
+            max_in_flight_per_conn: 256,
+            write_queue: 1024,
+            max_connections: 4096,
+            reconnect_backoff_min: Duration::from_millis(10),
+            reconnect_backoff_max: Duration::from_secs(1),
+        }
+    }
+}
+
+impl TransportConfig {
+    /// The largest request or response body that fits in a frame.
+    pub(crate) fn max_body(&self) -> usize {
+        self.max_frame_bytes.saturating_sub(frame::FRAME_OVERHEAD)
+    }
+}
+
+/// What a server does with a request.
+pub(crate) trait Service: Send + Sync + 'static {
+    /// Handles one request from an authenticated peer `from` (its node id).
+    fn call(
+        &self,
+        from: u64,
+        body: bytes::Bytes,
+    ) -> futures::future::BoxFuture<'static, Result<bytes::Bytes, String>>;
+}
+
+/// Why a call through the pool failed.
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub(crate) enum TransportError {
+    /// The peer could not be reached, or the connection died before the
+    /// response came (the request may or may not have been handled).
+    #[error("peer unreachable: {0}")]
+    Unreachable(String),
+    /// No response before the deadline (the request may have been handled).
+    #[error("no response before the deadline")]
+    Timeout,
+    /// The peer's service returned an error.
+    #[error("the peer answered with an error: {0}")]
+    Remote(String),
+    /// The body does not fit in a frame; nothing was sent.
+    #[error("a body of {size} bytes exceeds the limit of {max} bytes (raise max_frame_bytes)")]
+    TooLarge {
+        /// The body's size.
+        size: usize,
+        /// The largest body that fits in a frame.
+        max: usize,
+    },
+    /// The peer failed the handshake (wrong cluster secret, or not the node
+    /// expected at that address).
+    #[error("handshake failed: {0}")]
+    Handshake(String),
+    /// The pool was shut down.
+    #[error("the transport is shut down")]
+    Closed,
+}

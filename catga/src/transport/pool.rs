@@ -1,0 +1,481 @@
+//! The client side: one multiplexed connection per peer.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use parking_lot::Mutex;
+use tokio::net::TcpStream;
+use tokio::net::tcp::OwnedReadHalf;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tokio_util::codec::{FramedRead, LengthDelimitedCodec};
+use tokio_util::sync::CancellationToken;
+
+use super::conn::write_loop;
+use super::frame::{self, Frame, decode_frame};
+use super::{Faults, TransportConfig, TransportError, auth};
+
+/// A pool of connections to peers, one per peer, each carrying many requests
+/// at once. Cloning gives another handle to the same pool.
+#[derive(Clone)]
+pub(crate) struct Pool {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    cfg: Arc<TransportConfig>,
+    faults: Faults,
+    peers: Mutex<HashMap<u64, Arc<Peer>>>,
+    /// Every connection's reader and writer task.
+    tasks: Mutex<JoinSet<()>>,
+    /// Cancelled by `shutdown`; each connection's token is a child.
+    stop: CancellationToken,
+    /// Connections established so far.
+    connects: AtomicU64,
+}
+
+struct Peer {
+    /// The current connection, if any (possibly dead: check before use).
+    conn: Mutex<Option<Arc<Conn>>>,
+    /// Held while connecting, so concurrent callers share one attempt.
+    connect: tokio::sync::Mutex<Backoff>,
+}
+
+#[derive(Default)]
+struct Backoff {
+    failures: u32,
+    last_failure: Option<Instant>,
+    last_error: String,
+}
+
+type Reply = oneshot::Sender<Result<Bytes, TransportError>>;
+
+struct Conn {
+    peer: u64,
+    addr: String,
+    tx: mpsc::Sender<Frame>,
+    pending: Mutex<Pending>,
+    /// Cancelled when the connection is closed, for whatever reason.
+    dead: CancellationToken,
+}
+
+struct Pending {
+    open: bool,
+    next_id: u64,
+    calls: HashMap<u64, Reply>,
+}
+
+impl Conn {
+    fn is_live(&self) -> bool {
+        !self.dead.is_cancelled()
+    }
+
+    /// A fresh request id and the receiver of its response, or `None` if the
+    /// connection is closed.
+    fn register(&self) -> Option<(u64, oneshot::Receiver<Result<Bytes, TransportError>>)> {
+        let mut p = self.pending.lock();
+        if !p.open {
+            return None;
+        }
+        let id = p.next_id;
+        p.next_id = p.next_id.wrapping_add(1);
+        let (tx, rx) = oneshot::channel();
+        p.calls.insert(id, tx);
+        Some((id, rx))
+    }
+
+    fn complete(&self, id: u64, result: Result<Bytes, TransportError>) {
+        let reply = self.pending.lock().calls.remove(&id);
+        // No entry: the caller gave up (deadline) and removed it.
+        if let Some(reply) = reply {
+            let _ = reply.send(result);
+        }
+    }
+
+    /// Closes the connection and fails every pending call with `err`.
+    fn close(&self, err: TransportError) {
+        self.dead.cancel();
+        let calls = {
+            let mut p = self.pending.lock();
+            p.open = false;
+            std::mem::take(&mut p.calls)
+        };
+        for (_, reply) in calls {
+            let _ = reply.send(Err(err.clone()));
+        }
+    }
+}
+
+/// Removes a call's pending entry when the call ends early (deadline,
+/// cancellation, lost connection).
+struct PendingGuard<'a> {
+    conn: &'a Conn,
+    id: u64,
+    armed: bool,
+}
+
+impl Drop for PendingGuard<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.conn.pending.lock().calls.remove(&self.id);
+        }
+    }
+}
+
+impl Pool {
+    /// A pool with no connections yet.
+    pub fn new(cfg: Arc<TransportConfig>, faults: Faults) -> Pool {
+        Pool {
+            inner: Arc::new(Inner {
+                cfg,
+                faults,
+                peers: Mutex::new(HashMap::new()),
+                tasks: Mutex::new(JoinSet::new()),
+                stop: CancellationToken::new(),
+                connects: AtomicU64::new(0),
+            }),
+        }
+    }
+
+    /// Sends `body` to node `peer` at `addr` and waits for its response until
+    /// `deadline`. Connects (or reconnects) first if needed.
+    pub async fn call(
+        &self,
+        peer: u64,
+        addr: &str,
+        body: Bytes,
+        deadline: Duration,
+    ) -> Result<Bytes, TransportError> {
+        let inner = &self.inner;
+        if inner.stop.is_cancelled() {
+            return Err(TransportError::Closed);
+        }
+        if inner.faults.is_blocked(peer) {
+            return Err(cut_off(peer));
+        }
+        let max = inner.cfg.max_body();
+        if body.len() > max {
+            return Err(TransportError::TooLarge {
+                size: body.len(),
+                max,
+            });
+        }
+        let until = after(deadline);
+        match tokio::time::timeout_at(until, self.call_inner(peer, addr, body, until)).await {
+            Ok(r) => r,
+            Err(_) => Err(TransportError::Timeout),
+        }
+    }
+
+    async fn call_inner(
+        &self,
+        peer: u64,
+        addr: &str,
+        body: Bytes,
+        until: Instant,
+    ) -> Result<Bytes, TransportError> {
+        if let Some(d) = self.inner.faults.delay_of(peer) {
+            tokio::time::sleep(d).await;
+        }
+        let mut attempts = 0;
+        let (conn, id, rx) = loop {
+            let conn = self.connection(peer, addr, until).await?;
+            if let Some((id, rx)) = conn.register() {
+                break (conn, id, rx);
+            }
+            // It died before we used it: nothing was sent, so another
+            // connection may be tried.
+            attempts += 1;
+            if attempts >= 3 {
+                return Err(TransportError::Unreachable(format!(
+                    "the connection to node {peer} keeps closing"
+                )));
+            }
+        };
+        let mut guard = PendingGuard {
+            conn: &conn,
+            id,
+            armed: true,
+        };
+        if conn.tx.send(Frame::Request { id, body }).await.is_err() {
+            return Err(lost(peer));
+        }
+        let result = rx.await;
+        guard.armed = false;
+        match result {
+            Ok(r) => r,
+            Err(_) => Err(lost(peer)),
+        }
+    }
+
+    /// A live connection to `peer` at `addr`, connecting if needed.
+    async fn connection(
+        &self,
+        peer: u64,
+        addr: &str,
+        until: Instant,
+    ) -> Result<Arc<Conn>, TransportError> {
+        let slot = self
+            .inner
+            .peers
+            .lock()
+            .entry(peer)
+            .or_insert_with(|| {
+                Arc::new(Peer {
+                    conn: Mutex::new(None),
+                    connect: tokio::sync::Mutex::new(Backoff::default()),
+                })
+            })
+            .clone();
+        if let Some(c) = live(&slot, addr) {
+            return Ok(c);
+        }
+        let mut backoff = slot.connect.lock().await;
+        if let Some(c) = live(&slot, addr) {
+            return Ok(c);
+        }
+        if self.inner.stop.is_cancelled() {
+            return Err(TransportError::Closed);
+        }
+        if let Some(last) = backoff.last_failure {
+            let ready = last + self.backoff(backoff.failures);
+            if ready > until {
+                return Err(TransportError::Unreachable(format!(
+                    "{} (next attempt in {:?})",
+                    backoff.last_error,
+                    ready.saturating_duration_since(Instant::now())
+                )));
+            }
+            tokio::time::sleep_until(ready).await;
+        }
+        match self.connect(peer, addr, until).await {
+            Ok(conn) => {
+                *backoff = Backoff::default();
+                let old = slot.conn.lock().replace(conn.clone());
+                if let Some(old) = old {
+                    // A connection to the peer's previous address.
+                    old.close(TransportError::Unreachable(format!(
+                        "node {peer} moved to {addr}"
+                    )));
+                }
+                Ok(conn)
+            }
+            Err(e) => {
+                if e != TransportError::Closed {
+                    backoff.failures = backoff.failures.saturating_add(1);
+                    backoff.last_failure = Some(Instant::now());
+                    backoff.last_error = e.to_string();
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// The wait after `failures` failed connects in a row.
+    fn backoff(&self, failures: u32) -> Duration {
+        let cfg = &self.inner.cfg;
+        let shift = failures.saturating_sub(1).min(20);
+        cfg.reconnect_backoff_min
+            .saturating_mul(1 << shift)
+            .min(cfg.reconnect_backoff_max)
+    }
+
+    /// Connects, authenticates and starts the connection's tasks.
+    async fn connect(
+        &self,
+        peer: u64,
+        addr: &str,
+        until: Instant,
+    ) -> Result<Arc<Conn>, TransportError> {
+        let cfg = &self.inner.cfg;
+        let connect_until = until.min(after(cfg.connect_timeout));
+        let stream = match tokio::time::timeout_at(connect_until, TcpStream::connect(addr)).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                return Err(TransportError::Unreachable(format!(
+                    "cannot connect to node {peer} at {addr}: {e}"
+                )));
+            }
+            Err(_) => {
+                return Err(TransportError::Unreachable(format!(
+                    "connecting to node {peer} at {addr} timed out"
+                )));
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let handshake_until = until.min(after(cfg.handshake_timeout));
+        let authed =
+            match tokio::time::timeout_at(handshake_until, auth::client(stream, cfg, peer)).await {
+                Ok(Ok(a)) => a,
+                Ok(Err(e)) => {
+                    if matches!(e, TransportError::Handshake(_)) {
+                        tracing::warn!(peer, %addr, reason = %e, "transport: handshake failed");
+                    }
+                    return Err(e);
+                }
+                Err(_) => {
+                    tracing::warn!(peer, %addr, "transport: handshake timed out");
+                    return Err(TransportError::Handshake(format!(
+                        "node {peer} at {addr} did not complete the handshake in time"
+                    )));
+                }
+            };
+
+        let (r, w) = authed.stream.into_split();
+        let mut reader = FramedRead::new(r, frame::codec(cfg.max_frame_bytes));
+        *reader.read_buffer_mut() = authed.read_buf;
+        let (tx, rx) = mpsc::channel(cfg.write_queue.max(1));
+        let conn = Arc::new(Conn {
+            peer,
+            addr: addr.to_owned(),
+            tx,
+            pending: Mutex::new(Pending {
+                open: true,
+                next_id: 1,
+                calls: HashMap::new(),
+            }),
+            dead: self.inner.stop.child_token(),
+        });
+
+        let mut tasks = self.inner.tasks.lock();
+        if self.inner.stop.is_cancelled() {
+            return Err(TransportError::Closed);
+        }
+        while tasks.try_join_next().is_some() {}
+        tasks.spawn(read_loop(
+            conn.clone(),
+            reader,
+            self.inner.faults.clone(),
+            self.inner.stop.clone(),
+        ));
+        let (c, max) = (conn.clone(), cfg.max_frame_bytes);
+        tasks.spawn(async move {
+            let r = write_loop(rx, w, max, &c.dead, |f, e| {
+                if let Frame::Request { id, .. } = f {
+                    c.complete(id, Err(TransportError::Unreachable(e.to_string())));
+                }
+            })
+            .await;
+            if let Err(e) = r {
+                c.close(TransportError::Unreachable(format!(
+                    "writing to node {} failed: {e}",
+                    c.peer
+                )));
+            }
+        });
+        self.inner.connects.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(peer, %addr, "transport: connected");
+        Ok(conn)
+    }
+
+    /// How many connections this pool has established so far.
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub fn connects(&self) -> u64 {
+        self.inner.connects.load(Ordering::Relaxed)
+    }
+
+    /// Calls to `peer` waiting for their response.
+    #[cfg(test)]
+    pub(crate) fn in_flight(&self, peer: u64) -> usize {
+        let slot = self.inner.peers.lock().get(&peer).cloned();
+        let conn = slot.and_then(|s| s.conn.lock().clone());
+        conn.map_or(0, |c| c.pending.lock().calls.len())
+    }
+
+    /// Closes every connection (pending calls fail with `Closed`) and waits
+    /// for their tasks. Later calls fail with `Closed`.
+    pub async fn shutdown(&self) {
+        self.inner.stop.cancel();
+        let mut tasks = std::mem::take(&mut *self.inner.tasks.lock());
+        while let Some(done) = tasks.join_next().await {
+            if let Err(e) = done {
+                tracing::warn!(error = %e, "transport: a connection task failed");
+            }
+        }
+        self.inner.peers.lock().clear();
+    }
+}
+
+fn live(slot: &Peer, addr: &str) -> Option<Arc<Conn>> {
+    match &*slot.conn.lock() {
+        Some(c) if c.is_live() && c.addr == addr => Some(c.clone()),
+        _ => None,
+    }
+}
+
+/// Reads responses and completes the calls waiting for them.
+async fn read_loop(
+    conn: Arc<Conn>,
+    mut reader: FramedRead<OwnedReadHalf, LengthDelimitedCodec>,
+    faults: Faults,
+    stop: CancellationToken,
+) {
+    let peer = conn.peer;
+    let err = loop {
+        let next = tokio::select! {
+            biased;
+            _ = conn.dead.cancelled() => break if stop.is_cancelled() {
+                TransportError::Closed
+            } else {
+                lost(peer)
+            },
+            next = reader.next() => next,
+        };
+        match next {
+            None => break lost(peer),
+            Some(Err(e)) => {
+                tracing::warn!(peer, error = %e, "transport: closing connection: bad frame");
+                break TransportError::Unreachable(format!("bad frame from node {peer}: {e}"));
+            }
+            Some(Ok(payload)) => match decode_frame(payload.freeze()) {
+                Ok(Frame::Response { id, result }) => {
+                    if faults.is_blocked(peer) {
+                        break cut_off(peer);
+                    }
+                    conn.complete(id, result.map_err(TransportError::Remote));
+                }
+                Ok(other) => {
+                    tracing::warn!(
+                        peer,
+                        frame = other.kind(),
+                        "transport: closing connection: unexpected frame"
+                    );
+                    break TransportError::Unreachable(format!(
+                        "node {peer} sent an unexpected {} frame",
+                        other.kind()
+                    ));
+                }
+                Err(e) => {
+                    tracing::warn!(peer, error = %e, "transport: closing connection: malformed frame");
+                    break TransportError::Unreachable(format!(
+                        "node {peer} sent a malformed frame: {e}"
+                    ));
+                }
+            },
+        }
+    };
+    conn.close(err);
+}
+
+/// Now plus `d`; a time too far to represent is a year from now.
+fn after(d: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(d)
+        .or_else(|| now.checked_add(Duration::from_secs(365 * 24 * 3600)))
+        .unwrap_or(now)
+}
+
+fn lost(peer: u64) -> TransportError {
+    TransportError::Unreachable(format!(
+        "the connection to node {peer} was lost before the response came"
+    ))
+}
+
+fn cut_off(peer: u64) -> TransportError {
+    TransportError::Unreachable(format!("node {peer} is cut off (fault injection)"))
+}

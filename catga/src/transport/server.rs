@@ -1,0 +1,270 @@
+//! The server: accepts connections, authenticates them, answers requests.
+
+use std::net::SocketAddr;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::{FutureExt, StreamExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, mpsc};
+use tokio::task::{JoinHandle, JoinSet};
+use tokio_util::codec::FramedRead;
+use tokio_util::sync::CancellationToken;
+
+use super::conn::{panic_message, truncate, write_loop};
+use super::frame::{self, Frame, decode_frame};
+use super::{Faults, Service, TransportConfig, auth};
+
+/// The longest error message sent back to a caller.
+const MAX_ERROR: usize = 16 * 1024;
+
+/// A listening server. It owns its accept task and, through it, every
+/// connection task; [`Server::shutdown`] stops them all. Dropping a server
+/// without `shutdown` stops them too, without waiting.
+pub(crate) struct Server {
+    local_addr: SocketAddr,
+    stop: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+impl Server {
+    /// Listens on `addr` and answers authenticated peers' requests with `service`.
+    pub async fn bind(
+        addr: SocketAddr,
+        cfg: Arc<TransportConfig>,
+        service: Arc<dyn Service>,
+        faults: Faults,
+    ) -> std::io::Result<Server> {
+        let listener = TcpListener::bind(addr).await?;
+        let local_addr = listener.local_addr()?;
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(accept_loop(listener, cfg, service, faults, stop.clone()));
+        Ok(Server {
+            local_addr,
+            stop,
+            task,
+        })
+    }
+
+    /// Like [`Server::bind`], on an already bound std listener.
+    pub fn from_std(
+        listener: std::net::TcpListener,
+        cfg: Arc<TransportConfig>,
+        service: Arc<dyn Service>,
+        faults: Faults,
+    ) -> std::io::Result<Server> {
+        listener.set_nonblocking(true)?;
+        let listener = TcpListener::from_std(listener)?;
+        let local_addr = listener.local_addr()?;
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(accept_loop(listener, cfg, service, faults, stop.clone()));
+        Ok(Server {
+            local_addr,
+            stop,
+            task,
+        })
+    }
+
+    /// The address the server listens on (the port chosen, if `bind` got 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Stops accepting, closes every connection (requests being handled are
+    /// dropped, unanswered) and waits for all tasks to end.
+    pub async fn shutdown(mut self) {
+        self.stop.cancel();
+        if let Err(e) = (&mut self.task).await {
+            tracing::warn!(error = %e, "transport: the accept task failed");
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    cfg: Arc<TransportConfig>,
+    service: Arc<dyn Service>,
+    faults: Faults,
+    stop: CancellationToken,
+) {
+    let mut conns = JoinSet::new();
+    loop {
+        tokio::select! {
+            biased;
+            _ = stop.cancelled() => break,
+            Some(done) = conns.join_next(), if !conns.is_empty() => {
+                if let Err(e) = done {
+                    tracing::warn!(error = %e, "transport: a connection task failed");
+                }
+            }
+            accepted = listener.accept() => match accepted {
+                Ok((stream, addr)) => {
+                    if conns.len() >= cfg.max_connections {
+                        tracing::warn!(%addr, limit = cfg.max_connections,
+                            "transport: refused a connection: too many connections");
+                        continue;
+                    }
+                    conns.spawn(serve(
+                        stream, addr, cfg.clone(), service.clone(), faults.clone(), stop.child_token(),
+                    ));
+                }
+                Err(e) => {
+                    // Out of file descriptors and the like: do not spin.
+                    tracing::warn!(error = %e, "transport: accept failed");
+                    tokio::select! {
+                        _ = stop.cancelled() => break,
+                        _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+                    }
+                }
+            },
+        }
+    }
+    drop(listener);
+    while conns.join_next().await.is_some() {}
+}
+
+/// One connection: handshake, then read requests and hand each to a task.
+async fn serve(
+    stream: TcpStream,
+    addr: SocketAddr,
+    cfg: Arc<TransportConfig>,
+    service: Arc<dyn Service>,
+    faults: Faults,
+    stop: CancellationToken,
+) {
+    let _ = stream.set_nodelay(true);
+    let handshake = tokio::select! {
+        biased;
+        _ = stop.cancelled() => return,
+        r = tokio::time::timeout(cfg.handshake_timeout, auth::server(stream, &cfg, &faults)) => r,
+    };
+    let (from, conn) = match handshake {
+        Ok(Ok(ok)) => ok,
+        Ok(Err(e)) => {
+            tracing::warn!(%addr, reason = %e, "transport: refused a connection: handshake failed");
+            return;
+        }
+        Err(_) => {
+            tracing::warn!(%addr, timeout = ?cfg.handshake_timeout,
+                "transport: refused a connection: handshake timed out");
+            return;
+        }
+    };
+    tracing::debug!(peer = from, %addr, "transport: connection authenticated");
+
+    let (r, w) = conn.stream.into_split();
+    let mut reader = FramedRead::new(r, frame::codec(cfg.max_frame_bytes));
+    *reader.read_buffer_mut() = conn.read_buf;
+    let (tx, rx) = mpsc::channel(cfg.write_queue.max(1));
+    let writer = {
+        let stop = stop.clone();
+        let max = cfg.max_frame_bytes;
+        tokio::spawn(async move {
+            let r = write_loop(rx, w, max, &stop, |f, e| {
+                tracing::warn!(peer = from, frame = f.kind(), error = %e, "transport: dropped a response");
+            })
+            .await;
+            if let Err(e) = r {
+                tracing::debug!(peer = from, error = %e, "transport: write failed");
+            }
+            stop.cancel();
+        })
+    };
+
+    let permits = Arc::new(Semaphore::new(cfg.max_in_flight_per_conn.max(1)));
+    let max_body = cfg.max_body();
+    let mut requests = JoinSet::new();
+    loop {
+        // Take a permit before reading: at the limit we stop reading, and the
+        // peer's writes back up (backpressure instead of unbounded tasks).
+        let permit = tokio::select! {
+            biased;
+            _ = stop.cancelled() => break,
+            p = permits.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+        };
+        let next = tokio::select! {
+            biased;
+            _ = stop.cancelled() => break,
+            next = reader.next() => next,
+        };
+        let (id, body) = match next {
+            None => {
+                tracing::debug!(peer = from, %addr, "transport: peer closed the connection");
+                break;
+            }
+            Some(Err(e)) => {
+                tracing::warn!(peer = from, %addr, error = %e, "transport: closing connection: bad frame");
+                break;
+            }
+            Some(Ok(payload)) => match decode_frame(payload.freeze()) {
+                Ok(Frame::Request { id, body }) => (id, body),
+                Ok(other) => {
+                    tracing::warn!(peer = from, %addr, frame = other.kind(),
+                        "transport: closing connection: unexpected frame");
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!(peer = from, %addr, error = %e,
+                        "transport: closing connection: malformed frame");
+                    break;
+                }
+            },
+        };
+        if faults.is_blocked(from) {
+            tracing::debug!(
+                peer = from,
+                "transport: dropping a request: peer cut off (fault injection)"
+            );
+            break;
+        }
+        let service = service.clone();
+        let tx = tx.clone();
+        let faults = faults.clone();
+        let stop = stop.clone();
+        requests.spawn(async move {
+            let result = call(&*service, from, body).await;
+            let result = match result {
+                Ok(b) if b.len() > max_body => Err(format!(
+                    "the response of {} bytes exceeds the frame limit of {max_body} bytes",
+                    b.len()
+                )),
+                Ok(b) => Ok(b),
+                Err(e) => Err(truncate(e, MAX_ERROR.min(max_body))),
+            };
+            if faults.is_blocked(from) {
+                stop.cancel();
+                return;
+            }
+            let _ = tx.send(Frame::Response { id, result }).await;
+            drop(permit);
+        });
+        while requests.try_join_next().is_some() {}
+    }
+    stop.cancel();
+    requests.shutdown().await;
+    drop(tx);
+    let _ = writer.await;
+}
+
+/// Calls the service; a panic becomes an error for the caller.
+async fn call(service: &dyn Service, from: u64, body: Bytes) -> Result<Bytes, String> {
+    let fut = match std::panic::catch_unwind(AssertUnwindSafe(|| service.call(from, body))) {
+        Ok(fut) => fut,
+        Err(p) => return Err(format!("the handler panicked: {}", panic_message(&*p))),
+    };
+    match AssertUnwindSafe(fut).catch_unwind().await {
+        Ok(r) => r,
+        Err(p) => Err(format!("the handler panicked: {}", panic_message(&*p))),
+    }
+}

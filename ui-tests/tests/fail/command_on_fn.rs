@@ -1,0 +1,6 @@
+use catga::prelude::*;
+
+#[command]
+fn place_order() {}
+
+fn main() {}

@@ -1,0 +1,13 @@
+use catga::prelude::*;
+
+#[event]
+pub struct OrderPlaced {
+    pub id: u64,
+}
+
+#[handler]
+fn on_order_placed(e: OrderPlaced) -> u64 {
+    e.id
+}
+
+fn main() {}

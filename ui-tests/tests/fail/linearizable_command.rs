@@ -1,0 +1,6 @@
+use catga::prelude::*;
+
+#[command(linearizable)]
+pub struct PlaceOrder;
+
+fn main() {}

@@ -1,0 +1,6 @@
+use catga::prelude::*;
+
+#[event(name = shop::OrderPlaced)]
+pub struct OrderPlaced;
+
+fn main() {}

@@ -1,0 +1,8 @@
+use catga::prelude::*;
+
+#[handler]
+fn place_order() -> u64 {
+    0
+}
+
+fn main() {}

@@ -1,0 +1,9 @@
+use catga::prelude::*;
+
+#[query]
+pub struct Ping;
+
+#[handler]
+fn ping(_q: Ping) {}
+
+fn main() {}

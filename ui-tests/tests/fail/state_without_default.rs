@@ -1,0 +1,8 @@
+use catga::prelude::*;
+
+#[state]
+pub struct Shop {
+    orders: u64,
+}
+
+fn main() {}

@@ -1,0 +1,24 @@
+use catga::prelude::*;
+
+#[state]
+#[derive(Default)]
+pub struct Shop {
+    orders: u64,
+}
+
+#[command]
+pub struct PlaceOrder;
+
+#[handler]
+fn place_order(_cmd: PlaceOrder, shop: &mut Shop) -> u64 {
+    shop.orders += 1;
+    shop.orders
+}
+
+#[handler]
+fn place_order_again(_cmd: PlaceOrder, shop: &mut Shop) -> u64 {
+    shop.orders += 2;
+    shop.orders
+}
+
+fn main() {}

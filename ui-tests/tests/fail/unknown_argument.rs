@@ -1,0 +1,6 @@
+use catga::prelude::*;
+
+#[command(nme = "shop.PlaceOrder")]
+pub struct PlaceOrder;
+
+fn main() {}
