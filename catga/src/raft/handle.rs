@@ -328,6 +328,11 @@ impl RaftHandle {
     }
 
     /// Waits until some node is leader and this node knows it.
+    /// Waits until this node's view of the cluster changes, or `max` passes.
+    pub async fn changed(&self, max: Duration) {
+        self.wait_change(max).await
+    }
+
     pub async fn wait_leader(&self, timeout: Duration) -> Result<u64> {
         let mut rx = self.raft.metrics();
         let r = tokio::time::timeout(timeout, async {
