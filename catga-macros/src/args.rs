@@ -19,6 +19,8 @@ pub struct Allowed {
     pub attr: &'static str,
     pub name: bool,
     pub linearizable: bool,
+    /// Added to the "unknown argument" error, e.g. where the argument belongs.
+    pub hint: &'static str,
 }
 
 impl Allowed {
@@ -30,20 +32,31 @@ impl Allowed {
         if self.linearizable {
             v.push("`linearizable`");
         }
-        if v.is_empty() {
+        let mut text = if v.is_empty() {
             format!("#[{}] takes no arguments", self.attr)
         } else {
             format!("#[{}] accepts {}", self.attr, v.join(" and "))
+        };
+        if !self.hint.is_empty() {
+            text.push_str("; ");
+            text.push_str(self.hint);
         }
+        text
     }
 }
 
-/// Parses `tokens` as a comma-separated list of arguments, reporting every
-/// unknown or malformed one.
-pub fn parse(tokens: TokenStream, allowed: &Allowed) -> Result<Args, syn::Error> {
-    let metas = Punctuated::<Meta, Token![,]>::parse_terminated.parse2(tokens)?;
+/// Parses `tokens` as a comma-separated list of arguments. Every unknown or
+/// malformed argument is pushed to `errors` and otherwise ignored, so that
+/// the item is still expanded (one typo, one error).
+pub fn parse(tokens: TokenStream, allowed: &Allowed, errors: &mut Vec<syn::Error>) -> Args {
     let mut args = Args::default();
-    let mut errors = Vec::new();
+    let metas = match Punctuated::<Meta, Token![,]>::parse_terminated.parse2(tokens) {
+        Ok(m) => m,
+        Err(e) => {
+            errors.push(e);
+            return args;
+        }
+    };
     for meta in metas {
         match &meta {
             Meta::NameValue(nv) if allowed.name && nv.path.is_ident("name") => {
@@ -71,8 +84,29 @@ pub fn parse(tokens: TokenStream, allowed: &Allowed) -> Result<Args, syn::Error>
                     args.name = Some(lit);
                 }
             }
+            other if allowed.name && other.path().is_ident("name") => {
+                errors.push(syn::Error::new_spanned(
+                    other,
+                    "`name` takes a string literal, e.g. `name = \"shop.PlaceOrder\"`",
+                ));
+            }
             Meta::Path(p) if allowed.linearizable && p.is_ident("linearizable") => {
                 args.linearizable = Some(syn::spanned::Spanned::span(p));
+            }
+            other if allowed.linearizable && other.path().is_ident("linearizable") => {
+                errors.push(syn::Error::new_spanned(
+                    other,
+                    "`linearizable` takes no value: write `#[query(linearizable)]`",
+                ));
+            }
+            other if other.path().is_ident("linearizable") => {
+                errors.push(syn::Error::new_spanned(
+                    other,
+                    format!(
+                        "`linearizable` is for #[query] only (a query that must see every write acknowledged before it); {}",
+                        allowed.expected()
+                    ),
+                ));
             }
             other => {
                 let what = match other.path().get_ident() {
@@ -86,8 +120,5 @@ pub fn parse(tokens: TokenStream, allowed: &Allowed) -> Result<Args, syn::Error>
             }
         }
     }
-    match crate::fallback::combine(errors) {
-        Some(e) => Err(e),
-        None => Ok(args),
-    }
+    args
 }

@@ -1,14 +1,6 @@
-//! What to emit when expansion fails: the user's item unchanged plus the
-//! errors, so that the rest of their crate still type-checks against it.
-
-use proc_macro2::TokenStream;
-use quote::quote;
-
-/// Emits `item` followed by every error in `err`.
-pub fn with_errors(item: TokenStream, err: syn::Error) -> TokenStream {
-    let errors = err.to_compile_error();
-    quote! { #item #errors }
-}
+//! What to emit when expansion fails: each macro's `expand` emits the
+//! user's item unchanged (or as far as it could be expanded) plus the errors,
+//! so that the rest of their crate still type-checks against it.
 
 /// Folds a list of errors into one (reported together), or `None`.
 pub fn combine(errors: Vec<syn::Error>) -> Option<syn::Error> {

@@ -5,12 +5,16 @@
 //! `::catga::__private`, so a user's crate depends on `catga` alone.
 //!
 //! The crate is laid out as parse → validate → expand:
-//! - [`args`]: the attribute arguments (`name = "..."`, `linearizable`);
-//! - [`message`]: `#[command]`, `#[query]`, `#[event]`;
-//! - [`handler`]: `#[handler]` (parse and classify the signature, then expand);
-//! - [`state`]: `#[state]`;
-//! - [`fallback`]: on error, re-emit the user's item next to the errors so
+//! - [`args`] — the attribute arguments (`name = "..."`, `linearizable`);
+//! - [`message`] — `#[command]`, `#[query]`, `#[event]`;
+//! - [`handler`] — `#[handler]` (parse and classify the signature, then expand);
+//! - [`state`] — `#[state]`;
+//! - [`fallback`] — on error, re-emit the user's item next to the errors so
 //!   that one mistake does not cascade into many.
+//!
+//! Every trait bound the expansion needs on a user's type is required at
+//! exactly one place, spanned on that type (see `catga::__private`), so that
+//! one mistake is one error, with the runtime's `on_unimplemented` text.
 
 use proc_macro::TokenStream;
 

@@ -3,8 +3,9 @@
 
 use proc_macro2::TokenStream;
 use quote::{quote, quote_spanned};
+use syn::punctuated::Punctuated;
 use syn::spanned::Spanned;
-use syn::{Attribute, DeriveInput, Item};
+use syn::{Attribute, DeriveInput, Item, Path, Token};
 
 use crate::args::{self, Allowed};
 use crate::fallback;
@@ -27,62 +28,118 @@ impl Kind {
 }
 
 pub fn expand(kind: Kind, args: TokenStream, item: TokenStream) -> TokenStream {
-    match try_expand(kind, args, item.clone()) {
-        Ok(ts) => ts,
-        Err(e) => fallback::with_errors(item, e),
+    let mut errors = Vec::new();
+    let expanded = try_expand(kind, args, item.clone(), &mut errors);
+    let mut out = expanded.unwrap_or(item);
+    if let Some(e) = fallback::combine(errors) {
+        out.extend(e.to_compile_error());
     }
+    out
 }
 
-/// Rejects a user's own `derive(Serialize)`/`derive(Deserialize)`: the
-/// attribute adds them, and two derives would conflict.
-pub fn check_no_serde_derive(attrs: &[Attribute], attr: &str, errors: &mut Vec<syn::Error>) {
-    for a in attrs.iter().filter(|a| a.path().is_ident("derive")) {
-        let _ = a.parse_nested_meta(|m| {
-            if let Some(last) = m.path.segments.last()
-                && (last.ident == "Serialize" || last.ident == "Deserialize")
-            {
-                errors.push(syn::Error::new_spanned(
-                    &m.path,
-                    format!(
-                        "#[{attr}] already derives Serialize and Deserialize (through catga's own serde); remove `{}` from this derive",
-                        last.ident
-                    ),
-                ));
-            }
-            Ok(())
+/// Removes `Serialize`/`Deserialize` from the user's own derives, reporting
+/// each: the attribute derives them (through catga's serde), and two derives
+/// would conflict. The item is then expanded as if they were not there, so
+/// the mistake is one error, not a cascade.
+pub fn strip_serde_derives(attrs: &mut Vec<Attribute>, attr: &str, errors: &mut Vec<syn::Error>) {
+    let mut keep = Vec::with_capacity(attrs.len());
+    for a in attrs.drain(..) {
+        if !a.path().is_ident("derive") {
+            keep.push(a);
+            continue;
+        }
+        let Ok(paths) = a.parse_args_with(Punctuated::<Path, Token![,]>::parse_terminated) else {
+            keep.push(a);
+            continue;
+        };
+        let (serde, rest): (Vec<Path>, Vec<Path>) = paths.into_iter().partition(|p| {
+            p.segments
+                .last()
+                .is_some_and(|s| s.ident == "Serialize" || s.ident == "Deserialize")
         });
+        if serde.is_empty() {
+            keep.push(a);
+            continue;
+        }
+        for p in &serde {
+            let last = &p
+                .segments
+                .last()
+                .expect("partitioned on the last segment")
+                .ident;
+            errors.push(syn::Error::new_spanned(
+                p,
+                format!(
+                    "#[{attr}] already derives Serialize and Deserialize (through catga's own serde); remove `{last}` from this derive"
+                ),
+            ));
+        }
+        if !rest.is_empty() {
+            let pound = a.pound_token;
+            let bracket = a.bracket_token;
+            let mut derive: Attribute = syn::parse_quote!(#[derive(#(#rest),*)]);
+            derive.pound_token = pound;
+            derive.bracket_token = bracket;
+            keep.push(derive);
+        }
+    }
+    *attrs = keep;
+}
+
+/// What an item that is not a struct or an enum is, and where it starts.
+pub fn describe(item: &Item) -> (proc_macro2::Span, &'static str) {
+    match item {
+        Item::Fn(f) => (f.sig.fn_token.span, "a function"),
+        Item::Trait(t) => (t.trait_token.span, "a trait"),
+        Item::Impl(i) => (i.impl_token.span, "an impl block"),
+        Item::Type(t) => (t.type_token.span, "a type alias"),
+        Item::Mod(m) => (m.mod_token.span, "a module"),
+        Item::Const(c) => (c.const_token.span, "a const"),
+        Item::Static(s) => (s.static_token.span, "a static"),
+        Item::Use(u) => (u.use_token.span, "a `use`"),
+        other => (other.span(), "this item"),
     }
 }
 
-fn try_expand(kind: Kind, args: TokenStream, item: TokenStream) -> syn::Result<TokenStream> {
+fn try_expand(
+    kind: Kind,
+    args: TokenStream,
+    item: TokenStream,
+    errors: &mut Vec<syn::Error>,
+) -> Option<TokenStream> {
     let attr = kind.attr();
     let allowed = Allowed {
         attr,
         name: true,
         linearizable: matches!(kind, Kind::Query),
+        hint: "",
     };
-    let parsed_args = args::parse(args, &allowed);
-    let input: DeriveInput = match syn::parse2::<Item>(item.clone()) {
+    // Malformed arguments are reported and ignored: the type is still a
+    // message, so its handlers and senders see no further error.
+    let args = args::parse(args, &allowed, errors);
+    let mut input: DeriveInput = match syn::parse2::<Item>(item) {
         Ok(Item::Struct(s)) => s.into(),
         Ok(Item::Enum(e)) => e.into(),
         Ok(Item::Union(u)) => {
-            return Err(syn::Error::new_spanned(
+            errors.push(syn::Error::new_spanned(
                 u.union_token,
                 format!("#[{attr}] cannot be used on a union: use a struct or an enum"),
             ));
+            return None;
         }
         Ok(other) => {
-            return Err(syn::Error::new(
-                first_token_span(&other),
-                format!("#[{attr}] goes on a struct or an enum, not on this item"),
+            let (span, what) = describe(&other);
+            errors.push(syn::Error::new(
+                span,
+                format!("#[{attr}] goes on a struct or an enum, not on {what}"),
             ));
+            return None;
         }
-        Err(e) => return Err(e),
+        Err(e) => {
+            errors.push(e);
+            return None;
+        }
     };
-    let args = parsed_args?;
-
-    let mut errors = Vec::new();
-    check_no_serde_derive(&input.attrs, attr, &mut errors);
     if !input.generics.params.is_empty() {
         errors.push(syn::Error::new_spanned(
             &input.generics,
@@ -90,10 +147,9 @@ fn try_expand(kind: Kind, args: TokenStream, item: TokenStream) -> syn::Result<T
                 "#[{attr}] types cannot be generic: each wire name must stand for one concrete type"
             ),
         ));
+        return None;
     }
-    if let Some(e) = fallback::combine(errors) {
-        return Err(e);
-    }
+    strip_serde_derives(&mut input.attrs, attr, errors);
 
     let ident = &input.ident;
     let name = match &args.name {
@@ -134,7 +190,7 @@ fn try_expand(kind: Kind, args: TokenStream, item: TokenStream) -> syn::Result<T
         #[derive(::catga::__private::serde::Serialize, ::catga::__private::serde::Deserialize)]
         #[serde(crate = "::catga::__private::serde")]
     };
-    Ok(quote! {
+    Some(quote! {
         #serde_attrs
         #input
         const _: () = {
@@ -152,17 +208,4 @@ fn try_expand(kind: Kind, args: TokenStream, item: TokenStream) -> syn::Result<T
             }
         };
     })
-}
-
-fn first_token_span(item: &Item) -> proc_macro2::Span {
-    match item {
-        Item::Fn(f) => f.sig.fn_token.span,
-        Item::Trait(t) => t.trait_token.span,
-        Item::Impl(i) => i.impl_token.span,
-        Item::Type(t) => t.type_token.span,
-        Item::Mod(m) => m.mod_token.span,
-        Item::Const(c) => c.const_token.span,
-        Item::Static(s) => s.static_token.span,
-        other => other.span(),
-    }
 }

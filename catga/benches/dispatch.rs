@@ -41,27 +41,52 @@ fn bench(c: &mut Criterion) {
     for i in 0..1000u64 {
         kv.map.insert(format!("key-{i}"), i);
     }
-    let payload = catga::__private::rmp_serde::to_vec_named(&Put { key: "key-7".into(), value: 1 })
-        .expect("encode");
+    let payload = catga::__private::rmp_serde::to_vec_named(&Put {
+        key: "key-7".into(),
+        value: 1,
+    })
+    .expect("encode");
     // fill the machine the same way
     for i in 0..1000u64 {
-        let p = catga::__private::rmp_serde::to_vec_named(&Put { key: format!("key-{i}"), value: i })
-            .expect("encode");
+        let p = catga::__private::rmp_serde::to_vec_named(&Put {
+            key: format!("key-{i}"),
+            value: i,
+        })
+        .expect("encode");
         machine.apply(i + 1, &env(p, i + 1));
     }
 
     let mut g = c.benchmark_group("query");
     g.bench_function("direct", |b| {
-        b.iter(|| black_box(get(Get { key: black_box("key-7").to_string() }, &kv)))
+        b.iter(|| {
+            black_box(get(
+                Get {
+                    key: black_box("key-7").to_string(),
+                },
+                &kv,
+            ))
+        })
     });
     g.bench_function("dispatch", |b| {
-        b.iter(|| black_box(machine.query(Get { key: black_box("key-7").to_string() })))
+        b.iter(|| {
+            black_box(machine.query(Get {
+                key: black_box("key-7").to_string(),
+            }))
+        })
     });
     g.finish();
 
     let mut g = c.benchmark_group("command");
     g.bench_function("direct", |b| {
-        b.iter(|| black_box(put(Put { key: black_box("key-7").to_string(), value: 1 }, &mut kv)))
+        b.iter(|| {
+            black_box(put(
+                Put {
+                    key: black_box("key-7").to_string(),
+                    value: 1,
+                },
+                &mut kv,
+            ))
+        })
     });
     let mut seq = 10_000u64;
     g.bench_function("apply", |b| {

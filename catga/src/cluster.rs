@@ -101,7 +101,8 @@ impl ClusterBuilder {
 
     /// Several peers at once.
     pub fn peers<A: Into<String>>(mut self, peers: impl IntoIterator<Item = (u64, A)>) -> Self {
-        self.peers.extend(peers.into_iter().map(|(i, a)| (i, a.into())));
+        self.peers
+            .extend(peers.into_iter().map(|(i, a)| (i, a.into())));
         self
     }
 
@@ -177,11 +178,17 @@ impl ClusterBuilder {
                 .map_err(|e| bad("listener", e.to_string()))?
                 .to_string(),
             (None, None) => {
-                return Err(bad("listen", "required: call .listen(\"127.0.0.1:7001\")".into()));
+                return Err(bad(
+                    "listen",
+                    "required: call .listen(\"127.0.0.1:7001\")".into(),
+                ));
             }
         };
         let listen: SocketAddr = listen_str.parse().map_err(|e| {
-            bad("listen", format!("`{listen_str}` is not an ip:port socket address ({e})"))
+            bad(
+                "listen",
+                format!("`{listen_str}` is not an ip:port socket address ({e})"),
+            )
         })?;
         let data_dir = self
             .data_dir
@@ -204,14 +211,19 @@ impl ClusterBuilder {
         let me = self.advertise.clone().unwrap_or_else(|| listen_str.clone());
         members.insert(node_id, me);
         let hb = self.heartbeat.as_millis() as u64;
-        let (emin, emax) = (self.election.0.as_millis() as u64, self.election.1.as_millis() as u64);
+        let (emin, emax) = (
+            self.election.0.as_millis() as u64,
+            self.election.1.as_millis() as u64,
+        );
         if hb == 0 {
             return Err(bad("heartbeat_interval", "must be at least 1 ms".into()));
         }
         if emin <= hb * 2 {
             return Err(bad(
                 "election_timeout",
-                format!("the minimum ({emin} ms) must exceed twice the heartbeat interval ({hb} ms)"),
+                format!(
+                    "the minimum ({emin} ms) must exceed twice the heartbeat interval ({hb} ms)"
+                ),
             ));
         }
         if emax <= emin {
@@ -231,7 +243,9 @@ impl ClusterBuilder {
             Some(s) => s.into_bytes(),
             None => {
                 if !listen.ip().is_loopback() {
-                    tracing::warn!("no cluster secret set: any host that can reach {listen} can join; call .secret(..)");
+                    tracing::warn!(
+                        "no cluster secret set: any host that can reach {listen} can join; call .secret(..)"
+                    );
                 }
                 b"catga-default-secret".to_vec()
             }
@@ -365,7 +379,10 @@ impl Node {
         match M::ROUTE {
             Route::Query { .. } => {
                 if consistency == Consistency::Linearizable {
-                    self.inner.raft.read_barrier(self.inner.request_timeout).await?;
+                    self.inner
+                        .raft
+                        .read_barrier(self.inner.request_timeout)
+                        .await?;
                 }
                 self.inner.raft.read(|m| m.query(msg))
             }
@@ -381,11 +398,18 @@ impl Node {
     /// handlers of every node (at least once).
     pub async fn publish<E: Event>(&self, event: E) -> Result<()> {
         let payload = encode(&event)?;
-        self.submit(EntryKind::Event, E::NAME, payload).await?.response?;
+        self.submit(EntryKind::Event, E::NAME, payload)
+            .await?
+            .response?;
         Ok(())
     }
 
-    async fn submit(&self, kind: EntryKind, name: &str, payload: Vec<u8>) -> Result<crate::Applied> {
+    async fn submit(
+        &self,
+        kind: EntryKind,
+        name: &str,
+        payload: Vec<u8>,
+    ) -> Result<crate::Applied> {
         let inner = &self.inner;
         let seq = inner.next_seq.fetch_add(1, Ordering::Relaxed);
         let ack_below = {
@@ -424,7 +448,11 @@ impl Node {
         })?;
         self.inner
             .raft
-            .add_node(id, addr, self.inner.request_timeout.max(Duration::from_secs(30)))
+            .add_node(
+                id,
+                addr,
+                self.inner.request_timeout.max(Duration::from_secs(30)),
+            )
             .await
     }
 
@@ -461,7 +489,9 @@ impl Node {
     /// state (states and dedup table): equal on replicas that applied the
     /// same log.
     pub fn state_fingerprint(&self) -> Result<(u64, Vec<u8>)> {
-        self.inner.raft.read(|m| Ok((m.last_applied(), m.snapshot()?)))
+        self.inner
+            .raft
+            .read(|m| Ok((m.last_applied(), m.snapshot()?)))
     }
 
     /// Takes a snapshot now (and purges the log behind it).

@@ -36,6 +36,8 @@ pub struct Health {
     pub last_log_index: Option<u64>,
     /// The index of the last entry applied to the state here.
     pub applied_index: Option<u64>,
+    /// The last log index covered by this node's latest snapshot.
+    pub snapshot_index: Option<u64>,
     /// On the leader: for each other member, how many entries it is behind.
     pub replication_lag: BTreeMap<u64, u64>,
     /// Running, a leader known, and everything committed here is applied.

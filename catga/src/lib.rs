@@ -11,10 +11,10 @@ mod health;
 mod machine;
 mod message;
 mod raft;
-pub mod transport;
 mod registry;
 mod state;
 pub mod testing;
+pub mod transport;
 
 #[doc(hidden)]
 #[path = "private.rs"]

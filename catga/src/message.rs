@@ -46,7 +46,7 @@ pub enum Consistency {
 #[diagnostic::on_unimplemented(
     message = "`{Self}` is not a catga message",
     label = "not annotated with #[command], #[query] or #[event]",
-    note = "annotate the type with `#[command]` (a write), `#[query]` (a read) or `#[event]` (a notification)"
+    note = "annotate `{Self}` with `#[command]` (a replicated write), `#[query]` (a read) or `#[event]` (a notification)"
 )]
 pub trait Message: Serialize + DeserializeOwned + Send + 'static {
     /// The stable wire name: `module::path::Type` unless set with `name = "..."`.
@@ -57,17 +57,17 @@ pub trait Message: Serialize + DeserializeOwned + Send + 'static {
 
 /// A replicated write: applied to the state on every node, in log order.
 #[diagnostic::on_unimplemented(
-    message = "`{Self}` is not a #[command], so its handler cannot take `&mut` state",
-    label = "not a #[command]",
-    note = "only command handlers take `&mut State` (and `&mut CommandContext`); a query handler reads through `&State`; an event handler takes no state"
+    message = "`{Self}` is not a #[command]",
+    label = "a handler that takes `&mut State` must handle a #[command]",
+    note = "only a #[command] changes state: annotate `{Self}` with #[command] if it is a write; if it is a #[query], take the state as `&State`"
 )]
 pub trait Command: Message {}
 
 /// A read, answered from the state.
 #[diagnostic::on_unimplemented(
-    message = "`{Self}` is not a #[query], so its handler must not read `&State` or return a value",
-    label = "not a #[query]",
-    note = "a handler taking `&State`, or taking no state and returning a value, answers a #[query]; a command handler takes `&mut State`; an event handler takes no state and returns nothing"
+    message = "`{Self}` is not a #[query]",
+    label = "a handler that reads `&State` or returns a value must handle a #[query]",
+    note = "annotate `{Self}` with #[query] if it is a read; a #[command] handler takes `&mut State`; an #[event] handler takes no state and returns nothing"
 )]
 pub trait Query: Message {
     /// The default consistency of this query (`#[query(linearizable)]` sets
@@ -79,7 +79,7 @@ pub trait Query: Message {
 #[diagnostic::on_unimplemented(
     message = "`{Self}` is not an #[event]",
     label = "not an #[event]",
-    note = "a handler without state that returns nothing handles an #[event]; annotate the type with #[event], or give the handler the state it reads"
+    note = "annotate `{Self}` with #[event] to publish it; a handler that takes no state and returns nothing handles an #[event], while a #[query] handler returns its answer and a #[command] handler takes `&mut State`"
 )]
 pub trait Event: Message {}
 
@@ -90,8 +90,8 @@ pub trait Event: Message {}
 /// compile error (conflicting implementations of `Handled`).
 #[diagnostic::on_unimplemented(
     message = "`{Self}` cannot be sent: it is not a #[command] or #[query] with a #[handler]",
-    label = "no #[handler] for this type",
-    note = "annotate the type with #[command] or #[query] and write one `#[handler] fn` that takes it as its first parameter; events are published with `publish`, not sent"
+    label = "no #[handler] takes this type",
+    note = "annotate `{Self}` with #[command] or #[query] and write one `#[handler] fn` that takes it as its first parameter; an #[event] is published (`publish`), not sent"
 )]
 pub trait Handled: Message {
     /// What the handler returns (for a command, decoded from the replicated response).

@@ -17,9 +17,10 @@ use serde::de::DeserializeOwned;
 #[diagnostic::on_unimplemented(
     message = "`{Self}` cannot be a catga state",
     label = "a state must be Default + Serialize + Deserialize + Send + Sync + 'static",
-    note = "annotate it with `#[state]` (which derives Serialize and Deserialize) and derive or implement `Default`"
+    note = "declare it as `#[state] #[derive(Default)] struct {Self} {{ .. }}`: #[state] derives Serialize and Deserialize, `Default` is the initial state; every field must be Send + Sync and own its data"
 )]
 pub trait State: Default + Serialize + DeserializeOwned + Send + Sync + 'static {}
+#[diagnostic::do_not_recommend]
 impl<T: Default + Serialize + DeserializeOwned + Send + Sync + 'static> State for T {}
 
 /// A state slot, type-erased.

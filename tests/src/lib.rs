@@ -177,7 +177,12 @@ pub mod harness {
                 snapshot_every,
             };
             for (i, l) in listeners.into_iter().enumerate() {
-                let node = c.builder(i as u64 + 1).listener(l).start().await.expect("start");
+                let node = c
+                    .builder(i as u64 + 1)
+                    .listener(l)
+                    .start()
+                    .await
+                    .expect("start");
                 c.nodes.push(Some(node));
             }
             c
@@ -216,7 +221,11 @@ pub mod harness {
                 let mut ls = Vec::new();
                 for n in self.up() {
                     let h = n.health();
-                    ls.push(if h.role == catga::Role::Leader { Some(h.node_id) } else { None });
+                    ls.push(if h.role == catga::Role::Leader {
+                        Some(h.node_id)
+                    } else {
+                        None
+                    });
                 }
                 let leaders: Vec<u64> = ls.iter().flatten().copied().collect();
                 if leaders.len() == 1 {
@@ -225,9 +234,14 @@ pub mod harness {
                         return l;
                     }
                 }
-                assert!(tokio::time::Instant::now() < deadline, "no single leader within {T:?}");
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "no single leader within {T:?}"
+                );
                 // wait for the next change of any node's view
-                let waits = self.up().map(|n| Box::pin(n.health_changed(Duration::from_millis(100))));
+                let waits = self
+                    .up()
+                    .map(|n| Box::pin(n.health_changed(Duration::from_millis(100))));
                 futures::future::select_all(waits).await;
             }
         }
@@ -235,7 +249,10 @@ pub mod harness {
         /// A node that is up and is not the leader.
         pub async fn follower(&self) -> u64 {
             let l = self.leader().await;
-            self.up().map(|n| n.id()).find(|id| *id != l).expect("a follower")
+            self.up()
+                .map(|n| n.id())
+                .find(|id| *id != l)
+                .expect("a follower")
         }
 
         /// Stops a node (its tasks end, its data dir stays).
@@ -258,8 +275,10 @@ pub mod harness {
         pub async fn assert_replicas_equal(&self) -> u64 {
             let deadline = tokio::time::Instant::now() + T;
             loop {
-                let prints: Vec<(u64, Vec<u8>)> =
-                    self.up().map(|n| n.state_fingerprint().expect("fingerprint")).collect();
+                let prints: Vec<(u64, Vec<u8>)> = self
+                    .up()
+                    .map(|n| n.state_fingerprint().expect("fingerprint"))
+                    .collect();
                 let max = prints.iter().map(|p| p.0).max().unwrap_or(0);
                 if prints.iter().all(|p| p.0 == max) {
                     let first = &prints[0].1;
@@ -269,8 +288,11 @@ pub mod harness {
                     );
                     return max;
                 }
-                assert!(tokio::time::Instant::now() < deadline, "replicas did not converge: {:?}",
-                    prints.iter().map(|p| p.0).collect::<Vec<_>>());
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "replicas did not converge: {:?}",
+                    prints.iter().map(|p| p.0).collect::<Vec<_>>()
+                );
                 for n in self.up() {
                     let _ = n.wait_applied(max, Duration::from_millis(200)).await;
                 }
@@ -282,5 +304,15 @@ pub mod harness {
                 self.kill(i as u64 + 1).await;
             }
         }
+    }
+}
+
+/// (node id, sku, log index) of every OrderPlaced handled, by any node in this process.
+pub static ORDER_LOG: std::sync::Mutex<Vec<(u64, String, u64)>> = std::sync::Mutex::new(Vec::new());
+
+#[handler]
+pub fn record_order(e: OrderPlaced, ctx: EventContext) {
+    if let Ok(mut log) = ORDER_LOG.lock() {
+        log.push((ctx.node_id(), e.sku, ctx.log_index()));
     }
 }

@@ -45,6 +45,10 @@ pub(crate) struct RaftSettings {
     pub event_queue: usize,
 }
 
+/// The longest a single attempt (one RPC to the leader, or one local
+/// proposal) may take before the call retries.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(2);
+
 pub(crate) struct RaftHandle {
     id: u64,
     raft: Raft,
@@ -137,7 +141,15 @@ impl RaftHandle {
             reason: e.to_string(),
         })?;
         let network = Network { pool: pool.clone() };
-        let raft = match Raft::new(s.node_id, Arc::new(config), network, log.clone(), sm.clone()).await {
+        let raft = match Raft::new(
+            s.node_id,
+            Arc::new(config),
+            network,
+            log.clone(),
+            sm.clone(),
+        )
+        .await
+        {
             Ok(r) => r,
             Err(e) => {
                 server.shutdown().await;
@@ -167,14 +179,21 @@ impl RaftHandle {
         // cluster, once, on a pristine log. Everyone else waits to be contacted.
         let initializer = s.members.keys().next().copied();
         if !s.join && initializer == Some(s.node_id) {
-            let initialized = handle.raft.is_initialized().await.map_err(|e| Error::Storage(e.to_string()))?;
+            let initialized = handle
+                .raft
+                .is_initialized()
+                .await
+                .map_err(|e| Error::Storage(e.to_string()))?;
             if !initialized {
                 let mut members: BTreeMap<u64, BasicNode> = s
                     .members
                     .iter()
                     .map(|(id, addr)| (*id, BasicNode::new(addr.clone())))
                     .collect();
-                let me = s.advertise.clone().unwrap_or_else(|| local_addr.to_string());
+                let me = s
+                    .advertise
+                    .clone()
+                    .unwrap_or_else(|| local_addr.to_string());
                 members.insert(s.node_id, BasicNode::new(me));
                 if let Err(e) = handle.raft.initialize(members).await {
                     tracing::warn!(error = %e, "initialize refused (already initialized?)");
@@ -234,12 +253,24 @@ impl RaftHandle {
         loop {
             let now = Instant::now();
             if now >= deadline {
-                return Err(Error::Timeout { waited: timeout, reason: last });
+                return Err(Error::Timeout {
+                    waited: timeout,
+                    reason: last,
+                });
             }
-            let remaining = deadline - now;
+            // One attempt never takes the whole budget: a leader that was cut
+            // off must not hold the call until its deadline.
+            let remaining = (deadline - now).min(ATTEMPT_TIMEOUT);
             let outcome = match self.leader() {
                 None => None,
-                Some((l, _)) if l == self.id => Some(local(self.raft.clone()).await),
+                Some((l, _)) if l == self.id => {
+                    match tokio::time::timeout(remaining, local(self.raft.clone())).await {
+                        Ok(r) => Some(r),
+                        Err(_) => Some(Redirect::Unknown(
+                            "the leader did not commit in time".into(),
+                        )),
+                    }
+                }
                 Some((l, Some(addr))) => {
                     let body = encode(&rpc()).map_err(|e| Error::Network(e))?;
                     match self.pool.call(l, &addr, body, remaining).await {
@@ -286,15 +317,19 @@ impl RaftHandle {
     /// call (a read index from the leader).
     pub async fn read_barrier(&self, timeout: Duration) -> Result<()> {
         let read_id = self
-            .route(timeout, || Rpc::ReadIndex, |raft| async move {
-                match raft.ensure_linearizable(ReadPolicy::ReadIndex).await {
-                    Ok(r) => Redirect::Ok(*r.log_id()),
-                    Err(e) => match e.forward_to_leader() {
-                        Some(f) => Redirect::NotLeader(f.leader_id),
-                        None => Redirect::Unknown(e.to_string()),
-                    },
-                }
-            })
+            .route(
+                timeout,
+                || Rpc::ReadIndex,
+                |raft| async move {
+                    match raft.ensure_linearizable(ReadPolicy::ReadIndex).await {
+                        Ok(r) => Redirect::Ok(*r.log_id()),
+                        Err(e) => match e.forward_to_leader() {
+                            Some(f) => Redirect::NotLeader(f.leader_id),
+                            None => Redirect::Unknown(e.to_string()),
+                        },
+                    }
+                },
+            )
             .await;
         let read_id = read_id?;
         let mut applied = self.sm.shared.applied.subscribe();
@@ -311,7 +346,10 @@ impl RaftHandle {
     pub async fn add_node(&self, id: u64, addr: String, timeout: Duration) -> Result<()> {
         self.route(
             timeout,
-            || Rpc::AddNode { id, addr: addr.clone() },
+            || Rpc::AddNode {
+                id,
+                addr: addr.clone(),
+            },
             |raft| {
                 let addr = addr.clone();
                 async move { leader_add_node(&raft, id, addr).await }
@@ -321,9 +359,11 @@ impl RaftHandle {
     }
 
     pub async fn remove_node(&self, id: u64, timeout: Duration) -> Result<()> {
-        self.route(timeout, || Rpc::RemoveNode { id }, |raft| async move {
-            leader_remove_node(&raft, id).await
-        })
+        self.route(
+            timeout,
+            || Rpc::RemoveNode { id },
+            |raft| async move { leader_remove_node(&raft, id).await },
+        )
         .await
     }
 
@@ -408,7 +448,10 @@ impl RaftHandle {
                     .filter(|(id, _)| **id != self.id)
                     .map(|(id, matched)| {
                         let matched = matched.map(|l| l.index + 1).unwrap_or(0);
-                        (*id, last_log.map(|l| l + 1).unwrap_or(0).saturating_sub(matched))
+                        (
+                            *id,
+                            last_log.map(|l| l + 1).unwrap_or(0).saturating_sub(matched),
+                        )
                     })
                     .collect()
             })
@@ -427,6 +470,7 @@ impl RaftHandle {
             learners,
             last_log_index: last_log,
             applied_index: applied,
+            snapshot_index: m.snapshot.map(|l| l.index),
             replication_lag,
             ready,
         }
@@ -434,30 +478,66 @@ impl RaftHandle {
 
     /// Stops every task this node started.
     pub async fn shutdown(&self) {
+        // stop taking requests first, so nothing reaches a stopped Raft
+        let server = self.server.lock().take();
+        if let Some(s) = server {
+            s.shutdown().await;
+        }
         let _ = self.raft.shutdown().await;
         let _ = self.stop_events.send(true);
         let task = self.events_task.lock().take();
         if let Some(t) = task {
             let _ = t.await;
         }
-        let server = self.server.lock().take();
-        if let Some(s) = server {
-            s.shutdown().await;
-        }
         self.pool.shutdown().await;
         self.log.close();
     }
 }
 
+/// How long a new node may take to catch up before it is promoted to voter.
+const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(20);
+
 pub(crate) async fn leader_add_node(raft: &Raft, id: u64, addr: String) -> Redirect<()> {
-    if let Err(e) = raft.add_learner(id, BasicNode::new(addr), true).await {
-        return match e.forward_to_leader() {
-            Some(f) => Redirect::NotLeader(f.leader_id),
-            None => Redirect::Failed(e.to_string()),
-        };
+    let added = match raft
+        .add_learner(id, BasicNode::new(addr.clone()), true)
+        .await
+    {
+        Ok(r) => r.log_id.index,
+        Err(e) => {
+            return match e.forward_to_leader() {
+                Some(f) => Redirect::NotLeader(f.leader_id),
+                None => Redirect::Failed(e.to_string()),
+            };
+        }
+    };
+    // Promote only a learner that really replicates: one that is down or
+    // fails the handshake would otherwise count in the quorum.
+    let caught_up = raft
+        .wait(Some(CATCH_UP_TIMEOUT))
+        .metrics(
+            |m| {
+                m.replication
+                    .as_ref()
+                    .and_then(|r| r.get(&id).copied().flatten())
+                    .is_some_and(|matched| matched.index >= added)
+            },
+            "learner catches up",
+        )
+        .await;
+    if caught_up.is_err() {
+        let set: BTreeSet<u64> = [id].into();
+        let _ = raft
+            .change_membership(ChangeMembers::RemoveNodes(set), false)
+            .await;
+        return Redirect::Failed(format!(
+            "node {id} at {addr} did not catch up within {CATCH_UP_TIMEOUT:?}: is it running, reachable, and configured with the same secret?"
+        ));
     }
     let set: BTreeSet<u64> = [id].into();
-    match raft.change_membership(ChangeMembers::AddVoterIds(set), false).await {
+    match raft
+        .change_membership(ChangeMembers::AddVoterIds(set), false)
+        .await
+    {
         Ok(_) => Redirect::Ok(()),
         Err(e) => match e.forward_to_leader() {
             Some(f) => Redirect::NotLeader(f.leader_id),
@@ -468,7 +548,10 @@ pub(crate) async fn leader_add_node(raft: &Raft, id: u64, addr: String) -> Redir
 
 pub(crate) async fn leader_remove_node(raft: &Raft, id: u64) -> Redirect<()> {
     let set: BTreeSet<u64> = [id].into();
-    match raft.change_membership(ChangeMembers::RemoveVoters(set), false).await {
+    match raft
+        .change_membership(ChangeMembers::RemoveVoters(set), false)
+        .await
+    {
         Ok(_) => Redirect::Ok(()),
         Err(e) => match e.forward_to_leader() {
             Some(f) => Redirect::NotLeader(f.leader_id),

@@ -124,15 +124,28 @@ fn writer_loop(db: Database, rx: std_mpsc::Receiver<Op>) {
         while let Ok(op) = rx.try_recv() {
             batch.push(op);
         }
-        let needs_sync = batch
-            .iter()
-            .any(|op| matches!(op, Op::Append(..) | Op::Vote(..) | Op::Truncate(_) | Op::Purge(..)));
+        let needs_sync = batch.iter().any(|op| {
+            matches!(
+                op,
+                Op::Append(..) | Op::Vote(..) | Op::Truncate(_) | Op::Purge(..)
+            )
+        });
         let result = write_batch(&db, &batch, needs_sync);
         for op in batch {
             match op {
-                Op::Append(_, cb) => cb.io_completed(result.as_ref().map(|_| ()).map_err(|e| io::Error::other(e.to_string()))),
+                Op::Append(_, cb) => cb.io_completed(
+                    result
+                        .as_ref()
+                        .map(|_| ())
+                        .map_err(|e| io::Error::other(e.to_string())),
+                ),
                 Op::Vote(_, done) => {
-                    let _ = done.send(result.as_ref().map(|_| ()).map_err(|e| io::Error::other(e.to_string())));
+                    let _ = done.send(
+                        result
+                            .as_ref()
+                            .map(|_| ())
+                            .map_err(|e| io::Error::other(e.to_string())),
+                    );
                 }
                 Op::Stop => stop = true,
                 _ => {}
@@ -149,8 +162,12 @@ fn write_batch(db: &Database, batch: &[Op], sync: bool) -> io::Result<()> {
         return Ok(());
     }
     let mut txn = db.begin_write().map_err(other)?;
-    txn.set_durability(if sync { Durability::Immediate } else { Durability::None })
-        .map_err(other)?;
+    txn.set_durability(if sync {
+        Durability::Immediate
+    } else {
+        Durability::None
+    })
+    .map_err(other)?;
     {
         let mut log = txn.open_table(LOG).map_err(other)?;
         let mut meta = txn.open_table(META).map_err(other)?;
@@ -269,6 +286,9 @@ impl RaftLogStorage<TC> for LogStore {
             let keep = c.entries.split_off(&(log_id.index() + 1));
             c.entries = keep;
         }
-        self.send(Op::Purge(log_id.index(), rmp_serde::to_vec(&log_id).map_err(other)?))
+        self.send(Op::Purge(
+            log_id.index(),
+            rmp_serde::to_vec(&log_id).map_err(other)?,
+        ))
     }
 }

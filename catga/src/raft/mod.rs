@@ -51,8 +51,13 @@ pub(crate) enum Rpc {
     /// A follower asks the leader for a read index (linearizable reads).
     ReadIndex,
     /// Membership changes forwarded to the leader.
-    AddNode { id: u64, addr: String },
-    RemoveNode { id: u64 },
+    AddNode {
+        id: u64,
+        addr: String,
+    },
+    RemoveNode {
+        id: u64,
+    },
 }
 
 /// The answer to [`Rpc::Write`], [`Rpc::ReadIndex`] and membership RPCs.

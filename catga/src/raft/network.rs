@@ -25,7 +25,9 @@ use crate::machine::Applied;
 use crate::transport::{Pool, Service, TransportError};
 
 pub(crate) fn encode<T: Serialize>(v: &T) -> Result<Bytes, String> {
-    rmp_serde::to_vec(v).map(Bytes::from).map_err(|e| e.to_string())
+    rmp_serde::to_vec(v)
+        .map(Bytes::from)
+        .map_err(|e| e.to_string())
 }
 
 pub(crate) fn decode<T: DeserializeOwned>(b: &[u8]) -> Result<T, String> {

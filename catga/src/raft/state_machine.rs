@@ -219,7 +219,11 @@ impl RaftStateMachine<TC> for SmStore {
         self.clone()
     }
 
-    async fn install_snapshot(&mut self, meta: &Meta, snapshot: bytes::Bytes) -> Result<(), io::Error> {
+    async fn install_snapshot(
+        &mut self,
+        meta: &Meta,
+        snapshot: bytes::Bytes,
+    ) -> Result<(), io::Error> {
         {
             let mut g = self.shared.inner.write();
             g.machine.restore(&snapshot).map_err(other)?;
@@ -237,7 +241,9 @@ impl RaftStateMachine<TC> for SmStore {
         Ok(())
     }
 
-    async fn get_current_snapshot(&mut self) -> Result<Option<SnapshotOf<TC, bytes::Bytes>>, io::Error> {
+    async fn get_current_snapshot(
+        &mut self,
+    ) -> Result<Option<SnapshotOf<TC, bytes::Bytes>>, io::Error> {
         Ok(self.shared.current.lock().as_ref().map(|(m, d)| Snapshot {
             meta: m.clone(),
             snapshot: d.clone(),

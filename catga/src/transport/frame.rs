@@ -11,6 +11,8 @@ pub(crate) const LEN_PREFIX: usize = 4;
 /// An upper bound on what a `Request` or `Response` frame adds to its body
 /// (variant and field names, the id, the length of the body).
 pub(crate) const FRAME_OVERHEAD: usize = 64;
+/// How deep a frame's encoding may nest.
+const MAX_DEPTH: usize = 16;
 /// The frame limit before the peer has proved it knows the secret, so that an
 /// unauthenticated peer cannot make us buffer a large frame.
 pub(crate) const HANDSHAKE_MAX_FRAME: usize = 1024;
@@ -160,8 +162,11 @@ enum WireResult<'a> {
 /// Decodes one frame's payload (the bytes after the length prefix). Never
 /// panics; request and response bodies are slices of `payload`, not copies.
 pub fn decode_frame(payload: Bytes) -> Result<Frame, FrameError> {
-    let wire: Wire<'_> =
-        rmp_serde::from_slice(&payload).map_err(|e| FrameError::Malformed(e.to_string()))?;
+    let mut de = rmp_serde::Deserializer::from_read_ref(&payload[..]);
+    // A frame nests 4 levels deep; unknown fields (skipped, for upgrades)
+    // must not nest deep enough to exhaust the stack.
+    de.set_max_depth(MAX_DEPTH);
+    let wire = Wire::deserialize(&mut de).map_err(|e| FrameError::Malformed(e.to_string()))?;
     Ok(match wire {
         Wire::Hello { node, nonce } => Frame::Hello {
             node_id: node,

@@ -32,7 +32,6 @@
 
 // Until the cluster module (raft network adapter, forwarding) calls into it,
 // most of the transport is used only by its tests.
-#![cfg_attr(not(test), allow(dead_code, unused_imports))]
 
 mod auth;
 mod conn;

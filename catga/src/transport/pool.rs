@@ -243,15 +243,18 @@ impl Pool {
             return Err(TransportError::Closed);
         }
         if let Some(last) = backoff.last_failure {
-            let ready = last + self.backoff(backoff.failures);
-            if ready > until {
-                return Err(TransportError::Unreachable(format!(
-                    "{} (next attempt in {:?})",
-                    backoff.last_error,
-                    ready.saturating_duration_since(Instant::now())
-                )));
+            let wait = self.backoff(backoff.failures);
+            match last.checked_add(wait) {
+                // Wait for the next attempt if it comes before our deadline.
+                Some(ready) if ready <= until => tokio::time::sleep_until(ready).await,
+                ready => {
+                    let left = ready.map_or(wait, |r| r.saturating_duration_since(Instant::now()));
+                    return Err(TransportError::Unreachable(format!(
+                        "{} (next attempt in {left:?})",
+                        backoff.last_error
+                    )));
+                }
             }
-            tokio::time::sleep_until(ready).await;
         }
         match self.connect(peer, addr, until).await {
             Ok(conn) => {

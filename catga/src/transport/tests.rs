@@ -340,7 +340,7 @@ async fn read_frame(s: &mut TcpStream) -> Frame {
 async fn bad_frames_close_the_connection_and_the_server_keeps_serving() {
     let server_cfg = Arc::new(TransportConfig {
         max_frame_bytes: 4096,
-        handshake_timeout: Duration::from_millis(300),
+        handshake_timeout: Duration::from_secs(1),
         ..(*config(SERVER_ID, SECRET)).clone()
     });
     let f = fixture_with(server_cfg, config(CLIENT_ID, SECRET)).await;
@@ -677,16 +677,7 @@ async fn a_delayed_link_delays_requests() {
     f.assert_serves().await;
     assert!(start.elapsed() >= Duration::from_millis(100));
     f.client_faults.delay(SERVER_ID, Duration::ZERO);
-    let got = f
-        .pool
-        .call(
-            SERVER_ID,
-            &f.addr,
-            Bytes::from_static(b"ping"),
-            Duration::from_millis(50),
-        )
-        .await;
-    assert!(got.is_ok());
+    f.assert_serves().await;
     f.client_faults.delay(SERVER_ID, Duration::from_secs(60));
     let got = f
         .pool
@@ -845,6 +836,25 @@ fn frames_round_trip_and_use_named_fields() {
     assert_eq!(decoded, frames);
 }
 
+#[test]
+fn deeply_nested_junk_is_refused_without_overflowing_the_stack() {
+    // {"Request": {"junk": [[[[...]]]], ...}}: an unknown field is skipped,
+    // but its nesting is bounded by the decoder's depth limit.
+    let mut payload = vec![0x81, 0xa7];
+    payload.extend_from_slice(b"Request");
+    payload.extend_from_slice(&[0x81, 0xa4]);
+    payload.extend_from_slice(b"junk");
+    payload.extend(std::iter::repeat_n(0x91u8, 100_000));
+    payload.push(0xc0);
+    let result = std::thread::Builder::new()
+        .stack_size(256 * 1024)
+        .spawn(move || decode_frame(Bytes::from(payload)).is_err())
+        .unwrap()
+        .join()
+        .unwrap();
+    assert!(result);
+}
+
 fn arb_frame() -> impl Strategy<Value = Frame> {
     let bytes = || proptest::collection::vec(any::<u8>(), 0..256).prop_map(Bytes::from);
     prop_oneof![
@@ -902,32 +912,4 @@ proptest! {
         let _ = decode_stream(&bytes[..cut.index(bytes.len() + 1)], 1 << 20);
         let _ = decode_frame(Bytes::from(bytes[4..].to_vec()));
     }
-}
-
-#[test]
-#[ignore]
-fn tmp_throughput() {
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    rt.block_on(async {
-        let f = fixture().await;
-        f.assert_serves().await;
-        for clients in [1usize, 64, 256] {
-            let stop = std::time::Instant::now() + Duration::from_secs(2);
-            let count = Arc::new(AtomicUsize::new(0));
-            let tasks: Vec<_> = (0..clients).map(|_| {
-                let (pool, addr, count) = (f.pool.clone(), f.addr.clone(), count.clone());
-                tokio::spawn(async move {
-                    let body = Bytes::from(vec![0u8; 100]);
-                    while std::time::Instant::now() < stop {
-                        pool.call(SERVER_ID, &addr, body.clone(), LONG).await.unwrap();
-                        count.fetch_add(1, Ordering::Relaxed);
-                    }
-                })
-            }).collect();
-            for t in tasks { t.await.unwrap(); }
-            let n = count.load(Ordering::Relaxed);
-            println!("clients={clients} calls/s={} mean_us={:.1}", n / 2, 2e6 * clients as f64 / n as f64);
-        }
-        f.stop().await;
-    });
 }

@@ -1,0 +1,203 @@
+//! Load generator: a 3-node cluster on 127.0.0.1 with the durable log.
+//!
+//! `cargo run --release --example bench -- --clients 64 --seconds 10 [--via-follower]`
+//!
+//! N clients send commands for D seconds (to the leader, or through a
+//! follower with `--via-follower`), then N clients run local queries for
+//! D/2 seconds. The last line is
+//! `bench: nodes=3 clients=N writes_per_s=X write_p50_us=X write_p99_us=X reads_per_s=X`.
+
+use std::time::{Duration, Instant};
+
+use catga::Node;
+use catga_examples::kv::{Get, Put};
+
+struct Args {
+    clients: usize,
+    seconds: f64,
+    via_follower: bool,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut a = Args {
+        clients: 64,
+        seconds: 10.0,
+        via_follower: false,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(arg) = it.next() {
+        match arg.as_str() {
+            "--clients" => {
+                a.clients = it
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .filter(|n| *n > 0)
+                    .ok_or("--clients takes a positive number")?
+            }
+            "--seconds" => {
+                a.seconds = it
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .filter(|s: &f64| *s > 0.0)
+                    .ok_or("--seconds takes a positive number")?
+            }
+            "--via-follower" => a.via_follower = true,
+            other => {
+                return Err(format!(
+                    "unknown argument `{other}`; usage: bench [--clients N] [--seconds D] [--via-follower]"
+                ));
+            }
+        }
+    }
+    Ok(a)
+}
+
+fn percentile(sorted: &[u32], p: f64) -> u32 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+async fn run(args: Args) -> Result<String, Box<dyn std::error::Error>> {
+    let dir = tempfile::tempdir()?;
+    let listeners: Vec<std::net::TcpListener> = (0..3)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
+        .collect::<Result<_, _>>()?;
+    let addrs: Vec<String> = listeners
+        .iter()
+        .map(|l| l.local_addr().map(|a| a.to_string()))
+        .collect::<Result<_, _>>()?;
+    let mut nodes: Vec<Node> = Vec::new();
+    for (i, l) in listeners.into_iter().enumerate() {
+        let id = i as u64 + 1;
+        let mut b = catga::cluster()
+            .node_id(id)
+            .listener(l)
+            .data_dir(dir.path().join(format!("n{id}")))
+            .secret("bench");
+        for (j, a) in addrs.iter().enumerate() {
+            if j != i {
+                b = b.peer(j as u64 + 1, a.clone());
+            }
+        }
+        nodes.push(b.start().await?);
+    }
+    let leader = nodes[0].wait_for_leader(Duration::from_secs(10)).await?;
+    // wait until the leader can take writes
+    nodes[0].send(Put { key: 0, value: 0 }).await?;
+    let target = if args.via_follower {
+        nodes
+            .iter()
+            .find(|n| n.id() != leader)
+            .ok_or("no follower")?
+            .clone()
+    } else {
+        nodes
+            .iter()
+            .find(|n| n.id() == leader)
+            .ok_or("no leader")?
+            .clone()
+    };
+    eprintln!(
+        "leader {leader}; sending through node {} with {} clients for {}s",
+        target.id(),
+        args.clients,
+        args.seconds
+    );
+
+    let dur = Duration::from_secs_f64(args.seconds);
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..args.clients {
+        let n = target.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            let mut i = 0u64;
+            while start.elapsed() < dur {
+                let t = Instant::now();
+                n.send(Put {
+                    key: (c as u64) << 32 | (i % 1024),
+                    value: i,
+                })
+                .await?;
+                lat.push(t.elapsed().as_micros().min(u32::MAX as u128) as u32);
+                i += 1;
+            }
+            Ok::<_, catga::Error>(lat)
+        }));
+    }
+    let mut lat = Vec::new();
+    for t in tasks {
+        lat.extend(t.await??);
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    lat.sort_unstable();
+    let writes_per_s = lat.len() as f64 / elapsed;
+
+    let read_dur = dur / 2;
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..args.clients {
+        let n = target.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut count = 0u64;
+            while start.elapsed() < read_dur {
+                for k in 0..256u64 {
+                    std::hint::black_box(
+                        n.send(Get {
+                            key: (c as u64) << 32 | k,
+                        })
+                        .await?,
+                    );
+                }
+                count += 256;
+            }
+            Ok::<_, catga::Error>(count)
+        }));
+    }
+    let mut reads = 0u64;
+    for t in tasks {
+        reads += t.await??;
+    }
+    let reads_per_s = reads as f64 / start.elapsed().as_secs_f64();
+    for n in &nodes {
+        n.shutdown().await;
+    }
+    Ok(format!(
+        "bench: nodes=3 clients={} writes_per_s={:.0} write_p50_us={} write_p99_us={} reads_per_s={:.0}",
+        args.clients,
+        writes_per_s,
+        percentile(&lat, 0.50),
+        percentile(&lat, 0.99),
+        reads_per_s
+    ))
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "error".into()),
+        )
+        .init();
+    let args = match parse_args() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("{e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    match run(args).await {
+        Ok(line) => {
+            println!("{line}");
+            std::process::ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("bench failed: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
