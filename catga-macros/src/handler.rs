@@ -9,11 +9,11 @@
 
 use proc_macro2::{Delimiter, Group, Span, TokenStream};
 use quote::{ToTokens, quote, quote_spanned};
-use syn::spanned::Spanned;
 use syn::{FnArg, Item, ItemFn, Pat, PatType, ReturnType, Type};
 
 use crate::args::{self, Allowed};
 use crate::fallback;
+use crate::message::describe;
 
 pub fn expand(args: TokenStream, item: TokenStream) -> TokenStream {
     let mut errors = Vec::new();
@@ -184,16 +184,20 @@ fn parse(f: &ItemFn, errors: &mut Vec<syn::Error>) -> Option<Parsed> {
                 }
                 // `fn f(shop: &mut Shop, ..)` or `fn f(ctx: &mut CommandContext)`:
                 // the message is missing, not borrowed.
-                let text = if r.mutability.is_some() || is_context(&pt.ty) {
-                    format!(
-                        "a handler's first parameter is the message it handles, by value: add it before `{}`, e.g. `fn place_order(cmd: PlaceOrder, shop: &mut Shop)`",
-                        pretty(pt)
-                    )
-                } else {
-                    "take the message by value, e.g. `cmd: PlaceOrder`, not by reference"
-                        .to_string()
-                };
-                errors.push(syn::Error::new_spanned(r, text));
+                if r.mutability.is_some() || is_context(&pt.ty) {
+                    errors.push(syn::Error::new_spanned(
+                        r,
+                        format!(
+                            "a handler's first parameter is the message it handles, by value: add it before `{}`, e.g. `fn place_order(cmd: PlaceOrder, shop: &mut Shop)`",
+                            pretty(pt)
+                        ),
+                    ));
+                    return None;
+                }
+                errors.push(syn::Error::new_spanned(
+                    r,
+                    "take the message by value, e.g. `cmd: PlaceOrder`, not by reference",
+                ));
             }
             (*pt.ty).clone()
         }
@@ -373,23 +377,6 @@ fn parse(f: &ItemFn, errors: &mut Vec<syn::Error>) -> Option<Parsed> {
         shape,
         output,
     })
-}
-
-/// The span of the item's leading keyword, and what to call the item.
-fn describe(item: &Item) -> (Span, &'static str) {
-    match item {
-        Item::Struct(s) => (s.struct_token.span, "a struct"),
-        Item::Enum(e) => (e.enum_token.span, "an enum"),
-        Item::Union(u) => (u.union_token.span, "a union"),
-        Item::Trait(t) => (t.trait_token.span, "a trait"),
-        Item::Impl(i) => (i.impl_token.span, "an impl block"),
-        Item::Type(t) => (t.type_token.span, "a type alias"),
-        Item::Mod(m) => (m.mod_token.span, "a module"),
-        Item::Const(c) => (c.const_token.span, "a const"),
-        Item::Static(s) => (s.static_token.span, "a static"),
-        Item::Use(u) => (u.use_token.span, "a `use`"),
-        other => (other.span(), "this item"),
-    }
 }
 
 fn try_expand(

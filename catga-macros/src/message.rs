@@ -86,10 +86,14 @@ pub fn strip_serde_derives(attrs: &mut Vec<Attribute>, attr: &str, errors: &mut 
     *attrs = keep;
 }
 
-/// What an item that is not a struct or an enum is, and where it starts.
+/// What to call `item` in an error ("not on a function"), and the span of
+/// its leading keyword.
 pub fn describe(item: &Item) -> (proc_macro2::Span, &'static str) {
     match item {
         Item::Fn(f) => (f.sig.fn_token.span, "a function"),
+        Item::Struct(s) => (s.struct_token.span, "a struct"),
+        Item::Enum(e) => (e.enum_token.span, "an enum"),
+        Item::Union(u) => (u.union_token.span, "a union"),
         Item::Trait(t) => (t.trait_token.span, "a trait"),
         Item::Impl(i) => (i.impl_token.span, "an impl block"),
         Item::Type(t) => (t.type_token.span, "a type alias"),

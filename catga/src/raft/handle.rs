@@ -133,6 +133,8 @@ impl RaftHandle {
             },
             max_in_snapshot_log_to_keep: s.keep_logs,
             install_snapshot_timeout: 30_000,
+            // replicate while the leader's own fsync runs, not after it
+            broadcast_submitted_on_append: Some(true),
             ..Default::default()
         }
         .validate()

@@ -1,12 +1,16 @@
 use catga::prelude::*;
 
-#[event]
-pub struct OrderPlaced {
-    pub id: u64,
+pub mod events {
+    use catga::prelude::*;
+
+    #[event]
+    pub struct OrderPlaced {
+        pub id: u64,
+    }
 }
 
 #[handler]
-fn on_order_placed(e: OrderPlaced) -> u64 {
+fn on_order_placed(e: events::OrderPlaced) -> u64 {
     e.id
 }
 

@@ -52,6 +52,13 @@ fn main() {
     assert_eq!(<IsOn as Query>::CONSISTENCY, Consistency::Linearizable);
     assert_eq!(<Level as Query>::CONSISTENCY, Consistency::Linearizable);
     assert_eq!(<Switched as Message>::KIND, catga::MessageKind::Event);
+    // The route the handler registered carries the query's consistency.
+    match <IsOn as Handled>::ROUTE {
+        catga::__private::Route::Query { consistency, .. } => {
+            assert_eq!(consistency, Consistency::Linearizable)
+        }
+        _ => panic!("IsOn reads state"),
+    }
     let names = catga::state_names().unwrap();
     assert!(names.iter().any(|(name, _)| name == "ui.light"));
 }

@@ -76,4 +76,27 @@ fn on_taken(e: Taken) {
     let _ = e.sku;
 }
 
+/// Messages named by path.
+pub mod msgs {
+    use catga::prelude::*;
+
+    #[command]
+    pub struct Clear;
+
+    #[query]
+    pub struct Skus;
+}
+
+#[handler]
+fn clear(_: msgs::Clear, shop: &mut Shop, _ctx: &mut CommandContext) -> usize {
+    let n = shop.stock.len();
+    shop.stock.clear();
+    n
+}
+
+#[handler]
+fn skus(_: msgs::Skus, shop: &Shop) -> Vec<String> {
+    shop.stock.keys().cloned().collect()
+}
+
 fn main() {}

@@ -1,0 +1,6 @@
+use catga::prelude::*;
+
+#[handler]
+pub struct PlaceOrder;
+
+fn main() {}
