@@ -274,7 +274,7 @@ impl RaftHandle {
                     }
                 }
                 Some((l, Some(addr))) => {
-                    let body = encode(&rpc()).map_err(|e| Error::Network(e))?;
+                    let body = encode(&rpc()).map_err(Error::Network)?;
                     match self.pool.call(l, &addr, body, remaining).await {
                         Ok(bytes) => match decode::<Redirect<T>>(&bytes) {
                             Ok(r) => Some(r),
