@@ -1,6 +1,6 @@
 //! Load generator: a 3-node cluster on 127.0.0.1 with the durable log.
 //!
-//! `cargo run --release --example bench -- --clients 64 --seconds 10 [--via-follower]`
+//! `cargo run --release --example bench -- --clients 64 --seconds 10 [--via-follower] [--nodes 3]`
 //!
 //! N clients send commands for D seconds (to the leader, or through a
 //! follower with `--via-follower`), then N clients run local queries for
@@ -13,6 +13,7 @@ use catga::Node;
 use catga_examples::kv::{Get, Put};
 
 struct Args {
+    nodes: usize,
     clients: usize,
     seconds: f64,
     via_follower: bool,
@@ -20,6 +21,7 @@ struct Args {
 
 fn parse_args() -> Result<Args, String> {
     let mut a = Args {
+        nodes: 3,
         clients: 64,
         seconds: 10.0,
         via_follower: false,
@@ -42,6 +44,13 @@ fn parse_args() -> Result<Args, String> {
                     .ok_or("--seconds takes a positive number")?
             }
             "--via-follower" => a.via_follower = true,
+            "--nodes" => {
+                a.nodes = it
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .filter(|n| *n > 0)
+                    .ok_or("--nodes takes a positive number")?
+            }
             other => {
                 return Err(format!(
                     "unknown argument `{other}`; usage: bench [--clients N] [--seconds D] [--via-follower]"
@@ -62,7 +71,7 @@ fn percentile(sorted: &[u32], p: f64) -> u32 {
 
 async fn run(args: Args) -> Result<String, Box<dyn std::error::Error>> {
     let dir = tempfile::tempdir()?;
-    let listeners: Vec<std::net::TcpListener> = (0..3)
+    let listeners: Vec<std::net::TcpListener> = (0..args.nodes)
         .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
         .collect::<Result<_, _>>()?;
     let addrs: Vec<String> = listeners
@@ -166,7 +175,8 @@ async fn run(args: Args) -> Result<String, Box<dyn std::error::Error>> {
         n.shutdown().await;
     }
     Ok(format!(
-        "bench: nodes=3 clients={} writes_per_s={:.0} write_p50_us={} write_p99_us={} reads_per_s={:.0}",
+        "bench: nodes={} clients={} writes_per_s={:.0} write_p50_us={} write_p99_us={} reads_per_s={:.0}",
+        args.nodes,
         args.clients,
         writes_per_s,
         percentile(&lat, 0.50),

@@ -6,6 +6,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use catga::prelude::*;
 
+pub mod kv;
+pub mod linearizability;
+
 /// A shop with stock and orders.
 #[state(name = "tests.shop")]
 #[derive(Default, Debug, Clone, PartialEq)]

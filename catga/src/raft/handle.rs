@@ -13,9 +13,10 @@ use openraft::{BasicNode, ChangeMembers, Config, ReadPolicy, ServerState, Snapsh
 use parking_lot::Mutex;
 use serde::de::DeserializeOwned;
 use tokio::sync::{mpsc, watch};
-use tokio::task::JoinHandle;
+use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::Instant;
 
+use super::forward::Forwarder;
 use super::log_store::LogStore;
 use super::network::{Network, RaftService, decode, encode, leader_write};
 use super::state_machine::{EventBatch, SmStore};
@@ -55,6 +56,8 @@ pub(crate) struct RaftHandle {
     sm: SmStore,
     log: LogStore,
     pool: Pool,
+    forwarder: Forwarder,
+    background: Mutex<JoinSet<()>>,
     server: Mutex<Option<Server>>,
     events_task: Mutex<Option<JoinHandle<()>>>,
     stop_events: watch::Sender<bool>,
@@ -164,12 +167,16 @@ impl RaftHandle {
         let (stop_tx, stop_rx) = watch::channel(false);
         let events_task = tokio::spawn(event_loop(s.node_id, ev_rx, delivered_tx, stop_rx));
 
+        let mut background = JoinSet::new();
+        let forwarder = Forwarder::start(pool.clone(), &mut background);
         let handle = RaftHandle {
             id: s.node_id,
             raft,
             sm,
             log,
             pool,
+            forwarder,
+            background: Mutex::new(background),
             server: Mutex::new(Some(server)),
             events_task: Mutex::new(Some(events_task)),
             stop_events: stop_tx,
@@ -242,11 +249,12 @@ impl RaftHandle {
 
     /// Sends `rpc` to the leader (or runs `local` when this node leads),
     /// retrying through leader changes until `timeout`.
-    async fn route<T, L, F>(&self, timeout: Duration, rpc: impl Fn() -> Rpc, local: L) -> Result<T>
+    async fn route<T, L, F, R, G>(&self, timeout: Duration, remote: R, local: L) -> Result<T>
     where
-        T: DeserializeOwned,
         L: Fn(Raft) -> F,
         F: Future<Output = Redirect<T>>,
+        R: Fn(u64, String, Duration) -> G,
+        G: Future<Output = Redirect<T>>,
     {
         let start = Instant::now();
         let deadline = start + timeout;
@@ -273,16 +281,7 @@ impl RaftHandle {
                         )),
                     }
                 }
-                Some((l, Some(addr))) => {
-                    let body = encode(&rpc()).map_err(Error::Network)?;
-                    match self.pool.call(l, &addr, body, remaining).await {
-                        Ok(bytes) => match decode::<Redirect<T>>(&bytes) {
-                            Ok(r) => Some(r),
-                            Err(e) => Some(Redirect::Unknown(format!("bad reply from {l}: {e}"))),
-                        },
-                        Err(e) => Some(Redirect::Unknown(format!("leader {l}: {e}"))),
-                    }
-                }
+                Some((l, Some(addr))) => Some(remote(l, addr, remaining).await),
                 Some((l, None)) => Some(Redirect::Unknown(format!("no address for leader {l}"))),
             };
             match outcome {
@@ -301,12 +300,33 @@ impl RaftHandle {
         }
     }
 
+    /// One RPC to the leader.
+    async fn call_leader<T: DeserializeOwned>(
+        &self,
+        l: u64,
+        addr: String,
+        rpc: Rpc,
+        ttl: Duration,
+    ) -> Redirect<T> {
+        let body = match encode(&rpc) {
+            Ok(b) => b,
+            Err(e) => return Redirect::Failed(e),
+        };
+        match self.pool.call(l, &addr, body, ttl).await {
+            Ok(bytes) => match decode::<Redirect<T>>(&bytes) {
+                Ok(r) => r,
+                Err(e) => Redirect::Unknown(format!("bad reply from {l}: {e}")),
+            },
+            Err(e) => Redirect::Unknown(format!("leader {l}: {e}")),
+        }
+    }
+
     /// Replicates `env` through the leader; retried (with the same client id
     /// and sequence number, so it applies once) until `timeout`.
     pub async fn write(&self, env: Envelope, timeout: Duration) -> Result<Applied> {
         self.route(
             timeout,
-            || Rpc::Write(env.clone()),
+            |l, addr, ttl| self.forwarder.write(l, addr, env.clone(), ttl),
             |raft| {
                 let env = env.clone();
                 async move { leader_write(&raft, env).await }
@@ -321,7 +341,7 @@ impl RaftHandle {
         let read_id = self
             .route(
                 timeout,
-                || Rpc::ReadIndex,
+                |l, addr, ttl| self.call_leader(l, addr, Rpc::ReadIndex, ttl),
                 |raft| async move {
                     match raft.ensure_linearizable(ReadPolicy::ReadIndex).await {
                         Ok(r) => Redirect::Ok(*r.log_id()),
@@ -348,9 +368,16 @@ impl RaftHandle {
     pub async fn add_node(&self, id: u64, addr: String, timeout: Duration) -> Result<()> {
         self.route(
             timeout,
-            || Rpc::AddNode {
-                id,
-                addr: addr.clone(),
+            |l, a, ttl| {
+                self.call_leader(
+                    l,
+                    a,
+                    Rpc::AddNode {
+                        id,
+                        addr: addr.clone(),
+                    },
+                    ttl,
+                )
             },
             |raft| {
                 let addr = addr.clone();
@@ -363,7 +390,7 @@ impl RaftHandle {
     pub async fn remove_node(&self, id: u64, timeout: Duration) -> Result<()> {
         self.route(
             timeout,
-            || Rpc::RemoveNode { id },
+            |l, a, ttl| self.call_leader(l, a, Rpc::RemoveNode { id }, ttl),
             |raft| async move { leader_remove_node(&raft, id).await },
         )
         .await
@@ -492,6 +519,9 @@ impl RaftHandle {
             let _ = t.await;
         }
         self.pool.shutdown().await;
+        let mut bg = std::mem::take(&mut *self.background.lock());
+        bg.abort_all();
+        while bg.join_next().await.is_some() {}
         self.log.close();
     }
 }

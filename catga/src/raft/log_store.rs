@@ -1,11 +1,12 @@
-//! The durable Raft log: redb on disk, with every live entry mirrored in
-//! memory so that replication and apply read without touching the disk.
+//! The durable Raft log: a write-ahead log on disk ([`super::wal`]), with
+//! every live entry mirrored in memory so that replication and apply read
+//! without touching the disk.
 //!
 //! Writes go through one writer thread in call order (openraft requires
 //! vote, append, truncate and purge to take effect in the order they were
-//! called). The writer drains everything queued, writes it in one redb
-//! transaction and commits once — one fsync for many appends (group commit) —
-//! and only then tells openraft the entries are durable.
+//! called). The writer drains everything queued, writes it with one call and
+//! syncs once — one `fdatasync` for many appends (group commit) — and only
+//! then tells openraft the entries are durable.
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
@@ -19,16 +20,10 @@ use openraft::OptionalSend;
 use openraft::entry::RaftEntry;
 use openraft::storage::{IOFlushed, LogState, RaftLogReader, RaftLogStorage};
 use parking_lot::Mutex;
-use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use tokio::sync::oneshot;
 
+use super::wal::{Record, Wal};
 use super::{Entry, LogId, TC, Vote};
-
-const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
-const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
-const VOTE_KEY: &str = "vote";
-const PURGED_KEY: &str = "last_purged";
-const COMMITTED_KEY: &str = "committed";
 
 fn other<E: std::fmt::Display>(e: E) -> io::Error {
     io::Error::other(e.to_string())
@@ -61,39 +56,31 @@ pub(crate) struct LogStore {
 }
 
 impl LogStore {
-    /// Opens (or creates) the log in `dir/raft-log.redb` and loads it.
+    /// Opens (or creates) the log in `dir/log` and loads it.
     pub fn open(dir: &Path) -> io::Result<LogStore> {
-        std::fs::create_dir_all(dir)?;
-        let db = Database::create(dir.join("raft-log.redb")).map_err(other)?;
+        let (wal, replayed) = Wal::open(&dir.join("log"))?;
         let mut cache = Cache::default();
-        {
-            // make sure the tables exist
-            let txn = db.begin_write().map_err(other)?;
-            txn.open_table(LOG).map_err(other)?;
-            txn.open_table(META).map_err(other)?;
-            txn.commit().map_err(other)?;
-            let rtxn = db.begin_read().map_err(other)?;
-            let meta = rtxn.open_table(META).map_err(other)?;
-            if let Some(v) = meta.get(VOTE_KEY).map_err(other)? {
-                cache.vote = Some(rmp_serde::from_slice(v.value()).map_err(other)?);
-            }
-            if let Some(v) = meta.get(PURGED_KEY).map_err(other)? {
-                cache.last_purged = Some(rmp_serde::from_slice(v.value()).map_err(other)?);
-            }
-            if let Some(v) = meta.get(COMMITTED_KEY).map_err(other)? {
-                cache.committed = Some(rmp_serde::from_slice(v.value()).map_err(other)?);
-            }
-            let log = rtxn.open_table(LOG).map_err(other)?;
-            for item in log.iter().map_err(other)? {
-                let (k, v) = item.map_err(other)?;
-                let entry: Entry = rmp_serde::from_slice(v.value()).map_err(other)?;
-                cache.entries.insert(k.value(), entry);
-            }
+        let mut meta = WriterMeta::default();
+        if let Some(v) = replayed.vote {
+            cache.vote = Some(rmp_serde::from_slice(&v).map_err(other)?);
+            meta.vote = Some(v);
+        }
+        if let Some((upto, id)) = replayed.purged {
+            cache.last_purged = Some(rmp_serde::from_slice(&id).map_err(other)?);
+            meta.purged = Some((upto, id));
+        }
+        if let Some(c) = replayed.committed {
+            cache.committed = Some(rmp_serde::from_slice(&c).map_err(other)?);
+            meta.committed = Some(c);
+        }
+        for (i, bytes) in replayed.entries {
+            let entry: Entry = rmp_serde::from_slice(&bytes).map_err(other)?;
+            cache.entries.insert(i, entry);
         }
         let (tx, rx) = std_mpsc::channel();
         let thread = std::thread::Builder::new()
             .name("catga-log-writer".into())
-            .spawn(move || writer_loop(db, rx))?;
+            .spawn(move || writer_loop(wal, meta, rx))?;
         Ok(LogStore {
             cache: Arc::new(Mutex::new(cache)),
             writer: tx,
@@ -116,86 +103,100 @@ impl LogStore {
     }
 }
 
-fn writer_loop(db: Database, rx: std_mpsc::Receiver<Op>) {
+/// The latest vote, purge point and commit point, re-written at the head of
+/// every new segment.
+#[derive(Default)]
+struct WriterMeta {
+    vote: Option<Vec<u8>>,
+    purged: Option<(u64, Vec<u8>)>,
+    committed: Option<Vec<u8>>,
+}
+
+impl WriterMeta {
+    fn records(&self) -> Vec<Record> {
+        let mut v = Vec::new();
+        if let Some(b) = &self.vote {
+            v.push(Record::Vote(b.clone()));
+        }
+        if let Some((i, b)) = &self.purged {
+            v.push(Record::Purge(*i, b.clone()));
+        }
+        if let Some(b) = &self.committed {
+            v.push(Record::Committed(b.clone()));
+        }
+        v
+    }
+}
+
+fn writer_loop(mut wal: Wal, mut meta: WriterMeta, rx: std_mpsc::Receiver<Op>) {
     let mut stop = false;
+    let mut records = Vec::new();
     while !stop {
         let Ok(first) = rx.recv() else { return };
         let mut batch = vec![first];
         while let Ok(op) = rx.try_recv() {
             batch.push(op);
         }
-        let needs_sync = batch.iter().any(|op| {
-            matches!(
-                op,
-                Op::Append(..) | Op::Vote(..) | Op::Truncate(_) | Op::Purge(..)
-            )
-        });
-        let result = write_batch(&db, &batch, needs_sync);
-        for op in batch {
-            match op {
-                Op::Append(_, cb) => cb.io_completed(
-                    result
-                        .as_ref()
-                        .map(|_| ())
-                        .map_err(|e| io::Error::other(e.to_string())),
-                ),
-                Op::Vote(_, done) => {
-                    let _ = done.send(
-                        result
-                            .as_ref()
-                            .map(|_| ())
-                            .map_err(|e| io::Error::other(e.to_string())),
-                    );
-                }
-                Op::Stop => stop = true,
-                _ => {}
-            }
-        }
-        if let Err(e) = result {
-            tracing::error!(error = %e, "writing the raft log failed");
-        }
-    }
-}
-
-fn write_batch(db: &Database, batch: &[Op], sync: bool) -> io::Result<()> {
-    if batch.iter().all(|op| matches!(op, Op::Stop)) {
-        return Ok(());
-    }
-    let mut txn = db.begin_write().map_err(other)?;
-    txn.set_durability(if sync {
-        Durability::Immediate
-    } else {
-        Durability::None
-    })
-    .map_err(other)?;
-    {
-        let mut log = txn.open_table(LOG).map_err(other)?;
-        let mut meta = txn.open_table(META).map_err(other)?;
-        for op in batch {
+        records.clear();
+        let mut needs_sync = false;
+        let mut purged = None;
+        for op in &mut batch {
             match op {
                 Op::Append(entries, _) => {
-                    for (i, bytes) in entries {
-                        log.insert(*i, bytes.as_slice()).map_err(other)?;
+                    needs_sync = true;
+                    for (i, bytes) in entries.drain(..) {
+                        records.push(Record::Entry(i, bytes));
                     }
                 }
                 Op::Vote(v, _) => {
-                    meta.insert(VOTE_KEY, v.as_slice()).map_err(other)?;
+                    needs_sync = true;
+                    meta.vote = Some(v.clone());
+                    records.push(Record::Vote(v.clone()));
                 }
                 Op::Committed(c) => {
-                    meta.insert(COMMITTED_KEY, c.as_slice()).map_err(other)?;
+                    meta.committed = Some(c.clone());
+                    records.push(Record::Committed(std::mem::take(c)));
                 }
                 Op::Truncate(from) => {
-                    log.retain_in(*from.., |_, _| false).map_err(other)?;
+                    needs_sync = true;
+                    records.push(Record::Truncate(*from));
                 }
                 Op::Purge(upto, id) => {
-                    log.retain_in(..=*upto, |_, _| false).map_err(other)?;
-                    meta.insert(PURGED_KEY, id.as_slice()).map_err(other)?;
+                    needs_sync = true;
+                    meta.purged = Some((*upto, id.clone()));
+                    purged = Some(*upto);
+                    records.push(Record::Purge(*upto, std::mem::take(id)));
                 }
-                Op::Stop => {}
+                Op::Stop => stop = true,
+            }
+        }
+        let mut result = if records.is_empty() {
+            Ok(())
+        } else {
+            wal.write(&records, needs_sync, || meta.records())
+        };
+        if let (Ok(()), Some(upto)) = (&result, purged) {
+            result = wal.drop_purged(upto);
+        }
+        if let Err(e) = &result {
+            tracing::error!(error = %e, "writing the raft log failed");
+        }
+        for op in batch {
+            let res = || {
+                result
+                    .as_ref()
+                    .map(|_| ())
+                    .map_err(|e| io::Error::other(e.to_string()))
+            };
+            match op {
+                Op::Append(_, cb) => cb.io_completed(res()),
+                Op::Vote(_, done) => {
+                    let _ = done.send(res());
+                }
+                _ => {}
             }
         }
     }
-    txn.commit().map_err(other)
 }
 
 impl RaftLogReader<TC> for LogStore {
@@ -243,7 +244,7 @@ impl RaftLogStorage<TC> for LogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), io::Error> {
-        // Not fsync'd on its own: it rides along with the next durable write.
+        // Not synced on its own: it rides along with the next durable write.
         // Losing it only means replaying less of the log after a crash until
         // the leader says what is committed.
         self.cache.lock().committed = committed;

@@ -8,10 +8,14 @@ use serde::{Deserialize, Serialize};
 
 use crate::machine::{Applied, Envelope};
 
+mod forward;
 mod handle;
 mod log_store;
 mod network;
+#[cfg(test)]
+mod proptests;
 mod state_machine;
+mod wal;
 
 pub(crate) use handle::{RaftHandle, RaftSettings};
 
@@ -48,6 +52,8 @@ pub(crate) enum Rpc {
     },
     /// A client write forwarded by a follower.
     Write(Envelope),
+    /// Client writes forwarded by a follower in one batch; answered in order.
+    WriteMany(Vec<Envelope>),
     /// A follower asks the leader for a read index (linearizable reads).
     ReadIndex,
     /// Membership changes forwarded to the leader.

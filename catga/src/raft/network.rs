@@ -180,6 +180,12 @@ async fn handle(raft: Raft, rpc: Rpc) -> Result<Bytes, String> {
             encode(&r)
         }
         Rpc::Write(env) => encode(&leader_write(&raft, env).await),
+        Rpc::WriteMany(envs) => {
+            // concurrent proposals: openraft merges them into one append
+            let answers =
+                futures::future::join_all(envs.into_iter().map(|e| leader_write(&raft, e))).await;
+            encode(&answers)
+        }
         Rpc::ReadIndex => encode(&leader_read_index(&raft).await),
         Rpc::AddNode { id, addr } => encode(&super::handle::leader_add_node(&raft, id, addr).await),
         Rpc::RemoveNode { id } => encode(&super::handle::leader_remove_node(&raft, id).await),
