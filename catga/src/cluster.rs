@@ -54,7 +54,7 @@ impl Default for ClusterBuilder {
             join: false,
             data_dir: None,
             heartbeat: Duration::from_millis(50),
-            election: (Duration::from_millis(300), Duration::from_millis(600)),
+            election: (Duration::from_millis(150), Duration::from_millis(300)),
             snapshot_every: 10_000,
             keep_logs: 1_000,
             request_timeout: Duration::from_secs(5),
@@ -126,7 +126,7 @@ impl ClusterBuilder {
     }
 
     /// How long a follower waits without heartbeats before it starts an
-    /// election: a random time in `[min, max)` (default 300–600 ms).
+    /// election: a random time in `[min, max)` (default 150–300 ms).
     pub fn election_timeout(mut self, min: Duration, max: Duration) -> Self {
         self.election = (min, max);
         self

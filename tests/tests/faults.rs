@@ -52,6 +52,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use catga::{Consistency, Node, Role};
@@ -227,6 +228,17 @@ impl Record {
 /// A running node as the clients see it: the handle and which run it is.
 type Slot = Option<(Node, u64)>;
 
+/// Shared, append-only: the history of every client, the nemesis's log.
+type Shared<T> = Arc<Mutex<Vec<T>>>;
+
+fn push<T>(to: &Shared<T>, item: T) {
+    to.lock().expect("no panic while holding the lock").push(item);
+}
+
+fn take<T: Clone>(from: &Shared<T>) -> Vec<T> {
+    from.lock().expect("no panic while holding the lock").clone()
+}
+
 /// Monotonic nanoseconds since the start of the run.
 #[derive(Clone, Copy)]
 struct Clock(Instant);
@@ -250,20 +262,20 @@ struct ClientCtx {
     /// The last value this client saw per key (to aim its cas).
     seen: HashMap<&'static str, i64>,
     next_id: u64,
+    history: Shared<Record>,
 }
 
-async fn client(mut c: ClientCtx) -> Vec<Record> {
-    let mut history = Vec::new();
+async fn client(mut c: ClientCtx) {
     let mut done = 0u64;
     loop {
         if c.ops.is_some_and(|n| done >= n) || c.deadline.is_some_and(|d| Instant::now() >= d) {
-            return history;
+            return;
         }
         done += 1;
         // wait (on the slot, not a timer) while the node is down
         let (node, run) = match c.slot.wait_for(|s| s.is_some()).await {
             Ok(s) => s.clone().expect("waited for Some"),
-            Err(_) => return history,
+            Err(_) => return,
         };
         let counter = c.rng.chance(25);
         let key = if counter {
@@ -344,7 +356,9 @@ async fn client(mut c: ClientCtx) -> Vec<Record> {
             }
             Err(e) => (None, Some(e.to_string())),
         };
-        history.push(Record {
+        push(
+            &c.history,
+            Record {
             client: c.id,
             node: c.node,
             run,
@@ -354,7 +368,8 @@ async fn client(mut c: ClientCtx) -> Vec<Record> {
             complete,
             out,
             error,
-        });
+        },
+        );
     }
 }
 
@@ -377,7 +392,9 @@ struct Nemesis {
     clock: Clock,
     clients_done: watch::Receiver<bool>,
     counts: FaultCounts,
-    log: Vec<String>,
+    log: Shared<String>,
+    /// Printed before each line of the log.
+    name: String,
 }
 
 impl Nemesis {
@@ -403,9 +420,13 @@ impl Nemesis {
     }
 
     fn note(&mut self, what: String) {
-        let line = format!("[{:>11.3} ms] nemesis: {what}", self.clock.now() as f64 / 1e6);
+        let line = format!(
+            "[{:>11.3} ms] nemesis ({}): {what}",
+            self.clock.now() as f64 / 1e6,
+            self.name
+        );
         println!("{line}");
-        self.log.push(line);
+        push(&self.log, line);
     }
 
     /// Up to `max` distinct victims; the first is the leader with probability
@@ -497,28 +518,39 @@ impl Nemesis {
     }
 
     async fn slow_links(&mut self) {
-        let (slow, _) = self.victims(1, 30);
-        let id = slow[0];
-        let delay = self.rng.millis(5, 150);
+        let n = self.n();
         let hold = self.rng.millis(300, 2000);
         self.counts.slow += 1;
-        self.note(format!(
-            "delay every link to and from {id} by {delay:?} for {hold:?}"
-        ));
-        for n in self.cluster.up() {
-            if n.id() == id {
-                for other in 1..=self.n() {
-                    if other != id {
-                        n.faults().delay(other, delay);
-                    }
+        if self.rng.chance(30) {
+            // every link slow, each by its own delay
+            for node in self.cluster.up() {
+                for other in (1..=n).filter(|o| *o != node.id()) {
+                    node.faults().delay(other, self.rng.millis(1, 100));
                 }
-            } else {
-                n.faults().delay(id, delay);
+            }
+            self.note(format!(
+                "delay every link by 1..100 ms (each its own) for {hold:?}"
+            ));
+        } else {
+            let (slow, _) = self.victims(1, 30);
+            let id = slow[0];
+            let delay = self.rng.millis(5, 150);
+            self.note(format!(
+                "delay every link to and from {id} by {delay:?} for {hold:?}"
+            ));
+            for node in self.cluster.up() {
+                if node.id() == id {
+                    for other in (1..=n).filter(|o| *o != id) {
+                        node.faults().delay(other, delay);
+                    }
+                } else {
+                    node.faults().delay(id, delay);
+                }
             }
         }
         self.hold(hold).await;
-        for n in self.cluster.up() {
-            n.faults().heal();
+        for node in self.cluster.up() {
+            node.faults().heal();
         }
         self.note("links back to full speed".into());
     }
@@ -758,6 +790,8 @@ async fn run(settings: Settings) {
         .map(|id| watch::Sender::new(Some((cluster.node(id).clone(), 0))))
         .collect();
     let deadline = secs.map(|d| Instant::now() + d);
+    let shared_history: Shared<Record> = Arc::default();
+    let log: Shared<String> = Arc::default();
     let mut clients = Vec::new();
     for node in 1..=nodes as u64 {
         for k in 0..CLIENTS_PER_NODE as u64 {
@@ -772,6 +806,7 @@ async fn run(settings: Settings) {
                 deadline,
                 seen: HashMap::new(),
                 next_id: 0,
+                history: shared_history.clone(),
             };
             clients.push(tokio::spawn(client(ctx)));
         }
@@ -785,18 +820,44 @@ async fn run(settings: Settings) {
         clock,
         clients_done: done_rx,
         counts: FaultCounts::default(),
-        log: Vec::new(),
+        log: log.clone(),
+        name: format!("{nodes} nodes"),
     };
     let nemesis = tokio::spawn(nemesis.run());
-    let mut history = Vec::new();
-    for c in clients {
-        history.extend(c.await.expect("a client panicked"));
+    // A watchdog, in case the cluster stops making progress: each operation
+    // gives up after the request timeout, so a stuck run would take forever.
+    let watchdog = Duration::from_secs(60)
+        + secs.unwrap_or_default()
+        + ops.map(Duration::from_secs).unwrap_or_default();
+    let all_clients = async {
+        for c in clients {
+            c.await.expect("a client panicked");
+        }
+    };
+    if tokio::time::timeout(watchdog, all_clients).await.is_err() {
+        done_tx.send_replace(true);
+        let run = Run {
+            given,
+            nodes,
+            history: take(&shared_history),
+            kv: Kv::default(),
+        };
+        let mut report = String::from("(no final state: the run did not finish)\nnemesis log:\n");
+        for l in take(&log) {
+            let _ = writeln!(report, "  {l}");
+        }
+        let where_ = run.dump(&report);
+        panic!(
+            "CATGA_SEED={given:#x} ({nodes} nodes): the clients did not finish within {watchdog:?}; \
+             the cluster stopped making progress?\n{report}{where_}"
+        );
     }
     let client_secs = clock.0.elapsed();
     done_tx.send_replace(true);
     let nemesis = nemesis.await.expect("the nemesis panicked");
     let counts = nemesis.counts;
     let cluster = nemesis.cluster;
+    let mut history = take(&shared_history);
 
     // Every node is up and every link healed: one more linearizable read of
     // every key on every node, then the replicas must agree.
@@ -898,7 +959,7 @@ async fn run(settings: Settings) {
             let _ = writeln!(report, "- {p}");
         }
         let _ = writeln!(report, "nemesis log:");
-        for l in &nemesis.log {
+        for l in take(&log) {
             let _ = writeln!(report, "  {l}");
         }
         let where_ = run.dump(&report);

@@ -735,6 +735,16 @@ async fn probe_snapshot() {
     )
     .await;
     eprintln!("PROBE write via follower after: {w:?}");
+    let mut c = c;
+    c.kill(f).await;
+    let r = c.restart(f).await;
+    eprintln!("PROBE restart: {r:?}");
+    if r.is_ok() {
+        let w = tokio::time::timeout(std::time::Duration::from_secs(8), c.node(f).send(Restock { sku: "x".into(), qty: 1 })).await;
+        eprintln!("PROBE write via restarted follower: {w:?}");
+        c.assert_replicas_equal().await;
+        eprintln!("PROBE replicas equal");
+    }
     c.shutdown().await;
 }
 
