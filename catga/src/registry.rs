@@ -209,3 +209,60 @@ pub fn state_names() -> Result<Vec<(String, &'static str)>> {
         .map(|s| (s.name.clone(), s.info.type_name))
         .collect())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    static A: MessageEntry = MessageEntry {
+        name: "dup.Name",
+        kind: MessageKind::Command,
+        rust_type: "a::First",
+    };
+    static B: MessageEntry = MessageEntry {
+        name: "dup.Name",
+        kind: MessageKind::Event,
+        rust_type: "b::Second",
+    };
+    static S1: StateEntry = StateEntry {
+        name: "same",
+        info: StateInfo::of::<u32>,
+    };
+    static S2: StateEntry = StateEntry {
+        name: "same",
+        info: StateInfo::of::<String>,
+    };
+
+    #[test]
+    fn a_duplicate_wire_name_is_a_clear_error() {
+        let err = Registry::build(
+            [&A, &B].into_iter(),
+            std::iter::empty(),
+            std::iter::empty(),
+            std::iter::empty(),
+            std::iter::empty(),
+        )
+        .err()
+        .expect("duplicate refused");
+        assert!(err.contains("`dup.Name`"), "{err}");
+        assert!(
+            err.contains("a::First") && err.contains("b::Second"),
+            "{err}"
+        );
+        assert!(err.contains("name = "), "says how to fix it: {err}");
+    }
+
+    #[test]
+    fn a_duplicate_state_name_is_a_clear_error() {
+        let err = Registry::build(
+            std::iter::empty(),
+            std::iter::empty(),
+            std::iter::empty(),
+            std::iter::empty(),
+            [&S1, &S2].into_iter(),
+        )
+        .err()
+        .expect("duplicate refused");
+        assert!(err.contains("state name `same`"), "{err}");
+    }
+}

@@ -194,6 +194,9 @@ impl Model for Register {
 /// An operation on a [`Register`].
 pub type RegOperation = Operation<RegOp, RegOut>;
 
+/// An operation of a model's history.
+type OpOf<M> = Operation<<M as Model>::Input, <M as Model>::Output>;
+
 /// How much work one key's search may do before the checker gives up.
 pub const DEFAULT_MAX_STEPS: u64 = 20_000_000;
 
@@ -230,10 +233,10 @@ pub struct Violation<M: Model> {
     /// The key.
     pub key: String,
     /// All operations on the key, sorted by invoke time.
-    pub ops: Vec<Operation<M::Input, M::Output>>,
+    pub ops: Vec<OpOf<M>>,
     /// A sub-history of weakened operations that is still not linearizable,
     /// sorted by invoke time.
-    pub core: Vec<Operation<M::Input, M::Output>>,
+    pub core: Vec<OpOf<M>>,
     /// The longest linearizable prefix found for `ops`: indices into `ops`
     /// in linearization order, each with the state after it.
     pub longest: Vec<(usize, M::State)>,
@@ -311,20 +314,17 @@ impl<M: Model> fmt::Debug for Failure<M> {
 
 /// Checks that `history` is linearizable with respect to `model`, one key
 /// at a time, with the default budget.
-pub fn check<M: Model>(
-    model: &M,
-    history: &[Operation<M::Input, M::Output>],
-) -> Result<Stats, Failure<M>> {
+pub fn check<M: Model>(model: &M, history: &[OpOf<M>]) -> Result<Stats, Failure<M>> {
     check_with(model, history, DEFAULT_MAX_STEPS)
 }
 
 /// [`check`] with a budget of search steps per key.
 pub fn check_with<M: Model>(
     model: &M,
-    history: &[Operation<M::Input, M::Output>],
+    history: &[OpOf<M>],
     max_steps: u64,
 ) -> Result<Stats, Failure<M>> {
-    let mut by_key: BTreeMap<&str, Vec<Operation<M::Input, M::Output>>> = BTreeMap::new();
+    let mut by_key: BTreeMap<&str, Vec<OpOf<M>>> = BTreeMap::new();
     for op in history {
         // an unknown read has no effect and constrains nothing
         if !op.is_ok() && model.is_read(&op.input) {
@@ -383,11 +383,7 @@ fn splitmix(x: &mut u64) -> u64 {
 }
 
 /// The WGL search over one key's operations.
-fn search<M: Model>(
-    model: &M,
-    ops: &[Operation<M::Input, M::Output>],
-    max_steps: u64,
-) -> Search<M::State> {
+fn search<M: Model>(model: &M, ops: &[OpOf<M>], max_steps: u64) -> Search<M::State> {
     // Events: a call for every operation, a return for every known one (an
     // unknown operation never has to be linearized). At equal times calls go
     // first, so touching operations count as concurrent.
@@ -524,7 +520,7 @@ const SHRINK_TOTAL_STEPS: u64 = 4_000_000;
 const SHRINK_TRIAL_STEPS: u64 = 200_000;
 
 /// Whether `ops` is shown not linearizable within what is left of `budget`.
-fn fails<M: Model>(model: &M, ops: &[Operation<M::Input, M::Output>], budget: &mut u64) -> bool {
+fn fails<M: Model>(model: &M, ops: &[OpOf<M>], budget: &mut u64) -> bool {
     let allowed = SHRINK_TRIAL_STEPS.min(*budget);
     if allowed == 0 {
         return false;
@@ -547,16 +543,13 @@ fn fails<M: Model>(model: &M, ops: &[Operation<M::Input, M::Output>], budget: &m
 
 /// Shrinks a non-linearizable key history by weakening it only, so that
 /// what remains is still a proof of the violation.
-fn shrink<M: Model>(
-    model: &M,
-    ops: &[Operation<M::Input, M::Output>],
-) -> Vec<Operation<M::Input, M::Output>> {
+fn shrink<M: Model>(model: &M, ops: &[OpOf<M>]) -> Vec<OpOf<M>> {
     let mut budget = SHRINK_TOTAL_STEPS;
     let budget = &mut budget;
     // 1. Cut the history at the earliest completion time at which it already
     // fails: operations invoked later are dropped, known operations still
     // running are made unknown (reads dropped).
-    let cut = |t: u64| -> Vec<Operation<M::Input, M::Output>> {
+    let cut = |t: u64| -> Vec<OpOf<M>> {
         ops.iter()
             .filter(|o| o.invoke <= t)
             .filter_map(|o| {
@@ -582,7 +575,7 @@ fn shrink<M: Model>(
         .collect();
     times.sort_unstable();
     times.dedup();
-    let mut current: Vec<Operation<M::Input, M::Output>> = ops.to_vec();
+    let mut current: Vec<OpOf<M>> = ops.to_vec();
     if let Some(last) = times.len().checked_sub(1) {
         // the smallest index whose cut fails (the last one is the whole
         // history as far as known operations go)

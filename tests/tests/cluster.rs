@@ -559,3 +559,62 @@ async fn invalid_settings_name_the_setting() {
         .to_string();
     assert!(msg.contains("listen"), "{msg}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_not_covered_by_a_snapshot_are_delivered_again_after_a_restart() {
+    let mut c = Cluster::start(3).await;
+    c.leader().await;
+    c.node(1)
+        .send(Restock {
+            sku: "again".into(),
+            qty: 5,
+        })
+        .await
+        .unwrap();
+    for _ in 0..2 {
+        c.node(1)
+            .send(PlaceOrder {
+                sku: "again".into(),
+                qty: 1,
+            })
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    wait_for_seen(&c, 2).await;
+    // node 3 crashes; its log after the (absent) snapshot is replayed on restart,
+    // and with it the events: delivery is at least once
+    c.kill(3).await;
+    c.restart(3).await.unwrap();
+    c.node(1)
+        .send(Restock {
+            sku: "again".into(),
+            qty: 1,
+        })
+        .await
+        .unwrap();
+    wait_for_seen(&c, 4).await;
+    c.assert_replicas_equal().await;
+    c.shutdown().await;
+}
+
+fn seen_by_3() -> usize {
+    ORDER_LOG
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(n, sku, _)| *n == 3 && sku == "again")
+        .count()
+}
+
+async fn wait_for_seen(c: &Cluster, want: usize) {
+    let deadline = tokio::time::Instant::now() + T;
+    while seen_by_3() < want {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "node 3 saw {} events, expected {want}",
+            seen_by_3()
+        );
+        c.node(1).health_changed(Duration::from_millis(20)).await;
+    }
+}
