@@ -41,6 +41,7 @@ pub struct ClusterBuilder {
     request_timeout: Duration,
     secret: Option<String>,
     max_frame_bytes: usize,
+    max_in_flight: usize,
 }
 
 impl Default for ClusterBuilder {
@@ -60,6 +61,7 @@ impl Default for ClusterBuilder {
             request_timeout: Duration::from_secs(5),
             secret: None,
             max_frame_bytes: 64 << 20,
+            max_in_flight: 16_384,
         }
     }
 }
@@ -166,6 +168,14 @@ impl ClusterBuilder {
         self
     }
 
+    /// How many commands and publishes one node handle may have in flight
+    /// (default 16,384). Past that, callers wait for a slot, and get
+    /// [`Error::Overloaded`] if none frees up within the request timeout.
+    pub fn max_in_flight(mut self, n: usize) -> Self {
+        self.max_in_flight = n;
+        self
+    }
+
     fn validate(self) -> Result<(RaftSettings, Duration)> {
         let bad = |setting: &'static str, reason: String| Error::Config { setting, reason };
         let node_id = self
@@ -235,6 +245,15 @@ impl ClusterBuilder {
         if self.request_timeout < Duration::from_millis(1) {
             return Err(bad("request_timeout", "must be at least 1 ms".into()));
         }
+        if self.max_in_flight == 0 || self.max_in_flight > crate::dedup::MAX_CACHED_PER_CLIENT {
+            return Err(bad(
+                "max_in_flight",
+                format!(
+                    "must be between 1 and {}",
+                    crate::dedup::MAX_CACHED_PER_CLIENT
+                ),
+            ));
+        }
         if self.max_frame_bytes < 64 << 10 {
             return Err(bad("max_frame_bytes", "must be at least 64 KiB".into()));
         }
@@ -276,6 +295,7 @@ impl ClusterBuilder {
     /// (or, on the member with the smallest id and a pristine log, forms)
     /// the cluster. Returns once the node runs; it need not have a leader yet.
     pub async fn start(self) -> Result<Node> {
+        let max_in_flight = self.max_in_flight;
         let (settings, request_timeout) = self.validate()?;
         crate::registry::Registry::global()?;
         let raft = RaftHandle::start(settings).await?;
@@ -290,6 +310,7 @@ impl ClusterBuilder {
                 },
                 next_seq: AtomicU64::new(1),
                 in_flight: Mutex::new(BTreeSet::new()),
+                slots: tokio::sync::Semaphore::new(max_in_flight),
                 request_timeout,
             }),
         })
@@ -308,6 +329,9 @@ struct NodeInner {
     client_id: u64,
     next_seq: AtomicU64,
     in_flight: Mutex<BTreeSet<u64>>,
+    /// Bounds the writes this handle has in flight (memory, and the dedup
+    /// window the state machine keeps for this client).
+    slots: tokio::sync::Semaphore,
     request_timeout: Duration,
 }
 
@@ -411,6 +435,11 @@ impl Node {
         payload: Vec<u8>,
     ) -> Result<crate::Applied> {
         let inner = &self.inner;
+        let _slot = match tokio::time::timeout(inner.request_timeout, inner.slots.acquire()).await {
+            Ok(Ok(permit)) => permit,
+            Ok(Err(_)) => return Err(Error::ShutDown),
+            Err(_) => return Err(Error::Overloaded),
+        };
         let seq = inner.next_seq.fetch_add(1, Ordering::Relaxed);
         let ack_below = {
             let mut set = inner.in_flight.lock();

@@ -86,8 +86,11 @@ pub enum Error {
     /// The node is shutting down or has shut down.
     #[error("the node is shut down")]
     ShutDown,
-    /// The leader is overloaded; retry later.
-    #[error("the leader is overloaded; retry later")]
+    /// Too many requests in flight from this node handle: none finished
+    /// within the request timeout. Nothing was sent; retry later.
+    #[error(
+        "too many requests in flight on this node (see `max_in_flight`); nothing was sent, retry later"
+    )]
     Overloaded,
     /// An I/O or storage error.
     #[error("storage: {0}")]
