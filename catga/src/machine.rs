@@ -123,7 +123,12 @@ impl Machine {
     fn apply_fresh(&mut self, index: u64, env: &Envelope) -> Applied {
         match env.kind {
             EntryKind::Event => {
-                if !self.registry.messages.contains_key(env.name.as_str()) {
+                let is_event = self
+                    .registry
+                    .messages
+                    .get(env.name.as_str())
+                    .is_some_and(|m| m.kind == crate::MessageKind::Event);
+                if !is_event {
                     return Applied {
                         response: Err(ApplyError::UnknownMessage {
                             name: env.name.clone(),

@@ -61,6 +61,13 @@ fn parse_args() -> Result<Args, String> {
     Ok(a)
 }
 
+/// Resident set size of this process in KiB (Linux), for soak runs.
+fn rss_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
 fn percentile(sorted: &[u32], p: f64) -> u32 {
     if sorted.is_empty() {
         return 0;
@@ -116,6 +123,7 @@ async fn run(args: Args) -> Result<String, Box<dyn std::error::Error>> {
         args.seconds
     );
 
+    let rss_start = rss_kib();
     let dur = Duration::from_secs_f64(args.seconds);
     let start = Instant::now();
     let mut tasks = Vec::new();
@@ -171,6 +179,30 @@ async fn run(args: Args) -> Result<String, Box<dyn std::error::Error>> {
         reads += t.await??;
     }
     let reads_per_s = reads as f64 / start.elapsed().as_secs_f64();
+    // linearizable reads, one client, through the same node
+    let mut lin = Vec::new();
+    let lin_start = Instant::now();
+    while lin_start.elapsed() < read_dur.min(Duration::from_secs(2)) {
+        let t = Instant::now();
+        std::hint::black_box(
+            target
+                .query(Get { key: 1 }, catga::Consistency::Linearizable)
+                .await?,
+        );
+        lin.push(t.elapsed().as_micros().min(u32::MAX as u128) as u32);
+    }
+    lin.sort_unstable();
+    eprintln!(
+        "linearizable reads (1 client): {} ops, p50_us={} p99_us={}",
+        lin.len(),
+        percentile(&lin, 0.50),
+        percentile(&lin, 0.99)
+    );
+    eprintln!(
+        "rss: start={} KiB end={} KiB",
+        rss_start.map_or("?".into(), |v| v.to_string()),
+        rss_kib().map_or("?".into(), |v| v.to_string())
+    );
     for n in &nodes {
         n.shutdown().await;
     }

@@ -151,6 +151,12 @@ async fn bad_entries_are_errors_not_crashes() {
         .apply(envelope(Restock::NAME, vec![0xc1, 0xff, 0x00], 2, 2))
         .await;
     assert!(matches!(garbage.response, Err(ApplyError::Decode { .. })));
+    // an event entry that names a command is refused, not delivered
+    let mut as_event = envelope(Restock::NAME, vec![0x80], 3, 3);
+    as_event.kind = EntryKind::Event;
+    let refused = app.apply(as_event).await;
+    assert!(matches!(refused.response, Err(ApplyError::UnknownMessage { .. })));
+    assert!(refused.events.is_empty());
     // the node goes on
     assert_eq!(
         app.send(Restock {

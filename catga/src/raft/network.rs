@@ -139,7 +139,10 @@ impl RaftService {
 }
 
 /// Leader-side handling of a forwarded write.
-pub(crate) async fn leader_write(raft: &Raft, env: crate::machine::Envelope) -> Redirect<Applied> {
+pub(crate) async fn leader_write(raft: &Raft, mut env: crate::machine::Envelope) -> Redirect<Applied> {
+    // The leader's clock, not the sender's, stamps the entry: one skewed
+    // client cannot move the log clock that expires dedup records.
+    env.time_ms = crate::cluster::now_ms();
     match raft.client_write(env).await {
         Ok(resp) => Redirect::Ok(resp.data),
         Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
