@@ -19,8 +19,9 @@ pub(crate) type Outcome = Result<Vec<u8>, ApplyError>;
 
 /// How many responses one client may have cached before the oldest go.
 pub(crate) const MAX_CACHED_PER_CLIENT: usize = 1 << 16;
-/// Default: forget a client after an hour of log time without requests.
-pub(crate) const DEFAULT_CLIENT_TTL_MS: u64 = 60 * 60 * 1000;
+/// Default: forget a client after a day of log time without requests (a
+/// leader whose clock jumps further ahead than this expires every client).
+pub(crate) const DEFAULT_CLIENT_TTL_MS: u64 = 24 * 60 * 60 * 1000;
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 struct ClientRecord {

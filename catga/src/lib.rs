@@ -4,6 +4,7 @@
 extern crate self as catga;
 
 mod cluster;
+mod codec;
 mod context;
 mod dedup;
 mod error;

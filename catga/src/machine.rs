@@ -243,7 +243,8 @@ impl Machine {
     /// (restoring would silently drop it).
     pub fn restore(&mut self, bytes: &[u8]) -> Result<()> {
         let data: SnapshotData =
-            rmp_serde::from_slice(bytes).map_err(|e| Error::Snapshot(format!("decode: {e}")))?;
+            crate::codec::decode(bytes, crate::codec::INTERNAL_DEPTH)
+                .map_err(|e| Error::Snapshot(format!("decode: {e}")))?;
         if data.format != SNAPSHOT_FORMAT {
             return Err(Error::Snapshot(format!(
                 "unsupported snapshot format {} (this program reads {SNAPSHOT_FORMAT})",

@@ -130,7 +130,7 @@ pub const fn require_query<M: Query>(_: &PhantomData<M>) {}
 
 /// Decodes a command's response.
 pub fn decode_output<O: DeserializeOwned>(bytes: &[u8]) -> Result<O, ApplyError> {
-    rmp_serde::from_slice(bytes).map_err(|e| ApplyError::Decode {
+    crate::codec::decode(bytes, crate::codec::USER_DEPTH).map_err(|e| ApplyError::Decode {
         what: std::any::type_name::<O>().to_string(),
         reason: e.to_string(),
     })
@@ -138,7 +138,7 @@ pub fn decode_output<O: DeserializeOwned>(bytes: &[u8]) -> Result<O, ApplyError>
 
 /// Decodes a message.
 pub fn decode_message<M: Message>(bytes: &[u8]) -> Result<M, ApplyError> {
-    rmp_serde::from_slice(bytes).map_err(|e| ApplyError::Decode {
+    crate::codec::decode(bytes, crate::codec::USER_DEPTH).map_err(|e| ApplyError::Decode {
         what: M::NAME.to_string(),
         reason: e.to_string(),
     })

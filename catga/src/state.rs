@@ -49,7 +49,7 @@ impl StateInfo {
                 None => Err("state slot holds another type".into()),
             },
             decode: |bytes| {
-                rmp_serde::from_slice::<S>(bytes)
+                crate::codec::decode::<S>(bytes, crate::codec::USER_DEPTH)
                     .map(|s| Box::new(s) as Slot)
                     .map_err(|e| e.to_string())
             },

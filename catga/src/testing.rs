@@ -139,7 +139,7 @@ impl TestApp {
         self.events
             .iter()
             .filter(|(_, e)| e.name == E::NAME)
-            .filter_map(|(_, e)| rmp_serde::from_slice(&e.payload).ok())
+            .filter_map(|(_, e)| crate::codec::decode(&e.payload, crate::codec::USER_DEPTH).ok())
             .collect()
     }
 

@@ -33,7 +33,13 @@ fuzz_target!(|data: &[u8]| {
     assert_eq!(streamed[0], single);
 
     // A request's or a response's body lies inside the payload.
-    if let Ok(Frame::Request { body, .. } | Frame::Response { result: Ok(body), .. }) = &single {
+    if let Ok(
+        Frame::Request { body, .. }
+        | Frame::Response {
+            result: Ok(body), ..
+        },
+    ) = &single
+    {
         assert!(body.len() <= data.len());
     }
 });

@@ -143,6 +143,9 @@ pub mod harness {
         pub addrs: Vec<String>,
         pub dir: tempfile::TempDir,
         pub snapshot_every: u64,
+        /// How long `send` keeps trying on every node (10 s unless started
+        /// with [`Cluster::start_opts`]).
+        pub request_timeout: Duration,
     }
 
     pub const T: Duration = Duration::from_secs(20);
@@ -164,6 +167,15 @@ pub mod harness {
         }
 
         pub async fn start_with(n: usize, snapshot_every: u64) -> Cluster {
+            Cluster::start_opts(n, snapshot_every, Duration::from_secs(10)).await
+        }
+
+        /// Starts `n` nodes with the given snapshot interval and request timeout.
+        pub async fn start_opts(
+            n: usize,
+            snapshot_every: u64,
+            request_timeout: Duration,
+        ) -> Cluster {
             init_tracing();
             let dir = tempfile::tempdir().expect("tempdir");
             let listeners: Vec<std::net::TcpListener> = (0..n)
@@ -178,6 +190,7 @@ pub mod harness {
                 addrs,
                 dir,
                 snapshot_every,
+                request_timeout,
             };
             for (i, l) in listeners.into_iter().enumerate() {
                 let node = c
@@ -200,7 +213,7 @@ pub mod harness {
                 .election_timeout(Duration::from_millis(300), Duration::from_millis(600))
                 .snapshot_every(self.snapshot_every)
                 .snapshot_logs_to_keep(if self.snapshot_every < 1000 { 0 } else { 1000 })
-                .request_timeout(Duration::from_secs(10));
+                .request_timeout(self.request_timeout);
             for (j, a) in self.addrs.iter().enumerate() {
                 if j as u64 + 1 != id {
                     b = b.peer(j as u64 + 1, a.clone());

@@ -904,4 +904,141 @@ mod tests {
         let s = check(&Register, &h).expect("linearizable");
         assert!(s.steps < 1_000_000, "{s:?}");
     }
+
+    /// A tiny seeded generator for the randomized tests.
+    struct Gen(u64);
+
+    impl Gen {
+        fn below(&mut self, n: u64) -> u64 {
+            splitmix(&mut self.0) % n
+        }
+        fn op(&mut self) -> RegOp {
+            match self.below(4) {
+                0 => Set(self.below(3) as i64),
+                1 => Cas {
+                    expected: self.below(3) as i64,
+                    new: self.below(3) as i64,
+                },
+                2 => Incr(1 + self.below(2) as i64),
+                _ => Get,
+            }
+        }
+        fn out(&mut self, op: &RegOp) -> RegOut {
+            match op {
+                Set(_) => RegOut::Set,
+                Cas { .. } => RegOut::Cas(self.below(2) == 0),
+                Incr(_) => RegOut::Incr(self.below(5) as i64),
+                Get => RegOut::Get(match self.below(4) {
+                    0 => None,
+                    v => Some(v as i64),
+                }),
+            }
+        }
+    }
+
+    /// Linearizable by brute force: some subset of the unknown ops and some
+    /// order of them with every known op, respecting real time, explains
+    /// every known output.
+    fn brute_force(h: &[RegOperation]) -> bool {
+        fn go(h: &[RegOperation], done: &mut Vec<bool>, state: Option<i64>) -> bool {
+            if h.iter().zip(done.iter()).all(|(o, d)| *d || !o.is_ok()) {
+                return true;
+            }
+            for i in 0..h.len() {
+                if done[i] {
+                    continue;
+                }
+                // i may go next only if no pending op completed before it began
+                let blocked = h
+                    .iter()
+                    .enumerate()
+                    .any(|(j, o)| !done[j] && j != i && o.is_ok() && o.complete < h[i].invoke);
+                if blocked {
+                    continue;
+                }
+                let (next, out) = Register.step(&state, &h[i].input);
+                if let Outcome::Ok(want) = &h[i].outcome
+                    && *want != out
+                {
+                    continue;
+                }
+                done[i] = true;
+                let ok = go(h, done, next);
+                done[i] = false;
+                if ok {
+                    return true;
+                }
+            }
+            false
+        }
+        go(h, &mut vec![false; h.len()], None)
+    }
+
+    #[test]
+    fn agrees_with_brute_force_on_random_small_histories() {
+        let mut g = Gen(7);
+        let (mut yes, mut no) = (0, 0);
+        for _ in 0..4000 {
+            let n = 1 + g.below(6) as usize;
+            let h: Vec<RegOperation> = (0..n)
+                .map(|c| {
+                    let input = g.op();
+                    let invoke = g.below(12);
+                    let complete = invoke + g.below(6);
+                    if g.below(5) == 0 {
+                        unknown(c as u64, input, invoke)
+                    } else {
+                        let out = g.out(&input);
+                        op(c as u64, input, invoke, complete, out)
+                    }
+                })
+                .collect();
+            let expected = brute_force(&h);
+            let got = check(&Register, &h);
+            assert_eq!(
+                got.is_ok(),
+                expected,
+                "brute force says {expected} for {h:#?}: {:?}",
+                got.err()
+            );
+            if expected { yes += 1 } else { no += 1 }
+        }
+        // both kinds were tried
+        assert!(yes > 200 && no > 200, "{yes} linearizable, {no} not");
+    }
+
+    #[test]
+    fn accepts_random_histories_generated_from_a_linearization() {
+        // clients run ops that take effect at a random point inside their
+        // interval; some lose their answer (unknown), some never happen
+        let mut g = Gen(11);
+        for round in 0..200 {
+            let mut state = None;
+            let mut h = Vec::new();
+            let mut t = 0u64;
+            for c in 0..60u64 {
+                let input = g.op();
+                let point = t + 1 + g.below(3);
+                let invoke = point - g.below(3).min(point);
+                let complete = point + g.below(30);
+                t = point;
+                let lost = g.below(8) == 0;
+                if lost && g.below(2) == 0 {
+                    // never took effect
+                    h.push(unknown(c, input, invoke));
+                    continue;
+                }
+                let (next, out) = Register.step(&state, &input);
+                state = next;
+                h.push(if lost {
+                    unknown(c, input, invoke)
+                } else {
+                    op(c, input, invoke, complete, out)
+                });
+            }
+            if let Err(e) = check(&Register, &h) {
+                panic!("round {round}: a history with a linearization was refused: {e}");
+            }
+        }
+    }
 }

@@ -155,7 +155,10 @@ async fn bad_entries_are_errors_not_crashes() {
     let mut as_event = envelope(Restock::NAME, vec![0x80], 3, 3);
     as_event.kind = EntryKind::Event;
     let refused = app.apply(as_event).await;
-    assert!(matches!(refused.response, Err(ApplyError::UnknownMessage { .. })));
+    assert!(matches!(
+        refused.response,
+        Err(ApplyError::UnknownMessage { .. })
+    ));
     assert!(refused.events.is_empty());
     // the node goes on
     assert_eq!(

@@ -23,6 +23,7 @@ use parking_lot::Mutex;
 use tokio::sync::oneshot;
 
 use super::wal::{Record, Wal};
+use crate::codec::{INTERNAL_DEPTH, decode, encode};
 use super::{Entry, LogId, TC, Vote};
 
 fn other<E: std::fmt::Display>(e: E) -> io::Error {
@@ -62,19 +63,19 @@ impl LogStore {
         let mut cache = Cache::default();
         let mut meta = WriterMeta::default();
         if let Some(v) = replayed.vote {
-            cache.vote = Some(rmp_serde::from_slice(&v).map_err(other)?);
+            cache.vote = Some(decode(&v, INTERNAL_DEPTH).map_err(other)?);
             meta.vote = Some(v);
         }
         if let Some((upto, id)) = replayed.purged {
-            cache.last_purged = Some(rmp_serde::from_slice(&id).map_err(other)?);
+            cache.last_purged = Some(decode(&id, INTERNAL_DEPTH).map_err(other)?);
             meta.purged = Some((upto, id));
         }
         if let Some(c) = replayed.committed {
-            cache.committed = Some(rmp_serde::from_slice(&c).map_err(other)?);
+            cache.committed = Some(decode(&c, INTERNAL_DEPTH).map_err(other)?);
             meta.committed = Some(c);
         }
         for (i, bytes) in replayed.entries {
-            let entry: Entry = rmp_serde::from_slice(&bytes).map_err(other)?;
+            let entry: Entry = decode(&bytes, INTERNAL_DEPTH).map_err(other)?;
             cache.entries.insert(i, entry);
         }
         let (tx, rx) = std_mpsc::channel();
@@ -235,7 +236,7 @@ impl RaftLogStorage<TC> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), io::Error> {
-        let bytes = rmp_serde::to_vec(vote).map_err(other)?;
+        let bytes = encode(vote).map_err(other)?;
         self.cache.lock().vote = Some(*vote);
         let (tx, rx) = oneshot::channel();
         self.send(Op::Vote(bytes, tx))?;
@@ -249,7 +250,7 @@ impl RaftLogStorage<TC> for LogStore {
         // the leader says what is committed.
         self.cache.lock().committed = committed;
         if let Some(c) = committed {
-            self.send(Op::Committed(rmp_serde::to_vec(&c).map_err(other)?))?;
+            self.send(Op::Committed(encode(&c).map_err(other)?))?;
         }
         Ok(())
     }
@@ -267,7 +268,7 @@ impl RaftLogStorage<TC> for LogStore {
         {
             let mut c = self.cache.lock();
             for e in entries {
-                encoded.push((e.index(), rmp_serde::to_vec(&e).map_err(other)?));
+                encoded.push((e.index(), encode(&e).map_err(other)?));
                 c.entries.insert(e.index(), e);
             }
         }
@@ -289,7 +290,7 @@ impl RaftLogStorage<TC> for LogStore {
         }
         self.send(Op::Purge(
             log_id.index(),
-            rmp_serde::to_vec(&log_id).map_err(other)?,
+            encode(&log_id).map_err(other)?,
         ))
     }
 }

@@ -25,13 +25,13 @@ use crate::machine::Applied;
 use crate::transport::{Pool, Service, TransportError};
 
 pub(crate) fn encode<T: Serialize>(v: &T) -> Result<Bytes, String> {
-    rmp_serde::to_vec(v)
+    crate::codec::encode(v)
         .map(Bytes::from)
         .map_err(|e| e.to_string())
 }
 
 pub(crate) fn decode<T: DeserializeOwned>(b: &[u8]) -> Result<T, String> {
-    rmp_serde::from_slice(b).map_err(|e| e.to_string())
+    crate::codec::decode(b, crate::codec::INTERNAL_DEPTH).map_err(|e| e.to_string())
 }
 
 /// Creates one [`PeerConn`] per target; openraft calls it.
@@ -139,7 +139,10 @@ impl RaftService {
 }
 
 /// Leader-side handling of a forwarded write.
-pub(crate) async fn leader_write(raft: &Raft, mut env: crate::machine::Envelope) -> Redirect<Applied> {
+pub(crate) async fn leader_write(
+    raft: &Raft,
+    mut env: crate::machine::Envelope,
+) -> Redirect<Applied> {
     // The leader's clock, not the sender's, stamps the entry: one skewed
     // client cannot move the log clock that expires dedup records.
     env.time_ms = crate::cluster::now_ms();
@@ -167,11 +170,43 @@ pub(crate) async fn leader_read_index(raft: &Raft) -> Redirect<super::LogId> {
     }
 }
 
+/// Terms beyond this are refused: a Raft term grows by one per election, and
+/// one near `u64::MAX` would overflow openraft's `term + 1` and leave the
+/// cluster without a leader for good.
+const MAX_TERM: u64 = u64::MAX / 4;
+
+fn sane_vote(v: &Vote) -> Result<(), String> {
+    if v.leader_id.term > MAX_TERM {
+        Err(format!("refused: absurd term {}", v.leader_id.term))
+    } else {
+        Ok(())
+    }
+}
+
 async fn handle(raft: Raft, rpc: Rpc) -> Result<Bytes, String> {
+    match &rpc {
+        Rpc::Append(req) => sane_vote(&req.vote)?,
+        Rpc::Vote(req) => sane_vote(&req.vote)?,
+        Rpc::Snapshot { vote, .. } => sane_vote(vote)?,
+        _ => {}
+    }
     match rpc {
         Rpc::Append(req) => encode(&raft.append_entries(req).await),
         Rpc::Vote(req) => encode(&raft.vote(req).await),
         Rpc::Snapshot { vote, meta, data } => {
+            // A snapshot this program cannot restore (a leader running newer
+            // code, or garbage) is refused here: handed to openraft, the
+            // failure would stop this node's Raft.
+            let check = data.clone();
+            let valid = crate::codec::on_big_stack(move || {
+                crate::machine::Machine::new().and_then(|mut m| m.restore(&check))
+            })
+            .await;
+            match valid {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return encode(&Err::<SnapshotResponse<TC>, String>(format!("snapshot refused: {e}"))),
+                Err(e) => return encode(&Err::<SnapshotResponse<TC>, String>(e.to_string())),
+            }
             let snap = Snapshot {
                 meta,
                 snapshot: Bytes::from(data),

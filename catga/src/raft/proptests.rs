@@ -540,7 +540,8 @@ mod tests {
             .stack_size(2 * 1024 * 1024)
             .spawn(move || {
                 inputs.iter().all(|b| {
-                    decode::<Rpc>(b).is_err() && rmp_serde::from_slice::<Entry>(b).is_err()
+                    decode::<Rpc>(b).is_err()
+                        && crate::codec::decode::<Entry>(b, crate::codec::INTERNAL_DEPTH).is_err()
                 })
             })
             .expect("spawn")

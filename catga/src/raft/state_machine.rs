@@ -74,9 +74,13 @@ impl SmStore {
         let path = dir.join("snapshot.bin");
         match std::fs::read(&path) {
             Ok(bytes) => {
-                let file: SnapshotFile = rmp_serde::from_slice(&bytes)
+                let file: SnapshotFile = crate::codec::decode(&bytes, crate::codec::INTERNAL_DEPTH)
                     .map_err(|e| other(format!("{}: {e}", path.display())))?;
-                machine.restore(&file.data).map_err(other)?;
+                let data = file.data.clone();
+                machine = crate::codec::on_big_stack_sync(move || {
+                    machine.restore(&data).map(|_| machine)
+                })?
+                .map_err(other)?;
                 last_applied = file.meta.last_log_id;
                 membership = file.meta.last_membership.clone();
                 current = Some((file.meta, bytes::Bytes::from(file.data)));
@@ -107,7 +111,7 @@ impl SmStore {
             meta: meta.clone(),
             data: data.to_vec(),
         };
-        let bytes = rmp_serde::to_vec(&file).map_err(other)?;
+        let bytes = crate::codec::encode(&file).map_err(other)?;
         let tmp = self.shared.dir.join("snapshot.bin.tmp");
         {
             use std::io::Write;
@@ -224,9 +228,19 @@ impl RaftStateMachine<TC> for SmStore {
         meta: &Meta,
         snapshot: bytes::Bytes,
     ) -> Result<(), io::Error> {
+        // decode into a scratch machine first (on a big stack: user states
+        // may nest deeply), so a bad snapshot changes nothing
+        let data = snapshot.clone();
+        let restored = crate::codec::on_big_stack(move || {
+            let mut m = Machine::new()?;
+            m.restore(&data)?;
+            Ok::<_, crate::Error>(m)
+        })
+        .await?
+        .map_err(other)?;
         {
             let mut g = self.shared.inner.write();
-            g.machine.restore(&snapshot).map_err(other)?;
+            g.machine = restored;
             g.last_applied = meta.last_log_id;
             g.membership = meta.last_membership.clone();
         }
