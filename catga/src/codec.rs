@@ -12,7 +12,10 @@ pub(crate) const INTERNAL_DEPTH: usize = 48;
 pub(crate) const USER_DEPTH: usize = 256;
 
 /// Decodes `bytes` allowing at most `depth` levels of nesting.
-pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8], depth: usize) -> Result<T, rmp_serde::decode::Error> {
+pub(crate) fn decode<T: DeserializeOwned>(
+    bytes: &[u8],
+    depth: usize,
+) -> Result<T, rmp_serde::decode::Error> {
     let mut de = rmp_serde::Deserializer::from_read_ref(bytes);
     de.set_max_depth(depth);
     T::deserialize(&mut de)

@@ -242,9 +242,8 @@ impl Machine {
     /// state in the snapshot that this program does not know is an error
     /// (restoring would silently drop it).
     pub fn restore(&mut self, bytes: &[u8]) -> Result<()> {
-        let data: SnapshotData =
-            crate::codec::decode(bytes, crate::codec::INTERNAL_DEPTH)
-                .map_err(|e| Error::Snapshot(format!("decode: {e}")))?;
+        let data: SnapshotData = crate::codec::decode(bytes, crate::codec::INTERNAL_DEPTH)
+            .map_err(|e| Error::Snapshot(format!("decode: {e}")))?;
         if data.format != SNAPSHOT_FORMAT {
             return Err(Error::Snapshot(format!(
                 "unsupported snapshot format {} (this program reads {SNAPSHOT_FORMAT})",

@@ -884,3 +884,91 @@ async fn bad_input_on_the_wire_never_hurts_a_node() {
     );
     c.shutdown().await;
 }
+
+async fn send_one(c: &Cluster, node: u64, body: Vec<u8>) -> Result<Bytes, String> {
+    let (s, _) = authenticate(&c.addrs[node as usize - 1], node, rand::random()).await;
+    let mut answers = tokio::time::timeout(T, pipeline(s, vec![body]))
+        .await
+        .expect("answered in time");
+    answers.remove(&0).expect("one answer")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vote_with_an_absurd_term_is_refused() {
+    let c = Cluster::start(3).await;
+    let l = c.leader().await;
+    let f = c.follower().await;
+    let vote = VoteRequest {
+        vote: Vote::new(u64::MAX, ATTACKER),
+        last_log_id: Some(LogId::new(
+            LeaderId {
+                term: u64::MAX,
+                node_id: ATTACKER,
+            },
+            u64::MAX,
+        )),
+        leadership_transfer: true,
+    };
+    let r = send_one(&c, f, body(&Rpc::Vote(vote))).await;
+    assert!(matches!(&r, Err(e) if e.contains("absurd term")), "{r:?}");
+    assert!(c.node(f).health().term < 1000, "the term was not adopted");
+    c.node(l)
+        .send(Restock {
+            sku: "term".into(),
+            qty: 1,
+        })
+        .await
+        .expect("the cluster still writes");
+    c.assert_replicas_equal().await;
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_that_cannot_be_restored_is_refused_and_the_node_stays_up() {
+    let c = Cluster::start(3).await;
+    let l = c.leader().await;
+    let f = c.follower().await;
+    c.node(l)
+        .send(Restock {
+            sku: "snapx".into(),
+            qty: 1,
+        })
+        .await
+        .expect("write");
+    let term = c.node(f).health().term;
+    let rpc = Rpc::Snapshot {
+        vote: Vote::new_committed(term + 1, l),
+        meta: SnapshotMetaOf::<TC> {
+            last_log_id: Some(LogId::new(
+                LeaderId {
+                    term: term + 1,
+                    node_id: l,
+                },
+                1000,
+            )),
+            last_membership: Default::default(),
+        },
+        data: b"garbage".to_vec(),
+    };
+    let r = send_one(&c, f, body(&rpc)).await;
+    let reply: Result<(), String> = match r {
+        Ok(bytes) => rmp_serde::from_slice::<Result<serde::de::IgnoredAny, String>>(&bytes)
+            .expect("a reply")
+            .map(|_| ()),
+        Err(e) => Err(e),
+    };
+    assert!(
+        matches!(&reply, Err(e) if e.contains("snapshot refused")),
+        "{reply:?}"
+    );
+    assert_ne!(c.node(f).health().role, Role::Shutdown);
+    c.node(f)
+        .send(Restock {
+            sku: "snapx".into(),
+            qty: 1,
+        })
+        .await
+        .expect("the follower still serves");
+    c.assert_replicas_equal().await;
+    c.shutdown().await;
+}

@@ -23,8 +23,8 @@ use parking_lot::Mutex;
 use tokio::sync::oneshot;
 
 use super::wal::{Record, Wal};
-use crate::codec::{INTERNAL_DEPTH, decode, encode};
 use super::{Entry, LogId, TC, Vote};
+use crate::codec::{INTERNAL_DEPTH, decode, encode};
 
 fn other<E: std::fmt::Display>(e: E) -> io::Error {
     io::Error::other(e.to_string())
@@ -288,9 +288,6 @@ impl RaftLogStorage<TC> for LogStore {
             let keep = c.entries.split_off(&(log_id.index() + 1));
             c.entries = keep;
         }
-        self.send(Op::Purge(
-            log_id.index(),
-            encode(&log_id).map_err(other)?,
-        ))
+        self.send(Op::Purge(log_id.index(), encode(&log_id).map_err(other)?))
     }
 }

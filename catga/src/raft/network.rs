@@ -204,7 +204,11 @@ async fn handle(raft: Raft, rpc: Rpc) -> Result<Bytes, String> {
             .await;
             match valid {
                 Ok(Ok(())) => {}
-                Ok(Err(e)) => return encode(&Err::<SnapshotResponse<TC>, String>(format!("snapshot refused: {e}"))),
+                Ok(Err(e)) => {
+                    return encode(&Err::<SnapshotResponse<TC>, String>(format!(
+                        "snapshot refused: {e}"
+                    )));
+                }
                 Err(e) => return encode(&Err::<SnapshotResponse<TC>, String>(e.to_string())),
             }
             let snap = Snapshot {
