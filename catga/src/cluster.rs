@@ -440,11 +440,15 @@ impl Node {
             Ok(Err(_)) => return Err(Error::ShutDown),
             Err(_) => return Err(Error::Overloaded),
         };
-        let seq = inner.next_seq.fetch_add(1, Ordering::Relaxed);
-        let ack_below = {
+        // The sequence number is taken under the lock that computes the
+        // acknowledgement floor: taken outside it, a later number could
+        // announce a floor above an earlier one still being sent, and the
+        // earlier write would be refused as already acknowledged.
+        let (seq, ack_below) = {
             let mut set = inner.in_flight.lock();
+            let seq = inner.next_seq.fetch_add(1, Ordering::Relaxed);
             set.insert(seq);
-            set.first().copied().unwrap_or(seq)
+            (seq, set.first().copied().unwrap_or(seq))
         };
         let _guard = InFlight {
             set: &inner.in_flight,

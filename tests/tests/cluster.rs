@@ -618,3 +618,33 @@ async fn wait_for_seen(c: &Cluster, want: usize) {
         c.node(1).health_changed(Duration::from_millis(20)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_callers_on_one_handle_are_never_refused_as_stale() {
+    let c = Cluster::start(3).await;
+    let l = c.leader().await;
+    let n = c.node(l).clone();
+    let tasks: Vec<_> = (0..8)
+        .map(|_| {
+            let n = n.clone();
+            tokio::spawn(async move {
+                for _ in 0..150 {
+                    n.send(Restock {
+                        sku: "conc".into(),
+                        qty: 1,
+                    })
+                    .await
+                    .expect("applied");
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(
+        n.send(GetStock { sku: "conc".into() }).await.unwrap(),
+        Some(1200)
+    );
+    c.shutdown().await;
+}

@@ -957,7 +957,11 @@ async fn run(settings: Settings) {
     for r in &run.history {
         if let Some(e) = &r.error {
             // the error's kind: its text up to the first detail
-            let kind = e.split(['(', ':']).next().unwrap_or(e).trim().to_string();
+            let kind = if e.contains("already acknowledged") {
+                "already acknowledged (ApplyError::Stale)".to_string()
+            } else {
+                e.split(['(', ':']).next().unwrap_or(e).trim().to_string()
+            };
             *errors.entry(kind).or_default() += 1;
         }
     }
@@ -972,20 +976,15 @@ async fn run(settings: Settings) {
         println!("{nodes} nodes: errors by kind: {errors:?}");
     }
     // `Stale` means "already acknowledged", which a caller still waiting for
-    // its answer never did: the write was refused without being applied.
-    // The outcome checks treat it as unknown (it is an error); say so.
-    let stale = errors
-        .keys()
-        .filter(|k| k.contains("already acknowledged"))
-        .count();
-    if stale > 0 {
-        println!(
-            "{nodes} nodes: NOTE: a write still in flight was refused as already acknowledged \
-             (ApplyError::Stale); it was not applied"
+    // its answer never did: it must not happen.
+    let stale = errors.keys().any(|k| k.contains("already acknowledged"));
+    let mut problems = run.check_ledger();
+    if stale {
+        problems.push(
+            "a write still in flight was refused as already acknowledged (ApplyError::Stale)"
+                .into(),
         );
     }
-
-    let mut problems = run.check_ledger();
     problems.extend(run.check_local_reads());
     let check_started = std::time::Instant::now();
     match linearizability::check(&Register, &run.linearizable_history()) {
