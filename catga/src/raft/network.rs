@@ -159,6 +159,39 @@ pub(crate) async fn leader_write(
     }
 }
 
+/// Leader-side handling of a forwarded batch: proposed together, answered
+/// in order.
+pub(crate) async fn leader_write_many(raft: &Raft, mut envs: Vec<crate::machine::Envelope>) -> Vec<Redirect<Applied>> {
+    use futures::StreamExt;
+    let n = envs.len();
+    let now = crate::cluster::now_ms();
+    for e in &mut envs {
+        e.time_ms = now;
+    }
+    let mut answers = Vec::with_capacity(n);
+    match raft.client_write_many(envs).await {
+        Ok(mut results) => {
+            while let Some(r) = results.next().await {
+                answers.push(match r {
+                    Ok(Ok(w)) => Redirect::Ok(w.response),
+                    Ok(Err(ClientWriteError::ForwardToLeader(f))) => Redirect::NotLeader(f.leader_id),
+                    Ok(Err(ClientWriteError::LogEntryDiscarded(f))) => {
+                        Redirect::Unknown(format!("entry discarded by a leader change: {f}"))
+                    }
+                    Ok(Err(e)) => Redirect::Failed(e.to_string()),
+                    Err(fatal) => Redirect::Unknown(format!("leader stopped: {fatal}")),
+                });
+            }
+        }
+        Err(fatal) => answers.extend((0..n).map(|_| Redirect::Unknown(format!("leader stopped: {fatal}")))),
+    }
+    // a stream cut short leaves the rest unknown (retried with their ids)
+    while answers.len() < n {
+        answers.push(Redirect::Unknown("no answer from the leader".into()));
+    }
+    answers
+}
+
 /// Leader-side: a read index for a follower's linearizable read.
 pub(crate) async fn leader_read_index(raft: &Raft) -> Redirect<super::LogId> {
     match raft.get_read_linearizer(ReadPolicy::ReadIndex).await {
@@ -222,12 +255,7 @@ async fn handle(raft: Raft, rpc: Rpc) -> Result<Bytes, String> {
             encode(&r)
         }
         Rpc::Write(env) => encode(&leader_write(&raft, env).await),
-        Rpc::WriteMany(envs) => {
-            // concurrent proposals: openraft merges them into one append
-            let answers =
-                futures::future::join_all(envs.into_iter().map(|e| leader_write(&raft, e))).await;
-            encode(&answers)
-        }
+        Rpc::WriteMany(envs) => encode(&leader_write_many(&raft, envs).await),
         Rpc::ReadIndex => encode(&leader_read_index(&raft).await),
         Rpc::AddNode { id, addr } => encode(&super::handle::leader_add_node(&raft, id, addr).await),
         Rpc::RemoveNode { id } => encode(&super::handle::leader_remove_node(&raft, id).await),
