@@ -135,21 +135,40 @@ fn ratios() {
     let mut kv = Kv::default();
     for i in 0..1000u64 {
         kv.map.insert(format!("key-{i}"), i);
-        let p = catga::__private::rmp_serde::to_vec_named(&Put { key: format!("key-{i}"), value: i })
-            .expect("encode");
+        let p = catga::__private::rmp_serde::to_vec_named(&Put {
+            key: format!("key-{i}"),
+            value: i,
+        })
+        .expect("encode");
         machine.apply(i + 1, &env(p, i + 1));
     }
     let q_direct = per_op(|| {
-        black_box(get(Get { key: black_box("key-7").to_string() }, &kv));
+        black_box(get(
+            Get {
+                key: black_box("key-7").to_string(),
+            },
+            &kv,
+        ));
     });
     let q_dispatch = per_op(|| {
-        let _ = black_box(machine.query(Get { key: black_box("key-7").to_string() }));
+        let _ = black_box(machine.query(Get {
+            key: black_box("key-7").to_string(),
+        }));
     });
     let c_direct = per_op(|| {
-        black_box(put(Put { key: black_box("key-7").to_string(), value: 1 }, &mut kv));
+        black_box(put(
+            Put {
+                key: black_box("key-7").to_string(),
+                value: 1,
+            },
+            &mut kv,
+        ));
     });
-    let payload = catga::__private::rmp_serde::to_vec_named(&Put { key: "key-7".into(), value: 1 })
-        .expect("encode");
+    let payload = catga::__private::rmp_serde::to_vec_named(&Put {
+        key: "key-7".into(),
+        value: 1,
+    })
+    .expect("encode");
     let mut seq = 10_000u64;
     let mut e = env(payload, seq);
     let c_apply = per_op(|| {
@@ -158,8 +177,14 @@ fn ratios() {
         e.ack_below = seq;
         black_box(machine.apply(seq, &e));
     });
-    println!("ratio: query dispatch {q_dispatch:.1} ns vs direct {q_direct:.1} ns = {:.2}x", q_dispatch / q_direct);
-    println!("ratio: command apply {c_apply:.1} ns vs direct {c_direct:.1} ns = {:.2}x", c_apply / c_direct);
+    println!(
+        "ratio: query dispatch {q_dispatch:.1} ns vs direct {q_direct:.1} ns = {:.2}x",
+        q_dispatch / q_direct
+    );
+    println!(
+        "ratio: command apply {c_apply:.1} ns vs direct {c_direct:.1} ns = {:.2}x",
+        c_apply / c_direct
+    );
 }
 
 fn main() {

@@ -161,7 +161,10 @@ pub(crate) async fn leader_write(
 
 /// Leader-side handling of a forwarded batch: proposed together, answered
 /// in order.
-pub(crate) async fn leader_write_many(raft: &Raft, mut envs: Vec<crate::machine::Envelope>) -> Vec<Redirect<Applied>> {
+pub(crate) async fn leader_write_many(
+    raft: &Raft,
+    mut envs: Vec<crate::machine::Envelope>,
+) -> Vec<Redirect<Applied>> {
     use futures::StreamExt;
     let n = envs.len();
     let now = crate::cluster::now_ms();
@@ -174,7 +177,9 @@ pub(crate) async fn leader_write_many(raft: &Raft, mut envs: Vec<crate::machine:
             while let Some(r) = results.next().await {
                 answers.push(match r {
                     Ok(Ok(w)) => Redirect::Ok(w.response),
-                    Ok(Err(ClientWriteError::ForwardToLeader(f))) => Redirect::NotLeader(f.leader_id),
+                    Ok(Err(ClientWriteError::ForwardToLeader(f))) => {
+                        Redirect::NotLeader(f.leader_id)
+                    }
                     Ok(Err(ClientWriteError::LogEntryDiscarded(f))) => {
                         Redirect::Unknown(format!("entry discarded by a leader change: {f}"))
                     }
@@ -183,7 +188,9 @@ pub(crate) async fn leader_write_many(raft: &Raft, mut envs: Vec<crate::machine:
                 });
             }
         }
-        Err(fatal) => answers.extend((0..n).map(|_| Redirect::Unknown(format!("leader stopped: {fatal}")))),
+        Err(fatal) => {
+            answers.extend((0..n).map(|_| Redirect::Unknown(format!("leader stopped: {fatal}"))))
+        }
     }
     // a stream cut short leaves the rest unknown (retried with their ids)
     while answers.len() < n {
