@@ -271,6 +271,25 @@ pub mod harness {
                 .expect("a follower")
         }
 
+        /// Cuts node `id` off from every other node, both ways.
+        pub fn isolate(&self, id: u64) {
+            let all: Vec<u64> = (1..=self.nodes.len() as u64).collect();
+            for n in self.up() {
+                if n.id() == id {
+                    all.iter().for_each(|o| n.faults().block(*o));
+                } else {
+                    n.faults().block(id);
+                }
+            }
+        }
+
+        /// Removes every fault on every running node.
+        pub fn heal(&self) {
+            for n in self.up() {
+                n.faults().heal();
+            }
+        }
+
         /// Stops a node (its tasks end, its data dir stays).
         pub async fn kill(&mut self, id: u64) {
             if let Some(n) = self.nodes[id as usize - 1].take() {

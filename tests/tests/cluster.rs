@@ -298,15 +298,7 @@ async fn a_cut_off_node_rejoins() {
     let c = Cluster::start(3).await;
     let leader = c.leader().await;
     let cut = c.follower().await;
-    for n in c.up() {
-        if n.id() == cut {
-            for other in 1..=3 {
-                n.faults().block(other);
-            }
-        } else {
-            n.faults().block(cut);
-        }
-    }
+    c.isolate(cut);
     for _ in 0..10 {
         c.node(leader)
             .send(Restock {
@@ -324,9 +316,7 @@ async fn a_cut_off_node_rejoins() {
         None,
         "the cut-off node saw nothing"
     );
-    for n in c.up() {
-        n.faults().heal();
-    }
+    c.heal();
     c.node(leader)
         .send(Restock {
             sku: "cut".into(),
@@ -349,15 +339,7 @@ async fn a_cut_off_node_rejoins() {
 async fn an_isolated_leader_is_replaced() {
     let c = Cluster::start(3).await;
     let old = c.leader().await;
-    for n in c.up() {
-        if n.id() == old {
-            for other in 1..=3 {
-                n.faults().block(other);
-            }
-        } else {
-            n.faults().block(old);
-        }
-    }
+    c.isolate(old);
     let other = (1..=3).find(|i| *i != old).unwrap();
     // the majority elects a new leader and takes writes
     c.node(other)
@@ -368,9 +350,7 @@ async fn an_isolated_leader_is_replaced() {
         .await
         .unwrap();
     assert_ne!(c.node(other).health().leader, Some(old));
-    for n in c.up() {
-        n.faults().heal();
-    }
+    c.heal();
     c.node(other)
         .send(Restock {
             sku: "iso".into(),
