@@ -16,7 +16,7 @@ use crate::transport::Pool;
 /// The most writes in one forwarded batch.
 const MAX_BATCH: usize = 512;
 /// The most batches in flight to the leader at once.
-const MAX_IN_FLIGHT: usize = 16;
+const MAX_IN_FLIGHT: usize = 4;
 
 type Reply = Redirect<Applied>;
 
@@ -65,6 +65,12 @@ async fn run(pool: Pool, mut rx: mpsc::Receiver<Pending>) {
     let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     let mut in_flight = JoinSet::new();
     while let Some(first) = rx.recv().await {
+        // Wait for a free slot before draining: while every slot is busy,
+        // writes pile up here and leave together (bigger batches under load,
+        // no waiting at all when idle).
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            return;
+        };
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
             match rx.try_recv() {
@@ -73,14 +79,19 @@ async fn run(pool: Pool, mut rx: mpsc::Receiver<Pending>) {
             }
         }
         // one batch per leader address (normally there is one)
+        let mut permit = Some(permit);
         while !batch.is_empty() {
             let (leader, addr) = (batch[0].leader, batch[0].addr.clone());
             let (group, rest): (Vec<Pending>, Vec<Pending>) = batch
                 .into_iter()
                 .partition(|p| p.leader == leader && p.addr == addr);
             batch = rest;
-            let Ok(permit) = slots.clone().acquire_owned().await else {
-                return;
+            let permit = match permit.take() {
+                Some(p) => p,
+                None => match slots.clone().acquire_owned().await {
+                    Ok(p) => p,
+                    Err(_) => return,
+                },
             };
             let pool = pool.clone();
             in_flight.spawn(async move {
