@@ -5,7 +5,7 @@
 //! queries against the local states, runs the event handlers of published
 //! events, records those events, and takes and restores snapshots.
 //!
-//! ```
+//! ```standalone_crate
 //! use catga::prelude::*;
 //! use catga::testing::TestApp;
 //!
