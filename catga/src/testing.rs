@@ -5,6 +5,12 @@
 //! queries against the local states, runs the event handlers of published
 //! events, records those events, and takes and restores snapshots.
 //!
+//! The registry is per program: every annotated item linked into a test
+//! binary is in it. Rust 2024 merges doctests into one binary, so a doctest
+//! that starts a `TestApp` or a node should be marked ```` ```standalone_crate ````
+//! (as this one is) when other doctests declare messages or states with the
+//! same names.
+//!
 //! ```standalone_crate
 //! use catga::prelude::*;
 //! use catga::testing::TestApp;
