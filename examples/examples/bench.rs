@@ -68,6 +68,66 @@ fn rss_kib() -> Option<u64> {
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
+/// A fixed-size latency histogram (µs): exact below 1,024 µs, then 64
+/// buckets per power of two (under 2 % error), so a long soak run measures
+/// the cluster's memory, not the benchmark's.
+#[derive(Clone)]
+struct Histogram {
+    counts: Vec<u64>,
+    total: u64,
+}
+
+impl Histogram {
+    fn new() -> Self {
+        Histogram {
+            counts: vec![0; 1024 + 64 * 32],
+            total: 0,
+        }
+    }
+
+    fn bucket(us: u64) -> usize {
+        if us < 1024 {
+            return us as usize;
+        }
+        let log = 63 - us.leading_zeros() as usize; // >= 10
+        let sub = ((us >> (log - 6)) & 63) as usize;
+        (1024 + (log - 10) * 64 + sub).min(1024 + 64 * 32 - 1)
+    }
+
+    fn value(bucket: usize) -> u64 {
+        if bucket < 1024 {
+            return bucket as u64;
+        }
+        let log = (bucket - 1024) / 64 + 10;
+        let sub = ((bucket - 1024) % 64) as u64;
+        (1u64 << log) + (sub << (log - 6))
+    }
+
+    fn record(&mut self, us: u64) {
+        self.counts[Self::bucket(us)] += 1;
+        self.total += 1;
+    }
+
+    fn merge(&mut self, other: &Histogram) {
+        for (a, b) in self.counts.iter_mut().zip(&other.counts) {
+            *a += b;
+        }
+        self.total += other.total;
+    }
+
+    fn percentile(&self, p: f64) -> u64 {
+        let rank = ((self.total as f64 - 1.0).max(0.0) * p).round() as u64;
+        let mut seen = 0;
+        for (i, c) in self.counts.iter().enumerate() {
+            seen += c;
+            if seen > rank {
+                return Self::value(i);
+            }
+        }
+        0
+    }
+}
+
 fn percentile(sorted: &[u32], p: f64) -> u32 {
     if sorted.is_empty() {
         return 0;
@@ -130,7 +190,7 @@ async fn run(args: Args) -> Result<String, Box<dyn std::error::Error>> {
     for c in 0..args.clients {
         let n = target.clone();
         tasks.push(tokio::spawn(async move {
-            let mut lat = Vec::new();
+            let mut lat = Histogram::new();
             let mut i = 0u64;
             while start.elapsed() < dur {
                 let t = Instant::now();
@@ -139,19 +199,18 @@ async fn run(args: Args) -> Result<String, Box<dyn std::error::Error>> {
                     value: i,
                 })
                 .await?;
-                lat.push(t.elapsed().as_micros().min(u32::MAX as u128) as u32);
+                lat.record(t.elapsed().as_micros().min(u64::MAX as u128) as u64);
                 i += 1;
             }
             Ok::<_, catga::Error>(lat)
         }));
     }
-    let mut lat = Vec::new();
+    let mut lat = Histogram::new();
     for t in tasks {
-        lat.extend(t.await??);
+        lat.merge(&t.await??);
     }
     let elapsed = start.elapsed().as_secs_f64();
-    lat.sort_unstable();
-    let writes_per_s = lat.len() as f64 / elapsed;
+    let writes_per_s = lat.total as f64 / elapsed;
 
     let read_dur = dur / 2;
     let start = Instant::now();
@@ -211,8 +270,8 @@ async fn run(args: Args) -> Result<String, Box<dyn std::error::Error>> {
         args.nodes,
         args.clients,
         writes_per_s,
-        percentile(&lat, 0.50),
-        percentile(&lat, 0.99),
+        lat.percentile(0.50),
+        lat.percentile(0.99),
         reads_per_s
     ))
 }
