@@ -443,6 +443,7 @@ async fn a_node_with_the_wrong_secret_is_refused() {
         "a node with the wrong secret joined"
     );
     assert_eq!(intruder.health().applied_index, None);
+    c.assert_replicas_equal().await;
     intruder.shutdown().await;
     c.shutdown().await;
 }
@@ -626,5 +627,6 @@ async fn concurrent_callers_on_one_handle_are_never_refused_as_stale() {
         n.send(GetStock { sku: "conc".into() }).await.unwrap(),
         Some(1200)
     );
+    c.assert_replicas_equal().await;
     c.shutdown().await;
 }
