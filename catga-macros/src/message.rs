@@ -121,49 +121,8 @@ fn try_expand(
     // Malformed arguments are reported and ignored: the type is still a
     // message, so its handlers and senders see no further error.
     let args = args::parse(args, &allowed, errors);
-    let mut input: DeriveInput = match syn::parse2::<Item>(item) {
-        Ok(Item::Struct(s)) => s.into(),
-        Ok(Item::Enum(e)) => e.into(),
-        Ok(Item::Union(u)) => {
-            errors.push(syn::Error::new_spanned(
-                u.union_token,
-                format!("#[{attr}] cannot be used on a union: use a struct or an enum"),
-            ));
-            return None;
-        }
-        Ok(other) => {
-            let (span, what) = describe(&other);
-            errors.push(syn::Error::new(
-                span,
-                format!("#[{attr}] goes on a struct or an enum, not on {what}"),
-            ));
-            return None;
-        }
-        Err(e) => {
-            errors.push(e);
-            return None;
-        }
-    };
-    if !input.generics.params.is_empty() {
-        errors.push(syn::Error::new_spanned(
-            &input.generics,
-            format!(
-                "#[{attr}] types cannot be generic: each wire name must stand for one concrete type"
-            ),
-        ));
-        return None;
-    }
-    strip_serde_derives(&mut input.attrs, attr, errors);
-
+    let (input, name) = data_type(attr, "wire name", item, args.name.as_ref(), errors)?;
     let ident = &input.ident;
-    let name = match &args.name {
-        Some(lit) => quote!(#lit),
-        None => quote!(::core::concat!(
-            ::core::module_path!(),
-            "::",
-            ::core::stringify!(#ident)
-        )),
-    };
     let (kind_variant, marker) = match kind {
         Kind::Command => (
             quote!(Command),
@@ -212,4 +171,60 @@ fn try_expand(
             }
         };
     })
+}
+
+/// The part `#[command]`, `#[query]`, `#[event]` and `#[state]` share: the
+/// item must be a non-generic struct or enum; a user's own serde derives are
+/// removed (and reported); the name is `name = "..."` or `module::Type`.
+/// `what` names what the name is for, in the generics error.
+pub fn data_type(
+    attr: &str,
+    what: &str,
+    item: TokenStream,
+    name: Option<&syn::LitStr>,
+    errors: &mut Vec<syn::Error>,
+) -> Option<(DeriveInput, TokenStream)> {
+    let mut input: DeriveInput = match syn::parse2::<Item>(item) {
+        Ok(Item::Struct(s)) => s.into(),
+        Ok(Item::Enum(e)) => e.into(),
+        Ok(Item::Union(u)) => {
+            errors.push(syn::Error::new_spanned(
+                u.union_token,
+                format!("#[{attr}] cannot be used on a union: use a struct or an enum"),
+            ));
+            return None;
+        }
+        Ok(other) => {
+            let (span, item_kind) = describe(&other);
+            errors.push(syn::Error::new(
+                span,
+                format!("#[{attr}] goes on a struct or an enum, not on {item_kind}"),
+            ));
+            return None;
+        }
+        Err(e) => {
+            errors.push(e);
+            return None;
+        }
+    };
+    if !input.generics.params.is_empty() {
+        errors.push(syn::Error::new_spanned(
+            &input.generics,
+            format!(
+                "#[{attr}] types cannot be generic: each {what} must stand for one concrete type"
+            ),
+        ));
+        return None;
+    }
+    strip_serde_derives(&mut input.attrs, attr, errors);
+    let ident = &input.ident;
+    let name = match name {
+        Some(lit) => quote!(#lit),
+        None => quote!(::core::concat!(
+            ::core::module_path!(),
+            "::",
+            ::core::stringify!(#ident)
+        )),
+    };
+    Some((input, name))
 }

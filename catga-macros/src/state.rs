@@ -2,11 +2,10 @@
 
 use proc_macro2::TokenStream;
 use quote::{quote, quote_spanned};
-use syn::{DeriveInput, Item};
 
 use crate::args::{self, Allowed};
 use crate::fallback;
-use crate::message::{describe, strip_serde_derives};
+use crate::message::data_type;
 
 pub fn expand(args: TokenStream, item: TokenStream) -> TokenStream {
     let mut errors = Vec::new();
@@ -30,46 +29,8 @@ fn try_expand(
         hint: "",
     };
     let args = args::parse(args, &allowed, errors);
-    let mut input: DeriveInput = match syn::parse2::<Item>(item) {
-        Ok(Item::Struct(s)) => s.into(),
-        Ok(Item::Enum(e)) => e.into(),
-        Ok(Item::Union(u)) => {
-            errors.push(syn::Error::new_spanned(
-                u.union_token,
-                "#[state] cannot be used on a union: use a struct or an enum",
-            ));
-            return None;
-        }
-        Ok(other) => {
-            let (span, what) = describe(&other);
-            errors.push(syn::Error::new(
-                span,
-                format!("#[state] goes on a struct or an enum, not on {what}"),
-            ));
-            return None;
-        }
-        Err(e) => {
-            errors.push(e);
-            return None;
-        }
-    };
-    if !input.generics.params.is_empty() {
-        errors.push(syn::Error::new_spanned(
-            &input.generics,
-            "#[state] types cannot be generic: each snapshot name must stand for one concrete type",
-        ));
-        return None;
-    }
-    strip_serde_derives(&mut input.attrs, "state", errors);
+    let (input, name) = data_type("state", "snapshot name", item, args.name.as_ref(), errors)?;
     let ident = &input.ident;
-    let name = match &args.name {
-        Some(lit) => quote!(#lit),
-        None => quote!(::core::concat!(
-            ::core::module_path!(),
-            "::",
-            ::core::stringify!(#ident)
-        )),
-    };
     let serde_attrs = quote_spanned! {ident.span()=>
         #[derive(::catga::__private::serde::Serialize, ::catga::__private::serde::Deserialize)]
         #[serde(crate = "::catga::__private::serde")]

@@ -67,6 +67,18 @@ impl Demo {
     }
 }
 
+/// Places an order for one apple with the client's reference.
+async fn order(node: &Node, reference: u64) -> Result<u64, Box<dyn std::error::Error>> {
+    let placed = node
+        .send(PlaceOrder {
+            reference,
+            sku: "apple".into(),
+            qty: 1,
+        })
+        .await?;
+    Ok(placed.map_err(|e| format!("order refused: {e:?}"))?)
+}
+
 fn check(ok: bool, what: &str) -> Result<(), String> {
     if ok {
         println!("  ✓ {what}");
@@ -117,15 +129,7 @@ async fn run() -> Result<String, Box<dyn std::error::Error>> {
         .await?;
     for _ in 0..50 {
         reference += 1;
-        let id = demo
-            .node(follower)
-            .send(PlaceOrder {
-                reference,
-                sku: "apple".into(),
-                qty: 1,
-            })
-            .await?
-            .map_err(|e| format!("order refused: {e:?}"))?;
+        let id = order(demo.node(follower), reference).await?;
         acked.insert(reference, id);
     }
     let refused = demo
@@ -184,14 +188,7 @@ async fn run() -> Result<String, Box<dyn std::error::Error>> {
     let mut failover_ms = None;
     for _ in 0..100 {
         reference += 1;
-        let id = writer
-            .send(PlaceOrder {
-                reference,
-                sku: "apple".into(),
-                qty: 1,
-            })
-            .await?
-            .map_err(|e| format!("order refused: {e:?}"))?;
+        let id = order(&writer, reference).await?;
         acked.insert(reference, id);
         if failover_ms.is_none()
             && writer.health().leader != Some(leader)
@@ -212,15 +209,7 @@ async fn run() -> Result<String, Box<dyn std::error::Error>> {
     demo.nodes[leader as usize - 1] = Some(restarted);
     for _ in 0..20 {
         reference += 1;
-        let id = demo
-            .node(new_leader)
-            .send(PlaceOrder {
-                reference,
-                sku: "apple".into(),
-                qty: 1,
-            })
-            .await?
-            .map_err(|e| format!("order refused: {e:?}"))?;
+        let id = order(demo.node(new_leader), reference).await?;
         acked.insert(reference, id);
     }
     let target = demo.node(new_leader).health().applied_index.unwrap_or(0);
