@@ -162,11 +162,10 @@ enum WireResult<'a> {
 /// Decodes one frame's payload (the bytes after the length prefix). Never
 /// panics; request and response bodies are slices of `payload`, not copies.
 pub fn decode_frame(payload: Bytes) -> Result<Frame, FrameError> {
-    let mut de = rmp_serde::Deserializer::from_read_ref(&payload[..]);
     // A frame nests 4 levels deep; unknown fields (skipped, for upgrades)
     // must not nest deep enough to exhaust the stack.
-    de.set_max_depth(MAX_DEPTH);
-    let wire = Wire::deserialize(&mut de).map_err(|e| FrameError::Malformed(e.to_string()))?;
+    let wire: Wire = crate::codec::decode_borrowed(&payload[..], MAX_DEPTH)
+        .map_err(|e| FrameError::Malformed(e.to_string()))?;
     Ok(match wire {
         Wire::Hello { node, nonce } => Frame::Hello {
             node_id: node,
@@ -256,10 +255,7 @@ pub(crate) fn encode_frame(
 
 /// Appends the frame's payload (without the length prefix) to `dst`.
 pub(crate) fn encode_payload(frame: &Frame, dst: &mut BytesMut) -> Result<(), FrameError> {
-    let mut ser = rmp_serde::Serializer::new(dst.writer()).with_struct_map();
-    frame
-        .as_wire()
-        .serialize(&mut ser)
+    crate::codec::encode_into(dst.writer(), &frame.as_wire())
         .map_err(|e| FrameError::Encode(e.to_string()))
 }
 

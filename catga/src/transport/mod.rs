@@ -27,11 +27,10 @@
 //! useless on another connection; the role label keeps one side's proof from
 //! being reflected as the other's. The secret never crosses the wire.
 //!
-//! Only the test fault switch ([`Faults`]) and the frame decoder (for fuzzing)
-//! are public.
-
-// Until the cluster module (raft network adapter, forwarding) calls into it,
-// most of the transport is used only by its tests.
+//! It knows nothing above it: a [`Service`] answers requests, whatever they
+//! are. The test fault switch ([`Faults`]) is reached through
+//! `catga::testing`, the frame decoder (for fuzzing) through
+//! `catga::__private::wire`.
 
 mod auth;
 mod conn;
@@ -45,7 +44,6 @@ mod tests;
 use std::time::Duration;
 
 pub use faults::Faults;
-#[doc(hidden)]
 pub use frame::{Frame, FrameError, decode_frame, decode_stream};
 pub(crate) use pool::Pool;
 pub(crate) use server::Server;

@@ -1,5 +1,9 @@
 //! Transport tests: real TCP on 127.0.0.1, ephemeral ports, no sleeps used as
 //! synchronisation (timeouts below only bound how long a failing test hangs).
+//!
+//! Over 500 lines on purpose: the transport's whole specification as
+//! tests (handshake, framing, multiplexing, limits, faults), sharing one
+//! set of helpers.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
