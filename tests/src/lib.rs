@@ -8,6 +8,7 @@ use catga::prelude::*;
 
 pub mod kv;
 pub mod linearizability;
+pub mod process;
 
 /// A shop with stock and orders.
 #[state(name = "tests.shop")]
@@ -276,8 +277,7 @@ pub mod harness {
             let all: Vec<u64> = (1..=self.nodes.len() as u64).collect();
             for n in self.up() {
                 if n.id() == id {
-                    all.iter()
-                        .for_each(|o| catga::testing::faults(n).block(*o));
+                    all.iter().for_each(|o| catga::testing::faults(n).block(*o));
                 } else {
                     catga::testing::faults(n).block(id);
                 }
