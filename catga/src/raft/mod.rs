@@ -16,6 +16,7 @@ use crate::machine::{Applied, Envelope};
 mod events;
 mod forward;
 mod handle;
+mod identity;
 mod leader;
 mod log_store;
 mod network;

@@ -146,7 +146,14 @@ async fn answer(node: &Node, line: &str) -> Result<String, String> {
 
 #[tokio::main]
 async fn main() {
-    catga_tests::harness::init_tracing();
+    // logs go to stderr: stdout carries only the answers
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .try_init();
     let args = match parse() {
         Ok(a) => a,
         Err(e) => {
