@@ -8,6 +8,9 @@
 //! orders again through a survivor, and prints a checked summary line. It
 //! exits non-zero if a check fails.
 //!
+//! Load over real HTTP from another process (the nodes are children):
+//! `cargo run --release --example http_service -- --bench --connections 64 --seconds 10 [--via-follower]`
+//!
 //! One node by hand:
 //!
 //! ```text
@@ -83,7 +86,7 @@ async fn run_node(a: NodeArgs) -> Result<(), String> {
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", a.http))?;
     tracing::info!(node = a.id, http = %a.http, "serving");
-    catga::http::axum::serve(listener, app)
+    catga::http::serve(listener, app)
         .await
         .map_err(|e| e.to_string())
 }
@@ -117,8 +120,9 @@ fn check(ok: bool, what: &str) -> Result<(), String> {
     }
 }
 
-async fn demo() -> Result<String, String> {
-    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+/// Starts three node processes and waits until every one is ready; returns
+/// them, the leader's id and how long forming took.
+async fn launch(dir: &std::path::Path) -> Result<(Launched, usize, u128), String> {
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let raft: Vec<String> = (0..3).map(|_| free_addr()).collect();
     let http: Vec<String> = (0..3).map(|_| free_addr()).collect();
@@ -135,7 +139,7 @@ async fn demo() -> Result<String, String> {
             .arg("--raft")
             .arg(&raft[i])
             .arg("--data-dir")
-            .arg(dir.path().join(format!("node-{}", i + 1)));
+            .arg(dir.join(format!("node-{}", i + 1)));
         for (j, r) in raft.iter().enumerate() {
             if j != i {
                 cmd.arg("--peer").arg(format!("{}={r}", j + 1));
@@ -173,6 +177,16 @@ async fn demo() -> Result<String, String> {
     }
     let formed_ms = started.elapsed().as_millis();
     let leader = leader.ok_or("no leader")? as usize;
+    Ok((launched, leader, formed_ms))
+}
+
+async fn demo() -> Result<String, String> {
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let (mut launched, leader, formed_ms) = launch(dir.path()).await?;
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(15))
+        .build()
+        .map_err(|e| e.to_string())?;
     let follower = (1..=3).find(|i| *i != leader).ok_or("no follower")?;
     let base = |i: usize| launched.http[i - 1].clone();
 
@@ -260,6 +274,86 @@ async fn demo() -> Result<String, String> {
     ))
 }
 
+/// `--bench [--connections N] [--seconds D] [--via-follower]`: N clients,
+/// each on its own keep-alive connection, POST restocks for D seconds.
+async fn bench(mut args: impl Iterator<Item = String>) -> Result<String, String> {
+    let (mut conns, mut seconds, mut via_follower) = (64usize, 10.0f64, false);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--connections" => {
+                conns = args
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .filter(|n| *n > 0)
+                    .ok_or("--connections takes a positive number")?
+            }
+            "--seconds" => {
+                seconds = args
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .filter(|s: &f64| *s > 0.0)
+                    .ok_or("--seconds takes a positive number")?
+            }
+            "--via-follower" => via_follower = true,
+            other => return Err(format!("unknown bench argument {other}")),
+        }
+    }
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let (launched, leader, _) = launch(dir.path()).await?;
+    let target = if via_follower { leader % 3 + 1 } else { leader };
+    let url = format!("{}/restock", launched.http[target - 1]);
+    let until = Instant::now() + Duration::from_secs_f64(seconds);
+    let mut tasks = Vec::new();
+    for c in 0..conns {
+        let url = url.clone();
+        tasks.push(tokio::spawn(async move {
+            // one client per task: its own connection, kept alive
+            let client = reqwest::Client::builder()
+                .pool_max_idle_per_host(1)
+                .tcp_nodelay(true)
+                .timeout(Duration::from_secs(10))
+                .build()
+                .map_err(|e| e.to_string())?;
+            let body = json!({"sku": format!("sku-{c}"), "qty": 1}).to_string();
+            let mut lat = Vec::new();
+            while Instant::now() < until {
+                let t = Instant::now();
+                let r = client
+                    .post(&url)
+                    .header("content-type", "application/json")
+                    .body(body.clone())
+                    .send()
+                    .await
+                    .map_err(|e| e.to_string())?;
+                if r.status() != 200 {
+                    return Err(format!("status {}", r.status()));
+                }
+                let _ = r.bytes().await;
+                lat.push(t.elapsed().as_micros() as u64);
+            }
+            Ok::<_, String>(lat)
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.map_err(|e| e.to_string())??);
+    }
+    all.sort_unstable();
+    let pct = |p: f64| {
+        all.get(((all.len() as f64 - 1.0) * p) as usize)
+            .copied()
+            .unwrap_or(0)
+    };
+    drop(launched);
+    Ok(format!(
+        "http bench: connections={conns} via={} writes_per_s={:.0} p50_us={} p99_us={}",
+        if via_follower { "follower" } else { "leader" },
+        all.len() as f64 / seconds,
+        pct(0.5),
+        pct(0.99)
+    ))
+}
+
 fn main() -> ExitCode {
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
@@ -274,6 +368,19 @@ fn main() -> ExitCode {
         )
         .try_init();
     let mut args = std::env::args().skip(1).peekable();
+    if args.peek().map(String::as_str) == Some("--bench") {
+        args.next();
+        return match rt.block_on(bench(args)) {
+            Ok(line) => {
+                println!("{line}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                println!("http bench FAILED: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     if args.peek().is_some() {
         return match parse_node(args) {
             Ok(a) => match rt.block_on(run_node(a)) {

@@ -24,7 +24,7 @@ async fn serve(node: &catga::Node) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
-        let _ = catga::http::axum::serve(listener, app).await;
+        let _ = catga::http::serve(listener, app).await;
     });
     format!("http://{addr}")
 }
