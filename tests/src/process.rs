@@ -54,6 +54,8 @@ pub struct Spec {
     pub snapshot_every: u64,
     /// Another binary (an "old version"), or the default node binary.
     pub binary: Option<PathBuf>,
+    /// The election timeout range in ms (the binary's default: 300..600).
+    pub election_ms: Option<(u64, u64)>,
 }
 
 impl Spec {
@@ -73,6 +75,7 @@ impl Spec {
             join: false,
             snapshot_every: 10_000,
             binary: None,
+            election_ms: None,
         }
     }
 }
@@ -94,6 +97,9 @@ impl Proc {
         }
         if spec.join {
             cmd.arg("--join");
+        }
+        if let Some((lo, hi)) = spec.election_ms {
+            cmd.arg("--election-ms").arg(format!("{lo}:{hi}"));
         }
         cmd.stdin(Stdio::piped())
             .stdout(Stdio::piped())

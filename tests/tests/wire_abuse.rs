@@ -409,6 +409,8 @@ fn harmless(body: &[u8]) -> bool {
         Ok(Rpc::Snapshot { vote, .. }) => stale(&vote),
         Ok(Rpc::ReadIndex) => true,
         Ok(Rpc::AddNode { .. } | Rpc::RemoveNode { .. }) => false,
+        // a pre-vote changes nothing on the node, whatever it asks
+        Ok(Rpc::PreVote(_)) => true,
         Ok(Rpc::Write(env)) => harmless_write(&env),
         Ok(Rpc::WriteMany(envs)) => envs.iter().all(harmless_write),
     }

@@ -118,6 +118,10 @@ impl RaftHandle {
             install_snapshot_timeout: 30_000,
             // replicate while the leader's own fsync runs, not after it
             broadcast_submitted_on_append: Some(true),
+            // a node that restarts (or returns from a partition) while the
+            // leader is healthy asks before it campaigns, instead of
+            // bumping the term and deposing the leader
+            enable_pre_vote: Some(true),
             ..Default::default()
         }
         .validate()

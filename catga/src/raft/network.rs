@@ -87,6 +87,20 @@ impl RaftNetworkV2<TC> for PeerConn {
         r.map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))
     }
 
+    /// Pre-vote (see `enable_pre_vote` in `handle.rs`): a node that cannot
+    /// win, such as one that just restarted while the leader is healthy,
+    /// asks first and does not bump its term or depose the leader. An
+    /// unreachable peer is an error, never a grant.
+    async fn pre_vote(
+        &mut self,
+        rpc: VoteRequest<TC>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TC>, RPCError<TC>> {
+        let r: Result<VoteResponse<TC>, RaftError<TC>> =
+            self.call(&Rpc::PreVote(rpc), option.hard_ttl()).await?;
+        r.map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))
+    }
+
     async fn full_snapshot(
         &mut self,
         vote: Vote,

@@ -77,13 +77,14 @@ async fn install_snapshot(
 async fn handle(raft: Raft, rpc: Rpc) -> Result<Bytes, String> {
     match &rpc {
         Rpc::Append(req) => sane_vote(&req.vote)?,
-        Rpc::Vote(req) => sane_vote(&req.vote)?,
+        Rpc::Vote(req) | Rpc::PreVote(req) => sane_vote(&req.vote)?,
         Rpc::Snapshot { vote, .. } => sane_vote(vote)?,
         _ => {}
     }
     match rpc {
         Rpc::Append(req) => encode(&raft.append_entries(req).await),
         Rpc::Vote(req) => encode(&raft.vote(req).await),
+        Rpc::PreVote(req) => encode(&raft.pre_vote(req).await),
         Rpc::Snapshot { vote, meta, data } => install_snapshot(raft, vote, meta, data).await,
         Rpc::Write(env) => encode(&leader::write(&raft, env).await),
         Rpc::WriteMany(envs) => encode(&leader::write_many(&raft, envs).await),

@@ -44,6 +44,9 @@ pub enum Rpc {
         /// The node to remove.
         id: u64,
     },
+    /// openraft's pre-vote: would the peer grant a vote at the next term?
+    /// Answering changes nothing on the peer.
+    PreVote(openraft::raft::VoteRequest<TC>),
 }
 
 /// The leader's answer to [`Rpc::Write`], [`Rpc::ReadIndex`] and the

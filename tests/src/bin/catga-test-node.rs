@@ -2,7 +2,7 @@
 //! processes (`kill -9`, SIGSTOP/SIGCONT, a full disk).
 //!
 //! `catga-test-node --id N --listen ADDR --data-dir DIR [--peer ID=ADDR]...
-//! [--join] [--snapshot-every N]` starts the node with the shop of
+//! [--join] [--snapshot-every N] [--election-ms MIN:MAX]` starts the node with the shop of
 //! `catga_tests`, prints `ready <addr>` once it runs, then answers one
 //! line per command read on stdin (see [`catga_tests::process`]):
 //!
@@ -30,6 +30,7 @@ struct Args {
     peers: Vec<(u64, String)>,
     join: bool,
     snapshot_every: u64,
+    election_ms: (u64, u64),
 }
 
 fn parse() -> Result<Args, String> {
@@ -40,6 +41,7 @@ fn parse() -> Result<Args, String> {
         peers: Vec::new(),
         join: false,
         snapshot_every: 10_000,
+        election_ms: (300, 600),
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -60,6 +62,14 @@ fn parse() -> Result<Args, String> {
                     .push((id.parse().map_err(|e| format!("--peer: {e}"))?, addr.into()));
             }
             "--join" => a.join = true,
+            "--election-ms" => {
+                let v = value()?;
+                let (lo, hi) = v.split_once(':').ok_or("--election-ms MIN:MAX")?;
+                a.election_ms = (
+                    lo.parse().map_err(|e| format!("--election-ms: {e}"))?,
+                    hi.parse().map_err(|e| format!("--election-ms: {e}"))?,
+                );
+            }
             other => return Err(format!("unknown flag {other}")),
         }
     }
@@ -167,7 +177,10 @@ async fn main() {
         .data_dir(args.data_dir)
         .secret("test-secret")
         .heartbeat_interval(Duration::from_millis(50))
-        .election_timeout(Duration::from_millis(300), Duration::from_millis(600))
+        .election_timeout(
+            Duration::from_millis(args.election_ms.0),
+            Duration::from_millis(args.election_ms.1),
+        )
         .snapshot_every(args.snapshot_every)
         .request_timeout(Duration::from_secs(10))
         .peers(args.peers);
