@@ -7,6 +7,7 @@ mod cluster;
 mod codec;
 mod context;
 mod dedup;
+pub mod discovery;
 mod error;
 mod health;
 mod machine;

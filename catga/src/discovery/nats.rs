@@ -1,0 +1,484 @@
+//! The NATS backend: JetStream KV, written for nats-server 2.9.
+//!
+//! One bucket (default `catga_discovery`, history 1), one key per node:
+//! `<cluster>.<id>`, whose value is the node's [`NodeInfo`] as JSON.
+//!
+//! * A heartbeat is a compare-and-set update of the node's key on the
+//!   revision it last wrote (one write). A revision mismatch whose value
+//!   carries another incarnation means a second process runs with our id:
+//!   it is refused loudly ([`DiscoveryError::DuplicateId`]).
+//! * On 2.9 a key removed by the bucket's `max_age` produces no watch event
+//!   and per-key TTLs need 2.11, so liveness is judged by the **watcher**: it
+//!   keeps, per node, the time it last saw a new revision (its own monotonic
+//!   clock) and reports `Left { Expired }` once a lease passes without one.
+//!   `max_age` (default ten leases, at least a minute) only cleans up keys
+//!   of nodes that died.
+//! * Entries replayed when a watch starts count as alive only if the server
+//!   stamped them less than a lease ago (this compares the server's
+//!   timestamp with the local clock: keep clocks within a lease, e.g. NTP).
+//! * A watchdog polls the connection; when it comes back after a loss (a
+//!   server restart), the watch is re-created: its replay of the current
+//!   values is diffed against what the watcher knows (new revisions refresh,
+//!   deletions are `Left { Graceful }`), and nodes that do not heartbeat
+//!   within a lease of the reconnection are reported `Left { Expired }`.
+//!
+//! The server must be reachable when [`NatsDiscovery::connect`] runs (the
+//! error names the URL); later outages are retried by the client.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, kv};
+use bytes::Bytes;
+use futures::StreamExt;
+use parking_lot::Mutex;
+
+use super::view::{Backoff, Emitter, LogLimiter, MemberWatch, View};
+use super::{
+    BoxFuture, Discovery, DiscoveryConfig, DiscoveryError, LeaveReason, MemberEvent, NodeInfo,
+};
+
+/// Where and how to reach NATS.
+#[derive(Debug, Clone)]
+pub struct NatsOptions {
+    /// `nats://host:port`.
+    pub url: String,
+    /// The KV bucket (created if missing; default `catga_discovery`).
+    pub bucket: String,
+    /// The bucket's `max_age` when this process creates it (default: ten
+    /// leases, at least 60 s). A backstop only; see the module docs.
+    pub max_age: Option<Duration>,
+    /// How long `connect` waits for the server (default 3 s).
+    pub connect_timeout: Duration,
+}
+
+impl NatsOptions {
+    /// Options for the server at `url`, with the defaults.
+    pub fn new(url: impl Into<String>) -> Self {
+        NatsOptions {
+            url: url.into(),
+            bucket: "catga_discovery".into(),
+            max_age: None,
+            connect_timeout: Duration::from_secs(3),
+        }
+    }
+}
+
+/// Discovery on NATS JetStream KV. See the [module docs](self).
+#[derive(Debug)]
+pub struct NatsDiscovery {
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    config: DiscoveryConfig,
+    url: String,
+    client: async_nats::Client,
+    kv: kv::Store,
+    me: Mutex<Option<(NodeInfo, u64)>>,
+}
+
+impl NatsDiscovery {
+    /// Connects and opens (or creates) the bucket. Fails with
+    /// [`DiscoveryError::Unreachable`] (naming the URL) if the server does
+    /// not answer within `connect_timeout`.
+    pub async fn connect(
+        options: NatsOptions,
+        config: DiscoveryConfig,
+    ) -> Result<NatsDiscovery, DiscoveryError> {
+        config.validate()?;
+        let unreachable = |source: super::error::BoxError| DiscoveryError::Unreachable {
+            url: options.url.clone(),
+            source,
+        };
+        let client = tokio::time::timeout(
+            options.connect_timeout,
+            async_nats::ConnectOptions::new()
+                .connection_timeout(options.connect_timeout)
+                .reconnect_delay_callback(|n| Duration::from_millis((50u64 << n.min(5)).min(2000)))
+                .connect(options.url.as_str()),
+        )
+        .await
+        .map_err(|e| unreachable(e.into()))?
+        .map_err(|e| unreachable(e.into()))?;
+        let js = jetstream::new(client.clone());
+        let kv = match js.get_key_value(options.bucket.as_str()).await {
+            Ok(kv) => kv,
+            Err(_) => {
+                let max_age = options
+                    .max_age
+                    .unwrap_or((config.lease * 10).max(Duration::from_secs(60)));
+                js.create_key_value(kv::Config {
+                    bucket: options.bucket.clone(),
+                    description: "catga node discovery".into(),
+                    history: 1,
+                    max_age,
+                    storage: jetstream::stream::StorageType::File,
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| {
+                    DiscoveryError::store(
+                        "open the KV bucket (is JetStream on? nats-server -js)",
+                        e,
+                    )
+                })?
+            }
+        };
+        Ok(NatsDiscovery {
+            shared: Arc::new(Shared {
+                config,
+                url: options.url,
+                client,
+                kv,
+                me: Mutex::new(None),
+            }),
+        })
+    }
+}
+
+/// Whether the server stamped `entry` less than a lease ago.
+fn fresh(entry: &kv::Entry, lease: Duration) -> bool {
+    async_nats::datetime::add_std_duration(entry.created, lease)
+        .map(|until| until > async_nats::datetime::now())
+        .unwrap_or(true)
+}
+
+impl Shared {
+    fn key(&self, id: u64) -> String {
+        format!("{}.{id}", self.config.cluster)
+    }
+
+    fn duplicate(&self, info: &NodeInfo, holder: u64) -> DiscoveryError {
+        let err = DiscoveryError::DuplicateId {
+            id: info.id,
+            cluster: self.config.cluster.clone(),
+            holder,
+            ours: info.incarnation,
+            retry_after: self.config.lease,
+        };
+        tracing::error!(error = %err, "discovery: duplicate node id refused");
+        err
+    }
+
+    async fn register(&self, info: NodeInfo) -> Result<(), DiscoveryError> {
+        self.config.check_info(&info)?;
+        let key = self.key(info.id);
+        let value = Bytes::from(info.encode()?);
+        let revision = match self.kv.create(&key, value.clone()).await {
+            Ok(revision) => revision,
+            Err(err) if err.kind() == kv::CreateErrorKind::AlreadyExists => {
+                let entry = self
+                    .kv
+                    .entry(&key)
+                    .await
+                    .map_err(|e| DiscoveryError::store("read own key", e))?
+                    .ok_or_else(|| DiscoveryError::store("register", err))?;
+                if entry.operation == kv::Operation::Put {
+                    let theirs = NodeInfo::decode(&entry.value, &self.config.cluster, &key);
+                    if let Some(theirs) = theirs
+                        && theirs.incarnation != info.incarnation
+                        && fresh(&entry, self.config.lease)
+                    {
+                        return Err(self.duplicate(&info, theirs.incarnation));
+                    }
+                }
+                // Ours, a predecessor whose lease passed, a deleted key, or
+                // garbage: take it over, on its revision.
+                self.kv
+                    .update(&key, value, entry.revision)
+                    .await
+                    .map_err(|e| DiscoveryError::store("register", e))?
+            }
+            Err(err) => return Err(DiscoveryError::store("register", err)),
+        };
+        *self.me.lock() = Some((info, revision));
+        Ok(())
+    }
+
+    async fn heartbeat(&self, load: f64) -> Result<(), DiscoveryError> {
+        let (published, revision) = self
+            .me
+            .lock()
+            .clone()
+            .ok_or(DiscoveryError::NotRegistered)?;
+        let mut next = published.clone();
+        next.load = load;
+        // The value only changes when the change is worth an `Updated`.
+        if !published.differs_significantly(&next, self.config.load_change_threshold) {
+            next = published;
+        }
+        let key = self.key(next.id);
+        let value = Bytes::from(next.encode()?);
+        match self.kv.update(&key, value.clone(), revision).await {
+            Ok(revision) => {
+                *self.me.lock() = Some((next, revision));
+                Ok(())
+            }
+            Err(err) if err.kind() == kv::UpdateErrorKind::WrongLastRevision => {
+                let entry = self
+                    .kv
+                    .entry(&key)
+                    .await
+                    .map_err(|e| DiscoveryError::store("read own key", e))?;
+                match entry {
+                    Some(entry) if entry.operation == kv::Operation::Put => {
+                        match NodeInfo::decode(&entry.value, &self.config.cluster, &key) {
+                            // Our own earlier write whose reply was lost.
+                            Some(theirs) if theirs.incarnation == next.incarnation => {
+                                let revision = self
+                                    .kv
+                                    .update(&key, value, entry.revision)
+                                    .await
+                                    .map_err(|e| DiscoveryError::store("heartbeat", e))?;
+                                *self.me.lock() = Some((next, revision));
+                                Ok(())
+                            }
+                            Some(theirs) => Err(self.duplicate(&next, theirs.incarnation)),
+                            None => self.register(next).await,
+                        }
+                    }
+                    _ => {
+                        tracing::info!(
+                            id = next.id,
+                            "discovery: the store forgot this node; re-registering"
+                        );
+                        self.register(next).await
+                    }
+                }
+            }
+            Err(err) => Err(DiscoveryError::store("heartbeat", err)),
+        }
+    }
+
+    async fn unregister(&self) -> Result<(), DiscoveryError> {
+        let Some((me, revision)) = self.me.lock().clone() else {
+            return Ok(());
+        };
+        if let Err(err) = self
+            .kv
+            .delete_expect_revision(self.key(me.id), Some(revision))
+            .await
+        {
+            if err.kind() != kv::DeleteErrorKind::WrongLastRevision {
+                return Err(DiscoveryError::store("unregister", err));
+            }
+            tracing::warn!(
+                id = me.id,
+                "discovery: unregister found our key rewritten by another process"
+            );
+        }
+        *self.me.lock() = None;
+        Ok(())
+    }
+
+    async fn list(&self) -> Result<Vec<NodeInfo>, DiscoveryError> {
+        let prefix = format!("{}.", self.config.cluster);
+        let keys: Vec<String> = self
+            .kv
+            .keys()
+            .await
+            .map_err(|e| DiscoveryError::store("list keys", e))?
+            .filter_map(|k| async move { k.ok() })
+            .collect()
+            .await;
+        let mut out = Vec::new();
+        for key in keys.into_iter().filter(|k| k.starts_with(&prefix)) {
+            let entry = self
+                .kv
+                .entry(&key)
+                .await
+                .map_err(|e| DiscoveryError::store("read key", e))?;
+            let Some(entry) = entry else { continue };
+            if entry.operation != kv::Operation::Put || !fresh(&entry, self.config.lease) {
+                continue;
+            }
+            if let Some(info) = decode_entry(&self.config.cluster, &entry) {
+                out.push(info);
+            }
+        }
+        out.sort_by_key(|n| n.id);
+        Ok(out)
+    }
+}
+
+/// The node id a key names, and its decoded value; `None` (logged) if not ours.
+fn decode_entry(cluster: &str, entry: &kv::Entry) -> Option<NodeInfo> {
+    let id: u64 = entry
+        .key
+        .strip_prefix(cluster)
+        .and_then(|k| k.strip_prefix('.'))
+        .and_then(|k| k.parse().ok())?;
+    let info = NodeInfo::decode(&entry.value, cluster, &entry.key)?;
+    if info.id != id {
+        tracing::warn!(key = %entry.key, "discovery: skipping entry whose info names another id");
+        return None;
+    }
+    Some(info)
+}
+
+fn key_id(cluster: &str, key: &str) -> Option<u64> {
+    key.strip_prefix(cluster)?.strip_prefix('.')?.parse().ok()
+}
+
+/// Per node: the last revision seen and when it was seen.
+type Seen = HashMap<u64, (u64, Instant)>;
+
+async fn run(shared: Arc<Shared>, emitter: Emitter, resyncs: Arc<std::sync::atomic::AtomicU64>) {
+    let config = shared.config.clone();
+    let tick_every = (config.lease / 10).max(Duration::from_millis(20));
+    let mut view = View::new(config.load_change_threshold);
+    let mut seen = Seen::new();
+    let mut out = Vec::new();
+    let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
+    let mut limiter = LogLimiter::new(Duration::from_secs(5));
+    let mut started = false;
+    loop {
+        let filter = format!("{}.*", config.cluster);
+        let mut watch = match shared.kv.watch_with_history(filter).await {
+            Ok(watch) => watch,
+            Err(err) => {
+                let delay = backoff.next_delay();
+                if let Some(suppressed) = limiter.allow() {
+                    tracing::warn!(url = %shared.url, error = %err, suppressed, retry_in = ?delay,
+                        "discovery: cannot (re)create the NATS watch");
+                }
+                tokio::time::sleep(delay).await;
+                continue;
+            }
+        };
+        if started {
+            resyncs.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::info!("discovery: NATS watch re-created; diffing the replay");
+        }
+        started = true;
+        limiter.reset();
+        backoff.reset();
+        let healthy_since = Instant::now();
+        let mut lost = false;
+        let mut tick = tokio::time::interval(tick_every);
+        loop {
+            tokio::select! {
+                item = watch.next() => match item {
+                    Some(Ok(entry)) => apply(&config, &entry, &mut view, &mut seen, &mut out),
+                    Some(Err(err)) => {
+                        tracing::warn!(error = %err, "discovery: NATS watch failed; re-creating it");
+                        break;
+                    }
+                    None => {
+                        tracing::warn!("discovery: NATS watch ended; re-creating it");
+                        break;
+                    }
+                },
+                _ = tick.tick() => {
+                    if shared.client.connection_state() != async_nats::connection::State::Connected {
+                        // No heartbeats can arrive: judge nobody meanwhile.
+                        lost = true;
+                        continue;
+                    }
+                    if lost {
+                        break; // the watchdog: the server is back, replay.
+                    }
+                    expire(&config, healthy_since, &mut view, &mut seen, &mut out);
+                }
+            }
+            if !emitter.emit(&mut out).await {
+                return;
+            }
+        }
+        if !emitter.emit(&mut out).await {
+            return;
+        }
+        tokio::time::sleep(backoff.next_delay()).await;
+    }
+}
+
+fn apply(
+    config: &DiscoveryConfig,
+    entry: &kv::Entry,
+    view: &mut View,
+    seen: &mut Seen,
+    out: &mut Vec<MemberEvent>,
+) {
+    let Some(id) = key_id(&config.cluster, &entry.key) else {
+        tracing::warn!(key = %entry.key, "discovery: skipping key that names no node id");
+        return;
+    };
+    match entry.operation {
+        kv::Operation::Put => {
+            if seen.get(&id).is_some_and(|(rev, _)| entry.revision <= *rev) {
+                return; // a replay of what we know: not a new heartbeat
+            }
+            if view.get(id).is_none() && !fresh(entry, config.lease) {
+                return; // a leftover of a node that died
+            }
+            let Some(info) = decode_entry(&config.cluster, entry) else {
+                return;
+            };
+            seen.insert(id, (entry.revision, Instant::now()));
+            view.upsert(info, out);
+        }
+        kv::Operation::Delete | kv::Operation::Purge => {
+            seen.remove(&id);
+            view.remove(id, None, LeaveReason::Graceful, out);
+        }
+    }
+}
+
+fn expire(
+    config: &DiscoveryConfig,
+    healthy_since: Instant,
+    view: &mut View,
+    seen: &mut Seen,
+    out: &mut Vec<MemberEvent>,
+) {
+    let now = Instant::now();
+    for id in view.ids() {
+        let last = seen
+            .get(&id)
+            .map_or(healthy_since, |(_, at)| (*at).max(healthy_since));
+        if now.duration_since(last) > config.lease {
+            seen.remove(&id);
+            view.remove(id, None, LeaveReason::Expired, out);
+        }
+    }
+}
+
+impl Discovery for NatsDiscovery {
+    fn config(&self) -> &DiscoveryConfig {
+        &self.shared.config
+    }
+
+    fn register(&self, info: NodeInfo) -> BoxFuture<'_, Result<(), DiscoveryError>> {
+        Box::pin(self.shared.register(info))
+    }
+
+    fn heartbeat(&self, load: f64) -> BoxFuture<'_, Result<(), DiscoveryError>> {
+        Box::pin(self.shared.heartbeat(load))
+    }
+
+    fn unregister(&self) -> BoxFuture<'_, Result<(), DiscoveryError>> {
+        Box::pin(self.shared.unregister())
+    }
+
+    fn list(&self) -> BoxFuture<'_, Result<Vec<NodeInfo>, DiscoveryError>> {
+        Box::pin(self.shared.list())
+    }
+
+    fn watch(&self) -> BoxFuture<'_, Result<MemberWatch, DiscoveryError>> {
+        let shared = self.shared.clone();
+        Box::pin(async move {
+            if shared.client.connection_state() != async_nats::connection::State::Connected {
+                return Err(DiscoveryError::store(
+                    "watch",
+                    format!("not connected to {}", shared.url),
+                ));
+            }
+            Ok(MemberWatch::spawn(move |emitter, resyncs| {
+                run(shared, emitter, resyncs)
+            }))
+        })
+    }
+}
