@@ -77,6 +77,8 @@ struct Shared {
     url: String,
     client: async_nats::Client,
     kv: kv::Store,
+    /// Serialises register / heartbeat / unregister of this process.
+    op: tokio::sync::Mutex<()>,
     me: Mutex<Option<(NodeInfo, u64)>>,
 }
 
@@ -103,7 +105,10 @@ impl NatsDiscovery {
         .await
         .map_err(|e| unreachable(e.into()))?
         .map_err(|e| unreachable(e.into()))?;
-        let js = jetstream::new(client.clone());
+        let mut js = jetstream::new(client.clone());
+        // A heartbeat that waits longer than this is late anyway; do not let
+        // one stuck request (a server restart) hold the next ones back.
+        js.set_timeout((config.heartbeat_interval * 2).max(Duration::from_secs(1)));
         let kv = match js.get_key_value(options.bucket.as_str()).await {
             Ok(kv) => kv,
             Err(_) => {
@@ -133,6 +138,7 @@ impl NatsDiscovery {
                 url: options.url,
                 client,
                 kv,
+                op: tokio::sync::Mutex::new(()),
                 me: Mutex::new(None),
             }),
         })
@@ -164,6 +170,11 @@ impl Shared {
     }
 
     async fn register(&self, info: NodeInfo) -> Result<(), DiscoveryError> {
+        let _op = self.op.lock().await;
+        self.register_locked(info).await
+    }
+
+    async fn register_locked(&self, info: NodeInfo) -> Result<(), DiscoveryError> {
         self.config.check_info(&info)?;
         let key = self.key(info.id);
         let value = Bytes::from(info.encode()?);
@@ -199,6 +210,7 @@ impl Shared {
     }
 
     async fn heartbeat(&self, load: f64) -> Result<(), DiscoveryError> {
+        let _op = self.op.lock().await;
         let (published, revision) = self
             .me
             .lock()
@@ -237,7 +249,7 @@ impl Shared {
                                 Ok(())
                             }
                             Some(theirs) => Err(self.duplicate(&next, theirs.incarnation)),
-                            None => self.register(next).await,
+                            None => self.register_locked(next).await,
                         }
                     }
                     _ => {
@@ -245,7 +257,7 @@ impl Shared {
                             id = next.id,
                             "discovery: the store forgot this node; re-registering"
                         );
-                        self.register(next).await
+                        self.register_locked(next).await
                     }
                 }
             }
@@ -254,6 +266,7 @@ impl Shared {
     }
 
     async fn unregister(&self) -> Result<(), DiscoveryError> {
+        let _op = self.op.lock().await;
         let Some((me, revision)) = self.me.lock().clone() else {
             return Ok(());
         };

@@ -13,8 +13,8 @@
 //!   so the stream and the state never disagree.
 //!
 //! Register, heartbeat, unregister and reap are Lua scripts, each atomic. A
-//! heartbeat is one `EVALSHA` (one write). Every [`RedisDiscovery`] runs the
-//! reaper every `reap_interval`: it removes expired leases and writes their
+//! heartbeat is one `EVALSHA` (one write). Every [`RedisDiscovery`] and every
+//! watch runs the reaper every `reap_interval`: it removes expired leases and writes their
 //! `left` entry; whichever process reaps first writes it, once.
 //!
 //! A watch takes an atomic snapshot (members + the stream's last id), then
@@ -83,6 +83,9 @@ pub(super) struct Shared {
     pub(super) keys: Keys,
     pub(super) scripts: Scripts,
     maxlen: usize,
+    reap_interval: Duration,
+    /// Serialises register / heartbeat / unregister of this process.
+    op: tokio::sync::Mutex<()>,
     me: Mutex<Option<NodeInfo>>,
 }
 
@@ -260,6 +263,8 @@ impl RedisDiscovery {
             keys,
             scripts: Scripts::new(),
             maxlen: options.stream_maxlen,
+            reap_interval,
+            op: tokio::sync::Mutex::new(()),
             me: Mutex::new(None),
         });
         let reaper = tokio::spawn(reap_loop(shared.clone(), reap_interval));
@@ -329,6 +334,11 @@ impl Shared {
     }
 
     async fn register(&self, info: NodeInfo) -> Result<(), DiscoveryError> {
+        let _op = self.op.lock().await;
+        self.register_locked(info).await
+    }
+
+    async fn register_locked(&self, info: NodeInfo) -> Result<(), DiscoveryError> {
         self.config.check_info(&info)?;
         let json = String::from_utf8(info.encode()?).map_err(|e| DiscoveryError::Protocol {
             op: "register",
@@ -361,6 +371,7 @@ impl Shared {
     }
 
     async fn heartbeat(&self, load: f64) -> Result<(), DiscoveryError> {
+        let _op = self.op.lock().await;
         let published = self
             .me
             .lock()
@@ -400,7 +411,7 @@ impl Shared {
                     id = next.id,
                     "discovery: the store forgot this node; re-registering"
                 );
-                self.register(next).await
+                self.register_locked(next).await
             }
             Reply::Duplicate {
                 holder,
@@ -410,6 +421,7 @@ impl Shared {
     }
 
     async fn unregister(&self) -> Result<(), DiscoveryError> {
+        let _op = self.op.lock().await;
         let Some(me) = self.me.lock().clone() else {
             return Ok(());
         };
@@ -530,8 +542,13 @@ impl Discovery for RedisDiscovery {
             // The first snapshot is taken here, so that a store that is down
             // fails the call instead of an empty watch.
             let first = shared.snapshot().await?;
-            Ok(MemberWatch::spawn(move |emitter, resyncs| {
-                super::redis_watch::run(shared, first, emitter, resyncs)
+            // A watcher reaps too: its Lefts must not depend on another
+            // process being alive to reap.
+            Ok(MemberWatch::spawn(move |emitter, resyncs| async move {
+                tokio::select! {
+                    _ = super::redis_watch::run(shared.clone(), first, emitter, resyncs) => {}
+                    _ = reap_loop(shared.clone(), shared.reap_interval) => {}
+                }
             }))
         })
     }
