@@ -16,8 +16,8 @@
 //! * Entries replayed when a watch starts count as alive only if the server
 //!   stamped them less than a lease ago (this compares the server's
 //!   timestamp with the local clock: keep clocks within a lease, e.g. NTP).
-//! * A watchdog polls the connection; when it comes back after a loss (a
-//!   server restart), the watch is re-created: its replay of the current
+//! * A watchdog polls the client's connection count; after any reconnect
+//!   (a server restart), the watch is re-created: its replay of the current
 //!   values is diffed against what the watcher knows (new revisions refresh,
 //!   deletions are `Left { Graceful }`), and nodes that do not heartbeat
 //!   within a lease of the reconnection are reported `Left { Expired }`.
@@ -115,21 +115,34 @@ impl NatsDiscovery {
                 let max_age = options
                     .max_age
                     .unwrap_or((config.lease * 10).max(Duration::from_secs(60)));
-                js.create_key_value(kv::Config {
-                    bucket: options.bucket.clone(),
-                    description: "catga node discovery".into(),
-                    history: 1,
+                // The stream a KV bucket is, made by hand: async-nats'
+                // `create_key_value` first reads the account info, whose
+                // nats-server 2.9 form it cannot parse.
+                let stream = jetstream::stream::Config {
+                    name: format!("KV_{}", options.bucket),
+                    description: Some("catga node discovery".into()),
+                    subjects: vec![format!("$KV.{}.>", options.bucket)],
+                    max_messages_per_subject: 1,
+                    max_messages: -1,
+                    max_bytes: -1,
+                    max_message_size: -1,
                     max_age,
                     storage: jetstream::stream::StorageType::File,
+                    num_replicas: 1,
+                    allow_rollup: true,
+                    deny_delete: true,
+                    allow_direct: true,
+                    discard: jetstream::stream::DiscardPolicy::New,
+                    duplicate_window: max_age.min(Duration::from_secs(120)),
                     ..Default::default()
-                })
-                .await
-                .map_err(|e| {
-                    DiscoveryError::store(
-                        "open the KV bucket (is JetStream on? nats-server -js)",
-                        e,
-                    )
-                })?
+                };
+                let open = "open the KV bucket (is JetStream on? nats-server -js)";
+                js.get_or_create_stream(stream)
+                    .await
+                    .map_err(|e| DiscoveryError::store(open, e))?;
+                js.get_key_value(options.bucket.as_str())
+                    .await
+                    .map_err(|e| DiscoveryError::store(open, e))?
             }
         };
         Ok(NatsDiscovery {
@@ -370,7 +383,11 @@ async fn run(shared: Arc<Shared>, emitter: Emitter, resyncs: Arc<std::sync::atom
         limiter.reset();
         backoff.reset();
         let healthy_since = Instant::now();
-        let mut lost = false;
+        let connects = shared
+            .client
+            .statistics()
+            .connects
+            .load(std::sync::atomic::Ordering::Relaxed);
         let mut tick = tokio::time::interval(tick_every);
         loop {
             tokio::select! {
@@ -387,12 +404,11 @@ async fn run(shared: Arc<Shared>, emitter: Emitter, resyncs: Arc<std::sync::atom
                 },
                 _ = tick.tick() => {
                     if shared.client.connection_state() != async_nats::connection::State::Connected {
-                        // No heartbeats can arrive: judge nobody meanwhile.
-                        lost = true;
-                        continue;
+                        continue; // no heartbeats can arrive: judge nobody meanwhile
                     }
-                    if lost {
-                        break; // the watchdog: the server is back, replay.
+                    let now = shared.client.statistics().connects.load(std::sync::atomic::Ordering::Relaxed);
+                    if now != connects {
+                        break; // the watchdog: the client reconnected; replay and diff
                     }
                     expire(&config, healthy_since, &mut view, &mut seen, &mut out);
                 }
