@@ -65,6 +65,56 @@ impl Load {
     }
 }
 
+/// Replays a watch's events onto a member map, failing on any transition
+/// that contradicts what came before (a doubled `Joined`, a `Left` or
+/// `Updated` for a node not present).
+#[derive(Debug, Default)]
+pub struct Replay {
+    pub members: std::collections::BTreeMap<u64, u64>,
+}
+
+impl Replay {
+    pub fn apply(&mut self, event: &MemberEvent) {
+        match event {
+            MemberEvent::Joined(n) => {
+                let before = self.members.insert(n.id, n.incarnation);
+                assert!(before.is_none(), "doubled Joined: {n:?}");
+            }
+            MemberEvent::Updated(n) => {
+                assert_eq!(
+                    self.members.get(&n.id),
+                    Some(&n.incarnation),
+                    "Updated for unknown {n:?}"
+                );
+            }
+            MemberEvent::Left {
+                id, incarnation, ..
+            } => {
+                assert_eq!(
+                    self.members.remove(id),
+                    Some(*incarnation),
+                    "Left for a node not known: {id}"
+                );
+            }
+        }
+    }
+
+    /// Reads events until the members are `want`, checking each one.
+    pub async fn settle(
+        &mut self,
+        watch: &mut MemberWatch,
+        want: &std::collections::BTreeMap<u64, u64>,
+    ) -> Vec<MemberEvent> {
+        let mut seen = Vec::new();
+        while &self.members != want {
+            let event = next_event(watch, WAIT, &format!("members to become {want:?}")).await;
+            self.apply(&event);
+            seen.push(event);
+        }
+        seen
+    }
+}
+
 /// Detection times measured by [`timings`].
 #[derive(Debug)]
 pub struct Times {

@@ -61,7 +61,7 @@ pub fn shared_server_up(url: &str) -> bool {
 
 #[derive(Debug, Clone, Copy)]
 enum Kind {
-    Redis,
+    Redis { persistent: bool },
     Nats,
 }
 
@@ -85,7 +85,12 @@ impl ServerProcess {
     /// A `redis-server` with an append-only file (fsync always) in a temp
     /// dir, so that a restart keeps the data.
     pub fn redis() -> ServerProcess {
-        Self::start_new(Kind::Redis)
+        Self::start_new(Kind::Redis { persistent: true })
+    }
+
+    /// A `redis-server` without persistence: a restart loses everything.
+    pub fn redis_volatile() -> ServerProcess {
+        Self::start_new(Kind::Redis { persistent: false })
     }
 
     /// A `nats-server -js` with its store in a temp dir.
@@ -107,7 +112,7 @@ impl ServerProcess {
     /// The URL clients use.
     pub fn url(&self) -> String {
         match self.kind {
-            Kind::Redis => format!("redis://127.0.0.1:{}", self.port),
+            Kind::Redis { .. } => format!("redis://127.0.0.1:{}", self.port),
             Kind::Nats => format!("nats://127.0.0.1:{}", self.port),
         }
     }
@@ -115,10 +120,11 @@ impl ServerProcess {
     fn command(&self, dir: &Path) -> Command {
         let port = self.port.to_string();
         let mut cmd = match self.kind {
-            Kind::Redis => {
+            Kind::Redis { persistent } => {
                 let mut c = Command::new("redis-server");
                 c.args(["--port", &port, "--bind", "127.0.0.1", "--save", ""])
-                    .args(["--appendonly", "yes", "--appendfsync", "always"])
+                    .args(["--appendonly", if persistent { "yes" } else { "no" }])
+                    .args(["--appendfsync", "always"])
                     .arg("--dir")
                     .arg(dir);
                 c

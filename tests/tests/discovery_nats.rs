@@ -251,3 +251,41 @@ async fn a_store_restart_during_a_watch_misses_and_doubles_nothing() {
     .await;
     assert!(watch.resyncs() >= 1, "the watchdog re-created the watch");
 }
+
+/// Each heartbeat is exactly one write (one new revision of the node's key).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_heartbeat_is_one_write() {
+    let env = env!("n_steady");
+    let node = env.connect().await;
+    node.register(NodeInfo::new(&env.cluster, 1, "127.0.0.1:7001"))
+        .await
+        .expect("register");
+    let kv = env.kv().await;
+    let key = format!("{}.1", env.cluster);
+    let before = kv
+        .entry(&key)
+        .await
+        .expect("entry")
+        .expect("registered")
+        .revision;
+    for _ in 0..20 {
+        node.heartbeat(0.0).await.expect("heartbeat");
+    }
+    let after = kv
+        .entry(&key)
+        .await
+        .expect("entry")
+        .expect("registered")
+        .revision;
+    assert_eq!(after - before, 20);
+    node.unregister().await.expect("unregister");
+    let entry = kv
+        .entry(&key)
+        .await
+        .expect("entry")
+        .expect("a delete marker");
+    assert_eq!(
+        entry.operation,
+        async_nats::jetstream::kv::Operation::Delete
+    );
+}

@@ -345,29 +345,80 @@ async fn a_trimmed_stream_is_resynced_from_a_snapshot() {
     sp.shutdown().await.expect("p leaves");
 
     // Replay what the watch says; every transition must be consistent.
-    let mut members: BTreeMap<u64, u64> = BTreeMap::from([(1, p.incarnation)]);
-    let want = BTreeMap::from([(2, q.incarnation)]);
-    while members != want {
-        match next_event(&mut watch, WAIT, "the membership to settle at {2}").await {
-            MemberEvent::Joined(n) => assert!(
-                members.insert(n.id, n.incarnation).is_none(),
-                "doubled Joined {n:?}"
-            ),
-            MemberEvent::Left {
-                id, incarnation, ..
-            } => {
-                assert_eq!(
-                    members.remove(&id),
-                    Some(incarnation),
-                    "Left for a node not known: {id}"
-                )
-            }
-            MemberEvent::Updated(n) => {
-                assert!(members.contains_key(&n.id), "Updated for unknown {n:?}")
-            }
-        }
-    }
+    let mut replay = Replay::default();
+    replay.members.insert(1, p.incarnation);
+    replay
+        .settle(&mut watch, &BTreeMap::from([(2, q.incarnation)]))
+        .await;
     assert!(watch.resyncs() >= 1, "the watch must have noticed the gap");
     sq.shutdown().await.expect("q leaves");
     expect(&mut watch, "Left(2)", is_left(2, LeaveReason::Graceful)).await;
+}
+
+/// Redis restarts empty (no persistence) while a watch runs: the watch sees
+/// its stream vanish, resynchronises from a snapshot, and ends with the true
+/// membership: the live node back (it re-registers by itself), the node that
+/// crashed meanwhile gone, each transition consistent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_that_lost_its_data_is_resynced() {
+    let mut server = ServerProcess::redis_volatile();
+    let mut env = Env::new(server.url(), "r_wiped");
+    env.config = DiscoveryConfig::new(&env.cluster)
+        .timings(Duration::from_millis(100), Duration::from_millis(600));
+    let mut watch = env.connect().await.watch().await.expect("watch");
+    let a = NodeInfo::new(&env.cluster, 1, "127.0.0.1:7001");
+    let b = NodeInfo::new(&env.cluster, 2, "127.0.0.1:7002");
+    let sa = HeartbeatService::start(env.connect().await, a.clone(), || 0.0)
+        .await
+        .expect("a");
+    let sb = HeartbeatService::start(env.connect().await, b.clone(), || 0.0)
+        .await
+        .expect("b");
+    let mut replay = Replay::default();
+    let both = BTreeMap::from([(1, a.incarnation), (2, b.incarnation)]);
+    replay.settle(&mut watch, &both).await;
+
+    server.kill();
+    drop(sb);
+    server.start();
+    let events = replay
+        .settle(&mut watch, &BTreeMap::from([(1, a.incarnation)]))
+        .await;
+    assert!(
+        events.iter().any(is_left(2, LeaveReason::Expired)),
+        "{events:?}"
+    );
+    assert!(watch.resyncs() >= 1, "a lost stream means a resync");
+    sa.shutdown().await.expect("shutdown a");
+    let events = replay.settle(&mut watch, &BTreeMap::new()).await;
+    assert!(
+        events.iter().any(is_left(1, LeaveReason::Graceful)),
+        "{events:?}"
+    );
+}
+
+/// A steady heartbeat writes the lease only: nothing goes to the stream, so
+/// watchers get no event per heartbeat.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn steady_heartbeats_write_nothing_to_the_stream() {
+    let env = env!("r_steady");
+    let node = env.redis().await;
+    node.register(NodeInfo::new(&env.cluster, 1, "127.0.0.1:7001"))
+        .await
+        .expect("register");
+    for i in 0..20 {
+        node.heartbeat(0.001 * i as f64).await.expect("heartbeat");
+    }
+    let len: u64 = redis::cmd("XLEN")
+        .arg(format!("{}:events", env.prefix()))
+        .query(&mut env.raw())
+        .expect("xlen");
+    assert_eq!(len, 1, "only the join is on the stream");
+    node.heartbeat(3.0).await.expect("heartbeat");
+    let len: u64 = redis::cmd("XLEN")
+        .arg(format!("{}:events", env.prefix()))
+        .query(&mut env.raw())
+        .expect("xlen");
+    assert_eq!(len, 2, "a significant load change is one update");
+    node.unregister().await.expect("unregister");
 }

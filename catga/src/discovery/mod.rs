@@ -33,7 +33,9 @@
 mod error;
 mod heartbeat;
 pub mod nats;
+mod nats_watch;
 pub mod redis;
+mod redis_scripts;
 mod redis_watch;
 mod static_list;
 mod view;

@@ -25,19 +25,16 @@
 //! The server must be reachable when [`NatsDiscovery::connect`] runs (the
 //! error names the URL); later outages are retried by the client.
 
-use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_nats::jetstream::{self, kv};
 use bytes::Bytes;
 use futures::StreamExt;
 use parking_lot::Mutex;
 
-use super::view::{Backoff, Emitter, LogLimiter, MemberWatch, View};
-use super::{
-    BoxFuture, Discovery, DiscoveryConfig, DiscoveryError, LeaveReason, MemberEvent, NodeInfo,
-};
+use super::view::MemberWatch;
+use super::{BoxFuture, Discovery, DiscoveryConfig, DiscoveryError, NodeInfo};
 
 /// Where and how to reach NATS.
 #[derive(Debug, Clone)]
@@ -72,11 +69,11 @@ pub struct NatsDiscovery {
 }
 
 #[derive(Debug)]
-struct Shared {
-    config: DiscoveryConfig,
-    url: String,
-    client: async_nats::Client,
-    kv: kv::Store,
+pub(super) struct Shared {
+    pub(super) config: DiscoveryConfig,
+    pub(super) url: String,
+    pub(super) client: async_nats::Client,
+    pub(super) kv: kv::Store,
     /// Serialises register / heartbeat / unregister of this process.
     op: tokio::sync::Mutex<()>,
     me: Mutex<Option<(NodeInfo, u64)>>,
@@ -159,7 +156,7 @@ impl NatsDiscovery {
 }
 
 /// Whether the server stamped `entry` less than a lease ago.
-fn fresh(entry: &kv::Entry, lease: Duration) -> bool {
+pub(super) fn fresh(entry: &kv::Entry, lease: Duration) -> bool {
     async_nats::datetime::add_std_duration(entry.created, lease)
         .map(|until| until > async_nats::datetime::now())
         .unwrap_or(true)
@@ -331,7 +328,7 @@ impl Shared {
 }
 
 /// The node id a key names, and its decoded value; `None` (logged) if not ours.
-fn decode_entry(cluster: &str, entry: &kv::Entry) -> Option<NodeInfo> {
+pub(super) fn decode_entry(cluster: &str, entry: &kv::Entry) -> Option<NodeInfo> {
     let id: u64 = entry
         .key
         .strip_prefix(cluster)
@@ -343,136 +340,6 @@ fn decode_entry(cluster: &str, entry: &kv::Entry) -> Option<NodeInfo> {
         return None;
     }
     Some(info)
-}
-
-fn key_id(cluster: &str, key: &str) -> Option<u64> {
-    key.strip_prefix(cluster)?.strip_prefix('.')?.parse().ok()
-}
-
-/// Per node: the last revision seen and when it was seen.
-type Seen = HashMap<u64, (u64, Instant)>;
-
-async fn run(shared: Arc<Shared>, emitter: Emitter, resyncs: Arc<std::sync::atomic::AtomicU64>) {
-    let config = shared.config.clone();
-    let tick_every = (config.lease / 10).max(Duration::from_millis(20));
-    let mut view = View::new(config.load_change_threshold);
-    let mut seen = Seen::new();
-    let mut out = Vec::new();
-    let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
-    let mut limiter = LogLimiter::new(Duration::from_secs(5));
-    let mut started = false;
-    loop {
-        let filter = format!("{}.*", config.cluster);
-        let mut watch = match shared.kv.watch_with_history(filter).await {
-            Ok(watch) => watch,
-            Err(err) => {
-                let delay = backoff.next_delay();
-                if let Some(suppressed) = limiter.allow() {
-                    tracing::warn!(url = %shared.url, error = %err, suppressed, retry_in = ?delay,
-                        "discovery: cannot (re)create the NATS watch");
-                }
-                tokio::time::sleep(delay).await;
-                continue;
-            }
-        };
-        if started {
-            resyncs.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            tracing::info!("discovery: NATS watch re-created; diffing the replay");
-        }
-        started = true;
-        limiter.reset();
-        backoff.reset();
-        let healthy_since = Instant::now();
-        let connects = shared
-            .client
-            .statistics()
-            .connects
-            .load(std::sync::atomic::Ordering::Relaxed);
-        let mut tick = tokio::time::interval(tick_every);
-        loop {
-            tokio::select! {
-                item = watch.next() => match item {
-                    Some(Ok(entry)) => apply(&config, &entry, &mut view, &mut seen, &mut out),
-                    Some(Err(err)) => {
-                        tracing::warn!(error = %err, "discovery: NATS watch failed; re-creating it");
-                        break;
-                    }
-                    None => {
-                        tracing::warn!("discovery: NATS watch ended; re-creating it");
-                        break;
-                    }
-                },
-                _ = tick.tick() => {
-                    if shared.client.connection_state() != async_nats::connection::State::Connected {
-                        continue; // no heartbeats can arrive: judge nobody meanwhile
-                    }
-                    let now = shared.client.statistics().connects.load(std::sync::atomic::Ordering::Relaxed);
-                    if now != connects {
-                        break; // the watchdog: the client reconnected; replay and diff
-                    }
-                    expire(&config, healthy_since, &mut view, &mut seen, &mut out);
-                }
-            }
-            if !emitter.emit(&mut out).await {
-                return;
-            }
-        }
-        if !emitter.emit(&mut out).await {
-            return;
-        }
-        tokio::time::sleep(backoff.next_delay()).await;
-    }
-}
-
-fn apply(
-    config: &DiscoveryConfig,
-    entry: &kv::Entry,
-    view: &mut View,
-    seen: &mut Seen,
-    out: &mut Vec<MemberEvent>,
-) {
-    let Some(id) = key_id(&config.cluster, &entry.key) else {
-        tracing::warn!(key = %entry.key, "discovery: skipping key that names no node id");
-        return;
-    };
-    match entry.operation {
-        kv::Operation::Put => {
-            if seen.get(&id).is_some_and(|(rev, _)| entry.revision <= *rev) {
-                return; // a replay of what we know: not a new heartbeat
-            }
-            if view.get(id).is_none() && !fresh(entry, config.lease) {
-                return; // a leftover of a node that died
-            }
-            let Some(info) = decode_entry(&config.cluster, entry) else {
-                return;
-            };
-            seen.insert(id, (entry.revision, Instant::now()));
-            view.upsert(info, out);
-        }
-        kv::Operation::Delete | kv::Operation::Purge => {
-            seen.remove(&id);
-            view.remove(id, None, LeaveReason::Graceful, out);
-        }
-    }
-}
-
-fn expire(
-    config: &DiscoveryConfig,
-    healthy_since: Instant,
-    view: &mut View,
-    seen: &mut Seen,
-    out: &mut Vec<MemberEvent>,
-) {
-    let now = Instant::now();
-    for id in view.ids() {
-        let last = seen
-            .get(&id)
-            .map_or(healthy_since, |(_, at)| (*at).max(healthy_since));
-        if now.duration_since(last) > config.lease {
-            seen.remove(&id);
-            view.remove(id, None, LeaveReason::Expired, out);
-        }
-    }
 }
 
 impl Discovery for NatsDiscovery {
@@ -506,7 +373,7 @@ impl Discovery for NatsDiscovery {
                 ));
             }
             Ok(MemberWatch::spawn(move |emitter, resyncs| {
-                run(shared, emitter, resyncs)
+                super::nats_watch::run(shared, emitter, resyncs)
             }))
         })
     }
