@@ -59,6 +59,7 @@ pub(super) async fn run(shared: Arc<Shared>, emitter: Emitter, resyncs: Arc<Atom
             tokio::select! {
                 item = watch.next() => match item {
                     Some(Ok(entry)) => apply(&config, &entry, &mut view, &mut seen, &mut out),
+                    _ if emitter.is_closed() => return,
                     Some(Err(err)) => {
                         tracing::warn!(error = %err, "discovery: NATS watch failed; re-creating it");
                         break;

@@ -113,6 +113,11 @@ pub(crate) struct Emitter {
 }
 
 impl Emitter {
+    /// Whether the consumer dropped its watch (the task should just end).
+    pub(crate) fn is_closed(&self) -> bool {
+        self.tx.is_closed()
+    }
+
     pub(crate) async fn emit(&self, events: &mut Vec<MemberEvent>) -> bool {
         for event in events.drain(..) {
             tracing::debug!(?event, "discovery: member event");
