@@ -211,7 +211,7 @@ pub struct DiscoveryConfig {
     /// How often a node heartbeats (default 1 s).
     pub heartbeat_interval: Duration,
     /// How long a node stays a member without a heartbeat (default 3 s);
-    /// more than twice the heartbeat interval.
+    /// more than twice the heartbeat interval, at most an hour.
     pub lease: Duration,
     /// How far the load must move before an `Updated` is sent (default 0.1).
     pub load_change_threshold: f64,
@@ -256,7 +256,13 @@ impl DiscoveryConfig {
                 self.heartbeat_interval
             ));
         }
-        if self.lease <= self.heartbeat_interval * 2 {
+        if self.lease > Duration::from_secs(3600) {
+            return bad(format!(
+                "lease {:?} is over an hour; a dead node would linger that long",
+                self.lease
+            ));
+        }
+        if self.lease <= self.heartbeat_interval.saturating_mul(2) {
             return bad(format!(
                 "lease {:?} must be more than twice heartbeat_interval {:?}, or one late \
                  heartbeat expires a live node; raise the lease or lower the interval",

@@ -105,13 +105,18 @@ impl NatsDiscovery {
         let mut js = jetstream::new(client.clone());
         // A heartbeat that waits longer than this is late anyway; do not let
         // one stuck request (a server restart) hold the next ones back.
-        js.set_timeout((config.heartbeat_interval * 2).max(Duration::from_secs(1)));
+        js.set_timeout(
+            config
+                .heartbeat_interval
+                .saturating_mul(2)
+                .max(Duration::from_secs(1)),
+        );
         let kv = match js.get_key_value(options.bucket.as_str()).await {
             Ok(kv) => kv,
             Err(_) => {
                 let max_age = options
                     .max_age
-                    .unwrap_or((config.lease * 10).max(Duration::from_secs(60)));
+                    .unwrap_or(config.lease.saturating_mul(10).max(Duration::from_secs(60)));
                 // The stream a KV bucket is, made by hand: async-nats'
                 // `create_key_value` first reads the account info, whose
                 // nats-server 2.9 form it cannot parse.

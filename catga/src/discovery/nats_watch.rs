@@ -19,7 +19,8 @@ fn key_id(cluster: &str, key: &str) -> Option<u64> {
     key.strip_prefix(cluster)?.strip_prefix('.')?.parse().ok()
 }
 
-/// Per node: the last revision seen and when it was seen.
+/// Per node: the last revision seen and when it was seen (kept a while
+/// after the node left, so that a replay of its last revision is ignored).
 type Seen = HashMap<u64, (u64, Instant)>;
 
 pub(super) async fn run(shared: Arc<Shared>, emitter: Emitter, resyncs: Arc<AtomicU64>) {
@@ -117,7 +118,10 @@ fn apply(
             view.upsert(info, out);
         }
         kv::Operation::Delete | kv::Operation::Purge => {
-            seen.remove(&id);
+            if seen.get(&id).is_some_and(|(rev, _)| entry.revision <= *rev) {
+                return;
+            }
+            seen.insert(id, (entry.revision, Instant::now()));
             view.remove(id, None, LeaveReason::Graceful, out);
         }
     }
@@ -136,8 +140,11 @@ fn expire(
             .get(&id)
             .map_or(healthy_since, |(_, at)| (*at).max(healthy_since));
         if now.duration_since(last) > config.lease {
-            seen.remove(&id);
+            // `seen` keeps its revision: a replay of it is not a comeback.
             view.remove(id, None, LeaveReason::Expired, out);
         }
     }
+    // Forget the revisions of nodes long gone, so `seen` stays bounded.
+    let horizon = config.lease.saturating_mul(10);
+    seen.retain(|id, (_, at)| view.get(*id).is_some() || now.duration_since(*at) < horizon);
 }
