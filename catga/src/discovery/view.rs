@@ -284,6 +284,21 @@ mod tests {
     }
 
     #[test]
+    fn log_limiter_lets_one_line_through_per_period_and_backoff_doubles_to_a_cap() {
+        let mut limiter = LogLimiter::new(Duration::from_secs(3600));
+        assert_eq!(limiter.allow(), Some(0));
+        assert_eq!(limiter.allow(), None);
+        assert_eq!(limiter.allow(), None);
+        limiter.reset();
+        assert_eq!(limiter.allow(), Some(0));
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_millis(350));
+        let delays: Vec<_> = (0..4).map(|_| backoff.next_delay().as_millis()).collect();
+        assert_eq!(delays, [100, 200, 350, 350]);
+        backoff.reset();
+        assert_eq!(backoff.next_delay().as_millis(), 100);
+    }
+
+    #[test]
     fn new_incarnation_is_left_then_joined_and_resync_reports_differences() {
         let mut v = View::new(0.1);
         let mut out = Vec::new();
