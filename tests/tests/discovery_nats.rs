@@ -289,3 +289,33 @@ async fn each_heartbeat_is_one_write() {
         async_nats::jetstream::kv::Operation::Delete
     );
 }
+
+/// If another process rewrites our key with its incarnation, our next
+/// heartbeat (a compare-and-set on our revision) is refused with
+/// `DuplicateId`, not silently overwritten.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_heartbeat_that_finds_another_incarnation_is_refused() {
+    let env = env!("n_hbdup");
+    let node = env.connect().await;
+    let info = NodeInfo::new(&env.cluster, 1, "127.0.0.1:7001");
+    node.register(info.clone()).await.expect("register");
+    let mut other = info.clone();
+    other.incarnation = 4242;
+    let kv = env.kv().await;
+    kv.put(format!("{}.1", env.cluster), serde_json_like(&other).into())
+        .await
+        .expect("put");
+    match node.heartbeat(0.0).await {
+        Err(DiscoveryError::DuplicateId {
+            holder: 4242, ours, ..
+        }) => assert_eq!(ours, info.incarnation),
+        other => panic!("expected DuplicateId, got {other:?}"),
+    }
+}
+
+fn serde_json_like(n: &NodeInfo) -> String {
+    format!(
+        r#"{{"id":{},"raft_addr":"{}","incarnation":{},"cluster":"{}"}}"#,
+        n.id, n.raft_addr, n.incarnation, n.cluster
+    )
+}

@@ -422,3 +422,25 @@ async fn steady_heartbeats_write_nothing_to_the_stream() {
     assert_eq!(len, 2, "a significant load change is one update");
     node.unregister().await.expect("unregister");
 }
+
+/// If another process rewrites our entry with its incarnation, our next
+/// heartbeat is refused with `DuplicateId`, not silently overwritten.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_heartbeat_that_finds_another_incarnation_is_refused() {
+    let env = env!("r_hbdup");
+    let node = env.redis().await;
+    let info = NodeInfo::new(&env.cluster, 1, "127.0.0.1:7001");
+    node.register(info.clone()).await.expect("register");
+    let () = redis::cmd("HSET")
+        .arg(format!("{}:node:1", env.prefix()))
+        .arg("inc")
+        .arg("4242")
+        .query(&mut env.raw())
+        .expect("hset");
+    match node.heartbeat(0.0).await {
+        Err(DiscoveryError::DuplicateId {
+            holder: 4242, ours, ..
+        }) => assert_eq!(ours, info.incarnation),
+        other => panic!("expected DuplicateId, got {other:?}"),
+    }
+}
