@@ -62,6 +62,32 @@ impl NatsOptions {
     }
 }
 
+impl NatsOptions {
+    fn validate(&self, config: &DiscoveryConfig) -> Result<(), DiscoveryError> {
+        let bucket_ok = !self.bucket.is_empty()
+            && self
+                .bucket
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        if !bucket_ok {
+            return Err(DiscoveryError::InvalidConfig(format!(
+                "NATS bucket name {:?} must be letters, digits, '-' or '_'",
+                self.bucket
+            )));
+        }
+        if let Some(max_age) = self.max_age
+            && max_age < config.lease.saturating_mul(2)
+        {
+            return Err(DiscoveryError::InvalidConfig(format!(
+                "NATS max_age {max_age:?} must be at least two leases ({:?}), or live \
+                 nodes' keys are removed under them",
+                config.lease.saturating_mul(2)
+            )));
+        }
+        Ok(())
+    }
+}
+
 /// Discovery on NATS JetStream KV. See the [module docs](self).
 #[derive(Debug)]
 pub struct NatsDiscovery {
@@ -88,6 +114,7 @@ impl NatsDiscovery {
         config: DiscoveryConfig,
     ) -> Result<NatsDiscovery, DiscoveryError> {
         config.validate()?;
+        options.validate(&config)?;
         let unreachable = |source: super::error::BoxError| DiscoveryError::Unreachable {
             url: options.url.clone(),
             source,
