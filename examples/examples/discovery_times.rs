@@ -3,7 +3,9 @@
 //!
 //! `cargo run -p catga-examples --example discovery_times`
 //! (`REDIS_URL`, `NATS_URL` default to 127.0.0.1:6379 and :4222; pass
-//! `redis` or `nats` to run one backend; `ROUNDS=n` for more rounds).
+//! `redis` or `nats` to run one backend; `ROUNDS=n` for more rounds). It
+//! uses the cluster `discovery-times` (Redis keys `catga:{discovery-times}:*`,
+//! NATS bucket `catga_discovery_times`), which stay behind, bounded.
 //!
 //! For each round, one watcher measures: a node starting → `Joined`, a
 //! graceful unregister → `Left`, and a crash (heartbeats stop, no
@@ -39,11 +41,17 @@ async fn next_matching(
     }
 }
 
-async fn measure(name: &str, connect: Connect, cluster: &str, rounds: u64) -> Result<(), String> {
+async fn measure(
+    name: &str,
+    connect: Connect,
+    cluster: &str,
+    rounds: u64,
+    base: u64,
+) -> Result<(), String> {
     let mut watch = connect().await.watch().await.map_err(|e| e.to_string())?;
     let (mut join, mut leave, mut crash) = (Vec::new(), Vec::new(), Vec::new());
     for round in 0..rounds {
-        let info = NodeInfo::new(cluster, 100 + round, "127.0.0.1:7000");
+        let info = NodeInfo::new(cluster, base + 2 * round, "127.0.0.1:7000");
         let inc = info.incarnation;
         let node = connect().await;
         let started = Instant::now();
@@ -64,7 +72,7 @@ async fn measure(name: &str, connect: Connect, cluster: &str, rounds: u64) -> Re
         .await?;
         leave.push(left.elapsed());
 
-        let info = NodeInfo::new(cluster, 200 + round, "127.0.0.1:7000");
+        let info = NodeInfo::new(cluster, base + 2 * round + 1, "127.0.0.1:7000");
         let inc = info.incarnation;
         let node = connect().await;
         node.register(info).await.map_err(|e| e.to_string())?;
@@ -109,14 +117,17 @@ async fn main() -> ExitCode {
         .ok()
         .and_then(|r| r.parse().ok())
         .unwrap_or(3);
-    let stamp = std::time::SystemTime::now()
+    // One cluster name for every run (its keys are reused, not piled up),
+    // fresh node ids per run (a crashed node of the last run may still
+    // hold its id for a lease).
+    let base = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis())
+        .map(|d| d.as_secs() % 1_000_000 * 1_000)
         .unwrap_or(0);
     let mut failed = false;
     if only.as_deref().is_none_or(|o| o == "redis") {
         let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
-        let cluster = format!("times-{stamp}");
+        let cluster = "discovery-times".to_string();
         let config = DiscoveryConfig::new(&cluster);
         let connect: Connect = Box::new(move || {
             let (url, config) = (url.clone(), config.clone());
@@ -127,14 +138,14 @@ async fn main() -> ExitCode {
                 Arc::new(d) as Arc<dyn Discovery>
             })
         });
-        if let Err(e) = measure("redis", connect, &cluster, rounds).await {
+        if let Err(e) = measure("redis", connect, &cluster, rounds, base).await {
             eprintln!("redis: {e}");
             failed = true;
         }
     }
     if only.as_deref().is_none_or(|o| o == "nats") {
         let url = std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into());
-        let cluster = format!("times-{stamp}");
+        let cluster = "discovery-times".to_string();
         let config = DiscoveryConfig::new(&cluster);
         let connect: Connect = Box::new(move || {
             let (url, config) = (url.clone(), config.clone());
@@ -145,7 +156,7 @@ async fn main() -> ExitCode {
                 Arc::new(d) as Arc<dyn Discovery>
             })
         });
-        if let Err(e) = measure("nats", connect, &cluster, rounds).await {
+        if let Err(e) = measure("nats", connect, &cluster, rounds, base).await {
             eprintln!("nats: {e}");
             failed = true;
         }
