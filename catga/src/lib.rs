@@ -7,6 +7,8 @@
 //
 //   http/        axum routes over a `Node` (feature `http`)
 //   node/        the builder, the `Node` handle, health
+//   discovery/   NodeInfo, the Discovery trait, static / Redis / NATS backends;
+//                it only reports (joined, updated, left), nothing imports raft
 //   raft/        openraft glue: log, state machine adapter, network, RPC service
 //   transport/   authenticated, multiplexed TCP between nodes
 //   machine, dispatch, dedup    the deterministic core: no I/O, no clocks
@@ -22,6 +24,7 @@ extern crate self as catga;
 mod codec;
 mod context;
 mod dedup;
+pub mod discovery;
 mod dispatch;
 mod error;
 #[cfg(feature = "http")]

@@ -6,9 +6,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use catga::prelude::*;
 
+pub mod discovery;
 pub mod kv;
 pub mod linearizability;
 pub mod process;
+pub mod servers;
 
 /// A shop with stock and orders.
 #[state(name = "tests.shop")]
