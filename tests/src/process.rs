@@ -54,6 +54,10 @@ pub struct Spec {
     pub snapshot_every: u64,
     /// Another binary (an "old version"), or the default node binary.
     pub binary: Option<PathBuf>,
+    /// More flags for the node binary (e.g. `--event-deadline-ms 200`).
+    pub args: Vec<String>,
+    /// Write the node's stderr (its logs) to this file instead of the test's.
+    pub stderr: Option<PathBuf>,
 }
 
 impl Spec {
@@ -73,6 +77,8 @@ impl Spec {
             join: false,
             snapshot_every: 10_000,
             binary: None,
+            args: Vec::new(),
+            stderr: None,
         }
     }
 }
@@ -95,9 +101,21 @@ impl Proc {
         if spec.join {
             cmd.arg("--join");
         }
+        cmd.args(&spec.args);
+        let stderr = match &spec.stderr {
+            Some(path) => {
+                let f = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                    .map_err(|e| format!("{}: {e}", path.display()))?;
+                Stdio::from(f)
+            }
+            None => Stdio::inherit(),
+        };
         cmd.stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .kill_on_drop(true);
         let mut child = cmd.spawn().map_err(|e| format!("spawn: {e}"))?;
         let stdin = child.stdin.take().ok_or("no stdin")?;

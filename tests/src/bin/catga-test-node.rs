@@ -12,16 +12,36 @@
 //! - `stock! SKU` → the same, linearizable
 //! - `health` → `ok <role> <term> <leader> <applied> <ready>`
 //! - `fingerprint` → `ok <applied> <hex digest of the replicated state>`
+//! - `orders SKU N` → `ok <accepted>`: N orders sent at once (each
+//!   publishes an `OrderPlaced` event)
+//! - `hang` → `ok`: publishes a test-only event whose handler never returns
+//!   (on every node)
+//! - `first-ready` → `ok <role> <term> <leader> <applied>`: the health at the
+//!   first moment this process reported `ready` (or `ok none` if never)
 //! - `quit` → shuts down gracefully and exits 0
 //!
 //! A failed call prints `fail <error>`. Nothing else is printed on stdout
 //! (logs go to stderr).
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use catga::{Consistency, Node};
+use catga::prelude::*;
+use catga::{Consistency, Health, Node};
 use catga_tests::{GetStock, PlaceOrder, Restock};
 use tokio::io::{AsyncBufReadExt, BufReader};
+
+/// A test-only event whose handler never returns (a hung side effect).
+#[event(name = "test_node.Stall")]
+struct Stall {}
+
+#[handler]
+async fn stall_forever(_e: Stall) {
+    std::future::pending::<()>().await
+}
+
+/// The health at the first moment this process said `ready`.
+type FirstReady = Arc<Mutex<Option<Health>>>;
 
 struct Args {
     id: u64,
@@ -30,6 +50,7 @@ struct Args {
     peers: Vec<(u64, String)>,
     join: bool,
     snapshot_every: u64,
+    event_deadline_ms: Option<u64>,
 }
 
 fn parse() -> Result<Args, String> {
@@ -40,6 +61,7 @@ fn parse() -> Result<Args, String> {
         peers: Vec::new(),
         join: false,
         snapshot_every: 10_000,
+        event_deadline_ms: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -60,6 +82,13 @@ fn parse() -> Result<Args, String> {
                     .push((id.parse().map_err(|e| format!("--peer: {e}"))?, addr.into()));
             }
             "--join" => a.join = true,
+            "--event-deadline-ms" => {
+                a.event_deadline_ms = Some(
+                    value()?
+                        .parse()
+                        .map_err(|e| format!("--event-deadline-ms: {e}"))?,
+                )
+            }
             other => return Err(format!("unknown flag {other}")),
         }
     }
@@ -76,7 +105,7 @@ fn digest(bytes: &[u8]) -> String {
     format!("{h:016x}")
 }
 
-async fn answer(node: &Node, line: &str) -> Result<String, String> {
+async fn answer(node: &Node, first_ready: &FirstReady, line: &str) -> Result<String, String> {
     let words: Vec<&str> = line.split_whitespace().collect();
     let qty = |i: usize| -> Result<u32, String> {
         words
@@ -135,6 +164,41 @@ async fn answer(node: &Node, line: &str) -> Result<String, String> {
                 h.ready
             ))
         }
+        Some("orders") => {
+            let n: usize = words
+                .get(2)
+                .ok_or("missing count")?
+                .parse()
+                .map_err(|e| format!("count: {e}"))?;
+            let sku = sku(1)?;
+            let calls = (0..n).map(|_| {
+                node.send(PlaceOrder {
+                    sku: sku.clone(),
+                    qty: 1,
+                })
+            });
+            let mut accepted = 0;
+            for r in futures::future::join_all(calls).await {
+                if r.map_err(e)?.is_ok() {
+                    accepted += 1;
+                }
+            }
+            Ok(format!("ok {accepted}"))
+        }
+        Some("hang") => {
+            node.publish(Stall {}).await.map_err(e)?;
+            Ok("ok".into())
+        }
+        Some("first-ready") => Ok(match &*first_ready.lock().map_err(|e| e.to_string())? {
+            Some(h) => format!(
+                "ok {:?} {} {} {}",
+                h.role,
+                h.term,
+                h.leader.map(|l| l.to_string()).unwrap_or("none".into()),
+                h.applied_index.unwrap_or(0)
+            ),
+            None => "ok none".into(),
+        }),
         Some("fingerprint") => {
             let (applied, bytes) = catga::testing::state_fingerprint(node).map_err(e)?;
             Ok(format!("ok {applied} {}", digest(&bytes)))
@@ -146,7 +210,14 @@ async fn answer(node: &Node, line: &str) -> Result<String, String> {
 
 #[tokio::main]
 async fn main() {
-    catga_tests::harness::init_tracing();
+    // logs go to stderr: stdout carries the answers
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .try_init();
     let args = match parse() {
         Ok(a) => a,
         Err(e) => {
@@ -174,6 +245,24 @@ async fn main() {
             std::process::exit(1);
         }
     };
+    // record the first moment this node says it is ready (a restarted
+    // node must not say so before it has caught up with a live leader)
+    let first_ready: FirstReady = Arc::default();
+    {
+        let (node, first) = (node.clone(), first_ready.clone());
+        tokio::spawn(async move {
+            loop {
+                let h = node.health();
+                if h.ready {
+                    if let Ok(mut f) = first.lock() {
+                        *f = Some(h);
+                    }
+                    return;
+                }
+                node.health_changed(Duration::from_millis(100)).await;
+            }
+        });
+    }
     println!("ready {}", node.local_addr());
     let mut lines = BufReader::new(tokio::io::stdin()).lines();
     while let Ok(Some(line)) = lines.next_line().await {
@@ -182,9 +271,9 @@ async fn main() {
             break;
         }
         let (tag, cmd) = (tag.to_string(), cmd.to_string());
-        let node = node.clone();
+        let (node, first_ready) = (node.clone(), first_ready.clone());
         tokio::spawn(async move {
-            let out = match answer(&node, &cmd).await {
+            let out = match answer(&node, &first_ready, &cmd).await {
                 Ok(s) => s,
                 Err(e) => format!("fail {e}"),
             };
