@@ -229,6 +229,32 @@ impl Proc {
         }
     }
 
+    /// Polls `status` until `pred` holds on its `key=value` fields, or
+    /// `timeout` passes; returns the last answer.
+    pub async fn wait_status(
+        &self,
+        timeout: Duration,
+        pred: impl Fn(&Status) -> bool,
+    ) -> Result<Status, String> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut last = String::new();
+        while tokio::time::Instant::now() < deadline {
+            if let Ok(s) = self.ok("status").await {
+                let st = Status(s.clone());
+                if pred(&st) {
+                    return Ok(st);
+                }
+                last = s;
+            }
+            // polling a child process: there is no event to wait on
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Err(format!(
+            "node {}: status never matched (last: {last})",
+            self.id
+        ))
+    }
+
     /// Polls `health` until `pred` holds on its fields
     /// (`role term leader applied ready`), or `timeout` passes.
     pub async fn wait_health(
@@ -253,5 +279,30 @@ impl Proc {
             "node {}: health never matched (last: {last})",
             self.id
         ))
+    }
+}
+
+/// The answer to `status`: `key=value` fields, `not_ready` last.
+#[derive(Debug, Clone)]
+pub struct Status(pub String);
+
+impl Status {
+    /// The value of `key` (`not_ready` runs to the end of the line).
+    pub fn get(&self, key: &str) -> &str {
+        let pat = format!("{key}=");
+        let Some(i) = self.0.find(&pat) else {
+            return "";
+        };
+        let rest = &self.0[i + pat.len()..];
+        if key == "not_ready" {
+            rest
+        } else {
+            rest.split_whitespace().next().unwrap_or("")
+        }
+    }
+
+    /// The value of `key` as a number (0 if absent or `none`).
+    pub fn num(&self, key: &str) -> u64 {
+        self.get(key).parse().unwrap_or(0)
     }
 }

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use catga_tests::process::{Proc, Spec, free_addr};
+use catga_tests::process::{Proc, Spec, Status, free_addr};
 
 const T: Duration = Duration::from_secs(20);
 
@@ -61,7 +61,10 @@ async fn quit_all(procs: Vec<Option<Proc>>) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hung_event_handler_does_not_stop_writes() {
     let dir = tempfile::tempdir().unwrap();
-    let specs = specs(dir.path(), 3);
+    let mut specs = specs(dir.path(), 3);
+    for s in specs.iter_mut() {
+        s.args = vec!["--slow-event-ms".into(), "500".into()];
+    }
     let procs = start_all(&specs).await;
     let (leader, _) = leader_of(&procs).await;
     let follower = (1..=3).find(|i| *i != leader).unwrap();
@@ -86,6 +89,45 @@ async fn a_hung_event_handler_does_not_stop_writes() {
         .call(&format!("orders apple {n}"), Duration::from_secs(20))
         .await;
     assert_eq!(r.as_deref(), Some(format!("ok {n}").as_str()));
+    // every node reports the backlog and names the stuck handler
+    for p in procs.iter().flatten() {
+        let st = p
+            .wait_status(T, |s| {
+                s.num("event_lag") >= n as u64 && s.get("not_ready").contains("stall_forever")
+            })
+            .await
+            .unwrap();
+        assert_eq!(st.get("ready"), "false", "{st:?}");
+    }
+    quit_all(procs).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handler_past_its_deadline_is_abandoned_and_delivery_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut specs = specs(dir.path(), 3);
+    for s in specs.iter_mut() {
+        s.args = vec!["--event-deadline-ms".into(), "300".into()];
+    }
+    let procs = start_all(&specs).await;
+    let (leader, _) = leader_of(&procs).await;
+    let l = procs[leader as usize - 1].as_ref().unwrap();
+    l.ok("restock apple 1000").await.unwrap();
+    l.ok("hang").await.unwrap();
+    l.ok("orders apple 100").await.unwrap();
+    let applied = field(&l.ok("health").await.unwrap(), 3)
+        .parse::<u64>()
+        .unwrap();
+    for p in procs.iter().flatten() {
+        // every event up to the last order ran (or was abandoned) here
+        let st: Status = p
+            .wait_status(T, |s| {
+                s.num("event_lag") == 0 && s.num("events_delivered") + 1 >= applied
+            })
+            .await
+            .unwrap();
+        assert_eq!(st.get("ready"), "true", "{st:?}");
+    }
     quit_all(procs).await;
 }
 

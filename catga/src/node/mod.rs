@@ -220,6 +220,36 @@ impl Node {
         self.inner.raft.wait_leader(timeout).await
     }
 
+    /// Waits until this node is [`Health::ready`] (a member that heard from
+    /// a live leader in this term and has caught up with its commit index);
+    /// returns the health at that moment.
+    pub async fn wait_ready(&self, timeout: Duration) -> Result<Health> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let h = self.health();
+            if h.ready {
+                return Ok(h);
+            }
+            if h.role == Role::Shutdown {
+                return Err(Error::ShutDown);
+            }
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                return Err(Error::Timeout {
+                    waited: timeout,
+                    reason: format!(
+                        "not ready: {}",
+                        h.not_ready.unwrap_or_else(|| "unknown".into())
+                    ),
+                });
+            }
+            // readiness also changes with time (a silent leader): re-check
+            // at least every 50 ms
+            let wait = (deadline - now).min(Duration::from_millis(50));
+            self.inner.raft.changed(wait).await;
+        }
+    }
+
     /// Waits until this node's view of the cluster (role, term, leader,
     /// members, indexes) changes, or `max` passes.
     pub async fn health_changed(&self, max: Duration) {

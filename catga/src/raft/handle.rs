@@ -12,11 +12,12 @@ use openraft::async_runtime::WatchReceiver;
 use openraft::{BasicNode, Config, SnapshotPolicy};
 use parking_lot::Mutex;
 use serde::de::DeserializeOwned;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::Instant;
 
-use super::events::event_loop;
+use super::contact::LeaderContact;
+use super::events::{DeliverySettings, EventLog, event_loop};
 use super::forward::Forwarder;
 use super::log_store::LogStore;
 use super::network::Network;
@@ -44,7 +45,8 @@ pub(crate) struct RaftSettings {
     pub(crate) keep_logs: u64,
     pub(crate) secret: Vec<u8>,
     pub(crate) max_frame_bytes: usize,
-    pub(crate) event_queue: usize,
+    pub(crate) events: DeliverySettings,
+    pub(crate) ready_max_lag: u64,
 }
 
 /// The longest a single attempt (one RPC to the leader, or one local
@@ -64,16 +66,28 @@ pub(crate) struct RaftHandle {
     stop_events: watch::Sender<bool>,
     faults: Faults,
     local_addr: SocketAddr,
+    contact: Arc<LeaderContact>,
+    ready_max_lag: u64,
+    /// How long a leader's silence is tolerated before `ready` turns false.
+    contact_window: Duration,
+    /// The applied index last seen by `status`, and since when.
+    apply_progress: Mutex<(Option<u64>, Instant)>,
 }
+
+/// Apply that has not moved for this long while committed entries wait is
+/// reported as stuck.
+const APPLY_STUCK_AFTER: Duration = Duration::from_secs(5);
 
 impl RaftHandle {
     pub(crate) async fn start(s: RaftSettings) -> Result<RaftHandle> {
         let storage =
             |e: std::io::Error| Error::io(format!("data dir {}", s.data_dir.display()), e);
         let log = LogStore::open(&s.data_dir).map_err(storage)?;
-        let (ev_tx, ev_rx) = mpsc::channel(s.event_queue);
-        let (delivered_tx, delivered_rx) = watch::channel(0u64);
-        let sm = SmStore::open(s.data_dir.clone(), ev_tx, delivered_rx).map_err(|e| {
+        let events = EventLog::open(&s.data_dir).map_err(|e| {
+            log.close();
+            storage(e)
+        })?;
+        let sm = SmStore::open(s.data_dir.clone(), events.clone()).map_err(|e| {
             log.close();
             storage(e)
         })?;
@@ -141,7 +155,7 @@ impl RaftHandle {
         let _ = service.raft.set(raft.clone());
 
         let (stop_tx, stop_rx) = watch::channel(false);
-        let events_task = tokio::spawn(event_loop(s.node_id, ev_rx, delivered_tx, stop_rx));
+        let events_task = tokio::spawn(event_loop(s.node_id, events, s.events, stop_rx));
 
         let mut background = JoinSet::new();
         let forwarder = Forwarder::start(pool.clone(), &mut background);
@@ -158,6 +172,10 @@ impl RaftHandle {
             stop_events: stop_tx,
             faults,
             local_addr,
+            contact: service.contact.clone(),
+            ready_max_lag: s.ready_max_lag,
+            contact_window: Duration::from_millis(s.election_max_ms.saturating_mul(2)),
+            apply_progress: Mutex::new((None, Instant::now())),
         };
 
         // Bootstrap: the smallest id of the initial members initializes the
@@ -449,10 +467,69 @@ impl RaftHandle {
             })
             .unwrap_or_default();
         let committed = m.local_committed.map(|l| l.index);
-        let ready = m.running_state.is_ok()
-            && m.current_leader.is_some()
-            && applied >= committed
-            && state != RaftState::Shutdown;
+        let term = m.current_term;
+        let events = self.sm.shared.events.status();
+
+        // The leader's commit index: our own when we lead; otherwise what
+        // the leader we follow sent in this term (nothing after a restart
+        // until a leader has spoken to this process).
+        let heard = self
+            .contact
+            .last()
+            .filter(|h| h.term == term && Some(h.leader) == m.current_leader);
+        let leader_commit = match state {
+            RaftState::Leader => committed,
+            _ => heard.and_then(|h| h.commit),
+        };
+        let applied_stuck_for = {
+            let mut p = self.apply_progress.lock();
+            if p.0 != applied {
+                *p = (applied, Instant::now());
+            }
+            (applied < committed).then(|| p.1.elapsed())
+        };
+        let not_ready = if let Err(e) = &m.running_state {
+            Some(format!("raft stopped: {e}"))
+        } else if !members.contains(&self.id) {
+            Some("not a voting member".to_string())
+        } else {
+            match state {
+                RaftState::Leader => match m.last_quorum_acked.as_ref().map(|t| {
+                    use openraft::Instant as _;
+                    t.elapsed()
+                }) {
+                    None => Some(format!(
+                        "leader of term {term}, not yet acknowledged by a quorum"
+                    )),
+                    Some(t) if t > self.contact_window => Some(format!(
+                        "leader of term {term}, no quorum acknowledgement for {t:?}"
+                    )),
+                    Some(_) => None,
+                },
+                RaftState::Follower => match heard {
+                    None => Some(format!("has not heard from a leader in term {term}")),
+                    Some(h) if h.at.elapsed() > self.contact_window => Some(format!(
+                        "no word from leader {} for {:?}",
+                        h.leader,
+                        h.at.elapsed()
+                    )),
+                    Some(_) => None,
+                },
+                other => Some(format!("{other:?}")),
+            }
+        }
+        .or_else(|| {
+            let (a, c) = (applied.unwrap_or(0), leader_commit.unwrap_or(0));
+            (a.saturating_add(self.ready_max_lag) < c)
+                .then(|| format!("{} entries behind the leader's commit index {c}", c - a))
+        })
+        .or_else(|| {
+            applied_stuck_for
+                .filter(|t| *t > APPLY_STUCK_AFTER)
+                .map(|t| format!("apply has not moved for {t:?} at index {applied:?}"))
+        })
+        .or_else(|| events.stuck.clone());
+        let ready = not_ready.is_none();
         Status {
             node_id: self.id,
             state,
@@ -464,7 +541,11 @@ impl RaftHandle {
             applied_index: applied,
             snapshot_index: m.snapshot.map(|l| l.index),
             replication_lag,
+            leader_commit,
+            events_delivered: events.delivered,
+            event_lag: events.pending,
             ready,
+            not_ready,
         }
     }
 

@@ -13,6 +13,7 @@ use std::fmt;
 
 use crate::machine::{Applied, Envelope};
 
+mod contact;
 mod events;
 mod forward;
 mod handle;
@@ -26,6 +27,7 @@ mod state_machine;
 mod wal;
 pub(crate) mod wire;
 
+pub(crate) use events::DeliverySettings;
 pub(crate) use handle::{RaftHandle, RaftSettings};
 
 impl fmt::Display for Envelope {
@@ -62,7 +64,16 @@ pub(crate) struct Status {
     pub(crate) applied_index: Option<u64>,
     pub(crate) snapshot_index: Option<u64>,
     pub(crate) replication_lag: BTreeMap<u64, u64>,
+    /// The commit index of the leader this node follows (its own when it
+    /// leads), as last heard in the current term.
+    pub(crate) leader_commit: Option<u64>,
+    /// Highest index whose events ran on this node.
+    pub(crate) events_delivered: u64,
+    /// Applied entries whose events wait for this node's handlers.
+    pub(crate) event_lag: u64,
     pub(crate) ready: bool,
+    /// Why `ready` is false.
+    pub(crate) not_ready: Option<String>,
 }
 
 /// openraft's server state, without openraft.

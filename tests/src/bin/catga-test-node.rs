@@ -18,7 +18,13 @@
 //!   (on every node)
 //! - `first-ready` → `ok <role> <term> <leader> <applied>`: the health at the
 //!   first moment this process reported `ready` (or `ok none` if never)
+//! - `status` → `ok role=R term=T leader=L applied=A leader_commit=C
+//!   events_delivered=D event_lag=N ready=B not_ready=<reason or none>`
+//!   (`not_ready` last: its value has spaces)
 //! - `quit` → shuts down gracefully and exits 0
+//!
+//! More flags: `--event-deadline-ms N` (event handler deadline),
+//! `--slow-event-ms N` (slow event handler threshold).
 //!
 //! A failed call prints `fail <error>`. Nothing else is printed on stdout
 //! (logs go to stderr).
@@ -51,6 +57,7 @@ struct Args {
     join: bool,
     snapshot_every: u64,
     event_deadline_ms: Option<u64>,
+    slow_event_ms: Option<u64>,
 }
 
 fn parse() -> Result<Args, String> {
@@ -62,6 +69,7 @@ fn parse() -> Result<Args, String> {
         join: false,
         snapshot_every: 10_000,
         event_deadline_ms: None,
+        slow_event_ms: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -82,6 +90,13 @@ fn parse() -> Result<Args, String> {
                     .push((id.parse().map_err(|e| format!("--peer: {e}"))?, addr.into()));
             }
             "--join" => a.join = true,
+            "--slow-event-ms" => {
+                a.slow_event_ms = Some(
+                    value()?
+                        .parse()
+                        .map_err(|e| format!("--slow-event-ms: {e}"))?,
+                )
+            }
             "--event-deadline-ms" => {
                 a.event_deadline_ms = Some(
                     value()?
@@ -185,6 +200,22 @@ async fn answer(node: &Node, first_ready: &FirstReady, line: &str) -> Result<Str
             }
             Ok(format!("ok {accepted}"))
         }
+        Some("status") => {
+            let h = node.health();
+            let opt = |v: Option<u64>| v.map(|v| v.to_string()).unwrap_or("none".into());
+            Ok(format!(
+                "ok role={:?} term={} leader={} applied={} leader_commit={} events_delivered={} event_lag={} ready={} not_ready={}",
+                h.role,
+                h.term,
+                opt(h.leader),
+                opt(h.applied_index),
+                opt(h.leader_commit_index),
+                h.events_delivered_index,
+                h.event_lag,
+                h.ready,
+                h.not_ready.as_deref().unwrap_or("none")
+            ))
+        }
         Some("hang") => {
             node.publish(Stall {}).await.map_err(e)?;
             Ok("ok".into())
@@ -237,6 +268,12 @@ async fn main() {
         .peers(args.peers);
     if args.join {
         b = b.join_existing();
+    }
+    if let Some(ms) = args.event_deadline_ms {
+        b = b.event_handler_timeout(Duration::from_millis(ms));
+    }
+    if let Some(ms) = args.slow_event_ms {
+        b = b.slow_event_handler(Duration::from_millis(ms));
     }
     let node = match b.start().await {
         Ok(n) => n,
