@@ -432,7 +432,7 @@ mod tests {
     }
 
     fn open_store(dir: &std::path::Path) -> std::io::Result<SmStore> {
-        let events = super::events::EventLog::open(dir)?;
+        let events = crate::raft::events::EventLog::open(dir)?;
         SmStore::open(dir.to_path_buf(), events)
     }
 
