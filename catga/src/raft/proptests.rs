@@ -216,6 +216,7 @@ mod tests {
                     seq,
                     ack_below,
                     time_ms,
+                    key: None,
                 },
             )
     }
@@ -414,6 +415,7 @@ mod tests {
                     seq: 1,
                     ack_below: 1,
                     time_ms: 1,
+                    key: None,
                 };
                 let _ = m.apply(m.last_applied().saturating_add(1), &env);
             }
