@@ -22,6 +22,7 @@ mod log_store;
 mod network;
 #[cfg(test)]
 mod proptests;
+mod quiet;
 mod service;
 mod state_machine;
 mod wal;
@@ -43,6 +44,7 @@ openraft::declare_raft_types!(
         R = Applied,
         NodeId = u64,
         Node = openraft::BasicNode,
+        AsyncRuntime = quiet::QuietRuntime,
 );
 
 pub(crate) type Entry = <TC as openraft::RaftTypeConfig>::Entry;
