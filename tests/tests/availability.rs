@@ -262,3 +262,42 @@ async fn a_down_peer_is_not_logged_dozens_of_times_a_second() {
     );
     quit_all(procs).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_forwarded_to_a_stalled_leader_follows_the_new_leader() {
+    let dir = tempfile::tempdir().unwrap();
+    let specs = specs(dir.path(), 3);
+    let mut procs = start_all(&specs).await;
+    let (leader, _) = leader_of(&procs).await;
+    let via = (1..=3).find(|i| *i != leader).unwrap();
+    let v = procs[via as usize - 1].as_ref().unwrap();
+    v.ok("restock apple 1").await.unwrap();
+    // the leader stalls; a write forwarded to it now waits for it
+    procs[leader as usize - 1].as_ref().unwrap().stop();
+    let started = tokio::time::Instant::now();
+    let write = async {
+        let r = v.call("restock apple 1", Duration::from_secs(20)).await;
+        (r, started.elapsed())
+    };
+    let known = async {
+        let not = leader.to_string();
+        v.wait_health(T, |f| f.len() == 5 && f[2] != "none" && f[2] != not)
+            .await
+            .unwrap();
+        started.elapsed()
+    };
+    let ((r, done), known) = tokio::join!(write, known);
+    assert_eq!(r.as_deref(), Some("ok 2"), "the write is applied once");
+    eprintln!("stalled leader: new leader known at {known:?}, forwarded write done at {done:?}");
+    // the election timeout is 300-600 ms
+    let after = done.saturating_sub(known);
+    assert!(
+        after < Duration::from_millis(600),
+        "the write finished {after:?} after the new leader was known \
+         (new leader known at {known:?}, write done at {done:?})"
+    );
+    let p = procs[leader as usize - 1].take().unwrap();
+    p.resume();
+    p.kill9().await;
+    quit_all(procs).await;
+}

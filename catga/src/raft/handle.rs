@@ -275,7 +275,18 @@ impl RaftHandle {
                         )),
                     }
                 }
-                Some((l, Some(addr))) => Some(remote(l, addr, remaining).await),
+                Some((l, Some(addr))) => {
+                    // A leader that stalls (SIGSTOP, a long pause) holds the
+                    // attempt until its deadline; once this node knows a new
+                    // leader, resend there at once (same client id and
+                    // sequence: the dedup table makes the resend safe).
+                    tokio::select! {
+                        r = remote(l, addr, remaining) => Some(r),
+                        n = self.leader_moved_from(l) => Some(Redirect::Unknown(format!(
+                            "leader changed from {l} to {n} while waiting for it"
+                        ))),
+                    }
+                }
                 Some((l, None)) => Some(Redirect::Unknown(format!("no address for leader {l}"))),
             };
             match outcome {
@@ -291,6 +302,20 @@ impl RaftHandle {
             let wait = backoff.min(deadline.saturating_duration_since(Instant::now()));
             self.wait_change(wait).await;
             backoff = (backoff * 2).min(Duration::from_millis(50));
+        }
+    }
+
+    /// Resolves once this node knows a leader other than `l`.
+    async fn leader_moved_from(&self, l: u64) -> u64 {
+        let mut rx = self.raft.metrics();
+        loop {
+            let now = rx.borrow_watched().current_leader;
+            if let Some(n) = now.filter(|n| *n != l) {
+                return n;
+            }
+            if rx.changed().await.is_err() {
+                return std::future::pending().await;
+            }
         }
     }
 
