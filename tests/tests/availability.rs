@@ -301,3 +301,58 @@ async fn a_write_forwarded_to_a_stalled_leader_follows_the_new_leader() {
     p.kill9().await;
     quit_all(procs).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_a_snapshot_covers_are_delivered_after_a_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut specs = specs(dir.path(), 3);
+    for s in specs.iter_mut() {
+        let gate = dir.path().join(format!("gate{}", s.id));
+        s.args = vec![
+            "--keep-logs".into(),
+            "0".into(),
+            "--gate".into(),
+            gate.display().to_string(),
+        ];
+    }
+    let mut procs = start_all(&specs).await;
+    let (leader, _) = leader_of(&procs).await;
+    let x = (1..=3).find(|i| *i != leader).unwrap();
+    let xi = x as usize - 1;
+    // node x's event handlers wait at a gate; the others run freely
+    std::fs::write(dir.path().join(format!("gate{x}")), b"closed").unwrap();
+    let l = procs[leader as usize - 1].as_ref().unwrap();
+    l.ok("restock apple 1000").await.unwrap();
+    l.ok("gate").await.unwrap();
+    l.ok("orders apple 50").await.unwrap();
+    let last = field(&l.ok("health").await.unwrap(), 3)
+        .parse::<u64>()
+        .unwrap();
+    let p = procs[xi].as_ref().unwrap();
+    p.wait_status(T, |s| s.num("applied") >= last && s.num("event_lag") >= 50)
+        .await
+        .unwrap();
+    // a snapshot covers the orders (and the log behind it is purged)
+    // while their events still wait: it must not wait for them
+    p.ok("snapshot").await.unwrap();
+    p.wait_status(T, |s| s.num("snapshot") >= last)
+        .await
+        .unwrap();
+    assert_eq!(p.ok("seen").await.unwrap(), "0");
+    procs[xi].take().unwrap().kill9().await;
+    std::fs::remove_file(dir.path().join(format!("gate{x}"))).unwrap();
+    procs[xi] = Some(Proc::start(&specs[xi]).await.unwrap());
+    let p = procs[xi].as_ref().unwrap();
+    let st = p
+        .wait_status(T, |s| {
+            s.num("event_lag") == 0 && s.num("events_delivered") >= last
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        p.ok("seen").await.unwrap(),
+        "50",
+        "every order's event ran once after the restart: {st:?}"
+    );
+    quit_all(procs).await;
+}

@@ -35,6 +35,33 @@ const WINDOW: Duration = Duration::from_secs(10);
 pub(crate) struct Quiet {
     inner: Dispatch,
     seen: Mutex<HashMap<Identifier, Seen>>,
+    /// "held back N times" notes, logged by a small task: a subscriber
+    /// must not log from inside `event` (the thread's dispatcher is in use).
+    notes: tokio::sync::mpsc::UnboundedSender<(String, u64)>,
+}
+
+impl Quiet {
+    /// A wrapper around `inner`, with the task that logs its notes (it ends
+    /// when the wrapper is dropped, with the last of openraft's tasks).
+    fn new(inner: Dispatch) -> Quiet {
+        let (notes, mut rx) = tokio::sync::mpsc::unbounded_channel::<(String, u64)>();
+        let task = async move {
+            while let Some((site, held)) = rx.recv().await {
+                tracing::warn!(
+                    target: "catga::raft",
+                    held,
+                    %site,
+                    "openraft logged the message from {site} {held} more times in {WINDOW:?} (shown once per {WINDOW:?})"
+                );
+            }
+        };
+        tokio::spawn(task.with_subscriber(inner.clone()));
+        Quiet {
+            inner,
+            seen: Mutex::new(HashMap::new()),
+            notes,
+        }
+    }
 }
 
 struct Seen {
@@ -97,14 +124,14 @@ impl Subscriber for Quiet {
             match self.admit(meta) {
                 None => return,
                 Some(0) => {}
-                Some(held) => tracing::dispatcher::with_default(&self.inner, || {
-                    tracing::warn!(
-                        target: "catga::raft",
-                        held,
-                        site = %format_args!("{}:{}", meta.file().unwrap_or("?"), meta.line().unwrap_or(0)),
-                        "openraft logged the next message {held} more times in the last {WINDOW:?} (shown once per {WINDOW:?})"
-                    )
-                }),
+                Some(held) => {
+                    let site = format!(
+                        "{}:{}",
+                        meta.file().unwrap_or("?"),
+                        meta.line().unwrap_or(0)
+                    );
+                    let _ = self.notes.send((site, held));
+                }
             }
         }
         self.inner.event(event)
@@ -152,10 +179,7 @@ impl AsyncRuntime for QuietRuntime {
         let quiet = if current.is::<Quiet>() {
             current
         } else {
-            Dispatch::new(Quiet {
-                inner: current,
-                seen: Mutex::new(HashMap::new()),
-            })
+            Dispatch::new(Quiet::new(current))
         };
         Tokio::spawn(future.with_subscriber(quiet))
     }
@@ -195,5 +219,60 @@ impl AsyncRuntime for QuietRuntime {
         T: Send + 'static,
     {
         Tokio::spawn_blocking(f)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    /// Counts the events that reach it.
+    struct Count(Arc<AtomicUsize>);
+
+    impl Subscriber for Count {
+        fn enabled(&self, _: &Metadata<'_>) -> bool {
+            true
+        }
+        fn new_span(&self, _: &Attributes<'_>) -> Id {
+            Id::from_u64(1)
+        }
+        fn record(&self, _: &Id, _: &Record<'_>) {}
+        fn record_follows_from(&self, _: &Id, _: &Id) {}
+        fn event(&self, _: &Event<'_>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+        fn enter(&self, _: &Id) {}
+        fn exit(&self, _: &Id) {}
+    }
+
+    fn peer_down() {
+        tracing::warn!(target: "openraft::test", "failed to send a heartbeat");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn openraft_warnings_pass_once_per_window_and_the_rest_are_counted() {
+        let seen = Arc::new(AtomicUsize::new(0));
+        let quiet = Dispatch::new(Quiet::new(Dispatch::new(Count(seen.clone()))));
+        tracing::dispatcher::with_default(&quiet, || (0..100).for_each(|_| peer_down()));
+        assert_eq!(seen.load(Ordering::SeqCst), 1);
+        // other levels and other crates pass untouched
+        tracing::dispatcher::with_default(&quiet, || {
+            tracing::info!(target: "openraft::test", "progress");
+            tracing::warn!(target: "catga::test", "something else");
+        });
+        assert_eq!(seen.load(Ordering::SeqCst), 3);
+        tokio::time::advance(WINDOW).await;
+        // the next window: the message again, and a note of the 99 held back
+        tracing::dispatcher::with_default(&quiet, peer_down);
+        for _ in 0..100 {
+            if seen.load(Ordering::SeqCst) == 5 {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(seen.load(Ordering::SeqCst), 5);
     }
 }

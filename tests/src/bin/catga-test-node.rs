@@ -18,18 +18,25 @@
 //!   (on every node)
 //! - `first-ready` → `ok <role> <term> <leader> <applied>`: the health at the
 //!   first moment this process reported `ready` (or `ok none` if never)
-//! - `status` → `ok role=R term=T leader=L applied=A leader_commit=C
+//! - `status` → `ok role=R term=T leader=L applied=A snapshot=S leader_commit=C
 //!   events_delivered=D event_lag=N ready=B not_ready=<reason or none>`
 //!   (`not_ready` last: its value has spaces)
 //! - `quit` → shuts down gracefully and exits 0
 //!
+//! - `gate` → `ok`: publishes a test-only event whose handler waits while
+//!   the file given with `--gate PATH` exists
+//! - `seen` → `ok <n>`: `OrderPlaced` events handled in this process
+//! - `snapshot` → `ok`: asks for a snapshot now (see `snapshot=` in `status`)
+//!
 //! More flags: `--event-deadline-ms N` (event handler deadline),
-//! `--slow-event-ms N` (slow event handler threshold).
+//! `--slow-event-ms N` (slow event handler threshold), `--gate PATH`,
+//! `--keep-logs N` (log entries kept behind a snapshot).
 //!
 //! A failed call prints `fail <error>`. Nothing else is printed on stdout
 //! (logs go to stderr).
 
-use std::sync::{Arc, Mutex};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use catga::prelude::*;
@@ -46,6 +53,22 @@ async fn stall_forever(_e: Stall) {
     std::future::pending::<()>().await
 }
 
+/// While the file at this path exists, `Gate` events wait (`--gate PATH`).
+static GATE: OnceLock<PathBuf> = OnceLock::new();
+
+/// A test-only event whose handler waits while the gate file exists.
+#[event(name = "test_node.Gate")]
+struct Gate {}
+
+#[handler]
+async fn wait_at_gate(_e: Gate) {
+    let Some(path) = GATE.get() else { return };
+    // the gate is a file another process removes: poll it
+    while path.exists() {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// The health at the first moment this process said `ready`.
 type FirstReady = Arc<Mutex<Option<Health>>>;
 
@@ -58,6 +81,7 @@ struct Args {
     snapshot_every: u64,
     event_deadline_ms: Option<u64>,
     slow_event_ms: Option<u64>,
+    keep_logs: Option<u64>,
 }
 
 fn parse() -> Result<Args, String> {
@@ -70,6 +94,7 @@ fn parse() -> Result<Args, String> {
         snapshot_every: 10_000,
         event_deadline_ms: None,
         slow_event_ms: None,
+        keep_logs: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -90,6 +115,12 @@ fn parse() -> Result<Args, String> {
                     .push((id.parse().map_err(|e| format!("--peer: {e}"))?, addr.into()));
             }
             "--join" => a.join = true,
+            "--gate" => {
+                let _ = GATE.set(PathBuf::from(value()?));
+            }
+            "--keep-logs" => {
+                a.keep_logs = Some(value()?.parse().map_err(|e| format!("--keep-logs: {e}"))?)
+            }
             "--slow-event-ms" => {
                 a.slow_event_ms = Some(
                     value()?
@@ -204,17 +235,30 @@ async fn answer(node: &Node, first_ready: &FirstReady, line: &str) -> Result<Str
             let h = node.health();
             let opt = |v: Option<u64>| v.map(|v| v.to_string()).unwrap_or("none".into());
             Ok(format!(
-                "ok role={:?} term={} leader={} applied={} leader_commit={} events_delivered={} event_lag={} ready={} not_ready={}",
+                "ok role={:?} term={} leader={} applied={} snapshot={} leader_commit={} events_delivered={} event_lag={} ready={} not_ready={}",
                 h.role,
                 h.term,
                 opt(h.leader),
                 opt(h.applied_index),
+                opt(h.snapshot_index),
                 opt(h.leader_commit_index),
                 h.events_delivered_index,
                 h.event_lag,
                 h.ready,
                 h.not_ready.as_deref().unwrap_or("none")
             ))
+        }
+        Some("gate") => {
+            node.publish(Gate {}).await.map_err(e)?;
+            Ok("ok".into())
+        }
+        Some("seen") => Ok(format!(
+            "ok {}",
+            catga_tests::ORDERS_SEEN.load(std::sync::atomic::Ordering::SeqCst)
+        )),
+        Some("snapshot") => {
+            node.snapshot().await.map_err(e)?;
+            Ok("ok".into())
         }
         Some("hang") => {
             node.publish(Stall {}).await.map_err(e)?;
@@ -271,6 +315,9 @@ async fn main() {
     }
     if let Some(ms) = args.event_deadline_ms {
         b = b.event_handler_timeout(Duration::from_millis(ms));
+    }
+    if let Some(n) = args.keep_logs {
+        b = b.snapshot_logs_to_keep(n);
     }
     if let Some(ms) = args.slow_event_ms {
         b = b.slow_event_handler(Duration::from_millis(ms));
