@@ -356,3 +356,16 @@ async fn events_a_snapshot_covers_are_delivered_after_a_crash() {
     );
     quit_all(procs).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_single_node_cluster_is_ready() {
+    let c = catga_tests::harness::Cluster::start(1).await;
+    let h = c.node(1).wait_ready(T).await.unwrap();
+    assert_eq!(h.leader, Some(1));
+    // and stays ready with no follower to acknowledge anything: some time
+    // must pass for that (longer than two election timeouts)
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let h = c.node(1).health();
+    assert_eq!(h.not_ready, None);
+    c.shutdown().await;
+}

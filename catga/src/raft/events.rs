@@ -207,6 +207,7 @@ pub(crate) async fn event_loop(
     loop {
         let next = log.queue.lock().front().cloned();
         let Some((index, events)) = next else {
+            *log.backlog_warned.lock() = 0;
             if written != *log.delivered.borrow() {
                 written = *log.delivered.borrow();
                 log.write_cursor(written);

@@ -519,6 +519,10 @@ impl RaftHandle {
             Some("not a voting member".to_string())
         } else {
             match state {
+                // the only voter is its own quorum: openraft refreshes the
+                // quorum acknowledgement only when followers answer, so a
+                // single node's would look stale after two election timeouts
+                RaftState::Leader if members.len() == 1 => None,
                 RaftState::Leader => match m.last_quorum_acked.as_ref().map(|t| {
                     use openraft::Instant as _;
                     t.elapsed()
