@@ -151,6 +151,16 @@ async fn a_restarted_leader_is_not_ready_in_its_old_term() {
     assert!(new_term > term);
     procs[i] = Some(Proc::start(&specs[i]).await.unwrap());
     let p = procs[i].as_ref().unwrap();
+    // asked at once, it names a live leader, not the one it remembers
+    let named: u64 = p.ok("wait-leader").await.unwrap().parse().unwrap();
+    assert!(
+        named != leader
+            || field(&p.ok("health").await.unwrap(), 1)
+                .parse::<u64>()
+                .unwrap()
+                > term,
+        "wait_for_leader named itself, leader of its old term {term}"
+    );
     let mut first = String::from("none");
     let deadline = tokio::time::Instant::now() + T;
     while first == "none" && tokio::time::Instant::now() < deadline {

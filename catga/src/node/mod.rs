@@ -272,7 +272,9 @@ impl Node {
             .await
     }
 
-    /// Waits until a leader is known to this node; returns its id.
+    /// Waits until this node knows a live leader of the current term (itself
+    /// acknowledged by a quorum, or one it heard from in this term); returns
+    /// its id. A restarted node does not name a leader it only remembers.
     pub async fn wait_for_leader(&self, timeout: Duration) -> Result<u64> {
         self.inner.raft.wait_leader(timeout).await
     }

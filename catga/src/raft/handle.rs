@@ -414,25 +414,31 @@ impl RaftHandle {
 
     /// Waits until some node is leader and this node knows it.
     pub(crate) async fn wait_leader(&self, timeout: Duration) -> Result<u64> {
-        let mut rx = self.raft.metrics();
-        let r = tokio::time::timeout(timeout, async {
-            loop {
-                if let Some(l) = rx.borrow_watched().current_leader {
-                    return Some(l);
-                }
-                if rx.changed().await.is_err() {
-                    return None;
-                }
+        let deadline = Instant::now() + timeout;
+        loop {
+            let st = self.status();
+            if let (Some(l), true) = (st.leader, st.leader_confirmed) {
+                return Ok(l);
             }
-        })
-        .await;
-        match r {
-            Ok(Some(l)) => Ok(l),
-            Ok(None) => Err(Error::ShutDown),
-            Err(_) => Err(Error::Timeout {
-                waited: timeout,
-                reason: "no leader elected".into(),
-            }),
+            if st.state == RaftState::Shutdown
+                || self.raft.metrics().borrow_watched().running_state.is_err()
+            {
+                return Err(Error::ShutDown);
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(Error::Timeout {
+                    waited: timeout,
+                    reason: match st.leader {
+                        None => "no leader elected".into(),
+                        Some(l) => format!("leader {l} not confirmed"),
+                    },
+                });
+            }
+            // confirmation arrives with heartbeats, which need not change
+            // the metrics: re-check at least every 20 ms
+            self.wait_change((deadline - now).min(Duration::from_millis(20)))
+                .await;
         }
     }
 
@@ -513,39 +519,42 @@ impl RaftHandle {
             }
             (applied < committed).then(|| p.1.elapsed())
         };
+        // Is the leader this node names alive, as far as it can tell?
+        let unconfirmed = match state {
+            // the only voter is its own quorum: openraft refreshes the
+            // quorum acknowledgement only when followers answer, so a
+            // single node's would look stale after two election timeouts
+            RaftState::Leader if members == [self.id] => None,
+            RaftState::Leader => match m.last_quorum_acked.as_ref().map(|t| {
+                use openraft::Instant as _;
+                t.elapsed()
+            }) {
+                None => Some(format!(
+                    "leader of term {term}, not yet acknowledged by a quorum"
+                )),
+                Some(t) if t > self.contact_window => Some(format!(
+                    "leader of term {term}, no quorum acknowledgement for {t:?}"
+                )),
+                Some(_) => None,
+            },
+            RaftState::Follower | RaftState::Learner => match heard {
+                None => Some(format!("has not heard from a leader in term {term}")),
+                Some(h) if h.at.elapsed() > self.contact_window => Some(format!(
+                    "no word from leader {} for {:?}",
+                    h.leader,
+                    h.at.elapsed()
+                )),
+                Some(_) => None,
+            },
+            other => Some(format!("{other:?}")),
+        };
+        let leader_confirmed = m.running_state.is_ok() && unconfirmed.is_none();
         let not_ready = if let Err(e) = &m.running_state {
             Some(format!("raft stopped: {e}"))
         } else if !members.contains(&self.id) {
             Some("not a voting member".to_string())
         } else {
-            match state {
-                // the only voter is its own quorum: openraft refreshes the
-                // quorum acknowledgement only when followers answer, so a
-                // single node's would look stale after two election timeouts
-                RaftState::Leader if members.len() == 1 => None,
-                RaftState::Leader => match m.last_quorum_acked.as_ref().map(|t| {
-                    use openraft::Instant as _;
-                    t.elapsed()
-                }) {
-                    None => Some(format!(
-                        "leader of term {term}, not yet acknowledged by a quorum"
-                    )),
-                    Some(t) if t > self.contact_window => Some(format!(
-                        "leader of term {term}, no quorum acknowledgement for {t:?}"
-                    )),
-                    Some(_) => None,
-                },
-                RaftState::Follower => match heard {
-                    None => Some(format!("has not heard from a leader in term {term}")),
-                    Some(h) if h.at.elapsed() > self.contact_window => Some(format!(
-                        "no word from leader {} for {:?}",
-                        h.leader,
-                        h.at.elapsed()
-                    )),
-                    Some(_) => None,
-                },
-                other => Some(format!("{other:?}")),
-            }
+            unconfirmed
         }
         .or_else(|| {
             let (a, c) = (applied.unwrap_or(0), leader_commit.unwrap_or(0));
@@ -564,6 +573,7 @@ impl RaftHandle {
             state,
             term: m.current_term,
             leader: m.current_leader,
+            leader_confirmed,
             members,
             learners,
             last_log_index: last_log,

@@ -60,6 +60,9 @@ pub(crate) struct Status {
     pub(crate) state: RaftState,
     pub(crate) term: u64,
     pub(crate) leader: Option<u64>,
+    /// The leader is this node, acknowledged by a quorum lately, or one
+    /// this node heard from in the current term lately.
+    pub(crate) leader_confirmed: bool,
     pub(crate) members: Vec<u64>,
     pub(crate) learners: Vec<u64>,
     pub(crate) last_log_index: Option<u64>,

@@ -25,6 +25,7 @@
 //!
 //! - `gate` → `ok`: publishes a test-only event whose handler waits while
 //!   the file given with `--gate PATH` exists
+//! - `wait-leader` → `ok <id>`: `Node::wait_for_leader`
 //! - `seen` → `ok <n>`: `OrderPlaced` events handled in this process
 //! - `snapshot` → `ok`: asks for a snapshot now (see `snapshot=` in `status`)
 //!
@@ -251,6 +252,13 @@ async fn answer(node: &Node, first_ready: &FirstReady, line: &str) -> Result<Str
         Some("gate") => {
             node.publish(Gate {}).await.map_err(e)?;
             Ok("ok".into())
+        }
+        Some("wait-leader") => {
+            let l = node
+                .wait_for_leader(Duration::from_secs(10))
+                .await
+                .map_err(e)?;
+            Ok(format!("ok {l}"))
         }
         Some("seen") => Ok(format!(
             "ok {}",
