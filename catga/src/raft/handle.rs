@@ -16,13 +16,13 @@ use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::Instant;
 
-use super::contact::LeaderContact;
 use super::events::{DeliverySettings, EventLog, event_loop};
 use super::forward::Forwarder;
 use super::log_store::LogStore;
 use super::network::Network;
 use super::service::RaftService;
 use super::state_machine::SmStore;
+use super::status::Readiness;
 use super::wire::{Redirect, Rpc, decode, encode};
 use super::{Raft, RaftState, Status, leader};
 use crate::error::{Error, Result};
@@ -66,17 +66,8 @@ pub(crate) struct RaftHandle {
     stop_events: watch::Sender<bool>,
     faults: Faults,
     local_addr: SocketAddr,
-    contact: Arc<LeaderContact>,
-    ready_max_lag: u64,
-    /// How long a leader's silence is tolerated before `ready` turns false.
-    contact_window: Duration,
-    /// The applied index last seen by `status`, and since when.
-    apply_progress: Mutex<(Option<u64>, Instant)>,
+    readiness: Readiness,
 }
-
-/// Apply that has not moved for this long while committed entries wait is
-/// reported as stuck.
-const APPLY_STUCK_AFTER: Duration = Duration::from_secs(5);
 
 impl RaftHandle {
     pub(crate) async fn start(s: RaftSettings) -> Result<RaftHandle> {
@@ -172,10 +163,11 @@ impl RaftHandle {
             stop_events: stop_tx,
             faults,
             local_addr,
-            contact: service.contact.clone(),
-            ready_max_lag: s.ready_max_lag,
-            contact_window: Duration::from_millis(s.election_max_ms.saturating_mul(2)),
-            apply_progress: Mutex::new((None, Instant::now())),
+            readiness: Readiness::new(
+                service.contact.clone(),
+                s.ready_max_lag,
+                Duration::from_millis(s.election_max_ms.saturating_mul(2)),
+            ),
         };
 
         // Bootstrap: the smallest id of the initial members initializes the
@@ -471,121 +463,11 @@ impl RaftHandle {
             .map_err(|e| Error::Raft(e.to_string()))
     }
 
-    /// This node's view of the cluster, read from openraft's metrics.
+    /// This node's view of the cluster, read from openraft's metrics (see
+    /// `raft/status.rs` for what `ready` means).
     pub(crate) fn status(&self) -> Status {
-        let m = self.raft.metrics();
-        let m = m.borrow_watched();
-        let state = RaftState::from(m.state);
-        let membership = m.membership_config.membership();
-        let members: Vec<u64> = membership.voter_ids().collect();
-        let learners: Vec<u64> = membership.learner_ids().collect();
-        let last_log = m.last_log_index;
-        let applied = m.last_applied.map(|l| l.index);
-        let replication_lag = m
-            .replication
-            .as_ref()
-            .map(|r| {
-                r.iter()
-                    .filter(|(id, _)| **id != self.id)
-                    .map(|(id, matched)| {
-                        let matched = matched.map(|l| l.index + 1).unwrap_or(0);
-                        (
-                            *id,
-                            last_log.map(|l| l + 1).unwrap_or(0).saturating_sub(matched),
-                        )
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        let committed = m.local_committed.map(|l| l.index);
-        let term = m.current_term;
-        let events = self.sm.shared.events.status();
-
-        // The leader's commit index: our own when we lead; otherwise what
-        // the leader we follow sent in this term (nothing after a restart
-        // until a leader has spoken to this process).
-        let heard = self
-            .contact
-            .last()
-            .filter(|h| h.term == term && Some(h.leader) == m.current_leader);
-        let leader_commit = match state {
-            RaftState::Leader => committed,
-            _ => heard.and_then(|h| h.commit),
-        };
-        let applied_stuck_for = {
-            let mut p = self.apply_progress.lock();
-            if p.0 != applied {
-                *p = (applied, Instant::now());
-            }
-            (applied < committed).then(|| p.1.elapsed())
-        };
-        // Is the leader this node names alive, as far as it can tell?
-        let unconfirmed = match state {
-            // the only voter is its own quorum: openraft refreshes the
-            // quorum acknowledgement only when followers answer, so a
-            // single node's would look stale after two election timeouts
-            RaftState::Leader if members == [self.id] => None,
-            RaftState::Leader => match m.last_quorum_acked.as_ref().map(|t| {
-                use openraft::Instant as _;
-                t.elapsed()
-            }) {
-                None => Some(format!(
-                    "leader of term {term}, not yet acknowledged by a quorum"
-                )),
-                Some(t) if t > self.contact_window => Some(format!(
-                    "leader of term {term}, no quorum acknowledgement for {t:?}"
-                )),
-                Some(_) => None,
-            },
-            RaftState::Follower | RaftState::Learner => match heard {
-                None => Some(format!("has not heard from a leader in term {term}")),
-                Some(h) if h.at.elapsed() > self.contact_window => Some(format!(
-                    "no word from leader {} for {:?}",
-                    h.leader,
-                    h.at.elapsed()
-                )),
-                Some(_) => None,
-            },
-            other => Some(format!("{other:?}")),
-        };
-        let leader_confirmed = m.running_state.is_ok() && unconfirmed.is_none();
-        let not_ready = if let Err(e) = &m.running_state {
-            Some(format!("raft stopped: {e}"))
-        } else if !members.contains(&self.id) {
-            Some("not a voting member".to_string())
-        } else {
-            unconfirmed
-        }
-        .or_else(|| {
-            let (a, c) = (applied.unwrap_or(0), leader_commit.unwrap_or(0));
-            (a.saturating_add(self.ready_max_lag) < c)
-                .then(|| format!("{} entries behind the leader's commit index {c}", c - a))
-        })
-        .or_else(|| {
-            applied_stuck_for
-                .filter(|t| *t > APPLY_STUCK_AFTER)
-                .map(|t| format!("apply has not moved for {t:?} at index {applied:?}"))
-        })
-        .or_else(|| events.stuck.clone());
-        let ready = not_ready.is_none();
-        Status {
-            node_id: self.id,
-            state,
-            term: m.current_term,
-            leader: m.current_leader,
-            leader_confirmed,
-            members,
-            learners,
-            last_log_index: last_log,
-            applied_index: applied,
-            snapshot_index: m.snapshot.map(|l| l.index),
-            replication_lag,
-            leader_commit,
-            events_delivered: events.delivered,
-            event_lag: events.pending,
-            ready,
-            not_ready,
-        }
+        self.readiness
+            .status(self.id, &self.raft, &self.sm.shared.events)
     }
 
     /// Stops every task this node started.

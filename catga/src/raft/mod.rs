@@ -4,9 +4,10 @@
 //! [`Status`] and plain values.
 //!
 //! Inside, the arrows run: `handle` (the client side) → `forward`,
-//! `leader`, `network`, `service` → `wire`; `service` → `leader`; the
-//! storage pair `log_store` → `wal` and `state_machine` → `events` know
-//! nothing of the network.
+//! `leader`, `network`, `service` → `wire`; `service` → `leader`,
+//! `contact`; `status` (readiness) → `contact`, `events`; the storage pair
+//! `log_store` → `wal` and `state_machine` → `events` know nothing of the
+//! network. `quiet` is openraft's runtime (rate-limited logs).
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -25,6 +26,7 @@ mod proptests;
 mod quiet;
 mod service;
 mod state_machine;
+mod status;
 mod wal;
 pub(crate) mod wire;
 
