@@ -127,7 +127,7 @@ impl Subscriber for Quiet {
                 Some(held) => {
                     let site = format!(
                         "{}:{}",
-                        meta.file().unwrap_or("?"),
+                        meta.module_path().unwrap_or(meta.target()),
                         meta.line().unwrap_or(0)
                     );
                     let _ = self.notes.send((site, held));
