@@ -404,7 +404,7 @@ impl RaftHandle {
         self.wait_change(max).await
     }
 
-    /// Waits until some node is leader and this node knows it.
+    /// Waits until this node knows a confirmed leader (see `Status::leader_confirmed`).
     pub(crate) async fn wait_leader(&self, timeout: Duration) -> Result<u64> {
         let deadline = Instant::now() + timeout;
         loop {
