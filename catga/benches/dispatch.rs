@@ -111,6 +111,7 @@ fn env(payload: Vec<u8>, seq: u64) -> Envelope {
         seq,
         ack_below: seq,
         time_ms: 1,
+        key: None,
     }
 }
 

@@ -7,6 +7,10 @@
 //! has been silent for `ttl_ms` of *log time* (the proposers' timestamps,
 //! never this node's clock) is forgotten; the decision depends only on the
 //! log, so it is the same on every replica.
+//!
+//! Requests may also carry an idempotency key chosen by the caller
+//! (`Node::send_keyed`): the first outcome per key is kept for `ttl_ms` of
+//! log time after it was applied, whichever process or node sends it again.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -22,6 +26,13 @@ pub(crate) const MAX_CACHED_PER_CLIENT: usize = 1 << 16;
 /// Default: forget a client after a day of log time without requests (a
 /// leader whose clock jumps further ahead than this expires every client).
 pub(crate) const DEFAULT_CLIENT_TTL_MS: u64 = 24 * 60 * 60 * 1000;
+
+/// The first outcome of a keyed request, and when (log time) it was applied.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+struct KeyRecord {
+    at: u64,
+    outcome: Outcome,
+}
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 struct ClientRecord {
@@ -48,6 +59,11 @@ pub(crate) struct Dedup {
     ttl_ms: u64,
     #[serde(skip)]
     by_time: BTreeSet<(u64, u64)>,
+    /// Idempotency keys chosen by callers (absent in older snapshots).
+    #[serde(default)]
+    keys: BTreeMap<String, KeyRecord>,
+    #[serde(skip)]
+    keys_by_time: BTreeSet<(u64, String)>,
 }
 
 impl Default for Dedup {
@@ -63,6 +79,8 @@ impl Dedup {
             clock: 0,
             ttl_ms,
             by_time: BTreeSet::new(),
+            keys: BTreeMap::new(),
+            keys_by_time: BTreeSet::new(),
         }
     }
 
@@ -73,6 +91,30 @@ impl Dedup {
             .iter()
             .map(|(id, r)| (r.last_seen, *id))
             .collect();
+        self.keys_by_time = self.keys.iter().map(|(k, r)| (r.at, k.clone())).collect();
+    }
+
+    /// Number of idempotency keys remembered.
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub(crate) fn keys(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// The first outcome of the request with idempotency `key`, if one was
+    /// applied within the ttl. Call after [`Dedup::check`] (which advances
+    /// the log clock and expires old keys).
+    pub(crate) fn keyed(&self, key: &str) -> Option<Outcome> {
+        self.keys.get(key).map(|r| r.outcome.clone())
+    }
+
+    /// Records the outcome of the first request with idempotency `key`.
+    pub(crate) fn record_key(&mut self, key: &str, time_ms: u64, outcome: Outcome) {
+        if self.keys.contains_key(key) {
+            return;
+        }
+        let at = time_ms.max(self.clock);
+        self.keys.insert(key.to_string(), KeyRecord { at, outcome });
+        self.keys_by_time.insert((at, key.to_string()));
     }
 
     /// Number of clients remembered.
@@ -129,6 +171,14 @@ impl Dedup {
             self.by_time.pop_first();
             self.clients.remove(&id);
         }
+        while let Some((t, _)) = self.keys_by_time.first() {
+            if *t >= horizon {
+                break;
+            }
+            if let Some((_, key)) = self.keys_by_time.pop_first() {
+                self.keys.remove(&key);
+            }
+        }
     }
 }
 
@@ -170,6 +220,27 @@ mod tests {
         let mut e: Dedup = rmp_serde::from_slice(&bytes).unwrap();
         e.reindex();
         assert_eq!(e, d);
+    }
+
+    #[test]
+    fn keys_keep_the_first_outcome_until_they_expire_by_log_time() {
+        let mut d = Dedup::new(100);
+        assert_eq!(d.check(1, 1, 1, 10), Check::Apply);
+        assert_eq!(d.keyed("order-7"), None);
+        d.record_key("order-7", 10, Ok(vec![1]));
+        d.record_key("order-7", 11, Ok(vec![2]));
+        // another client (a new process) sends the same key
+        assert_eq!(d.check(2, 1, 1, 50), Check::Apply);
+        assert_eq!(d.keyed("order-7"), Some(Ok(vec![1])));
+        // survives a snapshot
+        let bytes = rmp_serde::to_vec_named(&d).unwrap();
+        let mut e: Dedup = rmp_serde::from_slice(&bytes).unwrap();
+        e.reindex();
+        assert_eq!(e, d);
+        // forgotten once the log clock passes the ttl
+        assert_eq!(e.check(2, 2, 1, 200), Check::Apply);
+        assert_eq!(e.keyed("order-7"), None);
+        assert_eq!(e.keys(), 0);
     }
 
     #[test]

@@ -121,7 +121,52 @@ pub enum Error {
     Membership(String),
 }
 
+/// Whether a command that failed with an [`Error`] was applied: see
+/// [`Error::outcome`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Outcome {
+    /// The command was definitely not applied and never will be from this
+    /// call: nothing reached the log, or the log entry changed nothing.
+    /// Sending it again is a new command.
+    NotApplied,
+    /// The command may have been applied, or may still be (once): the call
+    /// gave up without an answer, or it was applied and the error came
+    /// after. Retrying with [`Node::send`](crate::Node::send) may apply it
+    /// twice; retry with [`Node::send_keyed`](crate::Node::send_keyed)
+    /// and the same key instead, or read the state to find out.
+    Unknown,
+}
+
 impl Error {
+    /// Whether the command of the call that returned this error was applied.
+    ///
+    /// | error | outcome |
+    /// |---|---|
+    /// | `Registry`, `WrongKind`, `UnknownState`, `Config`, `Snapshot`, `Overloaded`, `Membership` (refused by the leader) | `NotApplied` |
+    /// | `Apply(UnknownMessage)` (no handler on the replicas) | `NotApplied` |
+    /// | `Timeout`, `ShutDown`, `Io`, `Raft` (no answer: it may be in the log) | `Unknown` |
+    /// | `Apply(Panicked)` (its changes before the panic stay), `Apply(Stale)` (an earlier send of it may have applied), `Apply(Decode / Encode)` | `Unknown` |
+    ///
+    /// For a query or a publish the same table holds (a query changes
+    /// nothing either way).
+    pub fn outcome(&self) -> Outcome {
+        match self {
+            Error::Registry(_)
+            | Error::WrongKind { .. }
+            | Error::UnknownState(_)
+            | Error::Config { .. }
+            | Error::Snapshot(_)
+            | Error::Overloaded
+            | Error::Membership(_)
+            | Error::Apply(ApplyError::UnknownMessage { .. }) => Outcome::NotApplied,
+            Error::Timeout { .. }
+            | Error::ShutDown
+            | Error::Io { .. }
+            | Error::Raft(_)
+            | Error::Apply(_) => Outcome::Unknown,
+        }
+    }
+
     /// An [`Error::Io`] with what was being done.
     pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Error {
         Error::Io {

@@ -44,7 +44,7 @@ mod transport;
 pub mod __private;
 
 pub use context::{CommandContext, EventContext};
-pub use error::{ApplyError, Error, Result};
+pub use error::{ApplyError, Error, Outcome, Result};
 pub use message::{Command, Consistency, Event, Handled, Message, MessageKind, Query};
 pub use node::{ClusterBuilder, Health, Node, Role, cluster};
 pub use state::State;

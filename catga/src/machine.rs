@@ -41,6 +41,11 @@ pub struct Envelope {
     pub ack_below: u64,
     /// Milliseconds since the Unix epoch, chosen by the proposer.
     pub time_ms: u64,
+    /// An idempotency key chosen by the caller (`Node::send_keyed`): the
+    /// first outcome per key is returned to every later request with it.
+    /// Absent from the encoding when `None` (older nodes read it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
 }
 
 /// The outcome of applying one entry.
@@ -119,9 +124,21 @@ impl Machine {
             }
             Check::Apply => {}
         }
+        if let Some(response) = env.key.as_deref().and_then(|k| self.dedup.keyed(k)) {
+            // a retry under the same key, from any client: the first outcome
+            self.dedup.record(env.client, env.seq, response.clone());
+            return Applied {
+                response,
+                events: Vec::new(),
+            };
+        }
         let applied = self.apply_fresh(index, env);
         self.dedup
             .record(env.client, env.seq, applied.response.clone());
+        if let Some(k) = &env.key {
+            self.dedup
+                .record_key(k, env.time_ms, applied.response.clone());
+        }
         applied
     }
 

@@ -145,6 +145,7 @@ impl TestApp {
             seq,
             ack_below: seq,
             time_ms: self.time_ms,
+            key: None,
         };
         self.apply(env).await
     }

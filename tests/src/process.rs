@@ -56,6 +56,10 @@ pub struct Spec {
     pub binary: Option<PathBuf>,
     /// The election timeout range in ms (the binary's default: 300..600).
     pub election_ms: Option<(u64, u64)>,
+    /// More flags for the node binary (e.g. `--event-deadline-ms 200`).
+    pub args: Vec<String>,
+    /// Write the node's stderr (its logs) to this file instead of the test's.
+    pub stderr: Option<PathBuf>,
 }
 
 impl Spec {
@@ -76,6 +80,8 @@ impl Spec {
             snapshot_every: 10_000,
             binary: None,
             election_ms: None,
+            args: Vec::new(),
+            stderr: None,
         }
     }
 }
@@ -101,9 +107,21 @@ impl Proc {
         if let Some((lo, hi)) = spec.election_ms {
             cmd.arg("--election-ms").arg(format!("{lo}:{hi}"));
         }
+        cmd.args(&spec.args);
+        let stderr = match &spec.stderr {
+            Some(path) => {
+                let f = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                    .map_err(|e| format!("{}: {e}", path.display()))?;
+                Stdio::from(f)
+            }
+            None => Stdio::inherit(),
+        };
         cmd.stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .kill_on_drop(true);
         let mut child = cmd.spawn().map_err(|e| format!("spawn: {e}"))?;
         let stdin = child.stdin.take().ok_or("no stdin")?;
@@ -227,6 +245,32 @@ impl Proc {
         }
     }
 
+    /// Polls `status` until `pred` holds on its `key=value` fields, or
+    /// `timeout` passes; returns the last answer.
+    pub async fn wait_status(
+        &self,
+        timeout: Duration,
+        pred: impl Fn(&Status) -> bool,
+    ) -> Result<Status, String> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut last = String::new();
+        while tokio::time::Instant::now() < deadline {
+            if let Ok(s) = self.ok("status").await {
+                let st = Status(s.clone());
+                if pred(&st) {
+                    return Ok(st);
+                }
+                last = s;
+            }
+            // polling a child process: there is no event to wait on
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Err(format!(
+            "node {}: status never matched (last: {last})",
+            self.id
+        ))
+    }
+
     /// Polls `health` until `pred` holds on its fields
     /// (`role term leader applied ready`), or `timeout` passes.
     pub async fn wait_health(
@@ -251,5 +295,30 @@ impl Proc {
             "node {}: health never matched (last: {last})",
             self.id
         ))
+    }
+}
+
+/// The answer to `status`: `key=value` fields, `not_ready` last.
+#[derive(Debug, Clone)]
+pub struct Status(pub String);
+
+impl Status {
+    /// The value of `key` (`not_ready` runs to the end of the line).
+    pub fn get(&self, key: &str) -> &str {
+        let pat = format!("{key}=");
+        let Some(i) = self.0.find(&pat) else {
+            return "";
+        };
+        let rest = &self.0[i + pat.len()..];
+        if key == "not_ready" {
+            rest
+        } else {
+            rest.split_whitespace().next().unwrap_or("")
+        }
+    }
+
+    /// The value of `key` as a number (0 if absent or `none`).
+    pub fn num(&self, key: &str) -> u64 {
+        self.get(key).parse().unwrap_or(0)
     }
 }

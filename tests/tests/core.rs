@@ -104,6 +104,7 @@ fn envelope(name: &str, payload: Vec<u8>, seq: u64, ack_below: u64) -> Envelope 
         seq,
         ack_below,
         time_ms: 1,
+        key: None,
     }
 }
 

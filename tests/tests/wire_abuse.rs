@@ -357,6 +357,7 @@ fn benign_rpc(rng: &mut StdRng) -> Vec<u8> {
         seq: rng.random_range(0..4),
         ack_below: 0,
         time_ms: now_ms(),
+        key: None,
     };
     match rng.random_range(0..8) {
         0 => body(&Rpc::Append(AppendEntriesRequest {
@@ -588,6 +589,7 @@ fn restock_env(sku: &str, qty: u32, client: u64, seq: u64) -> Envelope {
         seq,
         ack_below: seq,
         time_ms: now_ms(),
+        key: None,
     }
 }
 

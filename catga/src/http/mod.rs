@@ -23,7 +23,11 @@
 //! | a body over [`MAX_BODY`] | 413 | `{"error": ...}` |
 //! | no leader within the request timeout (nothing was applied) | 503 + `Retry-After` | `{"error": ...}` |
 //! | overloaded, or the node is shutting down | 503 + `Retry-After` | `{"error": ...}` |
-//! | timeout with an unknown outcome (the command may still apply, once) | 504 | `{"error": ..., "outcome": "unknown"}` |
+//! | timeout with an unknown outcome (the command may still apply, once) | 504 | `{"error": ..., "outcome": "unknown..."}` |
+//!
+//! A command sent with an `Idempotency-Key` header is applied once whatever
+//! node its retries reach, and every retry gets the first attempt's answer
+//! ([`Node::send_keyed`]).
 //! | anything else (a handler panicked, a version mismatch) | 500 | `{"error": ...}` |
 //!
 //! Every response carries `x-catga-node` (the id of the node that answered).
@@ -108,7 +112,12 @@ where
                     Ok(m) => m,
                     Err(r) => return r,
                 };
-                match h.node.send(msg).await {
+                let sent = match idempotency_key(&headers) {
+                    Ok(Some(key)) => h.node.send_keyed(key, msg).await,
+                    Ok(None) => h.node.send(msg).await,
+                    Err(r) => return r,
+                };
+                match sent {
                     Ok(out) => output::<M>(&out),
                     Err(e) => error_response(&e, true),
                 }
@@ -189,6 +198,21 @@ fn span<M: Handled>(h: &Http, kind: &'static str) -> tracing::Span {
         node = health.node_id,
         forwarded = kind == "command" && health.role != Role::Leader,
     )
+}
+
+/// The `Idempotency-Key` header, if any: a retry with the same key, on any
+/// node, gets the first attempt's answer and the command applies once.
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Response> {
+    let Some(v) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    match v.to_str() {
+        Ok(k) if !k.is_empty() && k.len() <= 256 => Ok(Some(k.to_string())),
+        _ => Err(problem(
+            StatusCode::BAD_REQUEST,
+            "Idempotency-Key must be 1 to 256 visible ASCII characters".into(),
+        )),
+    }
 }
 
 /// Reads a JSON body of at most [`MAX_BODY`] bytes and decodes it as `M`.
@@ -276,15 +300,38 @@ fn retry_later(error: String) -> Response {
     r
 }
 
-/// The one mapping from catga's errors to status codes.
+/// The one mapping from catga's errors to status codes. For a command whose
+/// outcome is unknown the body says so (`"outcome": "unknown"`): retry with
+/// the same `Idempotency-Key` to apply it once.
 fn error_response(e: &Error, is_command: bool) -> Response {
+    let mut r = status_of(e, is_command);
+    if is_command
+        && e.outcome() == crate::error::Outcome::Unknown
+        && r.status() != StatusCode::GATEWAY_TIMEOUT
+    {
+        r = (
+            r.status(),
+            r.headers().clone(),
+            Json(Problem {
+                error: e.to_string(),
+                outcome: Some("unknown: the command may have been applied; retry with the same Idempotency-Key"),
+            }),
+        )
+            .into_response();
+    }
+    r
+}
+
+fn status_of(e: &Error, is_command: bool) -> Response {
     match e {
         Error::Timeout { reason, .. } if reason == "no leader known" => retry_later(e.to_string()),
         Error::Timeout { .. } if is_command => (
             StatusCode::GATEWAY_TIMEOUT,
             Json(Problem {
                 error: e.to_string(),
-                outcome: Some("unknown: the command may still be applied, once"),
+                outcome: Some(
+                    "unknown: the command may still be applied, once; retry with the same Idempotency-Key",
+                ),
             }),
         )
             .into_response(),

@@ -34,6 +34,9 @@ pub struct ClusterBuilder {
     secret: Option<String>,
     max_frame_bytes: usize,
     max_in_flight: usize,
+    event_deadline: Option<Duration>,
+    slow_event_handler: Duration,
+    ready_max_lag: u64,
 }
 
 impl Default for ClusterBuilder {
@@ -54,6 +57,9 @@ impl Default for ClusterBuilder {
             secret: None,
             max_frame_bytes: 64 << 20,
             max_in_flight: 16_384,
+            event_deadline: None,
+            slow_event_handler: Duration::from_secs(5),
+            ready_max_lag: 100,
         }
     }
 }
@@ -168,6 +174,32 @@ impl ClusterBuilder {
         self
     }
 
+    /// A deadline for each call of an event handler (default: none). A
+    /// handler still running at its deadline is abandoned with a WARN and
+    /// delivery moves on: its future is dropped, which cancels it at its
+    /// next `.await`. Work it handed to other tasks or threads, or a handler
+    /// that blocks its thread without awaiting, is not stopped by this.
+    pub fn event_handler_timeout(mut self, d: Duration) -> Self {
+        self.event_deadline = Some(d);
+        self
+    }
+
+    /// An event handler running longer than this is reported: a WARN naming
+    /// it (repeated at doubling intervals while it runs), and
+    /// [`Health::ready`](crate::Health) is false meanwhile (default 5 s).
+    /// Writes never wait for event handlers.
+    pub fn slow_event_handler(mut self, d: Duration) -> Self {
+        self.slow_event_handler = d;
+        self
+    }
+
+    /// How many entries this node may be behind its leader's commit index
+    /// and still be [`Health::ready`](crate::Health) (default 100).
+    pub fn ready_max_lag(mut self, entries: u64) -> Self {
+        self.ready_max_lag = entries;
+        self
+    }
+
     fn validate(self) -> Result<(RaftSettings, Duration)> {
         let bad = |setting: &'static str, reason: String| Error::Config { setting, reason };
         let node_id = self
@@ -246,6 +278,15 @@ impl ClusterBuilder {
                 ),
             ));
         }
+        if self
+            .event_deadline
+            .is_some_and(|d| d < Duration::from_millis(1))
+        {
+            return Err(bad("event_handler_timeout", "must be at least 1 ms".into()));
+        }
+        if self.slow_event_handler < Duration::from_millis(1) {
+            return Err(bad("slow_event_handler", "must be at least 1 ms".into()));
+        }
         if self.max_frame_bytes < 64 << 10 {
             return Err(bad("max_frame_bytes", "must be at least 64 KiB".into()));
         }
@@ -277,7 +318,11 @@ impl ClusterBuilder {
                 keep_logs: self.keep_logs,
                 secret,
                 max_frame_bytes: self.max_frame_bytes,
-                event_queue: 1024,
+                events: crate::raft::DeliverySettings {
+                    deadline: self.event_deadline,
+                    slow_after: self.slow_event_handler,
+                },
+                ready_max_lag: self.ready_max_lag,
             },
             self.request_timeout,
         ))
@@ -321,6 +366,9 @@ impl std::fmt::Debug for ClusterBuilder {
             .field("secret", &self.secret.as_ref().map(|_| "<redacted>"))
             .field("max_frame_bytes", &self.max_frame_bytes)
             .field("max_in_flight", &self.max_in_flight)
+            .field("event_handler_timeout", &self.event_deadline)
+            .field("slow_event_handler", &self.slow_event_handler)
+            .field("ready_max_lag", &self.ready_max_lag)
             .finish()
     }
 }

@@ -42,8 +42,24 @@ pub struct Health {
     pub snapshot_index: Option<u64>,
     /// On the leader: for each other member, how many entries it is behind.
     pub replication_lag: BTreeMap<u64, u64>,
-    /// Running, a leader known, and everything committed here is applied.
+    /// The commit index of the leader this node follows (its own on the
+    /// leader), as last heard from it in the current term; `None` until a
+    /// leader has spoken to this process. Wait until `applied_index`
+    /// reaches it to know this node has caught up.
+    pub leader_commit_index: Option<u64>,
+    /// The highest log index whose events ran on this node's event handlers.
+    pub events_delivered_index: u64,
+    /// Applied entries whose events still wait for this node's handlers.
+    pub event_lag: u64,
+    /// Ready to serve: a voting member; a leader acknowledged by a quorum,
+    /// or a follower that heard from the leader of the current term within
+    /// two election timeouts; applied within
+    /// [`ready_max_lag`](crate::ClusterBuilder::ready_max_lag) of the
+    /// leader's commit index; apply not stuck; no event handler past
+    /// [`slow_event_handler`](crate::ClusterBuilder::slow_event_handler).
     pub ready: bool,
+    /// Why `ready` is false (`None` when ready).
+    pub not_ready: Option<String>,
 }
 
 impl From<Status> for Health {
@@ -65,7 +81,11 @@ impl From<Status> for Health {
             applied_index: s.applied_index,
             snapshot_index: s.snapshot_index,
             replication_lag: s.replication_lag,
+            leader_commit_index: s.leader_commit,
+            events_delivered_index: s.events_delivered,
+            event_lag: s.event_lag,
             ready: s.ready,
+            not_ready: s.not_ready,
         }
     }
 }

@@ -20,6 +20,9 @@ use crate::machine::{Applied, EntryKind, Envelope};
 use crate::message::{Consistency, Event, Handled, Route};
 use crate::raft::RaftHandle;
 
+/// The longest idempotency key [`Node::send_keyed`] takes, in bytes.
+const MAX_KEY_BYTES: usize = 1024;
+
 struct NodeInner {
     raft: RaftHandle,
     client_id: u64,
@@ -109,11 +112,58 @@ impl Node {
         match M::ROUTE {
             Route::Command { decode } => {
                 let payload = crate::codec::encode_user(M::NAME, &msg)?;
-                let applied = self.submit(EntryKind::Command, M::NAME, payload).await?;
+                let applied = self
+                    .submit(EntryKind::Command, M::NAME, payload, None)
+                    .await?;
                 Ok(decode(&applied.response?)?)
             }
             Route::Query { consistency, .. } => self.query(msg, consistency).await,
             Route::StatelessQuery { run } => Ok(run(msg).await),
+        }
+    }
+
+    /// Sends a command with an idempotency key chosen by the caller: the
+    /// command is applied at most once per key, and every later send with
+    /// the same key, from any process and through any node, returns the
+    /// first outcome (the handler's result, or its error) without applying
+    /// it again. Use it to retry after an error whose
+    /// [`outcome`](Error::outcome) is [`Outcome::Unknown`](crate::Outcome),
+    /// even from a new process.
+    ///
+    /// Keys live in the replicated dedup table (and in snapshots) for 24 h
+    /// of log time after the first one was applied; a retry after that is
+    /// a new command. A key is 1 to 1,024 bytes; a different command sent
+    /// under a used key gets the first command's outcome (decoded as this
+    /// command's output, which may fail with [`Error::Apply`]). Every node
+    /// must run a version that knows keys (an older node ignores them).
+    /// See "What exactly-once covers" in the README.
+    pub async fn send_keyed<M: Handled>(
+        &self,
+        key: impl Into<String>,
+        msg: M,
+    ) -> Result<M::Output> {
+        let key = key.into();
+        if key.is_empty() || key.len() > MAX_KEY_BYTES {
+            return Err(Error::Config {
+                setting: "send_keyed",
+                reason: format!(
+                    "an idempotency key is 1 to {MAX_KEY_BYTES} bytes (this one has {})",
+                    key.len()
+                ),
+            });
+        }
+        match M::ROUTE {
+            Route::Command { decode } => {
+                let payload = crate::codec::encode_user(M::NAME, &msg)?;
+                let applied = self
+                    .submit(EntryKind::Command, M::NAME, payload, Some(key))
+                    .await?;
+                Ok(decode(&applied.response?)?)
+            }
+            Route::Query { .. } | Route::StatelessQuery { .. } => Err(Error::WrongKind {
+                name: M::NAME,
+                advice: "is a query: queries change nothing, send it with `send` (no key needed)",
+            }),
         }
     }
 
@@ -144,13 +194,19 @@ impl Node {
     /// handlers of every node (at least once).
     pub async fn publish<E: Event>(&self, event: E) -> Result<()> {
         let payload = crate::codec::encode_user(E::NAME, &event)?;
-        self.submit(EntryKind::Event, E::NAME, payload)
+        self.submit(EntryKind::Event, E::NAME, payload, None)
             .await?
             .response?;
         Ok(())
     }
 
-    async fn submit(&self, kind: EntryKind, name: &str, payload: Vec<u8>) -> Result<Applied> {
+    async fn submit(
+        &self,
+        kind: EntryKind,
+        name: &str,
+        payload: Vec<u8>,
+        key: Option<String>,
+    ) -> Result<Applied> {
         let inner = &self.inner;
         let _slot = match tokio::time::timeout(inner.request_timeout, inner.slots.acquire()).await {
             Ok(Ok(permit)) => permit,
@@ -180,6 +236,7 @@ impl Node {
             ack_below,
             // stamped by the leader when it proposes the entry
             time_ms: 0,
+            key,
         };
         inner.raft.write(env, inner.request_timeout).await
     }
@@ -215,9 +272,41 @@ impl Node {
             .await
     }
 
-    /// Waits until a leader is known to this node; returns its id.
+    /// Waits until this node knows a live leader of the current term (itself
+    /// acknowledged by a quorum, or one it heard from in this term); returns
+    /// its id. A restarted node does not name a leader it only remembers.
     pub async fn wait_for_leader(&self, timeout: Duration) -> Result<u64> {
         self.inner.raft.wait_leader(timeout).await
+    }
+
+    /// Waits until this node is [`Health::ready`] (a member that heard from
+    /// a live leader in this term and has caught up with its commit index);
+    /// returns the health at that moment.
+    pub async fn wait_ready(&self, timeout: Duration) -> Result<Health> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let h = self.health();
+            if h.ready {
+                return Ok(h);
+            }
+            if h.role == Role::Shutdown {
+                return Err(Error::ShutDown);
+            }
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                return Err(Error::Timeout {
+                    waited: timeout,
+                    reason: format!(
+                        "not ready: {}",
+                        h.not_ready.unwrap_or_else(|| "unknown".into())
+                    ),
+                });
+            }
+            // readiness also changes with time (a silent leader): re-check
+            // at least every 50 ms
+            let wait = (deadline - now).min(Duration::from_millis(50));
+            self.inner.raft.changed(wait).await;
+        }
     }
 
     /// Waits until this node's view of the cluster (role, term, leader,

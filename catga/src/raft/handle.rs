@@ -12,17 +12,18 @@ use openraft::async_runtime::WatchReceiver;
 use openraft::{BasicNode, Config, SnapshotPolicy};
 use parking_lot::Mutex;
 use serde::de::DeserializeOwned;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::Instant;
 
-use super::events::event_loop;
+use super::events::{DeliverySettings, EventLog, event_loop};
 use super::forward::Forwarder;
 use super::identity::{Identity, static_cluster_id};
 use super::log_store::LogStore;
 use super::network::Network;
 use super::service::RaftService;
 use super::state_machine::SmStore;
+use super::status::Readiness;
 use super::wire::{Redirect, Rpc, decode, encode};
 use super::{Raft, RaftState, Status, leader};
 use crate::error::{Error, Result};
@@ -45,7 +46,8 @@ pub(crate) struct RaftSettings {
     pub(crate) keep_logs: u64,
     pub(crate) secret: Vec<u8>,
     pub(crate) max_frame_bytes: usize,
-    pub(crate) event_queue: usize,
+    pub(crate) events: DeliverySettings,
+    pub(crate) ready_max_lag: u64,
 }
 
 /// The longest a single attempt (one RPC to the leader, or one local
@@ -65,6 +67,7 @@ pub(crate) struct RaftHandle {
     stop_events: watch::Sender<bool>,
     faults: Faults,
     local_addr: SocketAddr,
+    readiness: Readiness,
 }
 
 impl RaftHandle {
@@ -74,9 +77,11 @@ impl RaftHandle {
         let cluster = (!s.join).then(|| static_cluster_id(&s.secret, s.members.keys().copied()));
         let identity = Arc::new(Identity::open(&s.data_dir, s.node_id, cluster).map_err(storage)?);
         let log = LogStore::open(&s.data_dir).map_err(storage)?;
-        let (ev_tx, ev_rx) = mpsc::channel(s.event_queue);
-        let (delivered_tx, delivered_rx) = watch::channel(0u64);
-        let sm = SmStore::open(s.data_dir.clone(), ev_tx, delivered_rx).map_err(|e| {
+        let events = EventLog::open(&s.data_dir).map_err(|e| {
+            log.close();
+            storage(e)
+        })?;
+        let sm = SmStore::open(s.data_dir.clone(), events.clone()).map_err(|e| {
             log.close();
             storage(e)
         })?;
@@ -149,7 +154,7 @@ impl RaftHandle {
         let _ = service.raft.set(raft.clone());
 
         let (stop_tx, stop_rx) = watch::channel(false);
-        let events_task = tokio::spawn(event_loop(s.node_id, ev_rx, delivered_tx, stop_rx));
+        let events_task = tokio::spawn(event_loop(s.node_id, events, s.events, stop_rx));
 
         let mut background = JoinSet::new();
         let forwarder = Forwarder::start(pool.clone(), &mut background);
@@ -166,6 +171,11 @@ impl RaftHandle {
             stop_events: stop_tx,
             faults,
             local_addr,
+            readiness: Readiness::new(
+                service.contact.clone(),
+                s.ready_max_lag,
+                Duration::from_millis(s.election_max_ms.saturating_mul(2)),
+            ),
         };
 
         if !s.join {
@@ -308,7 +318,18 @@ impl RaftHandle {
                         )),
                     }
                 }
-                Some((l, Some(addr))) => Some(remote(l, addr, remaining).await),
+                Some((l, Some(addr))) => {
+                    // A leader that stalls (SIGSTOP, a long pause) holds the
+                    // attempt until its deadline; once this node knows a new
+                    // leader, resend there at once (same client id and
+                    // sequence: the dedup table makes the resend safe).
+                    tokio::select! {
+                        r = remote(l, addr, remaining) => Some(r),
+                        n = self.leader_moved_from(l) => Some(Redirect::Unknown(format!(
+                            "leader changed from {l} to {n} while waiting for it"
+                        ))),
+                    }
+                }
                 Some((l, None)) => Some(Redirect::Unknown(format!("no address for leader {l}"))),
             };
             match outcome {
@@ -324,6 +345,20 @@ impl RaftHandle {
             let wait = backoff.min(deadline.saturating_duration_since(Instant::now()));
             self.wait_change(wait).await;
             backoff = (backoff * 2).min(Duration::from_millis(50));
+        }
+    }
+
+    /// Resolves once this node knows a leader other than `l`.
+    async fn leader_moved_from(&self, l: u64) -> u64 {
+        let mut rx = self.raft.metrics();
+        loop {
+            let now = rx.borrow_watched().current_leader;
+            if let Some(n) = now.filter(|n| *n != l) {
+                return n;
+            }
+            if rx.changed().await.is_err() {
+                return std::future::pending().await;
+            }
         }
     }
 
@@ -420,27 +455,33 @@ impl RaftHandle {
         self.wait_change(max).await
     }
 
-    /// Waits until some node is leader and this node knows it.
+    /// Waits until this node knows a confirmed leader (see `Status::leader_confirmed`).
     pub(crate) async fn wait_leader(&self, timeout: Duration) -> Result<u64> {
-        let mut rx = self.raft.metrics();
-        let r = tokio::time::timeout(timeout, async {
-            loop {
-                if let Some(l) = rx.borrow_watched().current_leader {
-                    return Some(l);
-                }
-                if rx.changed().await.is_err() {
-                    return None;
-                }
+        let deadline = Instant::now() + timeout;
+        loop {
+            let st = self.status();
+            if let (Some(l), true) = (st.leader, st.leader_confirmed) {
+                return Ok(l);
             }
-        })
-        .await;
-        match r {
-            Ok(Some(l)) => Ok(l),
-            Ok(None) => Err(Error::ShutDown),
-            Err(_) => Err(Error::Timeout {
-                waited: timeout,
-                reason: "no leader elected".into(),
-            }),
+            if st.state == RaftState::Shutdown
+                || self.raft.metrics().borrow_watched().running_state.is_err()
+            {
+                return Err(Error::ShutDown);
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(Error::Timeout {
+                    waited: timeout,
+                    reason: match st.leader {
+                        None => "no leader elected".into(),
+                        Some(l) => format!("leader {l} not confirmed"),
+                    },
+                });
+            }
+            // confirmation arrives with heartbeats, which need not change
+            // the metrics: re-check at least every 20 ms
+            self.wait_change((deadline - now).min(Duration::from_millis(20)))
+                .await;
         }
     }
 
@@ -473,50 +514,11 @@ impl RaftHandle {
             .map_err(|e| Error::Raft(e.to_string()))
     }
 
-    /// This node's view of the cluster, read from openraft's metrics.
+    /// This node's view of the cluster, read from openraft's metrics (see
+    /// `raft/status.rs` for what `ready` means).
     pub(crate) fn status(&self) -> Status {
-        let m = self.raft.metrics();
-        let m = m.borrow_watched();
-        let state = RaftState::from(m.state);
-        let membership = m.membership_config.membership();
-        let members: Vec<u64> = membership.voter_ids().collect();
-        let learners: Vec<u64> = membership.learner_ids().collect();
-        let last_log = m.last_log_index;
-        let applied = m.last_applied.map(|l| l.index);
-        let replication_lag = m
-            .replication
-            .as_ref()
-            .map(|r| {
-                r.iter()
-                    .filter(|(id, _)| **id != self.id)
-                    .map(|(id, matched)| {
-                        let matched = matched.map(|l| l.index + 1).unwrap_or(0);
-                        (
-                            *id,
-                            last_log.map(|l| l + 1).unwrap_or(0).saturating_sub(matched),
-                        )
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        let committed = m.local_committed.map(|l| l.index);
-        let ready = m.running_state.is_ok()
-            && m.current_leader.is_some()
-            && applied >= committed
-            && state != RaftState::Shutdown;
-        Status {
-            node_id: self.id,
-            state,
-            term: m.current_term,
-            leader: m.current_leader,
-            members,
-            learners,
-            last_log_index: last_log,
-            applied_index: applied,
-            snapshot_index: m.snapshot.map(|l| l.index),
-            replication_lag,
-            ready,
-        }
+        self.readiness
+            .status(self.id, &self.raft, &self.sm.shared.events)
     }
 
     /// Stops every task this node started.

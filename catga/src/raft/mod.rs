@@ -4,15 +4,17 @@
 //! [`Status`] and plain values.
 //!
 //! Inside, the arrows run: `handle` (the client side) → `forward`,
-//! `leader`, `network`, `service` → `wire`; `service` → `leader`; the
-//! storage pair `log_store` → `wal` and `state_machine` → `events` know
-//! nothing of the network.
+//! `leader`, `network`, `service` → `wire`; `service` → `leader`,
+//! `contact`; `status` (readiness) → `contact`, `events`; the storage pair
+//! `log_store` → `wal` and `state_machine` → `events` know nothing of the
+//! network. `quiet` is openraft's runtime (rate-limited logs).
 
 use std::collections::BTreeMap;
 use std::fmt;
 
 use crate::machine::{Applied, Envelope};
 
+mod contact;
 mod events;
 mod forward;
 mod handle;
@@ -22,11 +24,14 @@ mod log_store;
 mod network;
 #[cfg(test)]
 mod proptests;
+mod quiet;
 mod service;
 mod state_machine;
+mod status;
 mod wal;
 pub(crate) mod wire;
 
+pub(crate) use events::DeliverySettings;
 pub(crate) use handle::{RaftHandle, RaftSettings};
 
 impl fmt::Display for Envelope {
@@ -42,6 +47,7 @@ openraft::declare_raft_types!(
         R = Applied,
         NodeId = u64,
         Node = openraft::BasicNode,
+        AsyncRuntime = quiet::QuietRuntime,
 );
 
 pub(crate) type Entry = <TC as openraft::RaftTypeConfig>::Entry;
@@ -57,13 +63,25 @@ pub(crate) struct Status {
     pub(crate) state: RaftState,
     pub(crate) term: u64,
     pub(crate) leader: Option<u64>,
+    /// The leader is this node, acknowledged by a quorum lately, or one
+    /// this node heard from in the current term lately.
+    pub(crate) leader_confirmed: bool,
     pub(crate) members: Vec<u64>,
     pub(crate) learners: Vec<u64>,
     pub(crate) last_log_index: Option<u64>,
     pub(crate) applied_index: Option<u64>,
     pub(crate) snapshot_index: Option<u64>,
     pub(crate) replication_lag: BTreeMap<u64, u64>,
+    /// The commit index of the leader this node follows (its own when it
+    /// leads), as last heard in the current term.
+    pub(crate) leader_commit: Option<u64>,
+    /// Highest index whose events ran on this node.
+    pub(crate) events_delivered: u64,
+    /// Applied entries whose events wait for this node's handlers.
+    pub(crate) event_lag: u64,
     pub(crate) ready: bool,
+    /// Why `ready` is false.
+    pub(crate) not_ready: Option<String>,
 }
 
 /// openraft's server state, without openraft.

@@ -24,7 +24,6 @@ mod tests {
     use openraft::{BasicNode, EntryPayload, Membership, StoredMembership};
     use proptest::prelude::*;
     use serde::{Deserialize, Serialize};
-    use tokio::sync::{mpsc, watch};
 
     use crate::dedup::Dedup;
     use crate::machine::{Applied, EntryKind, Envelope, Machine};
@@ -217,6 +216,7 @@ mod tests {
                     seq,
                     ack_below,
                     time_ms,
+                    key: None,
                 },
             )
     }
@@ -415,6 +415,7 @@ mod tests {
                     seq: 1,
                     ack_below: 1,
                     time_ms: 1,
+                    key: None,
                 };
                 let _ = m.apply(m.last_applied().saturating_add(1), &env);
             }
@@ -433,9 +434,8 @@ mod tests {
     }
 
     fn open_store(dir: &std::path::Path) -> std::io::Result<SmStore> {
-        let (events, _rx) = mpsc::channel(16);
-        let (_tx, delivered) = watch::channel(0);
-        SmStore::open(dir.to_path_buf(), events, delivered)
+        let events = crate::raft::events::EventLog::open(dir)?;
+        SmStore::open(dir.to_path_buf(), events)
     }
 
     /// A genuine `snapshot.bin` (as a node writes it) after `envs`.

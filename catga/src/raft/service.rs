@@ -10,6 +10,7 @@ use futures::future::BoxFuture;
 use openraft::Snapshot;
 use openraft::raft::SnapshotResponse;
 
+use super::contact::LeaderContact;
 use super::wire::{Rpc, decode, encode};
 use super::{Raft, TC, Vote, leader};
 use crate::machine::Machine;
@@ -19,12 +20,15 @@ use crate::transport::Service;
 /// (the server starts before it, so that its address is known).
 pub(crate) struct RaftService {
     pub(crate) raft: OnceLock<Raft>,
+    /// The last leader heard from (for health).
+    pub(crate) contact: Arc<LeaderContact>,
 }
 
 impl RaftService {
     pub(crate) fn new() -> Arc<RaftService> {
         Arc::new(RaftService {
             raft: OnceLock::new(),
+            contact: Arc::default(),
         })
     }
 }
@@ -74,7 +78,7 @@ async fn install_snapshot(
     encode(&r)
 }
 
-async fn handle(raft: Raft, rpc: Rpc) -> Result<Bytes, String> {
+async fn handle(raft: Raft, contact: Arc<LeaderContact>, rpc: Rpc) -> Result<Bytes, String> {
     match &rpc {
         Rpc::Append(req) => sane_vote(&req.vote)?,
         Rpc::Vote(req) | Rpc::PreVote(req) => sane_vote(&req.vote)?,
@@ -82,7 +86,16 @@ async fn handle(raft: Raft, rpc: Rpc) -> Result<Bytes, String> {
         _ => {}
     }
     match rpc {
-        Rpc::Append(req) => encode(&raft.append_entries(req).await),
+        Rpc::Append(req) => {
+            let (term, leader) = (req.vote.leader_id.term, req.vote.leader_id.node_id);
+            let commit = req.leader_commit.map(|l| l.index);
+            let r = raft.append_entries(req).await;
+            if matches!(&r, Ok(resp) if !matches!(resp, openraft::raft::AppendEntriesResponse::HigherVote(_)))
+            {
+                contact.heard(term, leader, commit);
+            }
+            encode(&r)
+        }
         Rpc::Vote(req) => encode(&raft.vote(req).await),
         Rpc::PreVote(req) => encode(&raft.pre_vote(req).await),
         Rpc::Snapshot { vote, meta, data } => install_snapshot(raft, vote, meta, data).await,
@@ -103,6 +116,6 @@ impl Service for RaftService {
             Ok(r) => r,
             Err(e) => return futures::future::ready(Err(format!("bad request: {e}"))).boxed(),
         };
-        handle(raft, rpc).boxed()
+        handle(raft, self.contact.clone(), rpc).boxed()
     }
 }

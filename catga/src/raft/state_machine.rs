@@ -1,6 +1,6 @@
 //! The openraft state machine adapter around [`Machine`]: applies entries,
-//! keeps snapshots on disk, and queues each entry's events, in log order,
-//! for the event task (`raft/events.rs`).
+//! keeps snapshots on disk, and hands each entry's events, in log order, to
+//! the event log (`raft/events.rs`) without ever waiting for their handlers.
 
 use std::io;
 use std::path::PathBuf;
@@ -12,10 +12,10 @@ use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine};
 use openraft::{EntryPayload, OptionalSend, Snapshot};
 use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 
+use super::events::{EventBatch, EventLog};
 use super::{LogId, TC};
-use crate::context::PublishedEvent;
 use crate::machine::{Applied, Machine};
 
 type Meta = SnapshotMetaOf<TC>;
@@ -26,20 +26,14 @@ pub(crate) struct Inner {
     pub machine: Machine,
     pub last_applied: Option<LogId>,
     pub membership: Membership,
-    /// Highest index whose entry published events (queued for the event task).
-    pub last_event_index: u64,
 }
-
-/// Events produced by the entry at an index, for the event task.
-pub(crate) type EventBatch = (u64, Vec<PublishedEvent>);
 
 pub(crate) struct Shared {
     pub inner: RwLock<Inner>,
     current: Mutex<Option<(Meta, bytes::Bytes)>>,
     dir: PathBuf,
-    events: mpsc::Sender<EventBatch>,
-    /// Highest log index whose events were all handled on this node.
-    delivered: watch::Receiver<u64>,
+    /// Applied events waiting for this node's handlers.
+    pub events: Arc<EventLog>,
     /// Highest log index applied (for waiters).
     pub applied: watch::Sender<u64>,
 }
@@ -55,6 +49,11 @@ struct SnapshotFile {
     meta: Meta,
     #[serde(with = "serde_bytes")]
     data: Vec<u8>,
+    /// This node's events of entries inside the snapshot that its handlers
+    /// had not run when the snapshot was saved (local: never sent to other
+    /// nodes). After a restart they are delivered from here.
+    #[serde(default)]
+    events: Vec<EventBatch>,
 }
 
 fn other<E: std::fmt::Display>(e: E) -> io::Error {
@@ -63,11 +62,7 @@ fn other<E: std::fmt::Display>(e: E) -> io::Error {
 
 impl SmStore {
     /// Opens the state machine, restoring the snapshot in `dir` if any.
-    pub(crate) fn open(
-        dir: PathBuf,
-        events: mpsc::Sender<EventBatch>,
-        delivered: watch::Receiver<u64>,
-    ) -> io::Result<SmStore> {
+    pub(crate) fn open(dir: PathBuf, events: Arc<EventLog>) -> io::Result<SmStore> {
         let mut machine = Machine::new().map_err(other)?;
         let mut last_applied = None;
         let mut membership = Membership::default();
@@ -84,6 +79,7 @@ impl SmStore {
                 .map_err(other)?;
                 last_applied = file.meta.last_log_id;
                 membership = file.meta.last_membership.clone();
+                events.restore(file.events);
                 current = Some((file.meta, bytes::Bytes::from(file.data)));
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -96,21 +92,20 @@ impl SmStore {
                     machine,
                     last_applied,
                     membership,
-                    last_event_index: 0,
                 }),
                 current: Mutex::new(current),
                 dir,
                 events,
-                delivered,
                 applied: watch::Sender::new(idx),
             }),
         })
     }
 
-    fn persist(&self, meta: &Meta, data: &[u8]) -> io::Result<()> {
+    fn persist(&self, meta: &Meta, data: &[u8], events: Vec<EventBatch>) -> io::Result<()> {
         let file = SnapshotFile {
             meta: meta.clone(),
             data: data.to_vec(),
+            events,
         };
         let bytes = crate::codec::encode(&file).map_err(other)?;
         let tmp = self.shared.dir.join("snapshot.bin.tmp");
@@ -130,24 +125,24 @@ impl RaftSnapshotBuilder<TC> for SmStore {
     type SnapshotData = bytes::Bytes;
 
     async fn build_snapshot(&mut self) -> Result<SnapshotOf<TC, bytes::Bytes>, io::Error> {
-        let (meta, data, upto) = {
+        let (meta, data, events) = {
             let g = self.shared.inner.read();
             let data = g.machine.snapshot().map_err(other)?;
             let meta = Meta {
                 last_log_id: g.last_applied,
                 last_membership: g.membership.clone(),
             };
-            (meta, data, g.last_event_index)
+            // Events of entries inside the snapshot that have not run here
+            // yet are saved with it (after a restart only the log after the
+            // snapshot is applied again); the snapshot never waits for them.
+            // Taken under the same lock as the state: apply queues an
+            // entry's events before it releases the lock.
+            let upto = g.last_applied.map(|l| l.index).unwrap_or(0);
+            (meta, data, self.shared.events.pending_upto(upto))
         };
-        // Events of entries inside the snapshot must have run here first:
-        // after a restart only the log after the snapshot is replayed.
-        let mut delivered = self.shared.delivered.clone();
-        if delivered.wait_for(|d| *d >= upto).await.is_err() {
-            return Err(io::Error::other("event delivery stopped"));
-        }
         let this = self.clone();
         let (m2, d2) = (meta.clone(), data.clone());
-        tokio::task::spawn_blocking(move || this.persist(&m2, &d2))
+        tokio::task::spawn_blocking(move || this.persist(&m2, &d2, events))
             .await
             .map_err(other)??;
         let data = bytes::Bytes::from(data);
@@ -185,9 +180,8 @@ impl RaftStateMachine<TC> for SmStore {
                     }
                     EntryPayload::Normal(env) => {
                         let a = g.machine.apply(index, &env);
-                        if !a.events.is_empty() {
-                            g.last_event_index = index;
-                        }
+                        // never waits: delivery reads the event log at its own pace
+                        self.shared.events.push(index, a.events.clone());
                         Some(a)
                     }
                     EntryPayload::Membership(m) => {
@@ -202,14 +196,6 @@ impl RaftStateMachine<TC> for SmStore {
                 response: Ok(Vec::new()),
                 events: Vec::new(),
             });
-            if !applied.events.is_empty() {
-                // bounded: a slow event handler slows apply instead of growing a queue
-                let _ = self
-                    .shared
-                    .events
-                    .send((index, applied.events.clone()))
-                    .await;
-            }
             if let Some(r) = responder {
                 r.send(applied);
             }
@@ -247,7 +233,10 @@ impl RaftStateMachine<TC> for SmStore {
         }
         let this = self.clone();
         let (m2, d2) = (meta.clone(), snapshot.clone());
-        tokio::task::spawn_blocking(move || this.persist(&m2, &d2))
+        // this node's own undelivered events up to the snapshot stay pending
+        let idx = meta.last_log_id.map(|l| l.index).unwrap_or(0);
+        let events = self.shared.events.pending_upto(idx);
+        tokio::task::spawn_blocking(move || this.persist(&m2, &d2, events))
             .await
             .map_err(other)??;
         *self.shared.current.lock() = Some((meta.clone(), snapshot));

@@ -335,3 +335,13 @@ fn sub(whole: &Bytes, part: &[u8]) -> Bytes {
         _ => Bytes::copy_from_slice(part),
     }
 }
+
+/// Whether a read error means the peer went away (reset, closed mid-frame)
+/// rather than that it sent something that is not a frame.
+pub(crate) fn is_disconnect(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::*;
+    matches!(
+        e.kind(),
+        ConnectionReset | ConnectionAborted | BrokenPipe | UnexpectedEof | NotConnected | TimedOut
+    )
+}

@@ -272,7 +272,11 @@ impl Pool {
                 if e != TransportError::Closed {
                     backoff.failures = backoff.failures.saturating_add(1);
                     backoff.last_failure = Some(Instant::now());
-                    backoff.last_error = e.to_string();
+                    // the bare reason: it is wrapped in `Unreachable` again
+                    backoff.last_error = match &e {
+                        TransportError::Unreachable(m) => m.clone(),
+                        other => other.to_string(),
+                    };
                 }
                 Err(e)
             }
@@ -437,6 +441,12 @@ async fn read_loop(
         };
         match next {
             None => break lost(peer),
+            Some(Err(e)) if super::frame::is_disconnect(&e) => {
+                tracing::debug!(peer, error = %e, "transport: connection reset by the peer");
+                break TransportError::Unreachable(format!(
+                    "the connection to node {peer} was reset: {e}"
+                ));
+            }
             Some(Err(e)) => {
                 tracing::warn!(peer, error = %e, "transport: closing connection: bad frame");
                 break TransportError::Unreachable(format!("bad frame from node {peer}: {e}"));

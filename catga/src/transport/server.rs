@@ -203,6 +203,10 @@ async fn serve(
                 tracing::debug!(peer = from, %addr, "transport: peer closed the connection");
                 break;
             }
+            Some(Err(e)) if super::frame::is_disconnect(&e) => {
+                tracing::debug!(peer = from, %addr, error = %e, "transport: connection reset by the peer");
+                break;
+            }
             Some(Err(e)) => {
                 tracing::warn!(peer = from, %addr, error = %e, "transport: closing connection: bad frame");
                 break;

@@ -12,16 +12,66 @@
 //! - `stock! SKU` → the same, linearizable
 //! - `health` → `ok <role> <term> <leader> <applied> <ready>`
 //! - `fingerprint` → `ok <applied> <hex digest of the replicated state>`
+//! - `orders SKU N` → `ok <accepted>`: N orders sent at once (each
+//!   publishes an `OrderPlaced` event)
+//! - `hang` → `ok`: publishes a test-only event whose handler never returns
+//!   (on every node)
+//! - `first-ready` → `ok <role> <term> <leader> <applied>`: the health at the
+//!   first moment this process reported `ready` (or `ok none` if never)
+//! - `status` → `ok role=R term=T leader=L applied=A snapshot=S leader_commit=C
+//!   events_delivered=D event_lag=N ready=B not_ready=<reason or none>`
+//!   (`not_ready` last: its value has spaces)
 //! - `quit` → shuts down gracefully and exits 0
+//!
+//! - `gate` → `ok`: publishes a test-only event whose handler waits while
+//!   the file given with `--gate PATH` exists
+//! - `wait-leader` → `ok <id>`: `Node::wait_for_leader`
+//! - `seen` → `ok <n>`: `OrderPlaced` events handled in this process
+//! - `snapshot` → `ok`: asks for a snapshot now (see `snapshot=` in `status`)
+//!
+//! More flags: `--event-deadline-ms N` (event handler deadline),
+//! `--slow-event-ms N` (slow event handler threshold), `--gate PATH`,
+//! `--keep-logs N` (log entries kept behind a snapshot).
 //!
 //! A failed call prints `fail <error>`. Nothing else is printed on stdout
 //! (logs go to stderr).
 
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use catga::{Consistency, Node};
+use catga::prelude::*;
+use catga::{Consistency, Health, Node};
 use catga_tests::{GetStock, PlaceOrder, Restock};
 use tokio::io::{AsyncBufReadExt, BufReader};
+
+/// A test-only event whose handler never returns (a hung side effect).
+#[event(name = "test_node.Stall")]
+struct Stall {}
+
+#[handler]
+async fn stall_forever(_e: Stall) {
+    std::future::pending::<()>().await
+}
+
+/// While the file at this path exists, `Gate` events wait (`--gate PATH`).
+static GATE: OnceLock<PathBuf> = OnceLock::new();
+
+/// A test-only event whose handler waits while the gate file exists.
+#[event(name = "test_node.Gate")]
+struct Gate {}
+
+#[handler]
+async fn wait_at_gate(_e: Gate) {
+    let Some(path) = GATE.get() else { return };
+    // the gate is a file another process removes: poll it
+    while path.exists() {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The health at the first moment this process said `ready`.
+type FirstReady = Arc<Mutex<Option<Health>>>;
 
 struct Args {
     id: u64,
@@ -31,6 +81,9 @@ struct Args {
     join: bool,
     snapshot_every: u64,
     election_ms: (u64, u64),
+    event_deadline_ms: Option<u64>,
+    slow_event_ms: Option<u64>,
+    keep_logs: Option<u64>,
 }
 
 fn parse() -> Result<Args, String> {
@@ -42,6 +95,9 @@ fn parse() -> Result<Args, String> {
         join: false,
         snapshot_every: 10_000,
         election_ms: (300, 600),
+        event_deadline_ms: None,
+        slow_event_ms: None,
+        keep_logs: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -70,6 +126,26 @@ fn parse() -> Result<Args, String> {
                     hi.parse().map_err(|e| format!("--election-ms: {e}"))?,
                 );
             }
+            "--gate" => {
+                let _ = GATE.set(PathBuf::from(value()?));
+            }
+            "--keep-logs" => {
+                a.keep_logs = Some(value()?.parse().map_err(|e| format!("--keep-logs: {e}"))?)
+            }
+            "--slow-event-ms" => {
+                a.slow_event_ms = Some(
+                    value()?
+                        .parse()
+                        .map_err(|e| format!("--slow-event-ms: {e}"))?,
+                )
+            }
+            "--event-deadline-ms" => {
+                a.event_deadline_ms = Some(
+                    value()?
+                        .parse()
+                        .map_err(|e| format!("--event-deadline-ms: {e}"))?,
+                )
+            }
             other => return Err(format!("unknown flag {other}")),
         }
     }
@@ -86,7 +162,7 @@ fn digest(bytes: &[u8]) -> String {
     format!("{h:016x}")
 }
 
-async fn answer(node: &Node, line: &str) -> Result<String, String> {
+async fn answer(node: &Node, first_ready: &FirstReady, line: &str) -> Result<String, String> {
     let words: Vec<&str> = line.split_whitespace().collect();
     let qty = |i: usize| -> Result<u32, String> {
         words
@@ -145,6 +221,77 @@ async fn answer(node: &Node, line: &str) -> Result<String, String> {
                 h.ready
             ))
         }
+        Some("orders") => {
+            let n: usize = words
+                .get(2)
+                .ok_or("missing count")?
+                .parse()
+                .map_err(|e| format!("count: {e}"))?;
+            let sku = sku(1)?;
+            let calls = (0..n).map(|_| {
+                node.send(PlaceOrder {
+                    sku: sku.clone(),
+                    qty: 1,
+                })
+            });
+            let mut accepted = 0;
+            for r in futures::future::join_all(calls).await {
+                if r.map_err(e)?.is_ok() {
+                    accepted += 1;
+                }
+            }
+            Ok(format!("ok {accepted}"))
+        }
+        Some("status") => {
+            let h = node.health();
+            let opt = |v: Option<u64>| v.map(|v| v.to_string()).unwrap_or("none".into());
+            Ok(format!(
+                "ok role={:?} term={} leader={} applied={} snapshot={} leader_commit={} events_delivered={} event_lag={} ready={} not_ready={}",
+                h.role,
+                h.term,
+                opt(h.leader),
+                opt(h.applied_index),
+                opt(h.snapshot_index),
+                opt(h.leader_commit_index),
+                h.events_delivered_index,
+                h.event_lag,
+                h.ready,
+                h.not_ready.as_deref().unwrap_or("none")
+            ))
+        }
+        Some("gate") => {
+            node.publish(Gate {}).await.map_err(e)?;
+            Ok("ok".into())
+        }
+        Some("wait-leader") => {
+            let l = node
+                .wait_for_leader(Duration::from_secs(10))
+                .await
+                .map_err(e)?;
+            Ok(format!("ok {l}"))
+        }
+        Some("seen") => Ok(format!(
+            "ok {}",
+            catga_tests::ORDERS_SEEN.load(std::sync::atomic::Ordering::SeqCst)
+        )),
+        Some("snapshot") => {
+            node.snapshot().await.map_err(e)?;
+            Ok("ok".into())
+        }
+        Some("hang") => {
+            node.publish(Stall {}).await.map_err(e)?;
+            Ok("ok".into())
+        }
+        Some("first-ready") => Ok(match &*first_ready.lock().map_err(|e| e.to_string())? {
+            Some(h) => format!(
+                "ok {:?} {} {} {}",
+                h.role,
+                h.term,
+                h.leader.map(|l| l.to_string()).unwrap_or("none".into()),
+                h.applied_index.unwrap_or(0)
+            ),
+            None => "ok none".into(),
+        }),
         Some("fingerprint") => {
             let (applied, bytes) = catga::testing::state_fingerprint(node).map_err(e)?;
             Ok(format!("ok {applied} {}", digest(&bytes)))
@@ -187,6 +334,15 @@ async fn main() {
     if args.join {
         b = b.join_existing();
     }
+    if let Some(ms) = args.event_deadline_ms {
+        b = b.event_handler_timeout(Duration::from_millis(ms));
+    }
+    if let Some(n) = args.keep_logs {
+        b = b.snapshot_logs_to_keep(n);
+    }
+    if let Some(ms) = args.slow_event_ms {
+        b = b.slow_event_handler(Duration::from_millis(ms));
+    }
     let node = match b.start().await {
         Ok(n) => n,
         Err(e) => {
@@ -194,6 +350,24 @@ async fn main() {
             std::process::exit(1);
         }
     };
+    // record the first moment this node says it is ready (a restarted
+    // node must not say so before it has caught up with a live leader)
+    let first_ready: FirstReady = Arc::default();
+    {
+        let (node, first) = (node.clone(), first_ready.clone());
+        tokio::spawn(async move {
+            loop {
+                let h = node.health();
+                if h.ready {
+                    if let Ok(mut f) = first.lock() {
+                        *f = Some(h);
+                    }
+                    return;
+                }
+                node.health_changed(Duration::from_millis(100)).await;
+            }
+        });
+    }
     println!("ready {}", node.local_addr());
     let mut lines = BufReader::new(tokio::io::stdin()).lines();
     while let Ok(Some(line)) = lines.next_line().await {
@@ -202,9 +376,9 @@ async fn main() {
             break;
         }
         let (tag, cmd) = (tag.to_string(), cmd.to_string());
-        let node = node.clone();
+        let (node, first_ready) = (node.clone(), first_ready.clone());
         tokio::spawn(async move {
-            let out = match answer(&node, &cmd).await {
+            let out = match answer(&node, &first_ready, &cmd).await {
                 Ok(s) => s,
                 Err(e) => format!("fail {e}"),
             };
