@@ -202,6 +202,7 @@ fn span<M: Handled>(h: &Http, kind: &'static str) -> tracing::Span {
 
 /// The `Idempotency-Key` header, if any: a retry with the same key, on any
 /// node, gets the first attempt's answer and the command applies once.
+#[allow(clippy::result_large_err)] // the error is the response itself, built once
 fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Response> {
     let Some(v) = headers.get("idempotency-key") else {
         return Ok(None);
