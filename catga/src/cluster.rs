@@ -12,7 +12,7 @@ use parking_lot::Mutex;
 use crate::error::{Error, Result};
 use crate::health::Health;
 use crate::machine::{EntryKind, Envelope};
-use crate::message::{Consistency, Event, Handled, Route};
+use crate::message::{BoxFuture, Consistency, Handled, Publishable, Queryable, Route};
 use crate::raft::{RaftHandle, RaftSettings};
 use crate::testing::encode;
 use crate::transport::Faults;
@@ -383,23 +383,37 @@ impl Node {
     ///
     /// A query runs on this node's state with no network trip, unless its
     /// type is `#[query(linearizable)]` (see [`Node::query`]).
-    pub async fn send<M: Handled>(&self, msg: M) -> Result<M::Output> {
-        match M::ROUTE {
-            Route::Command { decode } => {
-                let payload = encode(&msg)?;
-                let applied = self.submit(EntryKind::Command, M::NAME, payload).await?;
-                Ok(decode(&applied.response?)?)
+    ///
+    /// (A boxed future, not an `async fn`: a type that cannot be sent is then
+    /// one compile error at the call, not one per use of the future.)
+    pub fn send<M: Handled>(&self, msg: M) -> BoxFuture<'_, Result<M::Output>> {
+        Box::pin(async move {
+            match M::ROUTE {
+                Route::Command { decode } => {
+                    let payload = encode(&msg)?;
+                    let applied = self.submit(EntryKind::Command, M::NAME, payload).await?;
+                    Ok(decode(&applied.response?)?)
+                }
+                Route::Query { consistency, .. } => self.run_query(msg, consistency).await,
+                Route::StatelessQuery { run } => Ok(run(msg).await),
             }
-            Route::Query { consistency, .. } => self.query(msg, consistency).await,
-            Route::StatelessQuery { run } => Ok(run(msg).await),
-        }
+        })
     }
 
     /// Runs a query with the given consistency. `Linearizable` first asks the
     /// leader for its commit index and waits until this node has applied it
     /// (so the answer reflects every write acknowledged before the call); it
     /// works on followers too.
-    pub async fn query<M: Handled>(&self, msg: M, consistency: Consistency) -> Result<M::Output> {
+    /// A #[command] is not a query: `node.query(command, ..)` does not compile.
+    pub fn query<M: Queryable>(
+        &self,
+        msg: M,
+        consistency: Consistency,
+    ) -> BoxFuture<'_, Result<M::Output>> {
+        Box::pin(self.run_query(msg, consistency))
+    }
+
+    async fn run_query<M: Handled>(&self, msg: M, consistency: Consistency) -> Result<M::Output> {
         match M::ROUTE {
             Route::Query { .. } => {
                 if consistency == Consistency::Linearizable {
@@ -420,12 +434,14 @@ impl Node {
 
     /// Publishes an event: it goes through the log and reaches the event
     /// handlers of every node (at least once).
-    pub async fn publish<E: Event>(&self, event: E) -> Result<()> {
-        let payload = encode(&event)?;
-        self.submit(EntryKind::Event, E::NAME, payload)
-            .await?
-            .response?;
-        Ok(())
+    pub fn publish<E: Publishable>(&self, event: E) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async move {
+            let payload = encode(&event)?;
+            self.submit(EntryKind::Event, E::NAME, payload)
+                .await?
+                .response?;
+            Ok(())
+        })
     }
 
     async fn submit(

@@ -27,6 +27,13 @@ pub use error::{ApplyError, Error, Result};
 pub use health::{Health, Role};
 pub use machine::{Applied, EntryKind, Envelope, Machine};
 pub use message::{Command, Consistency, Event, Handled, Message, MessageKind, Query};
+// Named in compile errors about handler signatures and `query`/`publish`
+// calls; re-exported here (hidden) so rustc prints `CommandParam`, not a path
+// under `__private`. Not for use.
+#[doc(hidden)]
+pub use __private::{CommandOutput, CommandParam, EventParam, QueryParam, StateType, WireField};
+#[doc(hidden)]
+pub use message::{Publishable, Queryable};
 pub use registry::state_names;
 pub use state::State;
 

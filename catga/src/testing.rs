@@ -48,7 +48,7 @@
 use crate::context::{EventContext, PublishedEvent};
 use crate::error::{Error, Result};
 use crate::machine::{Applied, EntryKind, Envelope, Machine};
-use crate::message::{Event, Handled, Route};
+use crate::message::{BoxFuture, Event, Handled, Publishable, Route};
 use crate::registry::Registry;
 
 /// A single-process stand-in for a cluster, for tests.
@@ -82,27 +82,33 @@ impl TestApp {
 
     /// Sends a command (applied as in the cluster, then its events' handlers
     /// run) or a query (run on the state).
-    pub async fn send<M: Handled>(&mut self, msg: M) -> Result<M::Output> {
-        match M::ROUTE {
-            Route::Command { decode } => {
-                let payload = encode(&msg)?;
-                let applied = self.submit(EntryKind::Command, M::NAME, payload).await;
-                let bytes = applied.response?;
-                Ok(decode(&bytes)?)
+    /// (A boxed future, as `Node::send`: one compile error for a type that
+    /// cannot be sent.)
+    pub fn send<M: Handled>(&mut self, msg: M) -> BoxFuture<'_, Result<M::Output>> {
+        Box::pin(async move {
+            match M::ROUTE {
+                Route::Command { decode } => {
+                    let payload = encode(&msg)?;
+                    let applied = self.submit(EntryKind::Command, M::NAME, payload).await;
+                    let bytes = applied.response?;
+                    Ok(decode(&bytes)?)
+                }
+                Route::StatelessQuery { run } => Ok(run(msg).await),
+                Route::Query { .. } => self.machine.query(msg),
             }
-            Route::StatelessQuery { run } => Ok(run(msg).await),
-            Route::Query { .. } => self.machine.query(msg),
-        }
+        })
     }
 
     /// Publishes an event as `node.publish` does: through the log, then to
     /// every event handler.
-    pub async fn publish<E: Event>(&mut self, event: E) -> Result<()> {
-        let payload = encode(&event)?;
-        self.submit(EntryKind::Event, E::NAME, payload)
-            .await
-            .response?;
-        Ok(())
+    pub fn publish<E: Publishable>(&mut self, event: E) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async move {
+            let payload = encode(&event)?;
+            self.submit(EntryKind::Event, E::NAME, payload)
+                .await
+                .response?;
+            Ok(())
+        })
     }
 
     /// Applies a raw envelope at the next log index, as a replica would
