@@ -226,7 +226,7 @@ fn owned_output(h: &Handler, errors: &mut Errors) {
 }
 
 /// The first reference or lifetime in `ty` that is not `'static`.
-fn find_borrow(ty: &Type) -> Option<proc_macro2::TokenStream> {
+pub fn find_borrow(ty: &Type) -> Option<proc_macro2::TokenStream> {
     struct Finder(Option<proc_macro2::TokenStream>);
     impl<'a> syn::visit::Visit<'a> for Finder {
         fn visit_type_reference(&mut self, r: &'a syn::TypeReference) {

@@ -44,7 +44,7 @@ pub struct OutputCodec<O> {
 /// stand-in (the assertion `<O as CommandOutput>` is the one error).
 pub struct Output<O>(PhantomData<O>);
 
-impl<O: CommandOutput> Output<O> {
+impl<O: Serialize + DeserializeOwned + Send + 'static> Output<O> {
     pub const CODEC: OutputCodec<O> = OutputCodec {
         encode: encode_output::<O>,
         decode: decode_output::<O>,

@@ -25,9 +25,10 @@ struct Cx<'a> {
 }
 
 impl Cx<'_> {
-    /// A parameter type as named in a `const` (lifetimes `'static`).
+    /// A parameter type as named in a `const` (lifetimes inferred, so that
+    /// rustc prints the type as written).
     fn in_const(&self, ty: &Type) -> Type {
-        relifetime(ty, &self.lifetimes, "'static", true)
+        relifetime(ty, &self.lifetimes, "'_", false)
     }
     /// A parameter type as named in a fn body (lifetimes inferred).
     fn in_body(&self, ty: &Type) -> Type {
@@ -111,6 +112,7 @@ pub fn stubs(args: &Args, h: &Handler) -> TokenStream {
         found
     };
     let output = if mentions_generic(&h.output)
+        || crate::valid::find_borrow(&h.output).is_some()
         || matches!(h.output, Type::ImplTrait(_))
         || quote!(#msg).to_string().contains('\'')
     {
@@ -197,7 +199,7 @@ fn param_checks(cx: &Cx, trait_name: &str, slot: &str) -> (TokenStream, Vec<Toke
     let mut slots: Vec<TokenStream> = Vec::new();
     for p in &cx.h.params {
         let ty = cx.in_const(&p.ty);
-        let lt = (trait_name != "EventParam").then(|| quote!(<'static>));
+        let lt = (trait_name != "EventParam").then(|| quote!(<'_>));
         let (first, last) = span_range(&p.ty);
         let open = quote_spanned!(first=> <);
         let rest = quote_spanned!(last=> as #k::__private::#tr #lt>::SLOT);
@@ -238,13 +240,16 @@ fn impl_handled(cx: &Cx, route: TokenStream) -> TokenStream {
     let msg = &cx.msg;
     let out = &cx.h.output;
     let (first, _) = span_range(msg);
-    let head = quote_spanned!(first=> impl #k::__private::Handled for);
-    quote! {
-        #head #msg {
-            type Output = #out;
-            const ROUTE: #k::__private::Route<Self, #out> = #route;
-        }
-    }
+    // The whole impl (its braces too) is spanned on the message type, so that
+    // a second handler for it ("conflicting implementations") is reported there.
+    let head = respan(quote!(impl #k::__private::Handled for), first);
+    let items = quote! {
+        type Output = #out;
+        const ROUTE: #k::__private::Route<Self, #out> = #route;
+    };
+    let mut body = proc_macro2::Group::new(proc_macro2::Delimiter::Brace, items);
+    body.set_span(first);
+    quote!(#head #msg #body)
 }
 
 fn command(cx: &Cx) -> TokenStream {

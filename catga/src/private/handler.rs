@@ -33,7 +33,7 @@ use crate::state::{State, StateInfo};
     label = "the response is encoded on the replica and decoded by the caller, possibly on another node",
     note = "derive `Serialize` and `Deserialize` (from `catga::prelude`) with `#[serde(crate = \"catga::serde\")]` on every type in the return value, including the error type of a `Result`"
 )]
-pub trait CommandOutput: Serialize + DeserializeOwned + Send + 'static {
+pub trait CommandOutput {
     #[doc(hidden)]
     const ASSERT: () = ();
 }
@@ -47,21 +47,23 @@ impl<T: Serialize + DeserializeOwned + Send + 'static> CommandOutput for T {}
     label = "this field is encoded into the log and decoded on every replica",
     note = "use a type serde can encode and decode into an owned value: `String` not `&str`, `u64` milliseconds (from `ctx.timestamp_ms()`) not `Instant`/`SystemTime`, `Arc`/`Box` not `Rc`; for your own types derive `Serialize` and `Deserialize` with `#[serde(crate = \"catga::serde\")]`"
 )]
-pub trait WireField: Serialize + DeserializeOwned {
+pub trait WireField {
     #[doc(hidden)]
     const ASSERT: () = ();
 }
 #[diagnostic::do_not_recommend]
 impl<T: Serialize + DeserializeOwned> WireField for T {}
 
-/// A type that can be a state: [`State`], under a name of its own so that
-/// the error is one sentence about the state, not about one of its bounds.
+/// A type that can be a state: [`State`], under a name of its own with no
+/// supertrait, so that `<S as StateType>::ASSERT` is one error about the
+/// state, not one per bound. (The same holds for [`CommandOutput`] and
+/// [`WireField`].)
 #[diagnostic::on_unimplemented(
     message = "`{Self}` cannot be a catga state",
     label = "a state must be Default + Serialize + Deserialize + Send + Sync + 'static",
     note = "declare it as `#[state] #[derive(Default)] struct {Self} {{ .. }}`: #[state] derives Serialize and Deserialize, `Default` is the initial state; every field must be Send + Sync and own its data"
 )]
-pub trait StateType: State {
+pub trait StateType {
     #[doc(hidden)]
     const ASSERT: () = ();
 }
@@ -72,7 +74,7 @@ impl<T: State> StateType for T {}
 /// when `S:` [`StateType`], else a never-run stand-in (the assertion
 /// `<S as StateType>` is the one error).
 pub struct Stateful<S>(PhantomData<S>);
-impl<S: StateType> Stateful<S> {
+impl<S: State> Stateful<S> {
     pub const INFO: fn() -> StateInfo = StateInfo::of::<S>;
 }
 /// What `Stateful::<S>::INFO` falls back to.
@@ -111,7 +113,7 @@ impl<'a> CommandEnv<'a> {
 /// changes (`&mut S`, with `S:` [`State`]) and optionally `&mut CommandContext`.
 #[diagnostic::on_unimplemented(
     message = "`{Self}` cannot be a parameter of a command handler",
-    label = "not the state (`&mut State`) or the context (`&mut CommandContext`)",
+    label = "neither `&mut` a state (a Default + Serialize + Deserialize + Send + Sync type) nor `&mut CommandContext`",
     note = "a command handler takes the command, then the state it changes as `&mut State`, and optionally `ctx: &mut CommandContext`, e.g. `fn place_order(cmd: PlaceOrder, shop: &mut Shop, ctx: &mut CommandContext)`"
 )]
 pub trait CommandParam<'a>: Sized {
@@ -121,7 +123,7 @@ pub trait CommandParam<'a>: Sized {
     fn take(env: &CommandEnv<'a>) -> Option<Self>;
 }
 
-impl<'a, S: StateType> CommandParam<'a> for &'a mut S {
+impl<'a, S: State> CommandParam<'a> for &'a mut S {
     const SLOT: Slot = Slot::State(StateInfo::of::<S>);
     fn take(env: &CommandEnv<'a>) -> Option<Self> {
         env.state.take()?.downcast_mut::<S>()
@@ -139,7 +141,7 @@ impl<'a> CommandParam<'a> for &'a mut CommandContext {
 /// (`&S`, with `S:` [`State`]).
 #[diagnostic::on_unimplemented(
     message = "`{Self}` cannot be a parameter of a query handler",
-    label = "not the state it reads (`&State`)",
+    label = "not `&` a state (a Default + Serialize + Deserialize + Send + Sync type)",
     note = "a query handler takes the query and optionally the state it reads as `&State`, and returns the answer, e.g. `fn count(q: CountOrders, shop: &Shop) -> u64`"
 )]
 pub trait QueryParam<'a>: Sized {
@@ -149,7 +151,7 @@ pub trait QueryParam<'a>: Sized {
     fn take(env: &'a (dyn Any + Send + Sync)) -> Option<Self>;
 }
 
-impl<'a, S: StateType> QueryParam<'a> for &'a S {
+impl<'a, S: State> QueryParam<'a> for &'a S {
     const SLOT: Slot = Slot::State(StateInfo::of::<S>);
     fn take(env: &'a (dyn Any + Send + Sync)) -> Option<Self> {
         env.downcast_ref::<S>()
@@ -340,7 +342,7 @@ fn refused() -> StateInfo {
 /// (the assertion `<T as WireField>` is the one error).
 pub struct Field<T>(PhantomData<T>);
 
-impl<T: WireField> Field<T> {
+impl<T: Serialize + DeserializeOwned> Field<T> {
     pub fn serialize<S: Serializer>(value: &T, serializer: S) -> Result<S::Ok, S::Error> {
         value.serialize(serializer)
     }
