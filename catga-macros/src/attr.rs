@@ -83,10 +83,7 @@ impl Args {
     /// The same path as a string, for `#[serde(crate = "...")]`.
     pub fn krate_string(&self) -> String {
         match &self.krate {
-            Some(p) => p
-                .to_token_stream()
-                .to_string()
-                .replace(' ', ""),
+            Some(p) => p.to_token_stream().to_string().replace(' ', ""),
             None => "::catga".to_string(),
         }
     }
@@ -112,10 +109,9 @@ pub fn parse(tokens: TokenStream, attr: Attr, errors: &mut Errors) -> Args {
             name(&meta, &mut args, errors);
         } else if path.is_ident("linearizable") && attr.takes_linearizable() {
             match &meta {
-                Meta::Path(p) if args.linearizable.is_some() => errors.push(syn::Error::new_spanned(
-                    p,
-                    "`linearizable` is given twice: write it once",
-                )),
+                Meta::Path(p) if args.linearizable.is_some() => errors.push(
+                    syn::Error::new_spanned(p, "`linearizable` is given twice: write it once"),
+                ),
                 Meta::Path(p) => args.linearizable = Some(syn::spanned::Spanned::span(p)),
                 other => errors.push(syn::Error::new_spanned(
                     other,

@@ -38,7 +38,10 @@ impl Errors {
 /// What a macro emits. With no errors: the expansion. With errors: `item`
 /// (the user's item as written, or as far as it could be expanded) and
 /// `stubs`, then the errors.
-pub fn emit(expansion: Result<TokenStream, (TokenStream, TokenStream)>, errors: Errors) -> TokenStream {
+pub fn emit(
+    expansion: Result<TokenStream, (TokenStream, TokenStream)>,
+    errors: Errors,
+) -> TokenStream {
     match expansion {
         Ok(out) if errors.is_empty() => out,
         Ok(out) => {

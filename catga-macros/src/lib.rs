@@ -68,9 +68,9 @@ fn data(attr: Attr, args: TokenStream2, item: TokenStream2) -> TokenStream2 {
     let expansion = match ast::data_item(item.clone()) {
         Ok(DataItem::Data(d)) => {
             valid::data(&d, attr, &mut errors);
-            source::no_derive_above(attr, &mut errors);
+            let derived_above = source::no_derive_above(attr, &mut errors);
             if d.input.generics.params.is_empty() {
-                Ok(expand::data::expand(attr, &args, d))
+                Ok(expand::data::expand(attr, &args, d, derived_above))
             } else {
                 Err((item, TokenStream2::new()))
             }
@@ -78,14 +78,21 @@ fn data(attr: Attr, args: TokenStream2, item: TokenStream2) -> TokenStream2 {
         Ok(DataItem::Union(u)) => {
             errors.push(syn::Error::new_spanned(
                 u.union_token,
-                format!("#[{}] cannot be used on a union: use a struct or an enum", attr.name()),
+                format!(
+                    "#[{}] cannot be used on a union: use a struct or an enum",
+                    attr.name()
+                ),
             ));
             Err((item, TokenStream2::new()))
         }
         Ok(DataItem::Other(o)) => {
             errors.push(syn::Error::new(
                 o.span,
-                format!("#[{}] goes on a struct or an enum, not on {}", attr.name(), o.what),
+                format!(
+                    "#[{}] goes on a struct or an enum, not on {}",
+                    attr.name(),
+                    o.what
+                ),
             ));
             Err((item, TokenStream2::new()))
         }
@@ -112,7 +119,12 @@ fn handler_fn(args: TokenStream2, item: TokenStream2) -> TokenStream2 {
                 let before = errors.len();
                 valid::handler(&h, &mut errors);
                 if errors.len() > before {
-                    Err((item, expand::handler::stubs(&args, &h)))
+                    // Re-emit the function without its foreign ABI (refused
+                    // above), so that rustc adds no warning about it.
+                    let mut func = h.func.clone();
+                    func.sig.abi = None;
+                    let func = quote::ToTokens::into_token_stream(func);
+                    Err((func, expand::handler::stubs(&args, &h)))
                 } else {
                     Ok(expand::handler::expand(&args, &h))
                 }

@@ -164,9 +164,25 @@ fn enclosing_block(src: &str) -> Option<Block> {
                 if head.is_none()
                     && matches!(
                         word,
-                        "impl" | "trait" | "fn" | "struct" | "enum" | "union" | "mod" | "let"
-                            | "const" | "static" | "match" | "if" | "while" | "for" | "loop"
-                            | "async" | "move" | "extern" | "macro_rules"
+                        "impl"
+                            | "trait"
+                            | "fn"
+                            | "struct"
+                            | "enum"
+                            | "union"
+                            | "mod"
+                            | "let"
+                            | "const"
+                            | "static"
+                            | "match"
+                            | "if"
+                            | "while"
+                            | "for"
+                            | "loop"
+                            | "async"
+                            | "move"
+                            | "extern"
+                            | "macro_rules"
                     )
                 {
                     // `unsafe impl` / `pub impl` : only item keywords count,
@@ -206,12 +222,13 @@ fn skip_string(b: &[u8], mut i: usize) -> Option<usize> {
 /// the attributes written above the data attribute: rustc has already run
 /// that derive (we never see it), and serde's own impls would clash with
 /// ours, or fail to find the `serde` crate.
-pub fn no_derive_above(attr: Attr, errors: &mut Errors) {
+/// Returns whether it found one.
+pub fn no_derive_above(attr: Attr, errors: &mut Errors) -> bool {
     let Some((text, line)) = around_attribute() else {
-        return;
+        return false;
     };
     let Some(end) = line_start(&text, line) else {
-        return;
+        return false;
     };
     // The attributes above: lines up to the end of the previous item.
     let mut above = String::new();
@@ -228,7 +245,7 @@ pub fn no_derive_above(attr: Attr, errors: &mut Errors) {
         .filter(|w| in_derive(&above, w))
         .collect();
     if found.is_empty() {
-        return;
+        return false;
     }
     errors.push(syn::Error::new(
         proc_macro2::Span::call_site(),
@@ -238,6 +255,7 @@ pub fn no_derive_above(attr: Attr, errors: &mut Errors) {
             found.join("` and `")
         ),
     ));
+    true
 }
 
 /// Whether `word` appears as a whole word inside a `derive(...)` in `text`.
@@ -275,7 +293,10 @@ mod tests {
 
     #[test]
     fn a_free_function_is_not() {
-        assert_eq!(enclosing_block("use a::b;\nfn g() -> impl Fn() { || () }\n"), None);
+        assert_eq!(
+            enclosing_block("use a::b;\nfn g() -> impl Fn() { || () }\n"),
+            None
+        );
         let src = "impl A { fn f() { let c = '{'; 'a: loop {} } }\nmod m {\n";
         assert_eq!(enclosing_block(src), Some(Block::Other));
         let src = "impl A {\n fn f() {\n";
@@ -289,6 +310,9 @@ mod tests {
         assert!(in_derive("#[derive(Debug, Serialize)]", "Serialize"));
         assert!(in_derive("#[derive(serde::Deserialize)]", "Deserialize"));
         assert!(!in_derive("#[derive(MySerialize)]", "Serialize"));
-        assert!(!in_derive("/// Serialize it\n#[derive(Debug)]", "Serialize"));
+        assert!(!in_derive(
+            "/// Serialize it\n#[derive(Debug)]",
+            "Serialize"
+        ));
     }
 }

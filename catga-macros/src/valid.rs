@@ -17,6 +17,41 @@ use crate::fallback::Errors;
 pub fn data(data: &DataType, attr: Attr, errors: &mut Errors) {
     not_generic(data, attr, errors);
     no_serde_derive(&data.input.attrs, attr, errors);
+    owned_fields(data, errors);
+}
+
+/// Whether `ty` contains a reference (`&'static str`, `Vec<&'static [u8]>`).
+pub fn borrows(ty: &Type) -> bool {
+    struct Finder(bool);
+    impl<'a> syn::visit::Visit<'a> for Finder {
+        fn visit_type_reference(&mut self, _: &'a syn::TypeReference) {
+            self.0 = true;
+        }
+    }
+    let mut f = Finder(false);
+    syn::visit::Visit::visit_type(&mut f, ty);
+    f.0
+}
+
+/// A field that borrows cannot be decoded from the log (the bytes do not
+/// outlive the decoding), even as `&'static`.
+fn owned_fields(data: &DataType, errors: &mut Errors) {
+    let fields: Vec<&syn::Field> = match &data.input.data {
+        syn::Data::Struct(s) => s.fields.iter().collect(),
+        syn::Data::Enum(e) => e.variants.iter().flat_map(|v| v.fields.iter()).collect(),
+        syn::Data::Union(_) => Vec::new(),
+    };
+    for f in fields {
+        if borrows(&f.ty) {
+            errors.push(syn::Error::new_spanned(
+                &f.ty,
+                format!(
+                    "a field of a message or state must own its data: `{}` borrows, and a replica decodes it from bytes that do not outlive the decoding; use an owned type (`String` for `&str`, `Vec<T>` for `&[T]`)",
+                    pretty(&f.ty)
+                ),
+            ));
+        }
+    }
 }
 
 fn not_generic(data: &DataType, attr: Attr, errors: &mut Errors) {
@@ -58,16 +93,20 @@ fn no_serde_derive(attrs: &[Attribute], attr: Attr, errors: &mut Errors) {
         let Some((serde, _)) = serde_derives(a) else {
             continue;
         };
-        for p in &serde {
-            let last = &p.segments.last().expect("partitioned on it").ident;
-            errors.push(syn::Error::new_spanned(
-                p,
-                format!(
-                    "#[{}] derives Serialize and Deserialize itself (through catga's own serde): remove `{last}` from this derive",
-                    attr.name()
-                ),
-            ));
-        }
+        // One error per derive, spanned on its serde paths (first to last).
+        let names: Vec<String> = serde
+            .iter()
+            .map(|p| format!("`{}`", p.segments.last().expect("partitioned on it").ident))
+            .collect();
+        let (first, last) = (&serde[0], &serde[serde.len() - 1]);
+        errors.push(syn::Error::new_spanned(
+            quote::quote!(#first #last),
+            format!(
+                "#[{}] derives Serialize and Deserialize itself (through catga's own serde): remove {} from this derive",
+                attr.name(),
+                names.join(" and ")
+            ),
+        ));
     }
 }
 
@@ -103,7 +142,10 @@ fn rust_abi(h: &Handler, errors: &mut Errors) {
 fn not_const_unsafe_variadic(h: &Handler, errors: &mut Errors) {
     let sig = &h.func.sig;
     if let Some(c) = &sig.constness {
-        errors.push(syn::Error::new_spanned(c, "a handler cannot be a `const fn`: remove `const`"));
+        errors.push(syn::Error::new_spanned(
+            c,
+            "a handler cannot be a `const fn`: remove `const`",
+        ));
     }
     if let Some(u) = &sig.unsafety {
         errors.push(syn::Error::new_spanned(

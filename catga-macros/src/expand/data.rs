@@ -15,20 +15,30 @@ use crate::valid::serde_derives;
 
 /// The expansion of a data attribute on `data` (already checked; the
 /// user's own serde derives, reported by `valid`, are dropped here).
-pub fn expand(attr: Attr, args: &Args, data: DataType) -> TokenStream {
+///
+/// `derived_above`: a `#[derive(Serialize, Deserialize)]` written above the
+/// attribute has already run (reported by `source`). If it could find serde
+/// (the item has `#[serde(crate = "...")]`) its impls exist and ours would
+/// clash: then only the user's are kept.
+pub fn expand(attr: Attr, args: &Args, data: DataType, derived_above: bool) -> TokenStream {
     let k = args.krate();
     let mut input = data.input;
-    strip_serde(&mut input.attrs);
+    let keep_users = derived_above && has_serde_crate(&input.attrs);
+    if !keep_users {
+        strip_serde(&mut input.attrs);
+    }
     let ident = input.ident.clone();
     let fields = wrap_fields(&mut input.data, &ident, args);
     let field_checks = fields
         .iter()
         .map(|ty| assert_on(ty, quote!(#k::__private::WireField), quote!(ASSERT)));
     let serde_crate = format!("{}::__private::serde", args.krate_string());
-    let serde_attrs = quote_spanned! {ident.span()=>
-        #[derive(#k::__private::serde::Serialize, #k::__private::serde::Deserialize)]
-        #[serde(crate = #serde_crate)]
-    };
+    let serde_attrs = (!keep_users).then(|| {
+        quote_spanned! {ident.span()=>
+            #[derive(#k::__private::serde::Serialize, #k::__private::serde::Deserialize)]
+            #[serde(crate = #serde_crate)]
+        }
+    });
     let fallback_import = (!fields.is_empty()).then(|| {
         quote! {
             #[allow(unused_imports)]
@@ -58,9 +68,18 @@ pub fn expand(attr: Attr, args: &Args, data: DataType) -> TokenStream {
     }
 }
 
-fn message(attr: Attr, args: &Args, k: &TokenStream, ident: &Ident, name: &TokenStream) -> TokenStream {
+fn message(
+    attr: Attr,
+    args: &Args,
+    k: &TokenStream,
+    ident: &Ident,
+    name: &TokenStream,
+) -> TokenStream {
     let (kind, marker) = match attr {
-        Attr::Command => (quote!(Command), quote!(impl #k::__private::Command for #ident {})),
+        Attr::Command => (
+            quote!(Command),
+            quote!(impl #k::__private::Command for #ident {}),
+        ),
         Attr::Query => {
             let consistency = if args.linearizable.is_some() {
                 quote!(Linearizable)
@@ -77,7 +96,10 @@ fn message(attr: Attr, args: &Args, k: &TokenStream, ident: &Ident, name: &Token
                 },
             )
         }
-        _ => (quote!(Event), quote!(impl #k::__private::Event for #ident {})),
+        _ => (
+            quote!(Event),
+            quote!(impl #k::__private::Event for #ident {}),
+        ),
     };
     quote! {
         impl #k::__private::Message for #ident {
@@ -87,7 +109,7 @@ fn message(attr: Attr, args: &Args, k: &TokenStream, ident: &Ident, name: &Token
         #marker
         #k::__private::inventory::submit! {
             #k::__private::MessageEntry {
-                name: <#ident as #k::__private::Message>::NAME,
+                name: #name,
                 kind: #k::__private::MessageKind::#kind,
                 rust_type: ::core::concat!(::core::module_path!(), "::", ::core::stringify!(#ident)),
             }
@@ -128,20 +150,33 @@ fn strip_serde(attrs: &mut Vec<Attribute>) {
             }
             continue;
         }
-        if a.path().is_ident("serde") {
-            if let Ok(metas) = a.parse_args_with(Punctuated::<Meta, Token![,]>::parse_terminated) {
-                let rest: Vec<&Meta> = metas.iter().filter(|m| !m.path().is_ident("crate")).collect();
-                if rest.len() != metas.len() {
-                    if !rest.is_empty() {
-                        keep.push(syn::parse_quote!(#[serde(#(#rest),*)]));
-                    }
-                    continue;
+        if a.path().is_ident("serde")
+            && let Ok(metas) = a.parse_args_with(Punctuated::<Meta, Token![,]>::parse_terminated)
+        {
+            let rest: Vec<&Meta> = metas
+                .iter()
+                .filter(|m| !m.path().is_ident("crate"))
+                .collect();
+            if rest.len() != metas.len() {
+                if !rest.is_empty() {
+                    keep.push(syn::parse_quote!(#[serde(#(#rest),*)]));
                 }
+                continue;
             }
         }
         keep.push(a);
     }
     *attrs = keep;
+}
+
+fn has_serde_crate(attrs: &[Attribute]) -> bool {
+    attrs
+        .iter()
+        .filter(|a| a.path().is_ident("serde"))
+        .any(|a| {
+            a.parse_args_with(Punctuated::<Meta, Token![,]>::parse_terminated)
+                .is_ok_and(|metas| metas.iter().any(|m| m.path().is_ident("crate")))
+        })
 }
 
 /// Field attributes with which serde no longer (de)serializes the field's
@@ -163,7 +198,10 @@ fn serde_metas(field: &Field) -> Vec<Meta> {
         .attrs
         .iter()
         .filter(|a| a.path().is_ident("serde"))
-        .filter_map(|a| a.parse_args_with(Punctuated::<Meta, Token![,]>::parse_terminated).ok())
+        .filter_map(|a| {
+            a.parse_args_with(Punctuated::<Meta, Token![,]>::parse_terminated)
+                .ok()
+        })
         .flatten()
         .collect()
 }
@@ -177,7 +215,10 @@ fn wrap_fields(data: &mut Data, ident: &Ident, args: &Args) -> Vec<Type> {
     let mut wrap = |fields: &mut Fields| {
         for field in fields.iter_mut() {
             let metas = serde_metas(field);
-            if metas.iter().any(|m| CUSTOM.iter().any(|c| m.path().is_ident(c))) {
+            if metas
+                .iter()
+                .any(|m| CUSTOM.iter().any(|c| m.path().is_ident(c)))
+            {
                 continue;
             }
             let ty = replace_self(&field.ty, ident);
@@ -190,7 +231,19 @@ fn wrap_fields(data: &mut Data, ident: &Ident, args: &Args) -> Vec<Type> {
                 );
                 LitStr::new(&s, first)
             };
-            let (ser, de) = (path("serialize"), path("deserialize"));
+            let (ser, mut de) = (path("serialize"), path("deserialize"));
+            if crate::valid::borrows(&ty) {
+                // refused by `valid` (on the field): keep serde's derive
+                // general, and check nothing more about this field
+                de = LitStr::new(
+                    &format!("{}::__private::refused_field", args.krate_string()),
+                    first,
+                );
+                field
+                    .attrs
+                    .push(syn::parse_quote!(#[serde(deserialize_with = #de)]));
+                continue;
+            }
             field
                 .attrs
                 .push(syn::parse_quote!(#[serde(serialize_with = #ser, deserialize_with = #de)]));

@@ -37,7 +37,13 @@ impl Cx<'_> {
 }
 
 pub fn expand(args: &Args, h: &Handler) -> TokenStream {
-    let msg = h.msg.as_ref().expect("checked by valid").ty.as_ref().clone();
+    let msg = h
+        .msg
+        .as_ref()
+        .expect("checked by valid")
+        .ty
+        .as_ref()
+        .clone();
     let lifetimes = h
         .func
         .sig
@@ -227,12 +233,15 @@ fn state_const(cx: &Cx, slots: &[TokenStream]) -> TokenStream {
     let k = &cx.k;
     let msg = &cx.msg;
     let inputs = &cx.h.func.sig.inputs;
-    let call = spanned_call(
+    let check = spanned_call(
         inputs,
-        quote!(#k::__private::state_of),
+        quote!(#k::__private::check_has_state),
         quote!(#k::__private::Probe::<#msg>::KIND, &[#(#slots),*]),
     );
-    quote!(const __CATGA_STATE: fn() -> #k::__private::StateInfo = #call;)
+    quote! {
+        const _: () = #check;
+        const __CATGA_STATE: fn() -> #k::__private::StateInfo = #k::__private::state_of(&[#(#slots),*]);
+    }
 }
 
 fn impl_handled(cx: &Cx, route: TokenStream) -> TokenStream {

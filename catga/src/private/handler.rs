@@ -22,8 +22,8 @@ use serde::de::DeserializeOwned;
 use serde::{Deserializer, Serialize, Serializer};
 
 use crate::context::{CommandContext, EventContext};
-use crate::message::MessageKind;
 use crate::message::BoxFuture;
+use crate::message::MessageKind;
 use crate::state::{State, StateInfo};
 
 /// What a command handler may return: it is encoded into the replicated
@@ -112,7 +112,7 @@ impl<'a> CommandEnv<'a> {
 /// A parameter of a command handler, after the command: the state it
 /// changes (`&mut S`, with `S:` [`State`]) and optionally `&mut CommandContext`.
 #[diagnostic::on_unimplemented(
-    message = "`{Self}` cannot be a parameter of a command handler",
+    message = "`{Self}` cannot be a parameter of a command handler: after the command it takes `&mut State` and optionally `&mut CommandContext`",
     label = "neither `&mut` a state (a Default + Serialize + Deserialize + Send + Sync type) nor `&mut CommandContext`",
     note = "a command handler takes the command, then the state it changes as `&mut State`, and optionally `ctx: &mut CommandContext`, e.g. `fn place_order(cmd: PlaceOrder, shop: &mut Shop, ctx: &mut CommandContext)`"
 )]
@@ -140,7 +140,7 @@ impl<'a> CommandParam<'a> for &'a mut CommandContext {
 /// A parameter of a query handler, after the query: the state it reads
 /// (`&S`, with `S:` [`State`]).
 #[diagnostic::on_unimplemented(
-    message = "`{Self}` cannot be a parameter of a query handler",
+    message = "`{Self}` cannot be a parameter of a query handler: after the query it takes only the state it reads, as `&State`",
     label = "not `&` a state (a Default + Serialize + Deserialize + Send + Sync type)",
     note = "a query handler takes the query and optionally the state it reads as `&State`, and returns the answer, e.g. `fn count(q: CountOrders, shop: &Shop) -> u64`"
 )]
@@ -160,7 +160,7 @@ impl<'a, S: State> QueryParam<'a> for &'a S {
 
 /// A parameter of an event handler, after the event: `EventContext`.
 #[diagnostic::on_unimplemented(
-    message = "`{Self}` cannot be a parameter of an event handler",
+    message = "`{Self}` cannot be a parameter of an event handler: after the event it takes only `EventContext`, by value",
     label = "not the event context (`EventContext`, by value)",
     note = "an event handler takes the event and optionally `ctx: EventContext`, and returns nothing; it cannot read or change state (do that in a #[command] or #[query] handler)"
 )]
@@ -262,10 +262,12 @@ pub const fn check_kind(kind: Option<MessageKind>, shape: Shape) {
              (a command handler: the command, `&mut State`, optionally `ctx: &mut CommandContext`; it returns the response); \
              if it only reads, make it a #[query]"
         ),
-        (MessageKind::Command, Shape::StatelessQuery | Shape::Event | Shape::EventReturning) => panic!(
-            "this is a #[command], so its handler takes the state it changes as `&mut State` \
+        (MessageKind::Command, Shape::StatelessQuery | Shape::Event | Shape::EventReturning) => {
+            panic!(
+                "this is a #[command], so its handler takes the state it changes as `&mut State` \
              (a command handler: the command, `&mut State`, optionally `ctx: &mut CommandContext`; it returns the response)"
-        ),
+            )
+        }
         (MessageKind::Query, Shape::Command) => panic!(
             "this is a #[query], so its handler reads the state as `&State`, not `&mut State` \
              (a query handler: the query and optionally `&State`; it returns the answer); if it changes state, make it a #[command]"
@@ -310,11 +312,8 @@ pub const fn check_param(before: &[Slot], this: Slot) {
 }
 
 /// The state among a command or query handler's parameters (checked by
-/// [`check_param`] to be at most one). A command handler must take one; the
-/// check stays silent when the message is not a command (the kind check
-/// reports that).
-#[track_caller]
-pub const fn state_of(kind: Option<MessageKind>, slots: &[Slot]) -> fn() -> StateInfo {
+/// [`check_param`] to be at most one, and by [`check_has_state`] to be there).
+pub const fn state_of(slots: &[Slot]) -> fn() -> StateInfo {
     let mut i = 0;
     while i < slots.len() {
         match slots[i] {
@@ -324,12 +323,27 @@ pub const fn state_of(kind: Option<MessageKind>, slots: &[Slot]) -> fn() -> Stat
         }
         i += 1;
     }
-    if let Some(MessageKind::Command) = kind {
-        panic!(
-            "a command handler takes the state it changes, e.g. `shop: &mut Shop`: add it after the command"
-        )
-    }
     refused
+}
+
+/// Compile-time check that a command handler takes a state. Silent when
+/// the message is not a command (the kind check reports that) or a
+/// parameter is refused (reported on its own).
+#[track_caller]
+pub const fn check_has_state(kind: Option<MessageKind>, slots: &[Slot]) {
+    if !matches!(kind, Some(MessageKind::Command)) {
+        return;
+    }
+    let mut i = 0;
+    while i < slots.len() {
+        if matches!(slots[i], Slot::State(_) | Slot::Refused) {
+            return;
+        }
+        i += 1;
+    }
+    panic!(
+        "a command handler takes the state it changes, e.g. `shop: &mut Shop`: add it after the command"
+    )
 }
 
 fn refused() -> StateInfo {
@@ -366,4 +380,11 @@ impl<T> FieldFallback<T> for Field<T> {}
 /// reported): keeps every `send` of its message free of a second error.
 pub fn refused_run<M, O>(_: M) -> BoxFuture<'static, O> {
     unreachable!("a refused handler does not compile")
+}
+
+/// The decoder of a field that borrows (`&'static str`): refused at
+/// expansion (reported on the field), this keeps serde's derive general so
+/// the mistake is one error.
+pub fn refused_field<'de, D: Deserializer<'de>, T>(_: D) -> Result<T, D::Error> {
+    unreachable!("a message with a borrowed field does not compile")
 }
