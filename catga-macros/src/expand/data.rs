@@ -75,10 +75,14 @@ fn message(
     ident: &Ident,
     name: &TokenStream,
 ) -> TokenStream {
+    // `Send` is required of every field (`WireField`, on the field); the
+    // higher-ranked bound defers the same requirement here, so that a field
+    // that is not `Send` is one error, not one more per impl.
+    let send = quote!(where for<'__catga> #ident: ::core::marker::Send);
     let (kind, marker) = match attr {
         Attr::Command => (
             quote!(Command),
-            quote!(impl #k::__private::Command for #ident {}),
+            quote!(impl #k::__private::Command for #ident #send {}),
         ),
         Attr::Query => {
             let consistency = if args.linearizable.is_some() {
@@ -89,7 +93,7 @@ fn message(
             (
                 quote!(Query),
                 quote! {
-                    impl #k::__private::Query for #ident {
+                    impl #k::__private::Query for #ident #send {
                         const CONSISTENCY: #k::__private::Consistency =
                             #k::__private::Consistency::#consistency;
                     }
@@ -98,11 +102,11 @@ fn message(
         }
         _ => (
             quote!(Event),
-            quote!(impl #k::__private::Event for #ident {}),
+            quote!(impl #k::__private::Event for #ident #send {}),
         ),
     };
     quote! {
-        impl #k::__private::Message for #ident {
+        impl #k::__private::Message for #ident #send {
             const NAME: &'static str = #name;
             const KIND: #k::__private::MessageKind = #k::__private::MessageKind::#kind;
         }
@@ -233,15 +237,20 @@ fn wrap_fields(data: &mut Data, ident: &Ident, args: &Args) -> Vec<Type> {
             };
             let (ser, mut de) = (path("serialize"), path("deserialize"));
             if crate::valid::borrows(&ty) {
-                // refused by `valid` (on the field): keep serde's derive
-                // general, and check nothing more about this field
-                de = LitStr::new(
-                    &format!("{}::__private::refused_field", args.krate_string()),
-                    first,
-                );
-                field
-                    .attrs
-                    .push(syn::parse_quote!(#[serde(deserialize_with = #de)]));
+                // Refused by `valid` (on the field): keep serde's derive
+                // general (`&str` and `&[u8]` would make it borrow from the
+                // input), and check nothing more about this field.
+                if implicitly_borrowed(&ty) {
+                    field.attrs.push(syn::parse_quote!(#[serde(skip_deserializing)]));
+                } else {
+                    de = LitStr::new(
+                        &format!("{}::__private::refused_field", args.krate_string()),
+                        first,
+                    );
+                    field
+                        .attrs
+                        .push(syn::parse_quote!(#[serde(deserialize_with = #de)]));
+                }
                 continue;
             }
             field
@@ -266,6 +275,20 @@ fn wrap_fields(data: &mut Data, ident: &Ident, args: &Args) -> Vec<Type> {
         Data::Union(_) => {}
     }
     checked
+}
+
+/// `&str` or `&[u8]`: the types serde borrows from its input on its own.
+fn implicitly_borrowed(ty: &Type) -> bool {
+    let Type::Reference(r) = crate::ast::strip(ty) else {
+        return false;
+    };
+    match crate::ast::strip(&r.elem) {
+        Type::Path(p) => p.path.is_ident("str"),
+        Type::Slice(s) => {
+            matches!(crate::ast::strip(&s.elem), Type::Path(p) if p.path.is_ident("u8"))
+        }
+        _ => false,
+    }
 }
 
 fn is_option(ty: &Type) -> bool {

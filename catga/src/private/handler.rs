@@ -43,8 +43,8 @@ impl<T: Serialize + DeserializeOwned + Send + 'static> CommandOutput for T {}
 /// What a field of a `#[command]`, `#[query]`, `#[event]` or `#[state]`
 /// type must be: encodable, and decodable into an owned value.
 #[diagnostic::on_unimplemented(
-    message = "`{Self}` cannot be a field of a catga message or state: it is not Serialize + Deserialize with owned data",
-    label = "this field is encoded into the log and decoded on every replica",
+    message = "`{Self}` cannot be a field of a catga message or state: it must be Serialize + Deserialize (into owned data) + Send",
+    label = "this field is encoded into the log and decoded on every replica, on other threads",
     note = "use a type serde can encode and decode into an owned value: `String` not `&str`, `u64` milliseconds (from `ctx.timestamp_ms()`) not `Instant`/`SystemTime`, `Arc`/`Box` not `Rc`; for your own types derive `Serialize` and `Deserialize` with `#[serde(crate = \"catga::serde\")]`"
 )]
 pub trait WireField {
@@ -52,7 +52,7 @@ pub trait WireField {
     const ASSERT: () = ();
 }
 #[diagnostic::do_not_recommend]
-impl<T: Serialize + DeserializeOwned> WireField for T {}
+impl<T: Serialize + DeserializeOwned + Send> WireField for T {}
 
 /// A type that can be a state: [`State`], under a name of its own with no
 /// supertrait, so that `<S as StateType>::ASSERT` is one error about the
