@@ -79,7 +79,7 @@ pub trait Query: Message {
 #[diagnostic::on_unimplemented(
     message = "`{Self}` is not an #[event]",
     label = "not an #[event]",
-    note = "annotate `{Self}` with #[event] to publish it; a handler that takes no state and returns nothing handles an #[event], while a #[query] handler returns its answer and a #[command] handler takes `&mut State`"
+    note = "only an #[event] is published; a #[command] or #[query] is sent with `send`; to publish `{Self}` as a notification, annotate it with #[event]"
 )]
 pub trait Event: Message {}
 
