@@ -241,7 +241,9 @@ fn wrap_fields(data: &mut Data, ident: &Ident, args: &Args) -> Vec<Type> {
                 // general (`&str` and `&[u8]` would make it borrow from the
                 // input), and check nothing more about this field.
                 if implicitly_borrowed(&ty) {
-                    field.attrs.push(syn::parse_quote!(#[serde(skip_deserializing)]));
+                    field
+                        .attrs
+                        .push(syn::parse_quote!(#[serde(skip_deserializing)]));
                 } else {
                     de = LitStr::new(
                         &format!("{}::__private::refused_field", args.krate_string()),
