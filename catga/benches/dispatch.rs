@@ -4,8 +4,8 @@
 use std::collections::HashMap;
 use std::hint::black_box;
 
+use catga::__private::wire::{EntryKind, Envelope, Machine};
 use catga::prelude::*;
-use catga::{EntryKind, Envelope, Machine};
 use criterion::{Criterion, criterion_group};
 
 #[state(name = "bench.kv")]

@@ -1,8 +1,13 @@
-//! rmp-serde with limits: every decoder on the network and disk path goes
-//! through here, so nested input cannot exhaust a worker's stack.
+//! The one codec: rmp-serde, maps with named fields, and depth limits.
+//! Everything catga encodes or decodes (messages, outputs, states, log
+//! records, RPC bodies, snapshots) goes through here, so nested input cannot
+//! exhaust a worker's stack and an added field never breaks a rolling
+//! upgrade.
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+
+use crate::error::ApplyError;
 
 /// Nesting allowed in catga's own formats (RPC bodies, log records,
 /// snapshot envelopes): they nest a handful of levels.
@@ -21,10 +26,46 @@ pub(crate) fn decode<T: DeserializeOwned>(
     T::deserialize(&mut de)
 }
 
+/// Decodes `bytes` into a value that may borrow from them (frames).
+pub(crate) fn decode_borrowed<'a, T: serde::Deserialize<'a>>(
+    bytes: &'a [u8],
+    depth: usize,
+) -> Result<T, rmp_serde::decode::Error> {
+    let mut de = rmp_serde::Deserializer::from_read_ref(bytes);
+    de.set_max_depth(depth);
+    T::deserialize(&mut de)
+}
+
+/// Encodes `v` as maps with named fields straight into a writer (frames).
+pub(crate) fn encode_into<W: std::io::Write, T: Serialize + ?Sized>(
+    w: W,
+    v: &T,
+) -> Result<(), rmp_serde::encode::Error> {
+    v.serialize(&mut rmp_serde::Serializer::new(w).with_struct_map())
+}
+
 /// Encodes `v` as maps with named fields (so an added field does not break
 /// a rolling upgrade).
 pub(crate) fn encode<T: Serialize + ?Sized>(v: &T) -> Result<Vec<u8>, rmp_serde::encode::Error> {
     rmp_serde::to_vec_named(v)
+}
+
+/// Encodes a user value (a message, an output, an event); `what` names it
+/// in the error.
+pub(crate) fn encode_user<T: Serialize + ?Sized>(what: &str, v: &T) -> Result<Vec<u8>, ApplyError> {
+    encode(v).map_err(|e| ApplyError::Encode {
+        what: what.to_string(),
+        reason: e.to_string(),
+    })
+}
+
+/// Decodes a user value (a message, an output, a state) with the user depth
+/// limit; `what` names it in the error.
+pub(crate) fn decode_user<T: DeserializeOwned>(what: &str, bytes: &[u8]) -> Result<T, ApplyError> {
+    decode(bytes, USER_DEPTH).map_err(|e| ApplyError::Decode {
+        what: what.to_string(),
+        reason: e.to_string(),
+    })
 }
 
 /// Runs `f` on a thread with a large stack (restoring a big snapshot of

@@ -3,7 +3,8 @@
 use crate::error::ApplyError;
 use crate::message::Event;
 
-/// An event published by a command handler (or by `publish`), encoded.
+/// An event published by a command handler (or by `publish`), encoded: part
+/// of the log format (an applied entry's result).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct PublishedEvent {
     /// The event's wire name.
@@ -78,16 +79,13 @@ impl CommandContext {
     /// node once this command is applied there, and only if the handler
     /// does not panic.
     pub fn publish<E: Event>(&mut self, event: E) {
-        match rmp_serde::to_vec_named(&event) {
+        match crate::codec::encode_user(E::NAME, &event) {
             Ok(payload) => self.events.push(PublishedEvent {
                 name: E::NAME.to_string(),
                 payload,
             }),
             Err(e) => {
-                self.error.get_or_insert(ApplyError::Encode {
-                    what: E::NAME.to_string(),
-                    reason: e.to_string(),
-                });
+                self.error.get_or_insert(e);
             }
         }
     }

@@ -57,7 +57,7 @@ impl Default for Dedup {
 }
 
 impl Dedup {
-    pub fn new(ttl_ms: u64) -> Self {
+    pub(crate) fn new(ttl_ms: u64) -> Self {
         Dedup {
             clients: BTreeMap::new(),
             clock: 0,
@@ -67,7 +67,7 @@ impl Dedup {
     }
 
     /// Rebuilds the derived index after deserializing.
-    pub fn reindex(&mut self) {
+    pub(crate) fn reindex(&mut self) {
         self.by_time = self
             .clients
             .iter()
@@ -76,13 +76,13 @@ impl Dedup {
     }
 
     /// Number of clients remembered.
-    pub fn clients(&self) -> usize {
+    pub(crate) fn clients(&self) -> usize {
         self.clients.len()
     }
 
     /// Checks a request before applying it; advances the log clock and
     /// expires idle clients.
-    pub fn check(&mut self, client: u64, seq: u64, ack_below: u64, time_ms: u64) -> Check {
+    pub(crate) fn check(&mut self, client: u64, seq: u64, ack_below: u64, time_ms: u64) -> Check {
         if time_ms > self.clock {
             self.clock = time_ms;
             self.expire();
@@ -106,7 +106,7 @@ impl Dedup {
     }
 
     /// Records the outcome of a request that [`Dedup::check`] let through.
-    pub fn record(&mut self, client: u64, seq: u64, outcome: Outcome) {
+    pub(crate) fn record(&mut self, client: u64, seq: u64, outcome: Outcome) {
         let rec = self.clients.entry(client).or_default();
         rec.responses.insert(seq, outcome);
         while rec.responses.len() > MAX_CACHED_PER_CLIENT {

@@ -1,4 +1,5 @@
-//! Errors.
+//! The error types: [`Error`] for every call of the API, [`ApplyError`]
+//! for why a replicated entry produced no output (the same on every replica).
 
 /// The result type of catga's API.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -54,9 +55,19 @@ pub enum ApplyError {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// The registry built from the annotated items is inconsistent.
-    #[error("registry: {0}")]
+    /// The annotated items linked into this program are inconsistent (two
+    /// messages or states with one wire name, a handler for an unknown
+    /// message). Found when the first node or test app starts.
+    #[error("the annotated items are inconsistent: {0}")]
     Registry(String),
+    /// A message was used as the wrong kind (a command run as a query).
+    #[error("`{name}` {advice}")]
+    WrongKind {
+        /// The message's wire name.
+        name: &'static str,
+        /// What it is, and what to call instead.
+        advice: &'static str,
+    },
     /// Applying the command failed (see [`ApplyError`]).
     #[error(transparent)]
     Apply(#[from] ApplyError),
@@ -92,16 +103,30 @@ pub enum Error {
         "too many requests in flight on this node (see `max_in_flight`); nothing was sent, retry later"
     )]
     Overloaded,
-    /// An I/O or storage error.
-    #[error("storage: {0}")]
-    Storage(String),
-    /// A network error talking to another node.
-    #[error("network: {0}")]
-    Network(String),
-    /// A membership change was refused.
-    #[error("membership: {0}")]
+    /// Reading or writing the data dir (or binding a socket) failed.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done, and on which path or address.
+        context: String,
+        /// The operating system's error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The Raft core refused to start or stopped (its log or state machine
+    /// failed). The node cannot serve writes until it is restarted.
+    #[error("raft: {0}")]
+    Raft(String),
+    /// A membership change was refused by the leader.
+    #[error("membership change refused: {0}")]
     Membership(String),
-    /// Node discovery failed.
-    #[error("discovery: {0}")]
-    Discovery(String),
+}
+
+impl Error {
+    /// An [`Error::Io`] with what was being done.
+    pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Error {
+        Error::Io {
+            context: context.into(),
+            source,
+        }
+    }
 }

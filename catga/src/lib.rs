@@ -1,31 +1,44 @@
 #![doc = include_str!("../README.md")]
 #![warn(missing_docs)]
+#![deny(unreachable_pub)]
+#![warn(missing_debug_implementations)]
+
+// The module map. Arrows run down this list, never up:
+//
+//   node/        the builder, the `Node` handle, health
+//   raft/        openraft glue: log, state machine adapter, network, RPC service
+//   transport/   authenticated, multiplexed TCP between nodes
+//   machine, dispatch, dedup    the deterministic core: no I/O, no clocks
+//   registry, message, state, context    what users' types and the macros touch
+//   codec, error                leaves: the one codec, the error types
+//
+// `testing` (TestApp and the cluster-test hooks) and `__private` (support for
+// generated code, and the wire types for catga's own tests) sit beside the
+// map: the runtime never imports them.
 
 extern crate self as catga;
 
-mod cluster;
 mod codec;
 mod context;
 mod dedup;
+mod dispatch;
 mod error;
-mod health;
 mod machine;
 mod message;
+mod node;
 mod raft;
 mod registry;
 mod state;
 pub mod testing;
-pub mod transport;
+mod transport;
 
 #[doc(hidden)]
 #[path = "private.rs"]
+#[allow(missing_debug_implementations)]
 pub mod __private;
 
-pub use cluster::{ClusterBuilder, Node, cluster};
-pub use context::{CommandContext, EventContext, PublishedEvent};
+pub use context::{CommandContext, EventContext};
 pub use error::{ApplyError, Error, Result};
-pub use health::{Health, Role};
-pub use machine::{Applied, EntryKind, Envelope, Machine};
 pub use message::{Command, Consistency, Event, Handled, Message, MessageKind, Query};
 // Named in compile errors about handler signatures and `query`/`publish`
 // calls; re-exported here (hidden) so rustc prints `CommandParam`, not a path
@@ -34,7 +47,7 @@ pub use message::{Command, Consistency, Event, Handled, Message, MessageKind, Qu
 pub use __private::{CommandOutput, CommandParam, EventParam, QueryParam, StateType, WireField};
 #[doc(hidden)]
 pub use message::{Publishable, Queryable};
-pub use registry::state_names;
+pub use node::{ClusterBuilder, Health, Node, Role, cluster};
 pub use state::State;
 
 /// serde, re-exported so that your own types can derive `Serialize` and

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::context::{CommandContext, PublishedEvent};
 use crate::dedup::{Check, Dedup};
 use crate::error::{ApplyError, Error, Result};
-use crate::message::{Handled, Route};
+use crate::message::{Handled, MessageKind, Route};
 use crate::registry::Registry;
 use crate::state::Slot;
 
@@ -71,6 +71,16 @@ pub struct Machine {
     last_applied: u64,
 }
 
+impl std::fmt::Debug for Machine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Machine")
+            .field("states", &self.registry.states.len())
+            .field("dedup_clients", &self.dedup.clients())
+            .field("last_applied", &self.last_applied)
+            .finish()
+    }
+}
+
 impl Machine {
     /// A machine holding the default value of every registered state.
     pub fn new() -> Result<Self> {
@@ -127,7 +137,7 @@ impl Machine {
                     .registry
                     .messages
                     .get(env.name.as_str())
-                    .is_some_and(|m| m.kind == crate::MessageKind::Event);
+                    .is_some_and(|m| m.kind == MessageKind::Event);
                 if !is_event {
                     return Applied {
                         response: Err(ApplyError::UnknownMessage {
@@ -192,10 +202,14 @@ impl Machine {
     pub fn query<M: Handled>(&self, msg: M) -> Result<M::Output> {
         match M::ROUTE {
             Route::Query { state, run, .. } => self.run_query(state, run, msg),
-            _ => Err(Error::Registry(format!(
-                "`{}` is not a query that reads state",
-                M::NAME
-            ))),
+            Route::Command { .. } => Err(Error::WrongKind {
+                name: M::NAME,
+                advice: "is a command: send it with `send` (it is replicated, not read)",
+            }),
+            Route::StatelessQuery { .. } => Err(Error::WrongKind {
+                name: M::NAME,
+                advice: "is a query whose handler reads no state: send it with `send`",
+            }),
         }
     }
 
@@ -215,7 +229,7 @@ impl Machine {
     }
 
     /// A typed view of a state.
-    pub fn state<S: crate::State>(&self) -> Option<&S> {
+    pub fn state<S: crate::state::State>(&self) -> Option<&S> {
         let slot = self.registry.slot_of(std::any::TypeId::of::<S>())?;
         self.states[slot].downcast_ref::<S>()
     }
@@ -234,7 +248,7 @@ impl Machine {
             states,
             dedup: self.dedup.clone(),
         };
-        rmp_serde::to_vec_named(&data).map_err(|e| Error::Snapshot(e.to_string()))
+        crate::codec::encode(&data).map_err(|e| Error::Snapshot(e.to_string()))
     }
 
     /// Replaces everything with the content of a snapshot. On error nothing

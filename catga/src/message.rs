@@ -125,6 +125,7 @@ pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T
 
 /// How a message reaches its handler; built by `#[handler]`.
 #[doc(hidden)]
+#[derive(Debug)]
 pub enum Route<M, O> {
     /// Replicated: encode, propose, apply on every node, decode the output.
     Command {

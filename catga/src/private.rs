@@ -19,6 +19,16 @@ pub use crate::state::{State, StateInfo};
 mod handler;
 pub use handler::*;
 
+/// The log and wire formats, for catga's own tests, benches and fuzz
+/// target (so they speak the real format instead of a copy).
+pub mod wire {
+    pub use crate::context::PublishedEvent;
+    pub use crate::machine::{Applied, EntryKind, Envelope, Machine};
+    pub use crate::raft::TC;
+    pub use crate::raft::wire::{Redirect, Rpc};
+    pub use crate::transport::{Frame, FrameError, Ident, decode_frame, decode_stream};
+}
+
 use std::any::Any;
 use std::marker::PhantomData;
 

@@ -12,14 +12,15 @@ use crate::state::StateInfo;
 
 /// Applies an encoded command to its (type-erased) state.
 #[doc(hidden)]
-pub type ApplyFn =
+pub(crate) type ApplyFn =
     fn(&[u8], &mut (dyn Any + Send + Sync), &mut CommandContext) -> Result<Vec<u8>, ApplyError>;
 /// Decodes an event and starts its handler.
 #[doc(hidden)]
-pub type EventFn = fn(&[u8], EventContext) -> Result<BoxFuture<'static, ()>, ApplyError>;
+pub(crate) type EventFn = fn(&[u8], EventContext) -> Result<BoxFuture<'static, ()>, ApplyError>;
 
 /// Submitted by `#[command]`, `#[query]`, `#[event]`.
 #[doc(hidden)]
+#[derive(Debug)]
 pub struct MessageEntry {
     pub name: &'static str,
     pub kind: MessageKind,
@@ -27,6 +28,7 @@ pub struct MessageEntry {
 }
 /// Submitted by `#[handler]` on a command handler.
 #[doc(hidden)]
+#[derive(Debug)]
 pub struct CommandHandlerEntry {
     pub name: &'static str,
     pub handler: &'static str,
@@ -35,6 +37,7 @@ pub struct CommandHandlerEntry {
 }
 /// Submitted by `#[handler]` on a query handler.
 #[doc(hidden)]
+#[derive(Debug)]
 pub struct QueryHandlerEntry {
     pub name: &'static str,
     pub handler: &'static str,
@@ -42,6 +45,7 @@ pub struct QueryHandlerEntry {
 }
 /// Submitted by `#[handler]` on an event handler.
 #[doc(hidden)]
+#[derive(Debug)]
 pub struct EventHandlerEntry {
     pub name: &'static str,
     pub handler: &'static str,
@@ -49,6 +53,7 @@ pub struct EventHandlerEntry {
 }
 /// Submitted by `#[state]`.
 #[doc(hidden)]
+#[derive(Debug)]
 pub struct StateEntry {
     pub name: &'static str,
     pub info: fn() -> StateInfo,
@@ -82,7 +87,7 @@ pub(crate) struct Registry {
 
 impl Registry {
     /// The registry of this program, built and checked on first use.
-    pub fn global() -> Result<&'static Registry> {
+    pub(crate) fn global() -> Result<&'static Registry> {
         static REGISTRY: OnceLock<std::result::Result<Registry, String>> = OnceLock::new();
         REGISTRY
             .get_or_init(|| {
@@ -191,23 +196,12 @@ impl Registry {
 
     /// The slot of a state type.
     #[inline]
-    pub fn slot_of(&self, type_id: TypeId) -> Option<usize> {
+    pub(crate) fn slot_of(&self, type_id: TypeId) -> Option<usize> {
         self.state_by_type
             .iter()
             .find(|(t, _)| *t == type_id)
             .map(|&(_, i)| i)
     }
-}
-
-/// The snapshot names of every state type this program uses, with the Rust
-/// type each one stands for: `(name, type)`.
-pub fn state_names() -> Result<Vec<(String, &'static str)>> {
-    let reg = Registry::global()?;
-    Ok(reg
-        .states
-        .iter()
-        .map(|s| (s.name.clone(), s.info.type_name))
-        .collect())
 }
 
 #[cfg(test)]

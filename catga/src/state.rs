@@ -13,7 +13,7 @@ use serde::de::DeserializeOwned;
 /// `#[state(name = "...")]`, else `module::path::Type` for a type annotated
 /// with `#[state]`, else [`std::any::type_name`]. Annotate your states with
 /// `#[state]` so the name does not depend on the compiler; see
-/// [`crate::state_names`] for the names in use.
+/// [`crate::testing::state_names`] for the names in use.
 #[diagnostic::on_unimplemented(
     message = "`{Self}` cannot be a catga state",
     label = "a state must be Default + Serialize + Deserialize + Send + Sync + 'static",
@@ -28,7 +28,7 @@ pub(crate) type Slot = Box<dyn Any + Send + Sync>;
 
 /// Type-erased operations on one state type. Built by [`StateInfo::of`].
 #[doc(hidden)]
-#[derive(Clone, Copy)]
+#[derive(Debug, Clone, Copy)]
 pub struct StateInfo {
     pub type_id: TypeId,
     pub type_name: &'static str,
@@ -45,7 +45,7 @@ impl StateInfo {
             type_name: std::any::type_name::<S>(),
             new: || Box::new(S::default()),
             encode: |slot| match slot.downcast_ref::<S>() {
-                Some(s) => rmp_serde::to_vec_named(s).map_err(|e| e.to_string()),
+                Some(s) => crate::codec::encode(s).map_err(|e| e.to_string()),
                 None => Err("state slot holds another type".into()),
             },
             decode: |bytes| {

@@ -1,4 +1,6 @@
-//! Unit-test your handlers in one process, with no cluster.
+//! Unit-test your handlers in one process, with no cluster, and the hooks
+//! that catga's own cluster tests use (fault switch, forced elections,
+//! state fingerprints). Nothing in the runtime imports this module.
 //!
 //! [`TestApp`] runs commands through exactly the path a cluster uses (encode
 //! → replicated-log envelope → state machine with dedup → decode), runs
@@ -45,13 +47,19 @@
 //! # });
 //! ```
 
+use crate::codec;
 use crate::context::{EventContext, PublishedEvent};
-use crate::error::{Error, Result};
+use crate::dispatch::run_event_handlers;
+use crate::error::Result;
 use crate::machine::{Applied, EntryKind, Envelope, Machine};
 use crate::message::{BoxFuture, Event, Handled, Publishable, Route};
+use crate::node::Node;
 use crate::registry::Registry;
 
+pub use crate::transport::Faults;
+
 /// A single-process stand-in for a cluster, for tests.
+#[derive(Debug)]
 pub struct TestApp {
     machine: Machine,
     client: u64,
@@ -82,13 +90,14 @@ impl TestApp {
 
     /// Sends a command (applied as in the cluster, then its events' handlers
     /// run) or a query (run on the state).
+    ///
     /// (A boxed future, as `Node::send`: one compile error for a type that
     /// cannot be sent.)
     pub fn send<M: Handled>(&mut self, msg: M) -> BoxFuture<'_, Result<M::Output>> {
         Box::pin(async move {
             match M::ROUTE {
                 Route::Command { decode } => {
-                    let payload = encode(&msg)?;
+                    let payload = codec::encode_user(M::NAME, &msg)?;
                     let applied = self.submit(EntryKind::Command, M::NAME, payload).await;
                     let bytes = applied.response?;
                     Ok(decode(&bytes)?)
@@ -103,7 +112,7 @@ impl TestApp {
     /// every event handler.
     pub fn publish<E: Publishable>(&mut self, event: E) -> BoxFuture<'_, Result<()>> {
         Box::pin(async move {
-            let payload = encode(&event)?;
+            let payload = codec::encode_user(E::NAME, &event)?;
             self.submit(EntryKind::Event, E::NAME, payload)
                 .await
                 .response?;
@@ -113,6 +122,7 @@ impl TestApp {
 
     /// Applies a raw envelope at the next log index, as a replica would
     /// (e.g. to replay a request with the same client and sequence number).
+    #[doc(hidden)]
     pub async fn apply(&mut self, envelope: Envelope) -> Applied {
         let index = self.next_index;
         self.next_index += 1;
@@ -151,13 +161,17 @@ impl TestApp {
         self.events
             .iter()
             .filter(|(_, e)| e.name == E::NAME)
-            .filter_map(|(_, e)| crate::codec::decode(&e.payload, crate::codec::USER_DEPTH).ok())
+            .filter_map(|(_, e)| codec::decode_user(E::NAME, &e.payload).ok())
             .collect()
     }
 
-    /// Every event published so far (encoded), with the log index that produced it.
-    pub fn raw_events(&self) -> &[(u64, PublishedEvent)] {
-        &self.events
+    /// The wire names of the events published so far, in order, with the
+    /// log index that produced each.
+    pub fn event_names(&self) -> Vec<(u64, &str)> {
+        self.events
+            .iter()
+            .map(|(i, e)| (*i, e.name.as_str()))
+            .collect()
     }
 
     /// Forgets the recorded events.
@@ -166,13 +180,13 @@ impl TestApp {
     }
 
     /// A typed view of a state.
-    pub fn state<S: crate::State>(&self) -> Option<&S> {
+    pub fn state<S: crate::state::State>(&self) -> Option<&S> {
         self.machine.state::<S>()
     }
 
-    /// The state machine itself.
-    pub fn machine(&self) -> &Machine {
-        &self.machine
+    /// The index of the last entry applied.
+    pub fn last_applied(&self) -> u64 {
+        self.machine.last_applied()
     }
 
     /// A snapshot of every state and the dedup table.
@@ -188,34 +202,30 @@ impl TestApp {
     }
 }
 
-pub(crate) fn encode<M: serde::Serialize + crate::Message>(msg: &M) -> Result<Vec<u8>> {
-    rmp_serde::to_vec_named(msg).map_err(|e| {
-        Error::Apply(crate::ApplyError::Encode {
-            what: M::NAME.to_string(),
-            reason: e.to_string(),
-        })
-    })
+/// The snapshot name and Rust type of every state this program registers
+/// (the names a snapshot is keyed by; see [`crate::State`]).
+pub fn state_names() -> Result<Vec<(String, &'static str)>> {
+    let reg = Registry::global()?;
+    Ok(reg
+        .states
+        .iter()
+        .map(|s| (s.name.clone(), s.info.type_name))
+        .collect())
 }
 
-/// Runs every local handler of an event; a handler that fails to decode or
-/// panics is logged and does not stop the others.
-pub(crate) async fn run_event_handlers(ev: &PublishedEvent, ctx: EventContext) {
-    let Ok(reg) = Registry::global() else { return };
-    let Some(handlers) = reg.events.get(ev.name.as_str()) else {
-        return;
-    };
-    for h in handlers {
-        match (h.call)(&ev.payload, ctx.clone()) {
-            Ok(fut) => {
-                if let Err(p) =
-                    futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(fut)).await
-                {
-                    tracing::error!(handler = h.handler, event = %ev.name, panic = %crate::machine::panic_message(&*p), "event handler panicked");
-                }
-            }
-            Err(e) => {
-                tracing::error!(handler = h.handler, event = %ev.name, error = %e, "event handler could not decode the event")
-            }
-        }
-    }
+/// The fault switch of a node's transport: block or delay its links to
+/// given peers (a network partition without touching the OS).
+pub fn faults(node: &Node) -> &Faults {
+    node.raft().faults()
+}
+
+/// Asks a node to start an election now.
+pub async fn campaign(node: &Node) -> Result<()> {
+    node.raft().trigger_election().await
+}
+
+/// A node's applied index and an encoding of its whole replicated state
+/// (states and dedup table): equal on replicas that applied the same log.
+pub fn state_fingerprint(node: &Node) -> Result<(u64, Vec<u8>)> {
+    node.raft().read(|m| Ok((m.last_applied(), m.snapshot()?)))
 }

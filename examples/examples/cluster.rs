@@ -231,7 +231,7 @@ async fn run() -> Result<String, Box<dyn std::error::Error>> {
         });
         lost += acked.keys().filter(|r| !seen.contains_key(r)).count();
         duplicated += seen.values().filter(|c| **c > 1).count();
-        prints.push(n.state_fingerprint()?);
+        prints.push(catga::testing::state_fingerprint(n)?);
     }
     let replicas_equal = prints.windows(2).all(|w| w[0] == w[1]);
     check(lost == 0, "no acknowledged write lost")?;

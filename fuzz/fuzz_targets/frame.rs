@@ -1,11 +1,11 @@
 //! Fuzzes the transport's read path: length-prefixed framing and the frame
-//! decoder (`catga::transport::{decode_stream, decode_frame}`), which must
+//! decoder (`catga::__private::wire::{decode_stream, decode_frame}`), which must
 //! never panic, whatever a peer sends.
 
 #![no_main]
 
 use bytes::Bytes;
-use catga::transport::{Frame, FrameError, decode_frame, decode_stream};
+use catga::__private::wire::{Frame, FrameError, decode_frame, decode_stream};
 use libfuzzer_sys::fuzz_target;
 
 /// The limit before the handshake, and the default limit after it.

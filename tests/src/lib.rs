@@ -8,6 +8,7 @@ use catga::prelude::*;
 
 pub mod kv;
 pub mod linearizability;
+pub mod process;
 
 /// A shop with stock and orders.
 #[state(name = "tests.shop")]
@@ -276,9 +277,9 @@ pub mod harness {
             let all: Vec<u64> = (1..=self.nodes.len() as u64).collect();
             for n in self.up() {
                 if n.id() == id {
-                    all.iter().for_each(|o| n.faults().block(*o));
+                    all.iter().for_each(|o| catga::testing::faults(n).block(*o));
                 } else {
-                    n.faults().block(id);
+                    catga::testing::faults(n).block(id);
                 }
             }
         }
@@ -286,7 +287,7 @@ pub mod harness {
         /// Removes every fault on every running node.
         pub fn heal(&self) {
             for n in self.up() {
-                n.faults().heal();
+                catga::testing::faults(n).heal();
             }
         }
 
@@ -312,7 +313,7 @@ pub mod harness {
             loop {
                 let prints: Vec<(u64, Vec<u8>)> = self
                     .up()
-                    .map(|n| n.state_fingerprint().expect("fingerprint"))
+                    .map(|n| catga::testing::state_fingerprint(n).expect("fingerprint"))
                     .collect();
                 let max = prints.iter().map(|p| p.0).max().unwrap_or(0);
                 if prints.iter().all(|p| p.0 == max) {

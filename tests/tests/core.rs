@@ -3,8 +3,9 @@
 
 use std::sync::atomic::Ordering;
 
+use catga::__private::wire::{EntryKind, Envelope};
 use catga::testing::TestApp;
-use catga::{ApplyError, EntryKind, Envelope, Error, Message};
+use catga::{ApplyError, Error, Message};
 use catga_tests::*;
 
 #[tokio::test]
@@ -229,7 +230,7 @@ async fn snapshot_and_restore_round_trip() {
     let mut other = TestApp::new().unwrap();
     other.restore(&snap).unwrap();
     assert_eq!(other.state::<Shop>().unwrap(), &shop_before);
-    assert_eq!(other.machine().last_applied(), 2);
+    assert_eq!(other.last_applied(), 2);
     assert_eq!(
         other.snapshot().unwrap(),
         snap,
@@ -260,7 +261,7 @@ async fn snapshot_and_restore_round_trip() {
 fn wire_and_state_names_are_stable_and_visible() {
     assert_eq!(Restock::NAME, "tests.Restock");
     assert_eq!(<OrderPlaced as Message>::KIND, catga::MessageKind::Event);
-    let names = catga::state_names().unwrap();
+    let names = catga::testing::state_names().unwrap();
     assert!(
         names
             .iter()

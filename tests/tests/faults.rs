@@ -519,13 +519,13 @@ impl Nemesis {
         for n in self.cluster.up() {
             for other in 1..=self.n() {
                 if cut.contains(&n.id()) != cut.contains(&other) {
-                    n.faults().block(other);
+                    catga::testing::faults(n).block(other);
                 }
             }
         }
         self.hold(hold).await;
         for n in self.cluster.up() {
-            n.faults().heal();
+            catga::testing::faults(n).heal();
         }
         self.note("healed".into());
     }
@@ -538,7 +538,7 @@ impl Nemesis {
             // every link slow, each by its own delay
             for node in self.cluster.up() {
                 for other in (1..=n).filter(|o| *o != node.id()) {
-                    node.faults().delay(other, self.rng.millis(1, 100));
+                    catga::testing::faults(node).delay(other, self.rng.millis(1, 100));
                 }
             }
             self.note(format!(
@@ -554,16 +554,16 @@ impl Nemesis {
             for node in self.cluster.up() {
                 if node.id() == id {
                     for other in (1..=n).filter(|o| *o != id) {
-                        node.faults().delay(other, delay);
+                        catga::testing::faults(node).delay(other, delay);
                     }
                 } else {
-                    node.faults().delay(id, delay);
+                    catga::testing::faults(node).delay(id, delay);
                 }
             }
         }
         self.hold(hold).await;
         for node in self.cluster.up() {
-            node.faults().heal();
+            catga::testing::faults(node).heal();
         }
         self.note("links back to full speed".into());
     }

@@ -9,9 +9,11 @@
 //! The test speaks the transport's protocol itself: a frame is a 4-byte
 //! big-endian length and an rmp-serde (named fields) encoding of the frame
 //! enum; the handshake proves knowledge of the cluster secret with
-//! HMAC-SHA256 (see `catga/src/transport/{frame,auth}.rs`). RPC bodies are
-//! encoded with mirrors of catga's private `Rpc` and `Redirect` enums over
-//! openraft's own types, so what decodes here decodes on the node.
+//! HMAC-SHA256 (see `catga/src/transport/{frame,auth}.rs`); frames are
+//! built by hand from that documented format, so that malformed ones (a
+//! proof of the wrong length) can be sent too. RPC bodies use catga's real
+//! `Rpc` and `Redirect` types (`catga::__private::wire`), so what decodes
+//! here decodes on the node.
 //!
 //! Raft trusts authenticated peers: a peer that knows the secret may
 //! legitimately start an election, append entries as a leader or add and
@@ -28,8 +30,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use catga::transport::{Frame, decode_frame, decode_stream};
-use catga::{Applied, Consistency, EntryKind, Envelope, Role};
+use catga::__private::wire::{
+    Applied, EntryKind, Envelope, Frame, Ident, Redirect, Rpc, TC, decode_frame, decode_stream,
+};
+use catga::{Consistency, Role};
 use catga_tests::harness::{Cluster, T};
 use catga_tests::*;
 use futures::StreamExt;
@@ -40,7 +44,7 @@ use openraft::raft::{AppendEntriesRequest, VoteRequest};
 use openraft::{EntryPayload, RaftTypeConfig};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use sha2::Sha256;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -113,52 +117,9 @@ fn prefixed(payload: &[u8]) -> Vec<u8> {
     out
 }
 
-openraft::declare_raft_types!(
-    /// The same type configuration as catga's (`catga/src/raft/mod.rs`).
-    TC:
-        D = Envelope,
-        R = Applied,
-        NodeId = u64,
-        Node = openraft::BasicNode,
-);
-
 type Vote = VoteOf<TC>;
 type LogId = LogIdOf<TC>;
 type Entry = <TC as RaftTypeConfig>::Entry;
-
-/// catga's RPC body (`catga/src/raft/mod.rs`), encoded with `rmp_serde::to_vec`.
-/// Keep it in step with catga's: a variant missing here only makes
-/// [`harmless`] blind to it.
-#[derive(Serialize, Deserialize)]
-enum Rpc {
-    Append(AppendEntriesRequest<TC>),
-    Vote(VoteRequest<TC>),
-    Snapshot {
-        vote: Vote,
-        meta: SnapshotMetaOf<TC>,
-        #[serde(with = "serde_bytes")]
-        data: Vec<u8>,
-    },
-    Write(Envelope),
-    WriteMany(Vec<Envelope>),
-    ReadIndex,
-    AddNode {
-        id: u64,
-        addr: String,
-    },
-    RemoveNode {
-        id: u64,
-    },
-}
-
-/// catga's answer to a forwarded write.
-#[derive(Deserialize, Debug)]
-enum Redirect<T> {
-    Ok(T),
-    NotLeader(Option<u64>),
-    Unknown(String),
-    Failed(String),
-}
 
 fn body(rpc: &Rpc) -> Vec<u8> {
     rmp_serde::to_vec(rpc).expect("an rpc encodes")
@@ -168,7 +129,16 @@ fn body(rpc: &Rpc) -> Vec<u8> {
 
 type HmacSha256 = Hmac<Sha256>;
 
-fn proof(role: &[u8], client: u64, server: u64, nc: &[u8], ns: &[u8]) -> Vec<u8> {
+/// The handshake proof; this test announces no identity of its own, the
+/// server's (when it sends one) is covered too.
+fn proof(
+    role: &[u8],
+    client: u64,
+    server: u64,
+    nc: &[u8],
+    ns: &[u8],
+    server_ident: Option<Ident>,
+) -> Vec<u8> {
     let mut m = HmacSha256::new_from_slice(SECRET).expect("any key length");
     m.update(b"catga transport v1");
     m.update(role);
@@ -176,6 +146,11 @@ fn proof(role: &[u8], client: u64, server: u64, nc: &[u8], ns: &[u8]) -> Vec<u8>
     m.update(&server.to_be_bytes());
     m.update(nc);
     m.update(ns);
+    if let Some(id) = server_ident {
+        m.update(b"server ident");
+        m.update(&id.cluster.to_be_bytes());
+        m.update(&id.incarnation.to_be_bytes());
+    }
     m.finalize().into_bytes().to_vec()
 }
 
@@ -200,6 +175,7 @@ async fn authenticate(addr: &str, server: u64, nc: [u8; 32]) -> (TcpStream, Vec<
         node_id,
         nonce: ns,
         proof: theirs,
+        ident,
     }) = read_frame(&mut s).await
     else {
         panic!("expected a challenge");
@@ -207,11 +183,11 @@ async fn authenticate(addr: &str, server: u64, nc: [u8; 32]) -> (TcpStream, Vec<
     assert_eq!(node_id, server);
     assert_eq!(
         theirs.to_vec(),
-        proof(b"server", ATTACKER, server, &nc, &ns),
+        proof(b"server", ATTACKER, server, &nc, &ns, ident),
         "the server's proof (checks this test's HMAC)"
     );
     let ours = frame(&Wire::Proof {
-        proof: proof(b"client", ATTACKER, server, &nc, &ns),
+        proof: proof(b"client", ATTACKER, server, &nc, &ns, ident),
     });
     s.write_all(&ours).await.expect("send proof");
     assert_eq!(read_frame(&mut s).await, Some(Frame::Welcome));

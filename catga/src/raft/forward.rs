@@ -8,8 +8,7 @@ use std::time::Duration;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::task::JoinSet;
 
-use super::network::{decode, encode};
-use super::{Redirect, Rpc};
+use super::wire::{Redirect, Rpc, decode, encode};
 use crate::machine::{Applied, Envelope};
 use crate::transport::Pool;
 
@@ -37,14 +36,20 @@ pub(crate) struct Forwarder {
 impl Forwarder {
     /// Starts the batching task; it ends when every `Forwarder` is dropped
     /// or `stop` fires.
-    pub fn start(pool: Pool, tasks: &mut JoinSet<()>) -> Forwarder {
+    pub(crate) fn start(pool: Pool, tasks: &mut JoinSet<()>) -> Forwarder {
         let (tx, rx) = mpsc::channel(4 * MAX_BATCH);
         tasks.spawn(run(pool, rx));
         Forwarder { tx }
     }
 
     /// Sends `env` to `leader` in the next batch and waits for its answer.
-    pub async fn write(&self, leader: u64, addr: String, env: Envelope, ttl: Duration) -> Reply {
+    pub(crate) async fn write(
+        &self,
+        leader: u64,
+        addr: String,
+        env: Envelope,
+        ttl: Duration,
+    ) -> Reply {
         let (reply, rx) = oneshot::channel();
         let p = Pending {
             leader,

@@ -1,49 +1,51 @@
-//! [`RaftHandle`]: one running Raft node — log, state machine, transport,
-//! event task — and the client-side logic that routes writes and
-//! linearizable reads to the leader.
+//! [`RaftHandle`]: one running Raft node (log, state machine, transport,
+//! event task) and the client side of routing: writes, read indexes and
+//! membership changes go to the leader, retried through leader changes.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::async_runtime::WatchReceiver;
-use openraft::{BasicNode, ChangeMembers, Config, ReadPolicy, ServerState, SnapshotPolicy};
+use openraft::{BasicNode, Config, SnapshotPolicy};
 use parking_lot::Mutex;
 use serde::de::DeserializeOwned;
 use tokio::sync::{mpsc, watch};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::Instant;
 
+use super::events::event_loop;
 use super::forward::Forwarder;
+use super::identity::{Identity, static_cluster_id};
 use super::log_store::LogStore;
-use super::network::{Network, RaftService, decode, encode, leader_write};
-use super::state_machine::{EventBatch, SmStore};
-use super::{Raft, Redirect, Rpc};
-use crate::context::EventContext;
+use super::network::Network;
+use super::service::RaftService;
+use super::state_machine::SmStore;
+use super::wire::{Redirect, Rpc, decode, encode};
+use super::{Raft, RaftState, Status, leader};
 use crate::error::{Error, Result};
-use crate::health::{Health, Role};
 use crate::machine::{Applied, Envelope, Machine};
-use crate::transport::{Faults, Pool, Server, TransportConfig};
+use crate::transport::{Faults, PeerCheck, Pool, Server, TransportConfig};
 
 /// Everything needed to start a node; validated by the cluster builder.
 pub(crate) struct RaftSettings {
-    pub node_id: u64,
-    pub listen: SocketAddr,
-    pub listener: Option<std::net::TcpListener>,
-    pub advertise: Option<String>,
-    pub members: BTreeMap<u64, String>,
-    pub join: bool,
-    pub data_dir: PathBuf,
-    pub heartbeat_ms: u64,
-    pub election_min_ms: u64,
-    pub election_max_ms: u64,
-    pub snapshot_every: u64,
-    pub keep_logs: u64,
-    pub secret: Vec<u8>,
-    pub max_frame_bytes: usize,
-    pub event_queue: usize,
+    pub(crate) node_id: u64,
+    pub(crate) listen: SocketAddr,
+    pub(crate) listener: Option<std::net::TcpListener>,
+    pub(crate) advertise: Option<String>,
+    pub(crate) members: BTreeMap<u64, String>,
+    pub(crate) join: bool,
+    pub(crate) data_dir: PathBuf,
+    pub(crate) heartbeat_ms: u64,
+    pub(crate) election_min_ms: u64,
+    pub(crate) election_max_ms: u64,
+    pub(crate) snapshot_every: u64,
+    pub(crate) keep_logs: u64,
+    pub(crate) secret: Vec<u8>,
+    pub(crate) max_frame_bytes: usize,
+    pub(crate) event_queue: usize,
 }
 
 /// The longest a single attempt (one RPC to the leader, or one local
@@ -65,35 +67,12 @@ pub(crate) struct RaftHandle {
     local_addr: SocketAddr,
 }
 
-async fn event_loop(
-    node_id: u64,
-    mut rx: mpsc::Receiver<EventBatch>,
-    delivered: watch::Sender<u64>,
-    mut stop: watch::Receiver<bool>,
-) {
-    loop {
-        let batch = tokio::select! {
-            b = rx.recv() => b,
-            _ = stop.wait_for(|s| *s) => None,
-        };
-        let Some((index, events)) = batch else { return };
-        for ev in &events {
-            crate::testing::run_event_handlers(
-                ev,
-                EventContext {
-                    node_id,
-                    log_index: index,
-                },
-            )
-            .await;
-        }
-        delivered.send_replace(index);
-    }
-}
-
 impl RaftHandle {
-    pub async fn start(s: RaftSettings) -> Result<RaftHandle> {
-        let storage = |e: std::io::Error| Error::Storage(format!("{}: {e}", s.data_dir.display()));
+    pub(crate) async fn start(s: RaftSettings) -> Result<RaftHandle> {
+        let storage =
+            |e: std::io::Error| Error::io(format!("data dir {}", s.data_dir.display()), e);
+        let cluster = (!s.join).then(|| static_cluster_id(&s.secret, s.members.keys().copied()));
+        let identity = Arc::new(Identity::open(&s.data_dir, s.node_id, cluster).map_err(storage)?);
         let log = LogStore::open(&s.data_dir).map_err(storage)?;
         let (ev_tx, ev_rx) = mpsc::channel(s.event_queue);
         let (delivered_tx, delivered_rx) = watch::channel(0u64);
@@ -107,6 +86,7 @@ impl RaftHandle {
             node_id: s.node_id,
             secret: s.secret.clone(),
             max_frame_bytes: s.max_frame_bytes,
+            identity: Some(identity as Arc<dyn PeerCheck>),
             ..TransportConfig::default()
         });
         let service = RaftService::new();
@@ -159,7 +139,7 @@ impl RaftHandle {
             Err(e) => {
                 server.shutdown().await;
                 log.close();
-                return Err(Error::Storage(format!("starting raft: {e}")));
+                return Err(Error::Raft(format!("starting: {e}")));
             }
         };
         let _ = service.raft.set(raft.clone());
@@ -184,48 +164,91 @@ impl RaftHandle {
             local_addr,
         };
 
-        // Bootstrap: the smallest id of the initial members initializes the
-        // cluster, once, on a pristine log. Everyone else waits to be contacted.
-        let initializer = s.members.keys().next().copied();
-        if !s.join && initializer == Some(s.node_id) {
-            let initialized = handle
-                .raft
-                .is_initialized()
-                .await
-                .map_err(|e| Error::Storage(e.to_string()))?;
-            if !initialized {
-                let mut members: BTreeMap<u64, BasicNode> = s
-                    .members
-                    .iter()
-                    .map(|(id, addr)| (*id, BasicNode::new(addr.clone())))
-                    .collect();
-                let me = s
-                    .advertise
-                    .clone()
-                    .unwrap_or_else(|| local_addr.to_string());
-                members.insert(s.node_id, BasicNode::new(me));
-                if let Err(e) = handle.raft.initialize(members).await {
-                    tracing::warn!(error = %e, "initialize refused (already initialized?)");
-                }
-            }
+        if !s.join {
+            let mut members: BTreeMap<u64, BasicNode> = s
+                .members
+                .iter()
+                .map(|(id, addr)| (*id, BasicNode::new(addr.clone())))
+                .collect();
+            let me = s
+                .advertise
+                .clone()
+                .unwrap_or_else(|| local_addr.to_string());
+            members.insert(s.node_id, BasicNode::new(me));
+            let patience = Duration::from_millis(s.election_max_ms * 4);
+            handle.bootstrap(members, patience).await?;
         }
         Ok(handle)
     }
 
-    pub fn id(&self) -> u64 {
+    /// Forms a static cluster, only on a pristine log (a node with any Raft
+    /// state never initializes). The smallest id initializes at once; every
+    /// other member waits `patience` to be contacted and initializes itself
+    /// if nobody did, so any majority of the listed members forms the
+    /// cluster. openraft allows several members to initialize with the same
+    /// membership: the vote elects one leader. A member whose data dir was
+    /// wiped may initialize too, but its peers refuse it in the handshake
+    /// (see `identity.rs`), so it never votes.
+    async fn bootstrap(&self, members: BTreeMap<u64, BasicNode>, patience: Duration) -> Result<()> {
+        let initialized = self
+            .raft
+            .is_initialized()
+            .await
+            .map_err(|e| Error::Raft(e.to_string()))?;
+        if initialized {
+            return Ok(());
+        }
+        let raft = self.raft.clone();
+        let first = members.keys().next() == Some(&self.id);
+        let task = async move {
+            if !first {
+                let contacted = raft
+                    .wait(Some(patience))
+                    .metrics(
+                        |m| {
+                            m.membership_config
+                                .membership()
+                                .voter_ids()
+                                .next()
+                                .is_some()
+                        },
+                        "contacted by a member",
+                    )
+                    .await;
+                if contacted.is_ok() {
+                    return;
+                }
+                tracing::info!(
+                    waited = ?patience,
+                    "no member contacted this node: initializing the cluster from here"
+                );
+            }
+            if let Err(e) = raft.initialize(members).await {
+                tracing::debug!(error = %e, "initialize refused (already initialized)");
+            }
+        };
+        if first {
+            task.await;
+        } else {
+            self.background.lock().spawn(task);
+        }
+        Ok(())
+    }
+
+    pub(crate) fn id(&self) -> u64 {
         self.id
     }
 
-    pub fn local_addr(&self) -> SocketAddr {
+    pub(crate) fn local_addr(&self) -> SocketAddr {
         self.local_addr
     }
 
-    pub fn faults(&self) -> &Faults {
+    pub(crate) fn faults(&self) -> &Faults {
         &self.faults
     }
 
     /// Runs `f` on the local state machine (read lock).
-    pub fn read<R>(&self, f: impl FnOnce(&Machine) -> R) -> R {
+    pub(crate) fn read<R>(&self, f: impl FnOnce(&Machine) -> R) -> R {
         f(&self.sm.shared.inner.read().machine)
     }
 
@@ -323,13 +346,13 @@ impl RaftHandle {
 
     /// Replicates `env` through the leader; retried (with the same client id
     /// and sequence number, so it applies once) until `timeout`.
-    pub async fn write(&self, env: Envelope, timeout: Duration) -> Result<Applied> {
+    pub(crate) async fn write(&self, env: Envelope, timeout: Duration) -> Result<Applied> {
         self.route(
             timeout,
             |l, addr, ttl| self.forwarder.write(l, addr, env.clone(), ttl),
             |raft| {
                 let env = env.clone();
-                async move { leader_write(&raft, env).await }
+                async move { leader::write(&raft, env).await }
             },
         )
         .await
@@ -337,20 +360,12 @@ impl RaftHandle {
 
     /// Waits until this node has applied every entry committed before the
     /// call (a read index from the leader).
-    pub async fn read_barrier(&self, timeout: Duration) -> Result<()> {
+    pub(crate) async fn read_barrier(&self, timeout: Duration) -> Result<()> {
         let read_id = self
             .route(
                 timeout,
                 |l, addr, ttl| self.call_leader(l, addr, Rpc::ReadIndex, ttl),
-                |raft| async move {
-                    match raft.ensure_linearizable(ReadPolicy::ReadIndex).await {
-                        Ok(r) => Redirect::Ok(*r.log_id()),
-                        Err(e) => match e.forward_to_leader() {
-                            Some(f) => Redirect::NotLeader(f.leader_id),
-                            None => Redirect::Unknown(e.to_string()),
-                        },
-                    }
-                },
+                |raft| async move { leader::read_index(&raft).await },
             )
             .await;
         let read_id = read_id?;
@@ -365,7 +380,7 @@ impl RaftHandle {
         }
     }
 
-    pub async fn add_node(&self, id: u64, addr: String, timeout: Duration) -> Result<()> {
+    pub(crate) async fn add_node(&self, id: u64, addr: String, timeout: Duration) -> Result<()> {
         self.route(
             timeout,
             |l, a, ttl| {
@@ -381,28 +396,28 @@ impl RaftHandle {
             },
             |raft| {
                 let addr = addr.clone();
-                async move { leader_add_node(&raft, id, addr).await }
+                async move { leader::add_node(&raft, id, addr).await }
             },
         )
         .await
     }
 
-    pub async fn remove_node(&self, id: u64, timeout: Duration) -> Result<()> {
+    pub(crate) async fn remove_node(&self, id: u64, timeout: Duration) -> Result<()> {
         self.route(
             timeout,
             |l, a, ttl| self.call_leader(l, a, Rpc::RemoveNode { id }, ttl),
-            |raft| async move { leader_remove_node(&raft, id).await },
+            |raft| async move { leader::remove_node(&raft, id).await },
         )
         .await
     }
 
-    /// Waits until some node is leader and this node knows it.
     /// Waits until this node's view of the cluster changes, or `max` passes.
-    pub async fn changed(&self, max: Duration) {
+    pub(crate) async fn changed(&self, max: Duration) {
         self.wait_change(max).await
     }
 
-    pub async fn wait_leader(&self, timeout: Duration) -> Result<u64> {
+    /// Waits until some node is leader and this node knows it.
+    pub(crate) async fn wait_leader(&self, timeout: Duration) -> Result<u64> {
         let mut rx = self.raft.metrics();
         let r = tokio::time::timeout(timeout, async {
             loop {
@@ -426,7 +441,7 @@ impl RaftHandle {
     }
 
     /// Waits until this node has applied at least `index`.
-    pub async fn wait_applied(&self, index: u64, timeout: Duration) -> Result<()> {
+    pub(crate) async fn wait_applied(&self, index: u64, timeout: Duration) -> Result<()> {
         let mut applied = self.sm.shared.applied.subscribe();
         match tokio::time::timeout(timeout, applied.wait_for(|a| *a >= index)).await {
             Ok(Ok(_)) => Ok(()),
@@ -438,32 +453,27 @@ impl RaftHandle {
         }
     }
 
-    pub async fn trigger_snapshot(&self) -> Result<()> {
+    pub(crate) async fn trigger_snapshot(&self) -> Result<()> {
         self.raft
             .trigger()
             .snapshot()
             .await
-            .map_err(|e| Error::Storage(e.to_string()))
+            .map_err(|e| Error::Raft(e.to_string()))
     }
 
-    pub async fn trigger_election(&self) -> Result<()> {
+    pub(crate) async fn trigger_election(&self) -> Result<()> {
         self.raft
             .trigger()
             .elect(false)
             .await
-            .map_err(|e| Error::Storage(e.to_string()))
+            .map_err(|e| Error::Raft(e.to_string()))
     }
 
-    pub fn health(&self) -> Health {
+    /// This node's view of the cluster, read from openraft's metrics.
+    pub(crate) fn status(&self) -> Status {
         let m = self.raft.metrics();
         let m = m.borrow_watched();
-        let role = match m.state {
-            ServerState::Leader => Role::Leader,
-            ServerState::Follower => Role::Follower,
-            ServerState::Candidate => Role::Candidate,
-            ServerState::Learner => Role::Learner,
-            ServerState::Shutdown => Role::Shutdown,
-        };
+        let state = RaftState::from(m.state);
         let membership = m.membership_config.membership();
         let members: Vec<u64> = membership.voter_ids().collect();
         let learners: Vec<u64> = membership.learner_ids().collect();
@@ -489,10 +499,10 @@ impl RaftHandle {
         let ready = m.running_state.is_ok()
             && m.current_leader.is_some()
             && applied >= committed
-            && !matches!(role, Role::Shutdown);
-        Health {
+            && state != RaftState::Shutdown;
+        Status {
             node_id: self.id,
-            role,
+            state,
             term: m.current_term,
             leader: m.current_leader,
             members,
@@ -506,7 +516,7 @@ impl RaftHandle {
     }
 
     /// Stops every task this node started.
-    pub async fn shutdown(&self) {
+    pub(crate) async fn shutdown(&self) {
         // stop taking requests first, so nothing reaches a stopped Raft
         let server = self.server.lock().take();
         if let Some(s) = server {
@@ -523,71 +533,5 @@ impl RaftHandle {
         bg.abort_all();
         while bg.join_next().await.is_some() {}
         self.log.close();
-    }
-}
-
-/// How long a new node may take to catch up before it is promoted to voter.
-const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(20);
-
-pub(crate) async fn leader_add_node(raft: &Raft, id: u64, addr: String) -> Redirect<()> {
-    let added = match raft
-        .add_learner(id, BasicNode::new(addr.clone()), true)
-        .await
-    {
-        Ok(r) => r.log_id.index,
-        Err(e) => {
-            return match e.forward_to_leader() {
-                Some(f) => Redirect::NotLeader(f.leader_id),
-                None => Redirect::Failed(e.to_string()),
-            };
-        }
-    };
-    // Promote only a learner that really replicates: one that is down or
-    // fails the handshake would otherwise count in the quorum.
-    let caught_up = raft
-        .wait(Some(CATCH_UP_TIMEOUT))
-        .metrics(
-            |m| {
-                m.replication
-                    .as_ref()
-                    .and_then(|r| r.get(&id).copied().flatten())
-                    .is_some_and(|matched| matched.index >= added)
-            },
-            "learner catches up",
-        )
-        .await;
-    if caught_up.is_err() {
-        let set: BTreeSet<u64> = [id].into();
-        let _ = raft
-            .change_membership(ChangeMembers::RemoveNodes(set), false)
-            .await;
-        return Redirect::Failed(format!(
-            "node {id} at {addr} did not catch up within {CATCH_UP_TIMEOUT:?}: is it running, reachable, and configured with the same secret?"
-        ));
-    }
-    let set: BTreeSet<u64> = [id].into();
-    match raft
-        .change_membership(ChangeMembers::AddVoterIds(set), false)
-        .await
-    {
-        Ok(_) => Redirect::Ok(()),
-        Err(e) => match e.forward_to_leader() {
-            Some(f) => Redirect::NotLeader(f.leader_id),
-            None => Redirect::Failed(e.to_string()),
-        },
-    }
-}
-
-pub(crate) async fn leader_remove_node(raft: &Raft, id: u64) -> Redirect<()> {
-    let set: BTreeSet<u64> = [id].into();
-    match raft
-        .change_membership(ChangeMembers::RemoveVoters(set), false)
-        .await
-    {
-        Ok(_) => Redirect::Ok(()),
-        Err(e) => match e.forward_to_leader() {
-            Some(f) => Redirect::NotLeader(f.leader_id),
-            None => Redirect::Failed(e.to_string()),
-        },
     }
 }

@@ -58,7 +58,7 @@ pub(crate) struct LogStore {
 
 impl LogStore {
     /// Opens (or creates) the log in `dir/log` and loads it.
-    pub fn open(dir: &Path) -> io::Result<LogStore> {
+    pub(super) fn open(dir: &Path) -> io::Result<LogStore> {
         let (wal, replayed) = Wal::open(&dir.join("log"))?;
         let mut cache = Cache::default();
         let mut meta = WriterMeta::default();
@@ -90,7 +90,7 @@ impl LogStore {
     }
 
     /// Stops the writer thread after it has written everything queued.
-    pub fn close(&self) {
+    pub(super) fn close(&self) {
         let _ = self.writer.send(Op::Stop);
         if let Some(t) = self.thread.lock().take() {
             let _ = t.join();

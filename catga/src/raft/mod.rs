@@ -1,21 +1,31 @@
 //! openraft glue: the type configuration, the durable log, the state
-//! machine adapter and the network adapter. No openraft type leaves this
-//! module: the rest of catga sees [`RaftHandle`] and plain values.
+//! machine adapter, the network adapter and the RPC service. No openraft
+//! type leaves this module: the rest of catga sees [`RaftHandle`],
+//! [`Status`] and plain values.
+//!
+//! Inside, the arrows run: `handle` (the client side) → `forward`,
+//! `leader`, `network`, `service` → `wire`; `service` → `leader`; the
+//! storage pair `log_store` → `wal` and `state_machine` → `events` know
+//! nothing of the network.
 
+use std::collections::BTreeMap;
 use std::fmt;
-
-use serde::{Deserialize, Serialize};
 
 use crate::machine::{Applied, Envelope};
 
+mod events;
 mod forward;
 mod handle;
+mod identity;
+mod leader;
 mod log_store;
 mod network;
 #[cfg(test)]
 mod proptests;
+mod service;
 mod state_machine;
 mod wal;
+pub(crate) mod wire;
 
 pub(crate) use handle::{RaftHandle, RaftSettings};
 
@@ -39,41 +49,41 @@ pub(crate) type LogId = openraft::alias::LogIdOf<TC>;
 pub(crate) type Vote = openraft::alias::VoteOf<TC>;
 pub(crate) type Raft = openraft::Raft<TC, state_machine::SmStore>;
 
-/// A request from one node to another.
-#[derive(Serialize, Deserialize)]
-pub(crate) enum Rpc {
-    Append(openraft::raft::AppendEntriesRequest<TC>),
-    Vote(openraft::raft::VoteRequest<TC>),
-    Snapshot {
-        vote: Vote,
-        meta: openraft::alias::SnapshotMetaOf<TC>,
-        #[serde(with = "serde_bytes")]
-        data: Vec<u8>,
-    },
-    /// A client write forwarded by a follower.
-    Write(Envelope),
-    /// Client writes forwarded by a follower in one batch; answered in order.
-    WriteMany(Vec<Envelope>),
-    /// A follower asks the leader for a read index (linearizable reads).
-    ReadIndex,
-    /// Membership changes forwarded to the leader.
-    AddNode {
-        id: u64,
-        addr: String,
-    },
-    RemoveNode {
-        id: u64,
-    },
+/// This node's view of the cluster, from openraft's metrics, in plain values
+/// (the node module turns it into the public `Health`).
+#[derive(Debug, Clone)]
+pub(crate) struct Status {
+    pub(crate) node_id: u64,
+    pub(crate) state: RaftState,
+    pub(crate) term: u64,
+    pub(crate) leader: Option<u64>,
+    pub(crate) members: Vec<u64>,
+    pub(crate) learners: Vec<u64>,
+    pub(crate) last_log_index: Option<u64>,
+    pub(crate) applied_index: Option<u64>,
+    pub(crate) snapshot_index: Option<u64>,
+    pub(crate) replication_lag: BTreeMap<u64, u64>,
+    pub(crate) ready: bool,
 }
 
-/// The answer to [`Rpc::Write`], [`Rpc::ReadIndex`] and membership RPCs.
-#[derive(Serialize, Deserialize, Debug)]
-pub(crate) enum Redirect<T> {
-    Ok(T),
-    /// Not the leader (or not yet able to serve): try this one.
-    NotLeader(Option<u64>),
-    /// The outcome is unknown (the entry may or may not commit): retry.
-    Unknown(String),
-    /// Refused for good.
-    Failed(String),
+/// openraft's server state, without openraft.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RaftState {
+    Leader,
+    Follower,
+    Candidate,
+    Learner,
+    Shutdown,
+}
+
+impl From<openraft::ServerState> for RaftState {
+    fn from(s: openraft::ServerState) -> Self {
+        match s {
+            openraft::ServerState::Leader => RaftState::Leader,
+            openraft::ServerState::Follower => RaftState::Follower,
+            openraft::ServerState::Candidate => RaftState::Candidate,
+            openraft::ServerState::Learner => RaftState::Learner,
+            openraft::ServerState::Shutdown => RaftState::Shutdown,
+        }
+    }
 }

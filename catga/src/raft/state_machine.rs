@@ -1,5 +1,6 @@
-//! The openraft state machine adapter around [`Machine`], plus snapshots on
-//! disk and in-order event delivery.
+//! The openraft state machine adapter around [`Machine`]: applies entries,
+//! keeps snapshots on disk, and queues each entry's events, in log order,
+//! for the event task (`raft/events.rs`).
 
 use std::io;
 use std::path::PathBuf;
@@ -62,7 +63,7 @@ fn other<E: std::fmt::Display>(e: E) -> io::Error {
 
 impl SmStore {
     /// Opens the state machine, restoring the snapshot in `dir` if any.
-    pub fn open(
+    pub(crate) fn open(
         dir: PathBuf,
         events: mpsc::Sender<EventBatch>,
         delivered: watch::Receiver<u64>,
@@ -234,7 +235,7 @@ impl RaftStateMachine<TC> for SmStore {
         let restored = crate::codec::on_big_stack(move || {
             let mut m = Machine::new()?;
             m.restore(&data)?;
-            Ok::<_, crate::Error>(m)
+            Ok::<_, crate::error::Error>(m)
         })
         .await?
         .map_err(other)?;

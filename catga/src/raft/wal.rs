@@ -163,7 +163,7 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
 
 impl Wal {
     /// Opens (or creates) the log in `dir` and replays it.
-    pub fn open(dir: &Path) -> io::Result<(Wal, Replayed)> {
+    pub(super) fn open(dir: &Path) -> io::Result<(Wal, Replayed)> {
         std::fs::create_dir_all(dir)?;
         let mut ids: Vec<u64> = std::fs::read_dir(dir)?
             .filter_map(|e| e.ok())
@@ -248,7 +248,7 @@ impl Wal {
     /// Writes `records` with one write call; with `sync`, they are durable
     /// when this returns. `meta` gives the current vote, purge and commit
     /// records, written first into a new segment when one is started.
-    pub fn write(
+    pub(super) fn write(
         &mut self,
         records: &[Record],
         sync: bool,
@@ -298,7 +298,7 @@ impl Wal {
 
     /// Deletes the oldest segments whose entries are all at or below `purged`
     /// (never the current one).
-    pub fn drop_purged(&mut self, purged: u64) -> io::Result<()> {
+    pub(super) fn drop_purged(&mut self, purged: u64) -> io::Result<()> {
         let mut removed = false;
         while self.segments.len() > 1 && self.segments[0].1 <= purged {
             let (id, _) = self.segments.remove(0);
@@ -313,7 +313,7 @@ impl Wal {
 
     /// Number of segment files.
     #[cfg(test)]
-    pub fn segment_count(&self) -> usize {
+    pub(super) fn segment_count(&self) -> usize {
         self.segments.len()
     }
 }

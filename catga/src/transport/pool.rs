@@ -129,7 +129,7 @@ impl Drop for PendingGuard<'_> {
 
 impl Pool {
     /// A pool with no connections yet.
-    pub fn new(cfg: Arc<TransportConfig>, faults: Faults) -> Pool {
+    pub(crate) fn new(cfg: Arc<TransportConfig>, faults: Faults) -> Pool {
         Pool {
             inner: Arc::new(Inner {
                 cfg,
@@ -144,7 +144,7 @@ impl Pool {
 
     /// Sends `body` to node `peer` at `addr` and waits for its response until
     /// `deadline`. Connects (or reconnects) first if needed.
-    pub async fn call(
+    pub(crate) async fn call(
         &self,
         peer: u64,
         addr: &str,
@@ -316,8 +316,14 @@ impl Pool {
             match tokio::time::timeout_at(handshake_until, auth::client(stream, cfg, peer)).await {
                 Ok(Ok(a)) => a,
                 Ok(Err(e)) => {
-                    if matches!(e, TransportError::Handshake(_)) {
-                        tracing::warn!(peer, %addr, reason = %e, "transport: handshake failed");
+                    match &e {
+                        TransportError::Handshake(_) => {
+                            tracing::warn!(peer, %addr, reason = %e, "transport: handshake failed")
+                        }
+                        TransportError::Refused(_) => {
+                            tracing::error!(peer, %addr, reason = %e, "transport: peer refused")
+                        }
+                        _ => {}
                     }
                     return Err(e);
                 }
@@ -378,7 +384,7 @@ impl Pool {
 
     /// How many connections this pool has established so far.
     #[cfg_attr(not(test), allow(dead_code))]
-    pub fn connects(&self) -> u64 {
+    pub(crate) fn connects(&self) -> u64 {
         self.inner.connects.load(Ordering::Relaxed)
     }
 
@@ -392,7 +398,7 @@ impl Pool {
 
     /// Closes every connection (pending calls fail with `Closed`) and waits
     /// for their tasks. Later calls fail with `Closed`.
-    pub async fn shutdown(&self) {
+    pub(crate) async fn shutdown(&self) {
         self.inner.stop.cancel();
         let mut tasks = std::mem::take(&mut *self.inner.tasks.lock());
         while let Some(done) = tasks.join_next().await {

@@ -31,7 +31,7 @@ pub(crate) struct Server {
 
 impl Server {
     /// Listens on `addr` and answers authenticated peers' requests with `service`.
-    pub async fn bind(
+    pub(crate) async fn bind(
         addr: SocketAddr,
         cfg: Arc<TransportConfig>,
         service: Arc<dyn Service>,
@@ -49,7 +49,7 @@ impl Server {
     }
 
     /// Like [`Server::bind`], on an already bound std listener.
-    pub fn from_std(
+    pub(crate) fn from_std(
         listener: std::net::TcpListener,
         cfg: Arc<TransportConfig>,
         service: Arc<dyn Service>,
@@ -68,13 +68,13 @@ impl Server {
     }
 
     /// The address the server listens on (the port chosen, if `bind` got 0).
-    pub fn local_addr(&self) -> SocketAddr {
+    pub(crate) fn local_addr(&self) -> SocketAddr {
         self.local_addr
     }
 
     /// Stops accepting, closes every connection (requests being handled are
     /// dropped, unanswered) and waits for all tasks to end.
-    pub async fn shutdown(mut self) {
+    pub(crate) async fn shutdown(mut self) {
         self.stop.cancel();
         if let Err(e) = (&mut self.task).await {
             tracing::warn!(error = %e, "transport: the accept task failed");

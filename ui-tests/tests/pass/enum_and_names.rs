@@ -59,6 +59,6 @@ fn main() {
         }
         _ => panic!("IsOn reads state"),
     }
-    let names = catga::state_names().unwrap();
+    let names = catga::testing::state_names().unwrap();
     assert!(names.iter().any(|(name, _)| name == "ui.light"));
 }

@@ -1,21 +1,14 @@
-//! The cluster builder and the [`Node`] handle.
+//! The cluster builder: every setting with its default, validated in one
+//! place, and `start()`, which turns them into a running [`Node`].
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use parking_lot::Mutex;
-
+use super::Node;
 use crate::error::{Error, Result};
-use crate::health::Health;
-use crate::machine::{EntryKind, Envelope};
-use crate::message::{BoxFuture, Consistency, Handled, Publishable, Queryable, Route};
 use crate::raft::{RaftHandle, RaftSettings};
-use crate::testing::encode;
-use crate::transport::Faults;
 
 /// Starts building a node: `catga::cluster().node_id(1).listen(..).peer(..).data_dir(..).start()`.
 pub fn cluster() -> ClusterBuilder {
@@ -25,7 +18,6 @@ pub fn cluster() -> ClusterBuilder {
 /// Settings of one node. Every setting has a default except `node_id`,
 /// `listen` and `data_dir`. [`ClusterBuilder::start`] validates them all and
 /// names the setting that is wrong.
-#[derive(Debug)]
 pub struct ClusterBuilder {
     node_id: Option<u64>,
     listen: Option<String>,
@@ -299,271 +291,49 @@ impl ClusterBuilder {
         let (settings, request_timeout) = self.validate()?;
         crate::registry::Registry::global()?;
         let raft = RaftHandle::start(settings).await?;
-        Ok(Node {
-            inner: Arc::new(NodeInner {
-                raft,
-                client_id: loop {
-                    let id = rand::random::<u64>();
-                    if id != 0 {
-                        break id;
-                    }
-                },
-                next_seq: AtomicU64::new(1),
-                in_flight: Mutex::new(BTreeSet::new()),
-                slots: tokio::sync::Semaphore::new(max_in_flight),
-                request_timeout,
-            }),
-        })
+        Ok(Node::new(raft, max_in_flight, request_timeout))
     }
 }
 
-fn check_addr(addr: &str) -> std::result::Result<(), String> {
+pub(super) fn check_addr(addr: &str) -> std::result::Result<(), String> {
     match addr.rsplit_once(':') {
         Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => Ok(()),
         _ => Err(format!("`{addr}` is not a host:port address")),
     }
 }
 
-struct NodeInner {
-    raft: RaftHandle,
-    client_id: u64,
-    next_seq: AtomicU64,
-    in_flight: Mutex<BTreeSet<u64>>,
-    /// Bounds the writes this handle has in flight (memory, and the dedup
-    /// window the state machine keeps for this client).
-    slots: tokio::sync::Semaphore,
-    request_timeout: Duration,
-}
-
-/// A running node. Cheap to clone; every clone is the same node.
-#[derive(Clone)]
-pub struct Node {
-    inner: Arc<NodeInner>,
-}
-
-/// Removes a sequence number from the in-flight set when the call ends,
-/// however it ends.
-struct InFlight<'a> {
-    set: &'a Mutex<BTreeSet<u64>>,
-    seq: u64,
-}
-
-impl Drop for InFlight<'_> {
-    fn drop(&mut self) {
-        self.set.lock().remove(&self.seq);
+/// The secret is never printed: `Debug` shows whether one is set.
+impl std::fmt::Debug for ClusterBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterBuilder")
+            .field("node_id", &self.node_id)
+            .field("listen", &self.listen)
+            .field("listener", &self.listener)
+            .field("advertise", &self.advertise)
+            .field("peers", &self.peers)
+            .field("join", &self.join)
+            .field("data_dir", &self.data_dir)
+            .field("heartbeat", &self.heartbeat)
+            .field("election", &self.election)
+            .field("snapshot_every", &self.snapshot_every)
+            .field("keep_logs", &self.keep_logs)
+            .field("request_timeout", &self.request_timeout)
+            .field("secret", &self.secret.as_ref().map(|_| "<redacted>"))
+            .field("max_frame_bytes", &self.max_frame_bytes)
+            .field("max_in_flight", &self.max_in_flight)
+            .finish()
     }
 }
 
-pub(crate) fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
-impl Node {
-    /// This node's id.
-    pub fn id(&self) -> u64 {
-        self.inner.raft.id()
-    }
-
-    /// The address this node listens on.
-    pub fn local_addr(&self) -> SocketAddr {
-        self.inner.raft.local_addr()
-    }
-
-    /// Sends a command or a query.
-    ///
-    /// A command is replicated through the leader (forwarded if this node
-    /// is a follower) and applied on every node; the result is what its
-    /// handler returned. Through leader changes it is retried with the same
-    /// client id and sequence number, so it is applied exactly once. The
-    /// outer error is the cluster's ([`Error::Timeout`] when no leader could
-    /// be reached in time: the command may still be applied, once).
-    ///
-    /// A query runs on this node's state with no network trip, unless its
-    /// type is `#[query(linearizable)]` (see [`Node::query`]).
-    ///
-    /// (A boxed future, not an `async fn`: a type that cannot be sent is then
-    /// one compile error at the call, not one per use of the future.)
-    pub fn send<M: Handled>(&self, msg: M) -> BoxFuture<'_, Result<M::Output>> {
-        Box::pin(async move {
-            match M::ROUTE {
-                Route::Command { decode } => {
-                    let payload = encode(&msg)?;
-                    let applied = self.submit(EntryKind::Command, M::NAME, payload).await?;
-                    Ok(decode(&applied.response?)?)
-                }
-                Route::Query { consistency, .. } => self.run_query(msg, consistency).await,
-                Route::StatelessQuery { run } => Ok(run(msg).await),
-            }
-        })
-    }
-
-    /// Runs a query with the given consistency. `Linearizable` first asks the
-    /// leader for its commit index and waits until this node has applied it
-    /// (so the answer reflects every write acknowledged before the call); it
-    /// works on followers too.
-    /// A #[command] is not a query: `node.query(command, ..)` does not compile.
-    pub fn query<M: Queryable>(
-        &self,
-        msg: M,
-        consistency: Consistency,
-    ) -> BoxFuture<'_, Result<M::Output>> {
-        Box::pin(self.run_query(msg, consistency))
-    }
-
-    async fn run_query<M: Handled>(&self, msg: M, consistency: Consistency) -> Result<M::Output> {
-        match M::ROUTE {
-            Route::Query { .. } => {
-                if consistency == Consistency::Linearizable {
-                    self.inner
-                        .raft
-                        .read_barrier(self.inner.request_timeout)
-                        .await?;
-                }
-                self.inner.raft.read(|m| m.query(msg))
-            }
-            Route::StatelessQuery { run } => Ok(run(msg).await),
-            Route::Command { .. } => Err(Error::Registry(format!(
-                "`{}` is a command: use `send`",
-                M::NAME
-            ))),
-        }
-    }
-
-    /// Publishes an event: it goes through the log and reaches the event
-    /// handlers of every node (at least once).
-    pub fn publish<E: Publishable>(&self, event: E) -> BoxFuture<'_, Result<()>> {
-        Box::pin(async move {
-            let payload = encode(&event)?;
-            self.submit(EntryKind::Event, E::NAME, payload)
-                .await?
-                .response?;
-            Ok(())
-        })
-    }
-
-    async fn submit(
-        &self,
-        kind: EntryKind,
-        name: &str,
-        payload: Vec<u8>,
-    ) -> Result<crate::Applied> {
-        let inner = &self.inner;
-        let _slot = match tokio::time::timeout(inner.request_timeout, inner.slots.acquire()).await {
-            Ok(Ok(permit)) => permit,
-            Ok(Err(_)) => return Err(Error::ShutDown),
-            Err(_) => return Err(Error::Overloaded),
-        };
-        // The sequence number is taken under the lock that computes the
-        // acknowledgement floor: taken outside it, a later number could
-        // announce a floor above an earlier one still being sent, and the
-        // earlier write would be refused as already acknowledged.
-        let (seq, ack_below) = {
-            let mut set = inner.in_flight.lock();
-            let seq = inner.next_seq.fetch_add(1, Ordering::Relaxed);
-            set.insert(seq);
-            (seq, set.first().copied().unwrap_or(seq))
-        };
-        let _guard = InFlight {
-            set: &inner.in_flight,
-            seq,
-        };
-        let env = Envelope {
-            kind,
-            name: name.to_string(),
-            payload,
-            client: inner.client_id,
-            seq,
-            ack_below,
-            time_ms: now_ms(),
-        };
-        inner.raft.write(env, inner.request_timeout).await
-    }
-
-    /// Role, term, leader, members, indexes, replication lag and readiness.
-    pub fn health(&self) -> Health {
-        self.inner.raft.health()
-    }
-
-    /// Adds a node to the cluster: it joins as a learner, catches up, then
-    /// becomes a voter. Start it first with [`ClusterBuilder::join_existing`].
-    pub async fn add_node(&self, id: u64, addr: impl Into<String>) -> Result<()> {
-        let addr = addr.into();
-        check_addr(&addr).map_err(|reason| Error::Config {
-            setting: "add_node",
-            reason,
-        })?;
-        self.inner
-            .raft
-            .add_node(
-                id,
-                addr,
-                self.inner.request_timeout.max(Duration::from_secs(30)),
-            )
-            .await
-    }
-
-    /// Removes a node from the cluster (its id must never be reused).
-    pub async fn remove_node(&self, id: u64) -> Result<()> {
-        self.inner
-            .raft
-            .remove_node(id, self.inner.request_timeout)
-            .await
-    }
-
-    /// Waits until a leader is known to this node; returns its id.
-    pub async fn wait_for_leader(&self, timeout: Duration) -> Result<u64> {
-        self.inner.raft.wait_leader(timeout).await
-    }
-
-    /// Waits until this node's view of the cluster (role, term, leader,
-    /// members, indexes) changes, or `max` passes.
-    pub async fn health_changed(&self, max: Duration) {
-        self.inner.raft.changed(max).await
-    }
-
-    /// Waits until this node has applied the log up to `index`.
-    pub async fn wait_applied(&self, index: u64, timeout: Duration) -> Result<()> {
-        self.inner.raft.wait_applied(index, timeout).await
-    }
-
-    /// Reads a state of this node directly.
-    pub fn read_state<S: crate::State, R>(&self, f: impl FnOnce(&S) -> R) -> Option<R> {
-        self.inner.raft.read(|m| m.state::<S>().map(f))
-    }
-
-    /// This node's applied index and an encoding of its whole replicated
-    /// state (states and dedup table): equal on replicas that applied the
-    /// same log.
-    pub fn state_fingerprint(&self) -> Result<(u64, Vec<u8>)> {
-        self.inner
-            .raft
-            .read(|m| Ok((m.last_applied(), m.snapshot()?)))
-    }
-
-    /// Takes a snapshot now (and purges the log behind it).
-    pub async fn snapshot(&self) -> Result<()> {
-        self.inner.raft.trigger_snapshot().await
-    }
-
-    /// Asks this node to start an election now.
-    pub async fn campaign(&self) -> Result<()> {
-        self.inner.raft.trigger_election().await
-    }
-
-    /// The fault switch of this node's transport, for tests: block or delay
-    /// links to given peers.
-    #[doc(hidden)]
-    pub fn faults(&self) -> &Faults {
-        self.inner.raft.faults()
-    }
-
-    /// Stops every task of this node (Raft, transport, event delivery) and
-    /// closes its log. Other clones of this handle fail with
-    /// [`Error::ShutDown`] afterwards.
-    pub async fn shutdown(&self) {
-        self.inner.raft.shutdown().await;
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn debug_output_never_shows_the_secret() {
+        let b = crate::cluster().node_id(1).secret("hunter2-very-secret");
+        let shown = format!("{b:?} {b:#?}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains("<redacted>"), "{shown}");
+        let unset = format!("{:?}", crate::cluster());
+        assert!(unset.contains("secret: None"), "{unset}");
     }
 }

@@ -1,6 +1,8 @@
-//! A node's view of the cluster, for health checks and dashboards.
+//! [`Health`]: a node's view of the cluster, for health checks and dashboards.
 
 use std::collections::BTreeMap;
+
+use crate::raft::{RaftState, Status};
 
 /// The Raft role of a node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -42,4 +44,28 @@ pub struct Health {
     pub replication_lag: BTreeMap<u64, u64>,
     /// Running, a leader known, and everything committed here is applied.
     pub ready: bool,
+}
+
+impl From<Status> for Health {
+    fn from(s: Status) -> Health {
+        Health {
+            node_id: s.node_id,
+            role: match s.state {
+                RaftState::Leader => Role::Leader,
+                RaftState::Follower => Role::Follower,
+                RaftState::Candidate => Role::Candidate,
+                RaftState::Learner => Role::Learner,
+                RaftState::Shutdown => Role::Shutdown,
+            },
+            term: s.term,
+            leader: s.leader,
+            members: s.members,
+            learners: s.learners,
+            last_log_index: s.last_log_index,
+            applied_index: s.applied_index,
+            snapshot_index: s.snapshot_index,
+            replication_lag: s.replication_lag,
+            ready: s.ready,
+        }
+    }
 }

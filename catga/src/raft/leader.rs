@@ -1,0 +1,147 @@
+//! What the leader does with requests that reach it, from its own node or
+//! forwarded by a follower: writes, read indexes and membership changes.
+//! Each answers with a [`Redirect`] so the caller knows whether to retry.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use futures::StreamExt;
+use openraft::errors::{ClientWriteError, RaftError};
+use openraft::{BasicNode, ChangeMembers, ReadPolicy};
+
+use super::wire::Redirect;
+use super::{LogId, Raft};
+use crate::machine::{Applied, Envelope};
+
+/// How long a new node may take to catch up before it is promoted to voter.
+const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// The leader's wall clock in milliseconds since the Unix epoch: it stamps
+/// every entry it proposes, so one skewed client cannot move the log clock
+/// that expires dedup records.
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn write_error(e: ClientWriteError<super::TC>) -> Redirect<Applied> {
+    match e {
+        ClientWriteError::ForwardToLeader(f) => Redirect::NotLeader(f.leader_id),
+        ClientWriteError::LogEntryDiscarded(f) => {
+            Redirect::Unknown(format!("entry discarded by a leader change: {f}"))
+        }
+        e => Redirect::Failed(e.to_string()),
+    }
+}
+
+/// Proposes one write and waits for its result.
+pub(crate) async fn write(raft: &Raft, mut env: Envelope) -> Redirect<Applied> {
+    env.time_ms = now_ms();
+    match raft.client_write(env).await {
+        Ok(resp) => Redirect::Ok(resp.data),
+        Err(RaftError::APIError(e)) => write_error(e),
+        Err(RaftError::Fatal(e)) => Redirect::Unknown(format!("leader stopped: {e}")),
+    }
+}
+
+/// Proposes a forwarded batch together; answers in order.
+pub(crate) async fn write_many(raft: &Raft, mut envs: Vec<Envelope>) -> Vec<Redirect<Applied>> {
+    let n = envs.len();
+    let now = now_ms();
+    for e in &mut envs {
+        e.time_ms = now;
+    }
+    let mut answers = Vec::with_capacity(n);
+    match raft.client_write_many(envs).await {
+        Ok(mut results) => {
+            while let Some(r) = results.next().await {
+                answers.push(match r {
+                    Ok(Ok(w)) => Redirect::Ok(w.response),
+                    Ok(Err(e)) => write_error(e),
+                    Err(fatal) => Redirect::Unknown(format!("leader stopped: {fatal}")),
+                });
+            }
+        }
+        Err(fatal) => {
+            answers.extend((0..n).map(|_| Redirect::Unknown(format!("leader stopped: {fatal}"))))
+        }
+    }
+    // a stream cut short leaves the rest unknown (retried with their ids)
+    while answers.len() < n {
+        answers.push(Redirect::Unknown("no answer from the leader".into()));
+    }
+    answers
+}
+
+/// A read index: the log id that a linearizable read must wait for. The one
+/// path for reads on the leader itself and for followers' reads.
+pub(crate) async fn read_index(raft: &Raft) -> Redirect<LogId> {
+    match raft.get_read_linearizer(ReadPolicy::ReadIndex).await {
+        Ok(lin) => Redirect::Ok(*lin.read_log_id().log_id()),
+        Err(e) => match e.forward_to_leader() {
+            Some(f) => Redirect::NotLeader(f.leader_id),
+            None => Redirect::Unknown(e.to_string()),
+        },
+    }
+}
+
+/// Adds a node as a learner, waits until it replicates, then makes it a voter.
+pub(crate) async fn add_node(raft: &Raft, id: u64, addr: String) -> Redirect<()> {
+    let added = match raft
+        .add_learner(id, BasicNode::new(addr.clone()), true)
+        .await
+    {
+        Ok(r) => r.log_id.index,
+        Err(e) => {
+            return match e.forward_to_leader() {
+                Some(f) => Redirect::NotLeader(f.leader_id),
+                None => Redirect::Failed(e.to_string()),
+            };
+        }
+    };
+    // Promote only a learner that really replicates: one that is down or
+    // fails the handshake would otherwise count in the quorum.
+    let caught_up = raft
+        .wait(Some(CATCH_UP_TIMEOUT))
+        .metrics(
+            |m| {
+                m.replication
+                    .as_ref()
+                    .and_then(|r| r.get(&id).copied().flatten())
+                    .is_some_and(|matched| matched.index >= added)
+            },
+            "learner catches up",
+        )
+        .await;
+    let set: BTreeSet<u64> = [id].into();
+    if caught_up.is_err() {
+        let _ = raft
+            .change_membership(ChangeMembers::RemoveNodes(set), false)
+            .await;
+        return Redirect::Failed(format!(
+            "node {id} at {addr} did not catch up within {CATCH_UP_TIMEOUT:?}: is it running, reachable, and configured with the same secret?"
+        ));
+    }
+    membership_change(raft, ChangeMembers::AddVoterIds(set)).await
+}
+
+/// Removes a voter.
+pub(crate) async fn remove_node(raft: &Raft, id: u64) -> Redirect<()> {
+    let set: BTreeSet<u64> = [id].into();
+    membership_change(raft, ChangeMembers::RemoveVoters(set)).await
+}
+
+async fn membership_change(
+    raft: &Raft,
+    change: ChangeMembers<u64, openraft::BasicNode>,
+) -> Redirect<()> {
+    match raft.change_membership(change, false).await {
+        Ok(_) => Redirect::Ok(()),
+        Err(e) => match e.forward_to_leader() {
+            Some(f) => Redirect::NotLeader(f.leader_id),
+            None => Redirect::Failed(e.to_string()),
+        },
+    }
+}

@@ -1,0 +1,71 @@
+//! What nodes say to each other on Raft's service: the request enum, the
+//! leader's reply enum, and their encoding (through [`crate::codec`]).
+
+use bytes::Bytes;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use super::{TC, Vote};
+use crate::codec;
+use crate::machine::Envelope;
+
+/// A request from one node to another.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum Rpc {
+    /// openraft's log replication.
+    Append(openraft::raft::AppendEntriesRequest<TC>),
+    /// openraft's vote request.
+    Vote(openraft::raft::VoteRequest<TC>),
+    /// A whole snapshot, sent by the leader to a lagging node.
+    Snapshot {
+        /// The leader's vote.
+        vote: Vote,
+        /// What the snapshot covers.
+        meta: openraft::alias::SnapshotMetaOf<TC>,
+        /// The state machine's snapshot bytes.
+        #[serde(with = "serde_bytes")]
+        data: Vec<u8>,
+    },
+    /// A client write forwarded by a follower.
+    Write(Envelope),
+    /// Client writes forwarded by a follower in one batch; answered in order.
+    WriteMany(Vec<Envelope>),
+    /// A follower asks the leader for a read index (linearizable reads).
+    ReadIndex,
+    /// A membership change forwarded to the leader: add a node.
+    AddNode {
+        /// The new node's id.
+        id: u64,
+        /// Its Raft address.
+        addr: String,
+    },
+    /// A membership change forwarded to the leader: remove a node.
+    RemoveNode {
+        /// The node to remove.
+        id: u64,
+    },
+}
+
+/// The leader's answer to [`Rpc::Write`], [`Rpc::ReadIndex`] and the
+/// membership RPCs.
+#[derive(Serialize, Deserialize, Debug)]
+pub enum Redirect<T> {
+    /// Done.
+    Ok(T),
+    /// Not the leader (or not yet able to serve): try this one.
+    NotLeader(Option<u64>),
+    /// The outcome is unknown (the entry may or may not commit): retry.
+    Unknown(String),
+    /// Refused for good.
+    Failed(String),
+}
+
+/// Encodes an RPC body or reply.
+pub(crate) fn encode<T: Serialize>(v: &T) -> Result<Bytes, String> {
+    codec::encode(v).map(Bytes::from).map_err(|e| e.to_string())
+}
+
+/// Decodes an RPC body or reply (catga's own format: shallow nesting).
+pub(crate) fn decode<T: DeserializeOwned>(b: &[u8]) -> Result<T, String> {
+    codec::decode(b, codec::INTERNAL_DEPTH).map_err(|e| e.to_string())
+}

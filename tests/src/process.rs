@@ -1,0 +1,249 @@
+//! Nodes as OS processes (`src/bin/catga-test-node.rs`), for faults that
+//! happen to processes: `kill -9` ([`Proc::kill9`]), a stall
+//! ([`Proc::stop`] / [`Proc::resume`], SIGSTOP/SIGCONT), a restart from the
+//! same data dir.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::process::{Child, ChildStdin, Command};
+use tokio::sync::{Mutex, oneshot};
+
+/// The node binary, which cargo builds beside the test binaries
+/// (`target/<profile>/catga-test-node`, the tests in `target/<profile>/deps/`).
+pub fn node_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let mut dir = exe.parent().expect("exe dir").to_path_buf();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    dir.join("catga-test-node")
+}
+
+/// A free port on 127.0.0.1 (bound, then released for the child to take).
+pub fn free_addr() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr").to_string()
+}
+
+type Waiters = Arc<std::sync::Mutex<HashMap<u64, oneshot::Sender<String>>>>;
+
+/// A running node process.
+pub struct Proc {
+    pub id: u64,
+    pub addr: String,
+    child: Child,
+    stdin: Mutex<ChildStdin>,
+    waiters: Waiters,
+    next: AtomicU64,
+}
+
+/// How to start one node process.
+#[derive(Clone, Debug)]
+pub struct Spec {
+    pub id: u64,
+    pub addr: String,
+    pub data_dir: PathBuf,
+    pub peers: Vec<(u64, String)>,
+    pub join: bool,
+    pub snapshot_every: u64,
+    /// Another binary (an "old version"), or the default node binary.
+    pub binary: Option<PathBuf>,
+}
+
+impl Spec {
+    /// Node `id` of a static cluster whose members are `addrs` (index i is
+    /// node i+1), keeping its data in `dir/n<id>`.
+    pub fn member(id: u64, addrs: &[String], dir: &Path) -> Spec {
+        Spec {
+            id,
+            addr: addrs[id as usize - 1].clone(),
+            data_dir: dir.join(format!("n{id}")),
+            peers: addrs
+                .iter()
+                .enumerate()
+                .map(|(i, a)| (i as u64 + 1, a.clone()))
+                .filter(|(i, _)| *i != id)
+                .collect(),
+            join: false,
+            snapshot_every: 10_000,
+            binary: None,
+        }
+    }
+}
+
+impl Proc {
+    /// Starts the process and waits (up to 20 s) for it to print `ready`.
+    pub async fn start(spec: &Spec) -> Result<Proc, String> {
+        let mut cmd = Command::new(spec.binary.clone().unwrap_or_else(node_binary));
+        cmd.arg("--id")
+            .arg(spec.id.to_string())
+            .arg("--listen")
+            .arg(&spec.addr)
+            .arg("--data-dir")
+            .arg(&spec.data_dir)
+            .arg("--snapshot-every")
+            .arg(spec.snapshot_every.to_string());
+        for (id, a) in &spec.peers {
+            cmd.arg("--peer").arg(format!("{id}={a}"));
+        }
+        if spec.join {
+            cmd.arg("--join");
+        }
+        cmd.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true);
+        let mut child = cmd.spawn().map_err(|e| format!("spawn: {e}"))?;
+        let stdin = child.stdin.take().ok_or("no stdin")?;
+        let stdout = child.stdout.take().ok_or("no stdout")?;
+        let mut lines = BufReader::new(stdout).lines();
+        let first = tokio::time::timeout(Duration::from_secs(20), async {
+            // stdout carries only protocol lines; skip anything else
+            loop {
+                match lines.next_line().await {
+                    Ok(Some(l)) if l.starts_with("ready") || l.starts_with("fail") => {
+                        return Ok(l);
+                    }
+                    Ok(Some(_)) => continue,
+                    Ok(None) => return Err(format!("node {} exited before it was ready", spec.id)),
+                    Err(e) => return Err(e.to_string()),
+                }
+            }
+        })
+        .await
+        .map_err(|_| format!("node {} did not start within 20 s", spec.id))??;
+        if !first.starts_with("ready") {
+            return Err(format!("node {}: {first}", spec.id));
+        }
+        let waiters: Waiters = Default::default();
+        let w = waiters.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                let (tag, rest) = line.split_once(' ').unwrap_or((&line, ""));
+                if let Ok(tag) = tag.parse::<u64>()
+                    && let Some(tx) = w.lock().expect("waiters").remove(&tag)
+                {
+                    let _ = tx.send(rest.to_string());
+                }
+            }
+            // the process is gone: every waiter's sender drops
+            w.lock().expect("waiters").clear();
+        });
+        Ok(Proc {
+            id: spec.id,
+            addr: spec.addr.clone(),
+            child,
+            stdin: Mutex::new(stdin),
+            waiters,
+            next: AtomicU64::new(1),
+        })
+    }
+
+    /// Sends one command line and waits for its answer (`ok ...`, `err ...`
+    /// or `fail ...`), or `None` if the process died or `timeout` passed.
+    pub async fn call(&self, cmd: &str, timeout: Duration) -> Option<String> {
+        let tag = self.next.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        self.waiters.lock().expect("waiters").insert(tag, tx);
+        {
+            let mut stdin = self.stdin.lock().await;
+            if stdin
+                .write_all(format!("{tag} {cmd}\n").as_bytes())
+                .await
+                .is_err()
+            {
+                return None;
+            }
+            let _ = stdin.flush().await;
+        }
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(s)) => Some(s),
+            _ => {
+                self.waiters.lock().expect("waiters").remove(&tag);
+                None
+            }
+        }
+    }
+
+    /// `call`, expecting `ok VALUE`; returns VALUE.
+    pub async fn ok(&self, cmd: &str) -> Result<String, String> {
+        match self.call(cmd, Duration::from_secs(30)).await {
+            Some(s) => match s.strip_prefix("ok") {
+                Some(v) => Ok(v.trim().to_string()),
+                None => Err(s),
+            },
+            None => Err(format!("node {}: no answer to `{cmd}`", self.id)),
+        }
+    }
+
+    /// SIGKILL: the process dies at once, mid-write, no shutdown code runs.
+    pub async fn kill9(mut self) {
+        let _ = self.child.kill().await;
+    }
+
+    /// SIGSTOP: the process stalls (its sockets stay open).
+    pub fn stop(&self) {
+        self.signal("-STOP");
+    }
+
+    /// SIGCONT after [`Proc::stop`].
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, sig: &str) {
+        if let Some(pid) = self.child.id() {
+            let _ = std::process::Command::new("kill")
+                .arg(sig)
+                .arg(pid.to_string())
+                .status();
+        }
+    }
+
+    /// Graceful: `quit`, then wait for the exit.
+    pub async fn quit(mut self) {
+        {
+            let mut stdin = self.stdin.lock().await;
+            let _ = stdin.write_all(b"0 quit\n").await;
+            let _ = stdin.flush().await;
+        }
+        if tokio::time::timeout(Duration::from_secs(10), self.child.wait())
+            .await
+            .is_err()
+        {
+            let _ = self.child.kill().await;
+        }
+    }
+
+    /// Polls `health` until `pred` holds on its fields
+    /// (`role term leader applied ready`), or `timeout` passes.
+    pub async fn wait_health(
+        &self,
+        timeout: Duration,
+        pred: impl Fn(&[&str]) -> bool,
+    ) -> Result<String, String> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut last = String::new();
+        while tokio::time::Instant::now() < deadline {
+            if let Ok(h) = self.ok("health").await {
+                let f: Vec<&str> = h.split_whitespace().collect();
+                if pred(&f) {
+                    return Ok(h);
+                }
+                last = h;
+            }
+            // polling a child process: there is no event to wait on
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Err(format!(
+            "node {}: health never matched (last: {last})",
+            self.id
+        ))
+    }
+}
