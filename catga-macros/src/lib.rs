@@ -2,54 +2,145 @@
 //!
 //! Use them through `catga` (`catga::command`, `catga::handler`, ... or
 //! `catga::prelude::*`); the generated code names the runtime only through
-//! `::catga::__private`, so a user's crate depends on `catga` alone.
+//! `::catga::__private` (or `<crate>::__private` with `crate = "..."`), so a
+//! user's crate depends on `catga` alone.
 //!
-//! The crate is laid out as parse → validate → expand:
-//! - [`args`] — the attribute arguments (`name = "..."`, `linearizable`);
-//! - [`message`] — `#[command]`, `#[query]`, `#[event]`;
-//! - [`handler`] — `#[handler]` (parse and classify the signature, then expand);
-//! - [`state`] — `#[state]`;
-//! - [`fallback`] — on error, re-emit the user's item next to the errors so
-//!   that one mistake does not cascade into many.
-//!
-//! Every trait bound the expansion needs on a user's type is required at
-//! exactly one place, spanned on that type (see `catga::__private`), so that
-//! one mistake is one error, with the runtime's `on_unimplemented` text.
+//! The crate is laid out as parse → validate → expand, like thiserror:
+//! - [`attr`]: the attribute arguments (`name`, `linearizable`, `crate`);
+//! - [`ast`]: the item, parsed into a small model (a data type, a handler);
+//! - [`valid`]: the checks that need no types, one function per rule;
+//! - [`source`]: what rustc does not tell a macro (is this `fn` inside an
+//!   `impl` block? did a `#[derive]` run before us?), read from the source;
+//! - [`expand`]: code generation only; what depends on types is emitted as
+//!   spanned assertions on the runtime's traits;
+//! - [`fallback`]: with errors, the user's item plus stub impls plus the
+//!   errors, so that one mistake does not cascade.
 
 use proc_macro::TokenStream;
+use proc_macro2::TokenStream as TokenStream2;
 
-mod args;
+mod ast;
+mod attr;
+mod expand;
 mod fallback;
-mod handler;
-mod message;
-mod state;
+mod source;
+mod valid;
+
+use ast::DataItem;
+use attr::Attr;
+use fallback::Errors;
 
 /// Marks a struct or enum as a command (a replicated write). See `catga::command`.
 #[proc_macro_attribute]
 pub fn command(args: TokenStream, item: TokenStream) -> TokenStream {
-    message::expand(message::Kind::Command, args.into(), item.into()).into()
+    data(Attr::Command, args.into(), item.into()).into()
 }
 
 /// Marks a struct or enum as a query (a read). See `catga::query`.
 #[proc_macro_attribute]
 pub fn query(args: TokenStream, item: TokenStream) -> TokenStream {
-    message::expand(message::Kind::Query, args.into(), item.into()).into()
+    data(Attr::Query, args.into(), item.into()).into()
 }
 
 /// Marks a struct or enum as an event. See `catga::event`.
 #[proc_macro_attribute]
 pub fn event(args: TokenStream, item: TokenStream) -> TokenStream {
-    message::expand(message::Kind::Event, args.into(), item.into()).into()
-}
-
-/// Registers a function as the handler of a command, a query or an event. See `catga::handler`.
-#[proc_macro_attribute]
-pub fn handler(args: TokenStream, item: TokenStream) -> TokenStream {
-    handler::expand(args.into(), item.into()).into()
+    data(Attr::Event, args.into(), item.into()).into()
 }
 
 /// Marks a type as a replicated state, with a stable snapshot name. See `catga::state`.
 #[proc_macro_attribute]
 pub fn state(args: TokenStream, item: TokenStream) -> TokenStream {
-    state::expand(args.into(), item.into()).into()
+    data(Attr::State, args.into(), item.into()).into()
+}
+
+/// Registers a function as the handler of a command, a query or an event. See `catga::handler`.
+#[proc_macro_attribute]
+pub fn handler(args: TokenStream, item: TokenStream) -> TokenStream {
+    handler_fn(args.into(), item.into()).into()
+}
+
+fn data(attr: Attr, args: TokenStream2, item: TokenStream2) -> TokenStream2 {
+    let mut errors = Errors::default();
+    // Malformed arguments are reported and ignored: the type is still a
+    // message, so its handlers and senders see no further error.
+    let args = attr::parse(args, attr, &mut errors);
+    let expansion = match ast::data_item(item.clone()) {
+        Ok(DataItem::Data(d)) => {
+            valid::data(&d, attr, &mut errors);
+            let derived_above = source::no_derive_above(attr, &mut errors);
+            if d.input.generics.params.is_empty() {
+                Ok(expand::data::expand(attr, &args, d, derived_above))
+            } else {
+                Err((item, TokenStream2::new()))
+            }
+        }
+        Ok(DataItem::Union(u)) => {
+            errors.push(syn::Error::new_spanned(
+                u.union_token,
+                format!(
+                    "#[{}] cannot be used on a union: use a struct or an enum",
+                    attr.name()
+                ),
+            ));
+            Err((item, TokenStream2::new()))
+        }
+        Ok(DataItem::Other(o)) => {
+            errors.push(syn::Error::new(
+                o.span,
+                format!(
+                    "#[{}] goes on a struct or an enum, not on {}",
+                    attr.name(),
+                    o.what
+                ),
+            ));
+            Err((item, TokenStream2::new()))
+        }
+        Err(e) => {
+            errors.push(e);
+            Err((item, TokenStream2::new()))
+        }
+    };
+    fallback::emit(expansion, errors)
+}
+
+fn handler_fn(args: TokenStream2, item: TokenStream2) -> TokenStream2 {
+    let mut errors = Errors::default();
+    // Unknown arguments are reported, and the handler is still registered.
+    let args = attr::parse(args, Attr::Handler, &mut errors);
+    let expansion = match ast::handler_item(item.clone()) {
+        Ok(Ok(h)) => {
+            if let Some(e) = source::not_in_impl_block(&h.func.sig) {
+                // A method: re-emit it as is (it is valid there), with the
+                // one error; no stub can be emitted inside an impl block.
+                errors.push(e);
+                Err((item, TokenStream2::new()))
+            } else {
+                let before = errors.len();
+                valid::handler(&h, &mut errors);
+                if errors.len() > before {
+                    // Re-emit the function without its foreign ABI (refused
+                    // above), so that rustc adds no warning about it.
+                    let mut func = h.func.clone();
+                    func.sig.abi = None;
+                    let func = quote::ToTokens::into_token_stream(func);
+                    Err((func, expand::handler::stubs(&args, &h)))
+                } else {
+                    Ok(expand::handler::expand(&args, &h))
+                }
+            }
+        }
+        Ok(Err(o)) => {
+            errors.push(syn::Error::new(
+                o.span,
+                format!("#[handler] goes on a free function, not on {}", o.what),
+            ));
+            Err((item, TokenStream2::new()))
+        }
+        Err(e) => {
+            errors.push(e);
+            Err((item, TokenStream2::new()))
+        }
+    };
+    fallback::emit(expansion, errors)
 }

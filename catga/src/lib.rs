@@ -46,6 +46,13 @@ pub mod __private;
 pub use context::{CommandContext, EventContext};
 pub use error::{ApplyError, Error, Outcome, Result};
 pub use message::{Command, Consistency, Event, Handled, Message, MessageKind, Query};
+// Named in compile errors about handler signatures and `query`/`publish`
+// calls; re-exported here (hidden) so rustc prints `CommandParam`, not a path
+// under `__private`. Not for use.
+#[doc(hidden)]
+pub use __private::{CommandOutput, CommandParam, EventParam, QueryParam, StateType, WireField};
+#[doc(hidden)]
+pub use message::{Publishable, Queryable};
 pub use node::{ClusterBuilder, Health, Node, Role, cluster};
 pub use state::State;
 

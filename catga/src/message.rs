@@ -79,7 +79,7 @@ pub trait Query: Message {
 #[diagnostic::on_unimplemented(
     message = "`{Self}` is not an #[event]",
     label = "not an #[event]",
-    note = "annotate `{Self}` with #[event] to publish it; a handler that takes no state and returns nothing handles an #[event], while a #[query] handler returns its answer and a #[command] handler takes `&mut State`"
+    note = "only an #[event] is published; a #[command] or #[query] is sent with `send`; to publish `{Self}` as a notification, annotate it with #[event]"
 )]
 pub trait Event: Message {}
 
@@ -89,9 +89,9 @@ pub trait Event: Message {}
 /// Implemented by `#[handler]`. A second handler for the same message is a
 /// compile error (conflicting implementations of `Handled`).
 #[diagnostic::on_unimplemented(
-    message = "`{Self}` cannot be sent: it is not a #[command] or #[query] with a #[handler]",
-    label = "no #[handler] takes this type",
-    note = "annotate `{Self}` with #[command] or #[query] and write one `#[handler] fn` that takes it as its first parameter; an #[event] is published (`publish`), not sent"
+    message = "`{Self}` cannot be sent: `send` takes a #[command] or #[query] that has a #[handler]",
+    label = "not a #[command] or #[query] with a #[handler]",
+    note = "an #[event] is published with `publish`, not sent; otherwise annotate `{Self}` with #[command] or #[query] and write one `#[handler] fn` that takes it as its first parameter"
 )]
 pub trait Handled: Message {
     /// What the handler returns (for a command, decoded from the replicated response).
@@ -99,6 +99,26 @@ pub trait Handled: Message {
     #[doc(hidden)]
     const ROUTE: Route<Self, Self::Output>;
 }
+
+/// A #[query] with a #[handler]: what `Node::query` takes.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be queried: `query` takes a #[query] that has a #[handler]",
+    label = "not a #[query] with a #[handler]",
+    note = "a #[command] is replicated: send it with `send`; otherwise annotate `{Self}` with #[query] and write one `#[handler] fn` that takes it as its first parameter"
+)]
+pub trait Queryable: Handled {}
+#[diagnostic::do_not_recommend]
+impl<M: Query + Handled> Queryable for M {}
+
+/// An #[event]: what `publish` takes.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be published: `publish` takes an #[event]",
+    label = "not an #[event]",
+    note = "a #[command] or #[query] is sent with `send`, not published; to publish `{Self}` as a notification, annotate it with #[event]"
+)]
+pub trait Publishable: Event {}
+#[diagnostic::do_not_recommend]
+impl<E: Event> Publishable for E {}
 
 /// Boxed future used by generated code.
 pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;

@@ -15,6 +15,10 @@ pub use crate::registry::{
 };
 pub use crate::state::{State, StateInfo};
 
+#[path = "private/handler.rs"]
+mod handler;
+pub use handler::*;
+
 /// The log and wire formats, for catga's own tests, benches and fuzz
 /// target (so they speak the real format instead of a copy).
 pub mod wire {
@@ -33,20 +37,10 @@ use serde::de::DeserializeOwned;
 
 // Every trait bound that the generated code needs on a user's type is checked
 // at exactly one place, spanned on that type, so that one mistake is one
-// error: `#[handler]` builds the codecs below once per handler (in a `const`)
-// and hands them to the generic runtime functions, which need no bound on the
-// user's types beyond `Handled` (which the handler itself implements).
-
-/// What a command handler may return: it is encoded into the replicated
-/// response and decoded by the caller, possibly on another node.
-#[diagnostic::on_unimplemented(
-    message = "a command handler must return a type that can be sent back to the caller: `{Self}` is not Serialize + Deserialize + Send",
-    label = "the response is encoded on the replica and decoded by the caller, possibly on another node",
-    note = "derive `Serialize` and `Deserialize` (from `catga::prelude`) with `#[serde(crate = \"catga::serde\")]` on every type in the return value, including the error type of a `Result`"
-)]
-pub trait CommandOutput: Serialize + DeserializeOwned + Send + 'static {}
-#[diagnostic::do_not_recommend]
-impl<T: Serialize + DeserializeOwned + Send + 'static> CommandOutput for T {}
+// error: the check is an assertion such as `<O as CommandOutput>::ASSERT`
+// (no "required by a bound in" note naming this module), and every other use
+// goes through a probe (`Probe`, `Output`, `Param`, `Field`) that falls back
+// to a never-run stand-in when the bound does not hold.
 
 /// Encoding and decoding of a command handler's output, built once by
 /// [`output_codec`] (where the `CommandOutput` bound is checked).
@@ -55,12 +49,33 @@ pub struct OutputCodec<O> {
     pub decode: fn(&[u8]) -> Result<O, ApplyError>,
 }
 
-/// The codec of a command handler's output type.
-pub const fn output_codec<O: CommandOutput>() -> OutputCodec<O> {
-    OutputCodec {
+/// Probe for a command handler's output type `O`: `Output::<O>::CODEC`
+/// is its codec when `O:` [`CommandOutput`], else [`OutputFallback`]'s
+/// stand-in (the assertion `<O as CommandOutput>` is the one error).
+pub struct Output<O>(PhantomData<O>);
+
+impl<O: Serialize + DeserializeOwned + Send + 'static> Output<O> {
+    pub const CODEC: OutputCodec<O> = OutputCodec {
         encode: encode_output::<O>,
         decode: decode_output::<O>,
-    }
+    };
+}
+
+/// What `Output::<O>::CODEC` falls back to.
+pub trait OutputFallback<O> {
+    const CODEC: OutputCodec<O> = OutputCodec {
+        encode: never_encode::<O>,
+        decode: never_decode::<O>,
+    };
+}
+impl<O> OutputFallback<O> for Output<O> {}
+
+fn never_encode<O>(_: &O) -> Result<Vec<u8>, ApplyError> {
+    unreachable!("a handler whose output type is refused does not compile")
+}
+
+fn never_decode<O>(_: &[u8]) -> Result<O, ApplyError> {
+    unreachable!("a handler whose output type is refused does not compile")
 }
 
 fn encode_output<O: Serialize>(out: &O) -> Result<Vec<u8>, ApplyError> {
@@ -70,73 +85,52 @@ fn encode_output<O: Serialize>(out: &O) -> Result<Vec<u8>, ApplyError> {
     })
 }
 
-/// The wire name and decoder of an event, built once by [`event_codec`]
-/// (where the `Event` bound is checked).
-pub struct EventCodec<E> {
-    pub name: &'static str,
-    pub decode: fn(&[u8]) -> Result<E, ApplyError>,
-}
-
-/// The codec of an event handler's event.
-pub const fn event_codec<E: Event>() -> EventCodec<E> {
-    EventCodec {
-        name: E::NAME,
-        decode: decode_message::<E>,
-    }
-}
-
 /// The wire name of a handled message (for registry entries).
 pub const fn name_of<M: Handled>() -> &'static str {
     M::NAME
 }
 
-/// Compile-time classification of a handler's message type.
+/// Compile-time view of a handler's message type `M`.
 ///
-/// A command or query handler implements `Handled` for its message, which
-/// already reports a type that is not a message at all. The kind check
-/// (`require_command(&Probe::<M>::KIND)`) must then stay silent, or the user
-/// would get a second error for the same mistake: `Probe::<M>::KIND` is the
-/// inherent constant (a `PhantomData<M>`) only when `M: Message`, and
-/// [`ProbeFallback::KIND`] (a `PhantomData<Skip>`, which passes every check)
-/// otherwise.
+/// A command or query handler implements `Handled` for its message, and an
+/// event handler names `<M as Message>::NAME`: either already reports a
+/// type that is not a message at all. Every other use must then stay
+/// silent, or the user would get a second error for the same mistake:
+/// `Probe::<M>::KIND` (and `CONSISTENCY`, `decode`) are the inherent items
+/// only when `M: Message` (resp. `Query`), and [`ProbeFallback`]'s (which
+/// pass every check and are never run) otherwise.
 pub struct Probe<M>(PhantomData<M>);
 
 impl<M: Message> Probe<M> {
-    pub const KIND: PhantomData<M> = PhantomData;
+    pub const KIND: Option<MessageKind> = Some(M::KIND);
+    pub fn decode(bytes: &[u8]) -> Result<M, ApplyError> {
+        decode_message::<M>(bytes)
+    }
 }
 
 impl<M: Query> Probe<M> {
     pub const CONSISTENCY: Consistency = M::CONSISTENCY;
 }
 
-/// What `Probe::<M>::KIND` and `Probe::<M>::CONSISTENCY` fall back to when
-/// `M` is not a message (resp. not a query); generated code imports it.
-pub trait ProbeFallback {
-    const KIND: PhantomData<Skip> = PhantomData;
+/// What `Probe::<M>`'s items fall back to when `M` is not a message (resp.
+/// not a query); generated code imports it.
+pub trait ProbeFallback<M> {
+    const KIND: Option<MessageKind> = None;
     const CONSISTENCY: Consistency = Consistency::Local;
+    fn decode(_: &[u8]) -> Result<M, ApplyError> {
+        unreachable!("a handler of a type that is not a message does not compile")
+    }
 }
-impl<M> ProbeFallback for Probe<M> {}
+impl<M> ProbeFallback<M> for Probe<M> {}
 
-/// Stands in for a type that is not a message, so that its kind check
-/// passes (the missing `Message` impl is reported on its own). Never
-/// registered, never constructed.
-#[derive(serde::Serialize, serde::Deserialize)]
-pub enum Skip {}
-
-#[diagnostic::do_not_recommend]
-impl Message for Skip {
-    const NAME: &'static str = "catga.__private.Skip";
-    const KIND: MessageKind = MessageKind::Command;
+/// The error of a handler whose parameter could not be given: the state
+/// slot holds another type.
+pub fn missing_param(name: &str) -> ApplyError {
+    ApplyError::Decode {
+        what: name.to_string(),
+        reason: "state slot holds another type".to_string(),
+    }
 }
-#[diagnostic::do_not_recommend]
-impl Command for Skip {}
-#[diagnostic::do_not_recommend]
-impl Query for Skip {}
-
-/// Compile-time check: a `&mut State` handler's message is a `#[command]`.
-pub const fn require_command<M: Command>(_: &PhantomData<M>) {}
-/// Compile-time check: a `&State` or value-returning handler's message is a `#[query]`.
-pub const fn require_query<M: Query>(_: &PhantomData<M>) {}
 
 /// Decodes a command's response.
 pub fn decode_output<O: DeserializeOwned>(bytes: &[u8]) -> Result<O, ApplyError> {
@@ -158,29 +152,4 @@ pub fn decode_message<M: Message>(bytes: &[u8]) -> Result<M, ApplyError> {
 #[inline]
 pub fn downcast_state<S: 'static>(state: &(dyn Any + Send + Sync)) -> Option<&S> {
     state.downcast_ref::<S>()
-}
-
-/// Decode → handler → encode, for one command.
-#[inline]
-pub fn apply_command<M, S, O, F>(
-    payload: &[u8],
-    state: &mut (dyn Any + Send + Sync),
-    ctx: &mut CommandContext,
-    encode: fn(&O) -> Result<Vec<u8>, ApplyError>,
-    handler: F,
-) -> Result<Vec<u8>, ApplyError>
-where
-    M: Handled,
-    S: Any,
-    F: FnOnce(M, &mut S, &mut CommandContext) -> O,
-{
-    let cmd: M = decode_message(payload)?;
-    let Some(state) = state.downcast_mut::<S>() else {
-        return Err(ApplyError::Decode {
-            what: M::NAME.to_string(),
-            reason: "state slot holds another type".to_string(),
-        });
-    };
-    let out = handler(cmd, state, ctx);
-    encode(&out)
 }

@@ -52,7 +52,7 @@ use crate::context::{EventContext, PublishedEvent};
 use crate::dispatch::run_event_handlers;
 use crate::error::Result;
 use crate::machine::{Applied, EntryKind, Envelope, Machine};
-use crate::message::{Event, Handled, Route};
+use crate::message::{BoxFuture, Event, Handled, Publishable, Route};
 use crate::node::Node;
 use crate::registry::Registry;
 
@@ -90,27 +90,34 @@ impl TestApp {
 
     /// Sends a command (applied as in the cluster, then its events' handlers
     /// run) or a query (run on the state).
-    pub async fn send<M: Handled>(&mut self, msg: M) -> Result<M::Output> {
-        match M::ROUTE {
-            Route::Command { decode } => {
-                let payload = codec::encode_user(M::NAME, &msg)?;
-                let applied = self.submit(EntryKind::Command, M::NAME, payload).await;
-                let bytes = applied.response?;
-                Ok(decode(&bytes)?)
+    ///
+    /// (A boxed future, as `Node::send`: one compile error for a type that
+    /// cannot be sent.)
+    pub fn send<M: Handled>(&mut self, msg: M) -> BoxFuture<'_, Result<M::Output>> {
+        Box::pin(async move {
+            match M::ROUTE {
+                Route::Command { decode } => {
+                    let payload = codec::encode_user(M::NAME, &msg)?;
+                    let applied = self.submit(EntryKind::Command, M::NAME, payload).await;
+                    let bytes = applied.response?;
+                    Ok(decode(&bytes)?)
+                }
+                Route::StatelessQuery { run } => Ok(run(msg).await),
+                Route::Query { .. } => self.machine.query(msg),
             }
-            Route::StatelessQuery { run } => Ok(run(msg).await),
-            Route::Query { .. } => self.machine.query(msg),
-        }
+        })
     }
 
     /// Publishes an event as `node.publish` does: through the log, then to
     /// every event handler.
-    pub async fn publish<E: Event>(&mut self, event: E) -> Result<()> {
-        let payload = codec::encode_user(E::NAME, &event)?;
-        self.submit(EntryKind::Event, E::NAME, payload)
-            .await
-            .response?;
-        Ok(())
+    pub fn publish<E: Publishable>(&mut self, event: E) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async move {
+            let payload = codec::encode_user(E::NAME, &event)?;
+            self.submit(EntryKind::Event, E::NAME, payload)
+                .await
+                .response?;
+            Ok(())
+        })
     }
 
     /// Applies a raw envelope at the next log index, as a replica would

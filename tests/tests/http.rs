@@ -171,12 +171,15 @@ async fn bad_requests_get_4xx_and_never_reach_the_log() {
         };
         bad.push(post(body));
     }
-    for r in futures::future::join_all(bad).await {
-        let s = r.unwrap().status();
-        assert!(
-            s == StatusCode::BAD_REQUEST || s == StatusCode::PAYLOAD_TOO_LARGE,
-            "{s}"
-        );
+    for (i, r) in futures::future::join_all(bad).await.into_iter().enumerate() {
+        match r {
+            Ok(r) if i % 4 == 3 => assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE),
+            Ok(r) => assert_eq!(r.status(), StatusCode::BAD_REQUEST),
+            // the server answers 413 as soon as it sees the length and
+            // closes: a client still sending the body may see the reset
+            Err(_) if i % 4 == 3 => {}
+            Err(e) => panic!("request {i}: {e}"),
+        }
     }
     assert_eq!(
         c.node(l).health().last_log_index,

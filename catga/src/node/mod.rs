@@ -17,7 +17,7 @@ pub use health::{Health, Role};
 
 use crate::error::{Error, Result};
 use crate::machine::{Applied, EntryKind, Envelope};
-use crate::message::{Consistency, Event, Handled, Route};
+use crate::message::{BoxFuture, Consistency, Handled, Publishable, Queryable, Route};
 use crate::raft::RaftHandle;
 
 /// The longest idempotency key [`Node::send_keyed`] takes, in bytes.
@@ -108,18 +108,23 @@ impl Node {
     ///
     /// A query runs on this node's state with no network trip, unless its
     /// type is `#[query(linearizable)]` (see [`Node::query`]).
-    pub async fn send<M: Handled>(&self, msg: M) -> Result<M::Output> {
-        match M::ROUTE {
-            Route::Command { decode } => {
-                let payload = crate::codec::encode_user(M::NAME, &msg)?;
-                let applied = self
-                    .submit(EntryKind::Command, M::NAME, payload, None)
-                    .await?;
-                Ok(decode(&applied.response?)?)
+    ///
+    /// (A boxed future, not an `async fn`: a type that cannot be sent is then
+    /// one compile error at the call, not one per use of the future.)
+    pub fn send<M: Handled>(&self, msg: M) -> BoxFuture<'_, Result<M::Output>> {
+        Box::pin(async move {
+            match M::ROUTE {
+                Route::Command { decode } => {
+                    let payload = crate::codec::encode_user(M::NAME, &msg)?;
+                    let applied = self
+                        .submit(EntryKind::Command, M::NAME, payload, None)
+                        .await?;
+                    Ok(decode(&applied.response?)?)
+                }
+                Route::Query { consistency, .. } => self.run_query(msg, consistency).await,
+                Route::StatelessQuery { run } => Ok(run(msg).await),
             }
-            Route::Query { consistency, .. } => self.query(msg, consistency).await,
-            Route::StatelessQuery { run } => Ok(run(msg).await),
-        }
+        })
     }
 
     /// Sends a command with an idempotency key chosen by the caller: the
@@ -171,7 +176,16 @@ impl Node {
     /// leader for its commit index and waits until this node has applied it
     /// (so the answer reflects every write acknowledged before the call); it
     /// works on followers too.
-    pub async fn query<M: Handled>(&self, msg: M, consistency: Consistency) -> Result<M::Output> {
+    /// A #[command] is not a query: `node.query(command, ..)` does not compile.
+    pub fn query<M: Queryable>(
+        &self,
+        msg: M,
+        consistency: Consistency,
+    ) -> BoxFuture<'_, Result<M::Output>> {
+        Box::pin(self.run_query(msg, consistency))
+    }
+
+    async fn run_query<M: Handled>(&self, msg: M, consistency: Consistency) -> Result<M::Output> {
         match M::ROUTE {
             Route::Query { .. } => {
                 if consistency == Consistency::Linearizable {
@@ -192,12 +206,14 @@ impl Node {
 
     /// Publishes an event: it goes through the log and reaches the event
     /// handlers of every node (at least once).
-    pub async fn publish<E: Event>(&self, event: E) -> Result<()> {
-        let payload = crate::codec::encode_user(E::NAME, &event)?;
-        self.submit(EntryKind::Event, E::NAME, payload, None)
-            .await?
-            .response?;
-        Ok(())
+    pub fn publish<E: Publishable>(&self, event: E) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async move {
+            let payload = crate::codec::encode_user(E::NAME, &event)?;
+            self.submit(EntryKind::Event, E::NAME, payload, None)
+                .await?
+                .response?;
+            Ok(())
+        })
     }
 
     async fn submit(

@@ -1,0 +1,15 @@
+// Known weak spot: a serde derive written ABOVE the catga attribute runs
+// first (rustc hands catga the item without it) and, without
+// `#[serde(crate = "catga::serde")]`, fails with "can't find crate for `serde`"
+// before catga can say anything. catga adds the one error that says what
+// to do; the E0463 errors are serde's and cannot be suppressed from here.
+
+use catga::prelude::*;
+
+#[derive(Default, Deserialize)]
+#[state]
+pub struct Shop {
+    pub orders: u64,
+}
+
+fn main() {}

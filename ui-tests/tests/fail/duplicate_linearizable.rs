@@ -1,0 +1,6 @@
+use catga::prelude::*;
+
+#[query(linearizable, linearizable)]
+pub struct CountOrders;
+
+fn main() {}

@@ -1,0 +1,11 @@
+use std::time::Instant;
+
+use catga::prelude::*;
+
+#[command]
+pub enum Order {
+    Place { qty: u32 },
+    Cancel { at: Instant },
+}
+
+fn main() {}

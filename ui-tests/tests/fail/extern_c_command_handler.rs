@@ -1,0 +1,25 @@
+use catga::prelude::*;
+
+#[state]
+#[derive(Default)]
+pub struct Shop {
+    orders: u64,
+}
+
+#[command]
+pub struct PlaceOrder;
+
+#[handler]
+extern "C" fn place_order(_cmd: PlaceOrder, shop: &mut Shop) -> u64 {
+    shop.orders += 1;
+    shop.orders
+}
+
+async fn run(app: &mut catga::testing::TestApp) {
+    // no second error here: the refused handler's message can still be sent
+    let _ = app.send(PlaceOrder).await;
+}
+
+fn main() {
+    let _ = run;
+}

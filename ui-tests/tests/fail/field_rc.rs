@@ -1,0 +1,10 @@
+use std::rc::Rc;
+
+use catga::prelude::*;
+
+#[query]
+pub struct Lookup {
+    pub key: Rc<str>,
+}
+
+fn main() {}

@@ -1,0 +1,19 @@
+use catga::CommandContext as Ctx;
+use catga::prelude::*;
+
+#[state]
+#[derive(Default)]
+pub struct Shop {
+    orders: u64,
+}
+
+#[command]
+pub struct PlaceOrder;
+
+#[handler]
+fn place_order(_cmd: PlaceOrder, shop: &mut Shop, _a: &mut CommandContext, _b: &mut Ctx) -> u64 {
+    shop.orders += 1;
+    shop.orders
+}
+
+fn main() {}
