@@ -119,6 +119,18 @@ pub enum Error {
     /// A membership change was refused by the leader.
     #[error("membership change refused: {0}")]
     Membership(String),
+    /// The leader refused to propose a message that some members cannot
+    /// apply (they run an older version). Nothing was written.
+    #[error(
+        "`{name}` is not known to node(s) {nodes:?} of the cluster: finish the rolling upgrade \
+         (every node running a version with its handler) before sending it; nothing was written"
+    )]
+    NotUpgraded {
+        /// The message's wire name.
+        name: String,
+        /// The members that do not know it.
+        nodes: Vec<u64>,
+    },
 }
 
 impl Error {

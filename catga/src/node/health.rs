@@ -42,8 +42,14 @@ pub struct Health {
     pub snapshot_index: Option<u64>,
     /// On the leader: for each other member, how many entries it is behind.
     pub replication_lag: BTreeMap<u64, u64>,
-    /// Running, a leader known, and everything committed here is applied.
+    /// Running, a leader known, everything committed here is applied, and
+    /// not stalled.
     pub ready: bool,
+    /// Why this node cannot keep up, if it cannot: an entry in its log that
+    /// its program has no handler for, or a snapshot from the leader with a
+    /// state it does not know (it runs an older version than the leader).
+    /// Restart it with the version the others run.
+    pub stalled: Option<String>,
 }
 
 impl From<Status> for Health {
@@ -66,6 +72,7 @@ impl From<Status> for Health {
             snapshot_index: s.snapshot_index,
             replication_lag: s.replication_lag,
             ready: s.ready,
+            stalled: s.stalled,
         }
     }
 }

@@ -16,11 +16,12 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::Instant;
 
+use super::compat::{self, Compat};
 use super::events::event_loop;
 use super::forward::Forwarder;
 use super::log_store::LogStore;
 use super::network::Network;
-use super::service::RaftService;
+use super::service::{RaftService, Running};
 use super::state_machine::SmStore;
 use super::wire::{Redirect, Rpc, decode, encode};
 use super::{Raft, RaftState, Status, leader};
@@ -64,6 +65,7 @@ pub(crate) struct RaftHandle {
     stop_events: watch::Sender<bool>,
     faults: Faults,
     local_addr: SocketAddr,
+    compat: Arc<Compat>,
 }
 
 impl RaftHandle {
@@ -121,7 +123,15 @@ impl RaftHandle {
             setting: "election_timeout / heartbeat_interval",
             reason: e.to_string(),
         })?;
-        let network = Network { pool: pool.clone() };
+        let compat = match Compat::new(s.node_id, pool.clone()) {
+            Ok(c) => Arc::new(c),
+            Err(e) => {
+                server.shutdown().await;
+                log.close();
+                return Err(e);
+            }
+        };
+        let network = Network::new(pool.clone());
         let raft = match Raft::new(
             s.node_id,
             Arc::new(config),
@@ -138,13 +148,23 @@ impl RaftHandle {
                 return Err(Error::Raft(format!("starting: {e}")));
             }
         };
-        let _ = service.raft.set(raft.clone());
+        let _ = service.raft.set(Running {
+            raft: raft.clone(),
+            compat: compat.clone(),
+            sm: sm.clone(),
+        });
 
         let (stop_tx, stop_rx) = watch::channel(false);
         let events_task = tokio::spawn(event_loop(s.node_id, ev_rx, delivered_tx, stop_rx));
 
         let mut background = JoinSet::new();
         let forwarder = Forwarder::start(pool.clone(), &mut background);
+        background.spawn(capabilities_loop(
+            s.node_id,
+            raft.clone(),
+            compat.clone(),
+            sm.clone(),
+        ));
         let handle = RaftHandle {
             id: s.node_id,
             raft,
@@ -158,6 +178,7 @@ impl RaftHandle {
             stop_events: stop_tx,
             faults,
             local_addr,
+            compat,
         };
 
         // Bootstrap: the smallest id of the initial members initializes the
@@ -263,6 +284,9 @@ impl RaftHandle {
             match outcome {
                 Some(Redirect::Ok(v)) => return Ok(v),
                 Some(Redirect::Failed(e)) => return Err(Error::Membership(e)),
+                Some(Redirect::NotUpgraded { name, nodes }) => {
+                    return Err(Error::NotUpgraded { name, nodes });
+                }
                 Some(Redirect::NotLeader(_)) => last = "leader changed".into(),
                 Some(Redirect::Unknown(e)) => last = e,
                 None => {}
@@ -305,7 +329,8 @@ impl RaftHandle {
             |l, addr, ttl| self.forwarder.write(l, addr, env.clone(), ttl),
             |raft| {
                 let env = env.clone();
-                async move { leader::write(&raft, env).await }
+                let compat = self.compat.clone();
+                async move { leader::write(&raft, &compat, env).await }
             },
         )
         .await
@@ -449,10 +474,12 @@ impl RaftHandle {
             })
             .unwrap_or_default();
         let committed = m.local_committed.map(|l| l.index);
+        let stalled = self.sm.shared.stall.reason();
         let ready = m.running_state.is_ok()
             && m.current_leader.is_some()
             && applied >= committed
-            && state != RaftState::Shutdown;
+            && state != RaftState::Shutdown
+            && stalled.is_none();
         Status {
             node_id: self.id,
             state,
@@ -465,6 +492,7 @@ impl RaftHandle {
             snapshot_index: m.snapshot.map(|l| l.index),
             replication_lag,
             ready,
+            stalled,
         }
     }
 
@@ -475,7 +503,10 @@ impl RaftHandle {
         if let Some(s) = server {
             s.shutdown().await;
         }
+        // a stalled apply loop waits for this, or openraft could not stop
+        self.sm.halt();
         let _ = self.raft.shutdown().await;
+        self.sm.stop_applier();
         let _ = self.stop_events.send(true);
         let task = self.events_task.lock().take();
         if let Some(t) = task {
@@ -486,5 +517,36 @@ impl RaftHandle {
         bg.abort_all();
         while bg.join_next().await.is_some() {}
         self.log.close();
+    }
+}
+
+/// Every [`compat::REFRESH`]: asks the members what they know (so the
+/// leader's check is current), and, if this node leads while its apply
+/// loop is stopped (`raft/stall.rs`), hands leadership to another voter:
+/// a leader that cannot apply cannot answer writes.
+async fn capabilities_loop(id: u64, raft: Raft, compat: Arc<Compat>, sm: SmStore) {
+    let mut tick = tokio::time::interval(compat::REFRESH);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        compat.refresh(&raft).await;
+        if !sm.shared.stall.apply_stopped() {
+            continue;
+        }
+        let other = {
+            let m = raft.metrics();
+            let m = m.borrow_watched();
+            if m.current_leader != Some(id) {
+                continue;
+            }
+            m.membership_config
+                .membership()
+                .voter_ids()
+                .find(|v| *v != id)
+        };
+        if let Some(to) = other {
+            tracing::warn!(to, "this node cannot apply the log: handing leadership over");
+            let _ = raft.trigger().transfer_leader(to).await;
+        }
     }
 }

@@ -13,6 +13,8 @@ use std::fmt;
 
 use crate::machine::{Applied, Envelope};
 
+mod applier;
+mod compat;
 mod events;
 mod forward;
 mod handle;
@@ -22,6 +24,7 @@ mod network;
 #[cfg(test)]
 mod proptests;
 mod service;
+mod stall;
 mod state_machine;
 mod wal;
 pub(crate) mod wire;
@@ -63,6 +66,8 @@ pub(crate) struct Status {
     pub(crate) snapshot_index: Option<u64>,
     pub(crate) replication_lag: BTreeMap<u64, u64>,
     pub(crate) ready: bool,
+    /// Why this node cannot apply the log or restore the leader's snapshot.
+    pub(crate) stalled: Option<String>,
 }
 
 /// openraft's server state, without openraft.
