@@ -8,6 +8,7 @@ use catga::prelude::*;
 
 pub mod kv;
 pub mod linearizability;
+pub mod node_main;
 pub mod process;
 
 /// A shop with stock and orders.

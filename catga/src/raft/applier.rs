@@ -160,7 +160,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (m, prev) = Marker::open(dir.path()).unwrap();
         assert_eq!(prev, None);
-        m.applying(12345, "shop.PlaceOrderWithAVeryLongName").unwrap();
+        m.applying(12345, "shop.PlaceOrderWithAVeryLongName")
+            .unwrap();
         m.applying(7, "shop.Restock").unwrap();
         drop(m);
         let (m, prev) = Marker::open(dir.path()).unwrap();

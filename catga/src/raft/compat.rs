@@ -178,6 +178,10 @@ impl Compat {
             .collect();
         futures::future::join_all(reask.iter().map(|(id, a)| self.ask(*id, a))).await;
         let lacking = self.lacking(&others, name, event);
-        if lacking.is_empty() { Ok(()) } else { Err(lacking) }
+        if lacking.is_empty() {
+            Ok(())
+        } else {
+            Err(lacking)
+        }
     }
 }

@@ -545,7 +545,10 @@ async fn capabilities_loop(id: u64, raft: Raft, compat: Arc<Compat>, sm: SmStore
                 .find(|v| *v != id)
         };
         if let Some(to) = other {
-            tracing::warn!(to, "this node cannot apply the log: handing leadership over");
+            tracing::warn!(
+                to,
+                "this node cannot apply the log: handing leadership over"
+            );
             let _ = raft.trigger().transfer_leader(to).await;
         }
     }

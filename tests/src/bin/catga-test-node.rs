@@ -1,195 +1,32 @@
 //! One catga node as an OS process, for tests whose fault happens to
-//! processes (`kill -9`, SIGSTOP/SIGCONT, a full disk).
-//!
-//! `catga-test-node --id N --listen ADDR --data-dir DIR [--peer ID=ADDR]...
-//! [--join] [--snapshot-every N]` starts the node with the shop of
-//! `catga_tests`, prints `ready <addr>` once it runs, then answers one
-//! line per command read on stdin (see [`catga_tests::process`]):
-//!
-//! - `restock SKU QTY` → `ok <left>` (a replicated write)
-//! - `order SKU QTY` → `ok <id>` or `err <handler error>`
-//! - `stock SKU` → `ok <n or none>` (a local read)
-//! - `stock! SKU` → the same, linearizable
-//! - `health` → `ok <role> <term> <leader> <applied> <ready>`
-//! - `fingerprint` → `ok <applied> <hex digest of the replicated state>`
-//! - `quit` → shuts down gracefully and exits 0
-//!
-//! A failed call prints `fail <error>`. Nothing else is printed on stdout
-//! (logs go to stderr).
+//! processes (`kill -9`, SIGSTOP/SIGCONT, an abort inside a handler). The
+//! stdin protocol is in [`catga_tests::node_main`]; this binary adds
+//! `abort`.
 
-use std::time::Duration;
+use catga::prelude::*;
+use catga_tests::Shop;
 
-use catga::{Consistency, Node};
-use catga_tests::{GetStock, PlaceOrder, Restock};
-use tokio::io::{AsyncBufReadExt, BufReader};
+/// A command whose handler aborts the process, standing in for what no
+/// `catch_unwind` can stop (a stack overflow, a failed allocation, a panic
+/// in an `extern "C" fn`). `catga-test-node-v2` has it fixed.
+#[command(name = "tests.Abort")]
+struct Abort;
 
-struct Args {
-    id: u64,
-    listen: String,
-    data_dir: String,
-    peers: Vec<(u64, String)>,
-    join: bool,
-    snapshot_every: u64,
-}
-
-fn parse() -> Result<Args, String> {
-    let mut a = Args {
-        id: 0,
-        listen: String::new(),
-        data_dir: String::new(),
-        peers: Vec::new(),
-        join: false,
-        snapshot_every: 10_000,
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        let mut value = || it.next().ok_or(format!("{flag} needs a value"));
-        match flag.as_str() {
-            "--id" => a.id = value()?.parse().map_err(|e| format!("--id: {e}"))?,
-            "--listen" => a.listen = value()?,
-            "--data-dir" => a.data_dir = value()?,
-            "--snapshot-every" => {
-                a.snapshot_every = value()?
-                    .parse()
-                    .map_err(|e| format!("--snapshot-every: {e}"))?
-            }
-            "--peer" => {
-                let v = value()?;
-                let (id, addr) = v.split_once('=').ok_or("--peer ID=ADDR")?;
-                a.peers
-                    .push((id.parse().map_err(|e| format!("--peer: {e}"))?, addr.into()));
-            }
-            "--join" => a.join = true,
-            other => return Err(format!("unknown flag {other}")),
-        }
-    }
-    Ok(a)
-}
-
-fn digest(bytes: &[u8]) -> String {
-    // FNV-1a: enough to compare replicas in a test
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in bytes {
-        h ^= *b as u64;
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    format!("{h:016x}")
-}
-
-async fn answer(node: &Node, line: &str) -> Result<String, String> {
-    let words: Vec<&str> = line.split_whitespace().collect();
-    let qty = |i: usize| -> Result<u32, String> {
-        words
-            .get(i)
-            .ok_or("missing quantity")?
-            .parse()
-            .map_err(|e| format!("quantity: {e}"))
-    };
-    let sku =
-        |i: usize| -> Result<String, String> { Ok(words.get(i).ok_or("missing sku")?.to_string()) };
-    let e = |e: catga::Error| e.to_string();
-    match words.first().copied() {
-        Some("restock") => {
-            let left = node
-                .send(Restock {
-                    sku: sku(1)?,
-                    qty: qty(2)?,
-                })
-                .await
-                .map_err(e)?;
-            Ok(format!("ok {left}"))
-        }
-        Some("order") => {
-            let r = node
-                .send(PlaceOrder {
-                    sku: sku(1)?,
-                    qty: qty(2)?,
-                })
-                .await
-                .map_err(e)?;
-            Ok(match r {
-                Ok(id) => format!("ok {id}"),
-                Err(err) => format!("err {err:?}"),
-            })
-        }
-        Some(q @ ("stock" | "stock!")) => {
-            let c = if q == "stock!" {
-                Consistency::Linearizable
-            } else {
-                Consistency::Local
-            };
-            let n = node.query(GetStock { sku: sku(1)? }, c).await.map_err(e)?;
-            Ok(match n {
-                Some(n) => format!("ok {n}"),
-                None => "ok none".into(),
-            })
-        }
-        Some("health") => {
-            let h = node.health();
-            Ok(format!(
-                "ok {:?} {} {} {} {}",
-                h.role,
-                h.term,
-                h.leader.map(|l| l.to_string()).unwrap_or("none".into()),
-                h.applied_index.unwrap_or(0),
-                h.ready
-            ))
-        }
-        Some("fingerprint") => {
-            let (applied, bytes) = catga::testing::state_fingerprint(node).map_err(e)?;
-            Ok(format!("ok {applied} {}", digest(&bytes)))
-        }
-        Some(other) => Err(format!("unknown command {other}")),
-        None => Err("empty line".into()),
-    }
+#[handler]
+fn abort(_cmd: Abort, _shop: &mut Shop) -> u32 {
+    std::process::abort()
 }
 
 #[tokio::main]
 async fn main() {
-    catga_tests::harness::init_tracing();
-    let args = match parse() {
-        Ok(a) => a,
-        Err(e) => {
-            eprintln!("catga-test-node: {e}");
-            std::process::exit(2);
+    catga_tests::node_main::run(|node, words| {
+        if words.first().map(String::as_str) != Some("abort") {
+            return None;
         }
-    };
-    let mut b = catga::cluster()
-        .node_id(args.id)
-        .listen(args.listen)
-        .data_dir(args.data_dir)
-        .secret("test-secret")
-        .heartbeat_interval(Duration::from_millis(50))
-        .election_timeout(Duration::from_millis(300), Duration::from_millis(600))
-        .snapshot_every(args.snapshot_every)
-        .request_timeout(Duration::from_secs(10))
-        .peers(args.peers);
-    if args.join {
-        b = b.join_existing();
-    }
-    let node = match b.start().await {
-        Ok(n) => n,
-        Err(e) => {
-            println!("fail {e}");
-            std::process::exit(1);
-        }
-    };
-    println!("ready {}", node.local_addr());
-    let mut lines = BufReader::new(tokio::io::stdin()).lines();
-    while let Ok(Some(line)) = lines.next_line().await {
-        let (tag, cmd) = line.trim().split_once(' ').unwrap_or((line.trim(), ""));
-        if cmd == "quit" {
-            break;
-        }
-        let (tag, cmd) = (tag.to_string(), cmd.to_string());
-        let node = node.clone();
-        tokio::spawn(async move {
-            let out = match answer(&node, &cmd).await {
-                Ok(s) => s,
-                Err(e) => format!("fail {e}"),
-            };
-            println!("{tag} {out}");
-        });
-    }
-    node.shutdown().await;
+        Some(Box::pin(async move {
+            let n = node.send(Abort).await.map_err(|e| e.to_string())?;
+            Ok(format!("ok {n}"))
+        }))
+    })
+    .await
 }
