@@ -141,6 +141,16 @@ fn parse(f: &ItemFn, errors: &mut Vec<syn::Error>) -> Option<Parsed> {
              use `unsafe` blocks inside it instead",
         ));
     }
+    if let Some(abi) = &sig.abi
+        && abi.name.as_ref().is_none_or(|n| n.value() != "Rust")
+    {
+        errors.push(syn::Error::new_spanned(
+            abi,
+            "a handler cannot have a non-Rust ABI: a panic in an `extern \"C\" fn` aborts the \
+             process, on every replica and again on every restart, instead of being returned \
+             as an error; write a plain `fn` and call foreign code from inside it",
+        ));
+    }
     if let Some(v) = &sig.variadic {
         errors.push(syn::Error::new_spanned(v, "a handler cannot be variadic"));
     }

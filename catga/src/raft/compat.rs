@@ -18,7 +18,7 @@
 //!   upgraded).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use openraft::async_runtime::WatchReceiver;
 use parking_lot::Mutex;
@@ -33,6 +33,9 @@ use crate::transport::{Pool, TransportError};
 pub(crate) const REFRESH: Duration = Duration::from_secs(2);
 /// The deadline of one question.
 const ASK_TIMEOUT: Duration = Duration::from_millis(500);
+/// A write asks a member again at most this often (a member that is down
+/// must not add a round trip to every write).
+const REASK_AFTER: Duration = Duration::from_millis(250);
 
 #[derive(Debug, Clone)]
 enum Known {
@@ -48,6 +51,8 @@ pub(crate) struct Compat {
     registry: &'static Registry,
     mine: Capabilities,
     peers: Mutex<HashMap<u64, Known>>,
+    /// When a write last asked each member.
+    asked: Mutex<HashMap<u64, Instant>>,
     warned: Mutex<HashSet<(u64, u64)>>,
 }
 
@@ -67,6 +72,7 @@ impl Compat {
             registry,
             mine: registry.capabilities(),
             peers: Mutex::new(HashMap::new()),
+            asked: Mutex::new(HashMap::new()),
             warned: Mutex::new(HashSet::new()),
         })
     }
@@ -109,6 +115,31 @@ impl Compat {
             );
         }
         self.peers.lock().insert(id, known);
+    }
+
+    /// Asks these members now, each at most every [`REASK_AFTER`] (the time
+    /// is taken before asking, so concurrent writes do not ask again).
+    async fn ask_now(&self, others: &BTreeMap<u64, String>, ids: Vec<u64>) {
+        let now = Instant::now();
+        let due: Vec<(u64, &String)> = {
+            let mut asked = self.asked.lock();
+            ids.into_iter()
+                .filter(|id| *id != self.id)
+                .filter_map(|id| others.get_key_value(&id).map(|(i, a)| (*i, a)))
+                .filter(|(id, _)| {
+                    let due = asked
+                        .get(id)
+                        .is_none_or(|t| now.duration_since(*t) >= REASK_AFTER);
+                    if due {
+                        asked.insert(*id, now);
+                    }
+                    due
+                })
+                .collect()
+        };
+        if !due.is_empty() {
+            futures::future::join_all(due.iter().map(|(id, a)| self.ask(*id, a))).await;
+        }
     }
 
     /// The members other than this node, with their addresses.
@@ -156,27 +187,21 @@ impl Compat {
         event: bool,
     ) -> std::result::Result<(), Vec<u64>> {
         let others = self.others(raft);
-        let never_asked: Vec<(u64, String)> = {
+        let never_answered: Vec<u64> = {
             let peers = self.peers.lock();
             others
-                .iter()
-                .filter(|(id, _)| !peers.contains_key(id))
-                .map(|(id, a)| (*id, a.clone()))
+                .keys()
+                .filter(|id| !peers.contains_key(id))
+                .copied()
                 .collect()
         };
-        if !never_asked.is_empty() {
-            futures::future::join_all(never_asked.iter().map(|(id, a)| self.ask(*id, a))).await;
-        }
+        self.ask_now(&others, never_answered).await;
         let lacking = self.lacking(&others, name, event);
         if lacking.is_empty() {
             return Ok(());
         }
         // they may have been upgraded since they were last asked
-        let reask: Vec<(u64, &String)> = lacking
-            .iter()
-            .filter_map(|id| others.get_key_value(id).map(|(i, a)| (*i, a)))
-            .collect();
-        futures::future::join_all(reask.iter().map(|(id, a)| self.ask(*id, a))).await;
+        self.ask_now(&others, lacking).await;
         let lacking = self.lacking(&others, name, event);
         if lacking.is_empty() {
             Ok(())
