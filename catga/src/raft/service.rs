@@ -8,6 +8,7 @@ use bytes::Bytes;
 use futures::FutureExt;
 use futures::future::BoxFuture;
 use openraft::Snapshot;
+use openraft::async_runtime::WatchReceiver;
 use openraft::raft::SnapshotResponse;
 
 use super::compat::{self, Compat};
@@ -72,8 +73,13 @@ async fn install_snapshot(
         Err(e) => Some(e.to_string()),
     };
     if let Some(reason) = refused {
-        // said here (ERROR once, health not ready), and to the leader, which logs it
-        sm.shared.stall.snapshot_refused(&reason);
+        // Said to the leader, which logs it; and here (ERROR once, health
+        // not ready) when it comes from the current leader: a stale or
+        // forged one changes nothing, and openraft would refuse it anyway.
+        let current = raft.metrics().borrow_watched().vote;
+        if vote.partial_cmp(&current).is_some_and(|o| o.is_ge()) {
+            sm.shared.stall.snapshot_refused(&reason);
+        }
         return encode(&Err::<SnapshotResponse<TC>, String>(reason));
     }
     let snap = Snapshot {
