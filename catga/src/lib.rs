@@ -5,6 +5,7 @@
 
 // The module map. Arrows run down this list, never up:
 //
+//   http/        axum routes over a `Node` (feature `http`)
 //   node/        the builder, the `Node` handle, health
 //   raft/        openraft glue: log, state machine adapter, network, RPC service
 //   transport/   authenticated, multiplexed TCP between nodes
@@ -23,6 +24,8 @@ mod context;
 mod dedup;
 mod dispatch;
 mod error;
+#[cfg(feature = "http")]
+pub mod http;
 mod machine;
 mod message;
 mod node;

@@ -22,7 +22,7 @@ pub mod wire {
     pub use crate::machine::{Applied, EntryKind, Envelope, Machine};
     pub use crate::raft::TC;
     pub use crate::raft::wire::{Redirect, Rpc};
-    pub use crate::transport::{Frame, FrameError, decode_frame, decode_stream};
+    pub use crate::transport::{Frame, FrameError, Ident, decode_frame, decode_stream};
 }
 
 use std::any::Any;

@@ -131,11 +131,21 @@ impl Proc {
         let stdin = child.stdin.take().ok_or("no stdin")?;
         let stdout = child.stdout.take().ok_or("no stdout")?;
         let mut lines = BufReader::new(stdout).lines();
-        let first = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
-            .await
-            .map_err(|_| format!("node {} did not start within 20 s", spec.id))?
-            .map_err(|e| e.to_string())?
-            .ok_or(format!("node {} exited before it was ready", spec.id))?;
+        let first = tokio::time::timeout(Duration::from_secs(20), async {
+            // stdout carries only protocol lines; skip anything else
+            loop {
+                match lines.next_line().await {
+                    Ok(Some(l)) if l.starts_with("ready") || l.starts_with("fail") => {
+                        return Ok(l);
+                    }
+                    Ok(Some(_)) => continue,
+                    Ok(None) => return Err(format!("node {} exited before it was ready", spec.id)),
+                    Err(e) => return Err(e.to_string()),
+                }
+            }
+        })
+        .await
+        .map_err(|_| format!("node {} did not start within 20 s", spec.id))??;
         if !first.starts_with("ready") {
             return Err(format!("node {}: {first}", spec.id));
         }

@@ -31,7 +31,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use catga::__private::wire::{
-    Applied, EntryKind, Envelope, Frame, Redirect, Rpc, TC, decode_frame, decode_stream,
+    Applied, EntryKind, Envelope, Frame, Ident, Redirect, Rpc, TC, decode_frame, decode_stream,
 };
 use catga::{Consistency, Role};
 use catga_tests::harness::{Cluster, T};
@@ -129,7 +129,16 @@ fn body(rpc: &Rpc) -> Vec<u8> {
 
 type HmacSha256 = Hmac<Sha256>;
 
-fn proof(role: &[u8], client: u64, server: u64, nc: &[u8], ns: &[u8]) -> Vec<u8> {
+/// The handshake proof; this test announces no identity of its own, the
+/// server's (when it sends one) is covered too.
+fn proof(
+    role: &[u8],
+    client: u64,
+    server: u64,
+    nc: &[u8],
+    ns: &[u8],
+    server_ident: Option<Ident>,
+) -> Vec<u8> {
     let mut m = HmacSha256::new_from_slice(SECRET).expect("any key length");
     m.update(b"catga transport v1");
     m.update(role);
@@ -137,6 +146,11 @@ fn proof(role: &[u8], client: u64, server: u64, nc: &[u8], ns: &[u8]) -> Vec<u8>
     m.update(&server.to_be_bytes());
     m.update(nc);
     m.update(ns);
+    if let Some(id) = server_ident {
+        m.update(b"server ident");
+        m.update(&id.cluster.to_be_bytes());
+        m.update(&id.incarnation.to_be_bytes());
+    }
     m.finalize().into_bytes().to_vec()
 }
 
@@ -161,6 +175,7 @@ async fn authenticate(addr: &str, server: u64, nc: [u8; 32]) -> (TcpStream, Vec<
         node_id,
         nonce: ns,
         proof: theirs,
+        ident,
     }) = read_frame(&mut s).await
     else {
         panic!("expected a challenge");
@@ -168,11 +183,11 @@ async fn authenticate(addr: &str, server: u64, nc: [u8; 32]) -> (TcpStream, Vec<
     assert_eq!(node_id, server);
     assert_eq!(
         theirs.to_vec(),
-        proof(b"server", ATTACKER, server, &nc, &ns),
+        proof(b"server", ATTACKER, server, &nc, &ns, ident),
         "the server's proof (checks this test's HMAC)"
     );
     let ours = frame(&Wire::Proof {
-        proof: proof(b"client", ATTACKER, server, &nc, &ns),
+        proof: proof(b"client", ATTACKER, server, &nc, &ns, ident),
     });
     s.write_all(&ours).await.expect("send proof");
     assert_eq!(read_frame(&mut s).await, Some(Frame::Welcome));

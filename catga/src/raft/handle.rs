@@ -19,6 +19,7 @@ use tokio::time::Instant;
 use super::compat::{self, Compat};
 use super::events::event_loop;
 use super::forward::Forwarder;
+use super::identity::{Identity, static_cluster_id};
 use super::log_store::LogStore;
 use super::network::Network;
 use super::service::{RaftService, Running};
@@ -27,7 +28,7 @@ use super::wire::{Redirect, Rpc, decode, encode};
 use super::{Raft, RaftState, Status, leader};
 use crate::error::{Error, Result};
 use crate::machine::{Applied, Envelope, Machine};
-use crate::transport::{Faults, Pool, Server, TransportConfig};
+use crate::transport::{Faults, PeerCheck, Pool, Server, TransportConfig};
 
 /// Everything needed to start a node; validated by the cluster builder.
 pub(crate) struct RaftSettings {
@@ -72,6 +73,8 @@ impl RaftHandle {
     pub(crate) async fn start(s: RaftSettings) -> Result<RaftHandle> {
         let storage =
             |e: std::io::Error| Error::io(format!("data dir {}", s.data_dir.display()), e);
+        let cluster = (!s.join).then(|| static_cluster_id(&s.secret, s.members.keys().copied()));
+        let identity = Arc::new(Identity::open(&s.data_dir, s.node_id, cluster).map_err(storage)?);
         let log = LogStore::open(&s.data_dir).map_err(storage)?;
         let (ev_tx, ev_rx) = mpsc::channel(s.event_queue);
         let (delivered_tx, delivered_rx) = watch::channel(0u64);
@@ -85,6 +88,7 @@ impl RaftHandle {
             node_id: s.node_id,
             secret: s.secret.clone(),
             max_frame_bytes: s.max_frame_bytes,
+            identity: Some(identity as Arc<dyn PeerCheck>),
             ..TransportConfig::default()
         });
         let service = RaftService::new();
@@ -181,32 +185,75 @@ impl RaftHandle {
             compat,
         };
 
-        // Bootstrap: the smallest id of the initial members initializes the
-        // cluster, once, on a pristine log. Everyone else waits to be contacted.
-        let initializer = s.members.keys().next().copied();
-        if !s.join && initializer == Some(s.node_id) {
-            let initialized = handle
-                .raft
-                .is_initialized()
-                .await
-                .map_err(|e| Error::Raft(e.to_string()))?;
-            if !initialized {
-                let mut members: BTreeMap<u64, BasicNode> = s
-                    .members
-                    .iter()
-                    .map(|(id, addr)| (*id, BasicNode::new(addr.clone())))
-                    .collect();
-                let me = s
-                    .advertise
-                    .clone()
-                    .unwrap_or_else(|| local_addr.to_string());
-                members.insert(s.node_id, BasicNode::new(me));
-                if let Err(e) = handle.raft.initialize(members).await {
-                    tracing::warn!(error = %e, "initialize refused (already initialized?)");
-                }
-            }
+        if !s.join {
+            let mut members: BTreeMap<u64, BasicNode> = s
+                .members
+                .iter()
+                .map(|(id, addr)| (*id, BasicNode::new(addr.clone())))
+                .collect();
+            let me = s
+                .advertise
+                .clone()
+                .unwrap_or_else(|| local_addr.to_string());
+            members.insert(s.node_id, BasicNode::new(me));
+            let patience = Duration::from_millis(s.election_max_ms * 4);
+            handle.bootstrap(members, patience).await?;
         }
         Ok(handle)
+    }
+
+    /// Forms a static cluster, only on a pristine log (a node with any Raft
+    /// state never initializes). The smallest id initializes at once; every
+    /// other member waits `patience` to be contacted and initializes itself
+    /// if nobody did, so any majority of the listed members forms the
+    /// cluster. openraft allows several members to initialize with the same
+    /// membership: the vote elects one leader. A member whose data dir was
+    /// wiped may initialize too, but its peers refuse it in the handshake
+    /// (see `identity.rs`), so it never votes.
+    async fn bootstrap(&self, members: BTreeMap<u64, BasicNode>, patience: Duration) -> Result<()> {
+        let initialized = self
+            .raft
+            .is_initialized()
+            .await
+            .map_err(|e| Error::Raft(e.to_string()))?;
+        if initialized {
+            return Ok(());
+        }
+        let raft = self.raft.clone();
+        let first = members.keys().next() == Some(&self.id);
+        let task = async move {
+            if !first {
+                let contacted = raft
+                    .wait(Some(patience))
+                    .metrics(
+                        |m| {
+                            m.membership_config
+                                .membership()
+                                .voter_ids()
+                                .next()
+                                .is_some()
+                        },
+                        "contacted by a member",
+                    )
+                    .await;
+                if contacted.is_ok() {
+                    return;
+                }
+                tracing::info!(
+                    waited = ?patience,
+                    "no member contacted this node: initializing the cluster from here"
+                );
+            }
+            if let Err(e) = raft.initialize(members).await {
+                tracing::debug!(error = %e, "initialize refused (already initialized)");
+            }
+        };
+        if first {
+            task.await;
+        } else {
+            self.background.lock().spawn(task);
+        }
+        Ok(())
     }
 
     pub(crate) fn id(&self) -> u64 {

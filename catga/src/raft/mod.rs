@@ -18,6 +18,7 @@ mod compat;
 mod events;
 mod forward;
 mod handle;
+mod identity;
 mod leader;
 mod log_store;
 mod network;

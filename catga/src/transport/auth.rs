@@ -8,7 +8,7 @@ use sha2::Sha256;
 use tokio::net::TcpStream;
 use tokio_util::codec::{Framed, LengthDelimitedCodec};
 
-use super::frame::{self, Frame, HANDSHAKE_MAX_FRAME, NONCE_LEN};
+use super::frame::{self, Frame, HANDSHAKE_MAX_FRAME, Ident, NONCE_LEN};
 use super::{Faults, TransportConfig, TransportError};
 
 type HmacSha256 = Hmac<Sha256>;
@@ -39,17 +39,20 @@ pub(crate) async fn client(
     };
     let mut framed = Framed::new(stream, frame::codec(HANDSHAKE_MAX_FRAME));
     let nc: Nonce = rand::random();
+    let ic = cfg.identity.as_ref().and_then(|i| i.local());
     let hello = Frame::Hello {
         node_id: cfg.node_id,
         nonce: nc,
+        ident: ic,
     };
     send(&mut framed, &hello).await.map_err(lost)?;
-    let (server, ns, proof) = match recv(&mut framed).await {
+    let (server, ns, proof, is) = match recv(&mut framed).await {
         Ok(Frame::Challenge {
             node_id,
             nonce,
             proof,
-        }) => (node_id, nonce, proof),
+            ident,
+        }) => (node_id, nonce, proof, ident),
         Ok(other) => return Err(handshake(unexpected(&other, "Challenge"))),
         Err(Recv::Lost(e)) => return Err(lost(e)),
         Err(Recv::Bad(e)) => return Err(handshake(e)),
@@ -59,18 +62,39 @@ pub(crate) async fn client(
             "the node at this address is node {server}, not node {expected}"
         )));
     }
-    if !verify(&cfg.secret, SERVER, cfg.node_id, server, &nc, &ns, &proof) {
+    let ids = (ic, is);
+    if !verify(
+        &cfg.secret,
+        SERVER,
+        cfg.node_id,
+        server,
+        &nc,
+        &ns,
+        ids,
+        &proof,
+    ) {
         return Err(handshake(format!(
             "node {server} could not prove it knows the cluster secret; \
              is the same secret configured on every node?"
         )));
     }
-    let proof = prove(&cfg.secret, CLIENT, cfg.node_id, server, &nc, &ns).map_err(handshake)?;
+    if let Some(check) = &cfg.identity {
+        check.check(server, is).map_err(|e| {
+            TransportError::Refused(format!("node {server} is refused by this node: {e}"))
+        })?;
+    }
+    let proof =
+        prove(&cfg.secret, CLIENT, cfg.node_id, server, &nc, &ns, ids).map_err(handshake)?;
     send(&mut framed, &Frame::Proof { proof })
         .await
         .map_err(lost)?;
     match recv(&mut framed).await {
         Ok(Frame::Welcome) => {}
+        Ok(Frame::Refused { reason }) => {
+            return Err(TransportError::Refused(format!(
+                "node {server} refuses this node: {reason}"
+            )));
+        }
         Ok(other) => return Err(handshake(unexpected(&other, "Welcome"))),
         Err(Recv::Lost(e) | Recv::Bad(e)) => {
             return Err(handshake(format!(
@@ -93,21 +117,28 @@ pub(crate) async fn server(
     faults: &Faults,
 ) -> Result<(u64, Authenticated), String> {
     let mut framed = Framed::new(stream, frame::codec(HANDSHAKE_MAX_FRAME));
-    let (client, nc) = match recv(&mut framed).await? {
-        Frame::Hello { node_id, nonce } => (node_id, nonce),
+    let (client, nc, ic) = match recv(&mut framed).await? {
+        Frame::Hello {
+            node_id,
+            nonce,
+            ident,
+        } => (node_id, nonce, ident),
         other => return Err(unexpected(&other, "Hello")),
     };
     if faults.is_blocked(client) {
         return Err(format!("node {client} is cut off (fault injection)"));
     }
     let ns: Nonce = rand::random();
-    let proof = prove(&cfg.secret, SERVER, client, cfg.node_id, &nc, &ns)?;
+    let is = cfg.identity.as_ref().and_then(|i| i.local());
+    let ids = (ic, is);
+    let proof = prove(&cfg.secret, SERVER, client, cfg.node_id, &nc, &ns, ids)?;
     send(
         &mut framed,
         &Frame::Challenge {
             node_id: cfg.node_id,
             nonce: ns,
             proof,
+            ident: is,
         },
     )
     .await?;
@@ -115,10 +146,31 @@ pub(crate) async fn server(
         Frame::Proof { proof } => proof,
         other => return Err(unexpected(&other, "Proof")),
     };
-    if !verify(&cfg.secret, CLIENT, client, cfg.node_id, &nc, &ns, &proof) {
+    if !verify(
+        &cfg.secret,
+        CLIENT,
+        client,
+        cfg.node_id,
+        &nc,
+        &ns,
+        ids,
+        &proof,
+    ) {
         return Err(format!(
             "the peer claiming to be node {client} could not prove it knows the cluster secret"
         ));
+    }
+    if let Some(check) = &cfg.identity
+        && let Err(reason) = check.check(client, ic)
+    {
+        let _ = send(
+            &mut framed,
+            &Frame::Refused {
+                reason: reason.clone(),
+            },
+        )
+        .await;
+        return Err(format!("node {client} refused: {reason}"));
     }
     send(&mut framed, &Frame::Welcome).await?;
     let parts = framed.into_parts();
@@ -131,6 +183,11 @@ pub(crate) async fn server(
     ))
 }
 
+/// The identities of (client, server), covered by the proofs when present
+/// (absent ones add nothing, so a peer without identity proves as before).
+pub(super) type Idents = (Option<Ident>, Option<Ident>);
+
+#[allow(clippy::too_many_arguments)]
 fn mac(
     secret: &[u8],
     role: &[u8],
@@ -138,6 +195,7 @@ fn mac(
     server: u64,
     nc: &Nonce,
     ns: &Nonce,
+    ids: Idents,
 ) -> Result<HmacSha256, String> {
     // HMAC accepts keys of any length, so this does not fail in practice.
     let mut m = HmacSha256::new_from_slice(secret).map_err(|e| format!("HMAC key: {e}"))?;
@@ -147,9 +205,17 @@ fn mac(
     m.update(&server.to_be_bytes());
     m.update(nc);
     m.update(ns);
+    for (label, id) in [(b"client ident", ids.0), (b"server ident", ids.1)] {
+        if let Some(id) = id {
+            m.update(label);
+            m.update(&id.cluster.to_be_bytes());
+            m.update(&id.incarnation.to_be_bytes());
+        }
+    }
     Ok(m)
 }
 
+#[allow(clippy::too_many_arguments)]
 pub(super) fn prove(
     secret: &[u8],
     role: &[u8],
@@ -157,14 +223,16 @@ pub(super) fn prove(
     server: u64,
     nc: &Nonce,
     ns: &Nonce,
+    ids: Idents,
 ) -> Result<Nonce, String> {
-    Ok(mac(secret, role, client, server, nc, ns)?
+    Ok(mac(secret, role, client, server, nc, ns, ids)?
         .finalize()
         .into_bytes()
         .into())
 }
 
 /// Constant-time comparison.
+#[allow(clippy::too_many_arguments)]
 fn verify(
     secret: &[u8],
     role: &[u8],
@@ -172,9 +240,10 @@ fn verify(
     server: u64,
     nc: &Nonce,
     ns: &Nonce,
+    ids: Idents,
     proof: &Nonce,
 ) -> bool {
-    mac(secret, role, client, server, nc, ns).is_ok_and(|m| m.verify_slice(proof).is_ok())
+    mac(secret, role, client, server, nc, ns, ids).is_ok_and(|m| m.verify_slice(proof).is_ok())
 }
 
 async fn send(
@@ -227,16 +296,69 @@ fn unexpected(f: &Frame, wanted: &str) -> String {
 mod tests {
     use super::*;
 
+    const NONE: Idents = (None, None);
+
     #[test]
     fn proofs_bind_role_ids_and_nonces() {
         let (nc, ns) = ([1u8; 32], [2u8; 32]);
-        let p = prove(b"s", SERVER, 1, 2, &nc, &ns).unwrap();
-        assert!(verify(b"s", SERVER, 1, 2, &nc, &ns, &p));
-        assert!(!verify(b"t", SERVER, 1, 2, &nc, &ns, &p), "other secret");
-        assert!(!verify(b"s", CLIENT, 1, 2, &nc, &ns, &p), "reflected");
-        assert!(!verify(b"s", SERVER, 3, 2, &nc, &ns, &p), "other client");
-        assert!(!verify(b"s", SERVER, 1, 3, &nc, &ns, &p), "other server");
-        assert!(!verify(b"s", SERVER, 1, 2, &[9; 32], &ns, &p), "replayed");
-        assert!(!verify(b"s", SERVER, 1, 2, &nc, &[9; 32], &p), "replayed");
+        let p = prove(b"s", SERVER, 1, 2, &nc, &ns, NONE).unwrap();
+        assert!(verify(b"s", SERVER, 1, 2, &nc, &ns, NONE, &p));
+        assert!(
+            !verify(b"t", SERVER, 1, 2, &nc, &ns, NONE, &p),
+            "other secret"
+        );
+        assert!(!verify(b"s", CLIENT, 1, 2, &nc, &ns, NONE, &p), "reflected");
+        assert!(
+            !verify(b"s", SERVER, 3, 2, &nc, &ns, NONE, &p),
+            "other client"
+        );
+        assert!(
+            !verify(b"s", SERVER, 1, 3, &nc, &ns, NONE, &p),
+            "other server"
+        );
+        assert!(
+            !verify(b"s", SERVER, 1, 2, &[9; 32], &ns, NONE, &p),
+            "replayed"
+        );
+        assert!(
+            !verify(b"s", SERVER, 1, 2, &nc, &[9; 32], NONE, &p),
+            "replayed"
+        );
+    }
+
+    #[test]
+    fn proofs_bind_identities() {
+        let (nc, ns) = ([1u8; 32], [2u8; 32]);
+        let a = Ident {
+            cluster: 5,
+            incarnation: 6,
+        };
+        let b = Ident {
+            cluster: 5,
+            incarnation: 7,
+        };
+        let p = prove(b"s", SERVER, 1, 2, &nc, &ns, (Some(a), Some(b))).unwrap();
+        assert!(verify(b"s", SERVER, 1, 2, &nc, &ns, (Some(a), Some(b)), &p));
+        assert!(!verify(
+            b"s",
+            SERVER,
+            1,
+            2,
+            &nc,
+            &ns,
+            (Some(b), Some(b)),
+            &p
+        ));
+        assert!(!verify(b"s", SERVER, 1, 2, &nc, &ns, (Some(a), None), &p));
+        assert!(!verify(
+            b"s",
+            SERVER,
+            1,
+            2,
+            &nc,
+            &ns,
+            (Some(b), Some(a)),
+            &p
+        ));
     }
 }

@@ -17,6 +17,17 @@ const MAX_DEPTH: usize = 16;
 /// unauthenticated peer cannot make us buffer a large frame.
 pub(crate) const HANDSHAKE_MAX_FRAME: usize = 1024;
 
+/// A node's identity beyond its id, exchanged in the handshake.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Ident {
+    /// The cluster this node belongs to (0: not known yet, a node that
+    /// joins and has not been contacted).
+    pub cluster: u64,
+    /// Chosen at random when the data dir is created: a wiped data dir is a
+    /// new incarnation.
+    pub incarnation: u64,
+}
+
 /// One decoded frame.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Frame {
@@ -26,6 +37,8 @@ pub enum Frame {
         node_id: u64,
         /// The client's nonce.
         nonce: [u8; NONCE_LEN],
+        /// The client's identity, if it has one.
+        ident: Option<Ident>,
     },
     /// Server → client: who I am, my nonce, and my proof that I know the secret.
     Challenge {
@@ -33,8 +46,11 @@ pub enum Frame {
         node_id: u64,
         /// The server's nonce.
         nonce: [u8; NONCE_LEN],
-        /// HMAC-SHA256 over the role "server", both node ids and both nonces.
+        /// HMAC-SHA256 over the role "server", both node ids, both nonces
+        /// and both identities.
         proof: [u8; NONCE_LEN],
+        /// The server's identity, if it has one.
+        ident: Option<Ident>,
     },
     /// Client → server: my proof that I know the secret.
     Proof {
@@ -43,6 +59,12 @@ pub enum Frame {
     },
     /// Server → client: the handshake succeeded.
     Welcome,
+    /// Server → client: the client proved it knows the secret, but its
+    /// identity is refused (another cluster, or a wiped data dir).
+    Refused {
+        /// Why, for the refused node's log.
+        reason: String,
+    },
     /// A request.
     Request {
         /// Chosen by the caller, unique among its requests in flight.
@@ -67,6 +89,7 @@ impl Frame {
             Frame::Challenge { .. } => "Challenge",
             Frame::Proof { .. } => "Proof",
             Frame::Welcome => "Welcome",
+            Frame::Refused { .. } => "Refused",
             Frame::Request { .. } => "Request",
             Frame::Response { .. } => "Response",
         }
@@ -74,21 +97,29 @@ impl Frame {
 
     fn as_wire(&self) -> Wire<'_> {
         match self {
-            Frame::Hello { node_id, nonce } => Wire::Hello {
+            Frame::Hello {
+                node_id,
+                nonce,
+                ident,
+            } => Wire::Hello {
                 node: *node_id,
                 nonce,
+                ident: *ident,
             },
             Frame::Challenge {
                 node_id,
                 nonce,
                 proof,
+                ident,
             } => Wire::Challenge {
                 node: *node_id,
                 nonce,
                 proof,
+                ident: *ident,
             },
             Frame::Proof { proof } => Wire::Proof { proof },
             Frame::Welcome => Wire::Welcome,
+            Frame::Refused { reason } => Wire::Refused { reason },
             Frame::Request { id, body } => Wire::Request { id: *id, body },
             Frame::Response { id, result } => Wire::Response {
                 id: *id,
@@ -128,6 +159,8 @@ enum Wire<'a> {
         node: u64,
         #[serde(borrow, with = "serde_bytes")]
         nonce: &'a [u8],
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        ident: Option<Ident>,
     },
     Challenge {
         node: u64,
@@ -135,12 +168,18 @@ enum Wire<'a> {
         nonce: &'a [u8],
         #[serde(borrow, with = "serde_bytes")]
         proof: &'a [u8],
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        ident: Option<Ident>,
     },
     Proof {
         #[serde(borrow, with = "serde_bytes")]
         proof: &'a [u8],
     },
     Welcome,
+    Refused {
+        #[serde(borrow)]
+        reason: &'a str,
+    },
     Request {
         id: u64,
         #[serde(borrow, with = "serde_bytes")]
@@ -167,19 +206,29 @@ pub fn decode_frame(payload: Bytes) -> Result<Frame, FrameError> {
     let wire: Wire = crate::codec::decode_borrowed(&payload[..], MAX_DEPTH)
         .map_err(|e| FrameError::Malformed(e.to_string()))?;
     Ok(match wire {
-        Wire::Hello { node, nonce } => Frame::Hello {
+        Wire::Hello { node, nonce, ident } => Frame::Hello {
             node_id: node,
             nonce: array(nonce, "nonce")?,
+            ident,
         },
-        Wire::Challenge { node, nonce, proof } => Frame::Challenge {
+        Wire::Challenge {
+            node,
+            nonce,
+            proof,
+            ident,
+        } => Frame::Challenge {
             node_id: node,
             nonce: array(nonce, "nonce")?,
             proof: array(proof, "proof")?,
+            ident,
         },
         Wire::Proof { proof } => Frame::Proof {
             proof: array(proof, "proof")?,
         },
         Wire::Welcome => Frame::Welcome,
+        Wire::Refused { reason } => Frame::Refused {
+            reason: reason.to_owned(),
+        },
         Wire::Request { id, body } => Frame::Request {
             id,
             body: sub(&payload, body),

@@ -17,11 +17,19 @@
 //! # Handshake (mutual challenge-response)
 //!
 //! ```text
-//! client → server  Hello     { node: c, nonce: Nc }
-//! server → client  Challenge { node: s, nonce: Ns, proof: HMAC(secret, "server" c s Nc Ns) }
-//! client → server  Proof     { proof: HMAC(secret, "client" c s Nc Ns) }
-//! server → client  Welcome
+//! client → server  Hello     { node: c, nonce: Nc, ident: Ic }
+//! server → client  Challenge { node: s, nonce: Ns, ident: Is, proof: HMAC(secret, "server" c s Nc Ns Ic Is) }
+//! client → server  Proof     { proof: HMAC(secret, "client" c s Nc Ns Ic Is) }
+//! server → client  Welcome   (or Refused { reason })
 //! ```
+//!
+//! `ident` (optional) is the sender's cluster id and the incarnation of its
+//! data dir; each side hands the other's to its [`PeerCheck`] (the data
+//! dir's record of the peers it has known), which may refuse it: a node
+//! whose data dir was wiped comes back with a new incarnation and is kept
+//! out instead of voting with no history. The client checks the server's
+//! before sending its proof; the server checks the client's after verifying
+//! the proof and answers `Refused` with the reason.
 //!
 //! Nonces are 32 fresh random bytes per connection, so a recorded proof is
 //! useless on another connection; the role label keeps one side's proof from
@@ -44,12 +52,20 @@ mod tests;
 use std::time::Duration;
 
 pub use faults::Faults;
-pub use frame::{Frame, FrameError, decode_frame, decode_stream};
+pub use frame::{Frame, FrameError, Ident, decode_frame, decode_stream};
 pub(crate) use pool::Pool;
 pub(crate) use server::Server;
 
+/// Decides whether a peer's identity is acceptable (see the module docs).
+pub(crate) trait PeerCheck: Send + Sync {
+    /// This node's identity, announced in the handshake.
+    fn local(&self) -> Option<Ident>;
+    /// `Err(reason)` refuses the connection.
+    fn check(&self, peer: u64, ident: Option<Ident>) -> Result<(), String>;
+}
+
 /// Settings shared by a node's server and pool.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub(crate) struct TransportConfig {
     /// This node's id, announced in the handshake.
     pub node_id: u64,
@@ -73,6 +89,19 @@ pub(crate) struct TransportConfig {
     pub reconnect_backoff_min: Duration,
     /// The longest wait between failed connects.
     pub reconnect_backoff_max: Duration,
+    /// Checks peers' identities; none: any peer that knows the secret.
+    pub identity: Option<std::sync::Arc<dyn PeerCheck>>,
+}
+
+impl std::fmt::Debug for TransportConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TransportConfig")
+            .field("node_id", &self.node_id)
+            .field("secret", &"<redacted>")
+            .field("max_frame_bytes", &self.max_frame_bytes)
+            .field("identity", &self.identity.as_ref().and_then(|i| i.local()))
+            .finish_non_exhaustive()
+    }
 }
 
 impl Default for TransportConfig {
@@ -88,6 +117,7 @@ impl Default for TransportConfig {
             max_connections: 4096,
             reconnect_backoff_min: Duration::from_millis(10),
             reconnect_backoff_max: Duration::from_secs(1),
+            identity: None,
         }
     }
 }
@@ -134,6 +164,10 @@ pub(crate) enum TransportError {
     /// expected at that address).
     #[error("handshake failed: {0}")]
     Handshake(String),
+    /// The peer is not accepted (another cluster, or a data dir that was
+    /// wiped): refused by it or by this node.
+    #[error("{0}")]
+    Refused(String),
     /// The pool was shut down.
     #[error("the transport is shut down")]
     Closed,

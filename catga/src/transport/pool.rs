@@ -316,8 +316,14 @@ impl Pool {
             match tokio::time::timeout_at(handshake_until, auth::client(stream, cfg, peer)).await {
                 Ok(Ok(a)) => a,
                 Ok(Err(e)) => {
-                    if matches!(e, TransportError::Handshake(_)) {
-                        tracing::warn!(peer, %addr, reason = %e, "transport: handshake failed");
+                    match &e {
+                        TransportError::Handshake(_) => {
+                            tracing::warn!(peer, %addr, reason = %e, "transport: handshake failed")
+                        }
+                        TransportError::Refused(_) => {
+                            tracing::error!(peer, %addr, reason = %e, "transport: peer refused")
+                        }
+                        _ => {}
                     }
                     return Err(e);
                 }

@@ -253,13 +253,23 @@ async fn wrong_secret_is_refused_both_ways() {
     s.write_all(&encoded(&Frame::Hello {
         node_id: CLIENT_ID,
         nonce: nc,
+        ident: None,
     }))
     .await
     .unwrap();
     let Frame::Challenge { nonce: ns, .. } = read_frame(&mut s).await else {
         panic!("expected a challenge")
     };
-    let proof = auth::prove(b"wrong", auth::CLIENT, CLIENT_ID, SERVER_ID, &nc, &ns).unwrap();
+    let proof = auth::prove(
+        b"wrong",
+        auth::CLIENT,
+        CLIENT_ID,
+        SERVER_ID,
+        &nc,
+        &ns,
+        (None, None),
+    )
+    .unwrap();
     s.write_all(&encoded(&Frame::Proof { proof }))
         .await
         .unwrap();
@@ -291,6 +301,7 @@ async fn a_replayed_proof_is_refused() {
     let hello = encoded(&Frame::Hello {
         node_id: CLIENT_ID,
         nonce: nc,
+        ident: None,
     });
 
     // A genuine handshake, recorded.
@@ -299,7 +310,16 @@ async fn a_replayed_proof_is_refused() {
     let Frame::Challenge { nonce: ns, .. } = read_frame(&mut s).await else {
         panic!("expected a challenge")
     };
-    let proof = auth::prove(SECRET, auth::CLIENT, CLIENT_ID, SERVER_ID, &nc, &ns).unwrap();
+    let proof = auth::prove(
+        SECRET,
+        auth::CLIENT,
+        CLIENT_ID,
+        SERVER_ID,
+        &nc,
+        &ns,
+        (None, None),
+    )
+    .unwrap();
     let recorded = encoded(&Frame::Proof { proof });
     s.write_all(&recorded).await.unwrap();
     assert_eq!(read_frame(&mut s).await, Frame::Welcome);
@@ -418,6 +438,7 @@ async fn bad_frames_close_the_connection_and_the_server_keeps_serving() {
     s.write_all(&encoded(&Frame::Hello {
         node_id: 1,
         nonce: [0; 32],
+        ident: None,
     }))
     .await
     .unwrap();
@@ -779,11 +800,24 @@ fn frames_round_trip_and_use_named_fields() {
         Frame::Hello {
             node_id: 7,
             nonce: [1; 32],
+            ident: None,
+        },
+        Frame::Hello {
+            node_id: 7,
+            nonce: [1; 32],
+            ident: Some(Ident {
+                cluster: 9,
+                incarnation: u64::MAX,
+            }),
         },
         Frame::Challenge {
             node_id: u64::MAX,
             nonce: [2; 32],
             proof: [3; 32],
+            ident: None,
+        },
+        Frame::Refused {
+            reason: "wiped".into(),
         },
         Frame::Proof { proof: [4; 32] },
         Frame::Welcome,
@@ -808,7 +842,12 @@ fn frames_round_trip_and_use_named_fields() {
         let bytes = encoded(f);
         assert_eq!(decode_stream(&bytes, 1 << 20), vec![Ok(f.clone())]);
     }
-    let req = encoded(&frames[4]);
+    let req = encoded(
+        frames
+            .iter()
+            .find(|f| matches!(f, Frame::Request { .. }))
+            .expect("a request"),
+    );
     assert!(req.windows(4).any(|w| w == b"body"), "fields are named");
     // Bodies are slices of the frame, not copies.
     let payload = Bytes::copy_from_slice(&req[4..]);
@@ -862,13 +901,20 @@ fn deeply_nested_junk_is_refused_without_overflowing_the_stack() {
 fn arb_frame() -> impl Strategy<Value = Frame> {
     let bytes = || proptest::collection::vec(any::<u8>(), 0..256).prop_map(Bytes::from);
     prop_oneof![
-        (any::<u64>(), any::<[u8; 32]>())
-            .prop_map(|(node_id, nonce)| Frame::Hello { node_id, nonce }),
+        (any::<u64>(), any::<[u8; 32]>()).prop_map(|(node_id, nonce)| Frame::Hello {
+            node_id,
+            nonce,
+            ident: None
+        }),
         (any::<u64>(), any::<[u8; 32]>(), any::<[u8; 32]>()).prop_map(|(node_id, nonce, proof)| {
             Frame::Challenge {
                 node_id,
                 nonce,
                 proof,
+                ident: Some(Ident {
+                    cluster: node_id,
+                    incarnation: 1,
+                }),
             }
         }),
         any::<[u8; 32]>().prop_map(|proof| Frame::Proof { proof }),

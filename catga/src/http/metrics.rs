@@ -1,0 +1,143 @@
+//! Prometheus metrics of the HTTP layer and the node's Raft view, in the
+//! OpenMetrics text format (`prometheus-client`).
+
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use crate::node::{Health, Role};
+
+type Labels = Vec<(String, String)>;
+
+fn latency_histogram() -> Histogram {
+    // 50 µs .. ~3.3 s
+    Histogram::new(exponential_buckets(0.000_05, 2.0, 17))
+}
+
+pub(super) struct Metrics {
+    registry: Mutex<Registry>,
+    requests: Family<Labels, Counter>,
+    latency: Family<Labels, Histogram, fn() -> Histogram>,
+    role: Family<Labels, Gauge>,
+    term: Gauge,
+    last_log: Gauge,
+    applied: Gauge,
+    snapshot: Gauge,
+    ready: Gauge,
+    lag: Family<Labels, Gauge>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+impl Metrics {
+    pub(super) fn new() -> Metrics {
+        let m = Metrics {
+            registry: Mutex::new(Registry::with_prefix("catga")),
+            requests: Family::default(),
+            latency: Family::new_with_constructor(latency_histogram),
+            role: Family::default(),
+            term: Gauge::default(),
+            last_log: Gauge::default(),
+            applied: Gauge::default(),
+            snapshot: Gauge::default(),
+            ready: Gauge::default(),
+            lag: Family::default(),
+        };
+        {
+            let mut r = m.registry.lock();
+            r.register(
+                "http_requests",
+                "HTTP requests by message, kind and status",
+                m.requests.clone(),
+            );
+            r.register(
+                "http_request_seconds",
+                "HTTP request latency by message and kind",
+                m.latency.clone(),
+            );
+            r.register(
+                "role",
+                "1 for this node's current Raft role",
+                m.role.clone(),
+            );
+            r.register("term", "the current Raft term", m.term.clone());
+            r.register(
+                "last_log_index",
+                "the last index in this node's log",
+                m.last_log.clone(),
+            );
+            r.register(
+                "applied_index",
+                "the last index applied here",
+                m.applied.clone(),
+            );
+            r.register(
+                "snapshot_index",
+                "the last index in this node's snapshot",
+                m.snapshot.clone(),
+            );
+            r.register("ready", "1 when this node is ready", m.ready.clone());
+            r.register(
+                "replication_lag",
+                "on the leader: entries each follower is behind",
+                m.lag.clone(),
+            );
+        }
+        m
+    }
+
+    pub(super) fn request(&self, message: &str, kind: &str, status: u16, took: Duration) {
+        let labels = vec![
+            ("message".to_string(), message.to_string()),
+            ("kind".to_string(), kind.to_string()),
+            ("status".to_string(), status.to_string()),
+        ];
+        self.requests.get_or_create(&labels).inc();
+        let labels = vec![
+            ("message".to_string(), message.to_string()),
+            ("kind".to_string(), kind.to_string()),
+        ];
+        self.latency
+            .get_or_create(&labels)
+            .observe(took.as_secs_f64());
+    }
+
+    /// The text exposition, with the Raft gauges read from `h` now.
+    pub(super) fn render(&self, h: &Health) -> Result<String, String> {
+        for r in [
+            Role::Leader,
+            Role::Follower,
+            Role::Candidate,
+            Role::Learner,
+            Role::Shutdown,
+        ] {
+            let labels = vec![("role".to_string(), format!("{r:?}").to_lowercase())];
+            self.role.get_or_create(&labels).set(i64::from(h.role == r));
+        }
+        let n = |v: Option<u64>| v.map(|v| v as i64).unwrap_or(-1);
+        self.term.set(h.term as i64);
+        self.last_log.set(n(h.last_log_index));
+        self.applied.set(n(h.applied_index));
+        self.snapshot.set(n(h.snapshot_index));
+        self.ready.set(i64::from(h.ready));
+        self.lag.clear();
+        for (peer, lag) in &h.replication_lag {
+            self.lag
+                .get_or_create(&vec![("peer".to_string(), peer.to_string())])
+                .set(*lag as i64);
+        }
+        let mut out = String::new();
+        encode(&mut out, &self.registry.lock()).map_err(|e| e.to_string())?;
+        Ok(out)
+    }
+}

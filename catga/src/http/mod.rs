@@ -1,0 +1,316 @@
+//! The HTTP front door (cargo feature `http`): axum routes for load
+//! balancers (`/health`, `/ready`), Prometheus (`/metrics`), and any
+//! command or query as a JSON endpoint, with no per-type code.
+//!
+//! ```rust,ignore
+//! let http = catga::http::Http::new(node.clone());
+//! let app = http
+//!     .routes() // /health, /ready, /metrics
+//!     .route("/orders", catga::http::command::<PlaceOrder>())
+//!     .route("/stock", catga::http::query::<GetStock>())
+//!     .with_state(http);
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
+//! catga::http::axum::serve(listener, app).await?;
+//! ```
+//!
+//! Status codes, the same for every endpoint:
+//!
+//! | what happened | status | body |
+//! |---|---|---|
+//! | the handler returned `Ok(v)` (or a plain value) | 200 | `v` as JSON |
+//! | the handler returned `Err(e)` | 422 | `e` as JSON |
+//! | malformed JSON, or a query string that does not fit the query | 400 | `{"error": ...}` |
+//! | a body over [`MAX_BODY`] | 413 | `{"error": ...}` |
+//! | no leader within the request timeout (nothing was applied) | 503 + `Retry-After` | `{"error": ...}` |
+//! | overloaded, or the node is shutting down | 503 + `Retry-After` | `{"error": ...}` |
+//! | timeout with an unknown outcome (the command may still apply, once) | 504 | `{"error": ..., "outcome": "unknown"}` |
+//! | anything else (a handler panicked, a version mismatch) | 500 | `{"error": ...}` |
+//!
+//! Every response carries `x-catga-node` (the id of the node that answered).
+//! A rejected request never reaches the log.
+
+mod metrics;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+pub use axum;
+use axum::body::{Body, Bytes};
+use axum::extract::{RawQuery, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{MethodRouter, get, post};
+use axum::{Json, Router};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tracing::Instrument;
+
+use crate::error::{ApplyError, Error};
+use crate::message::{Command, Handled, Query};
+use crate::node::{Node, Role};
+use metrics::Metrics;
+
+/// The largest request body accepted (1 MiB); larger ones get 413.
+pub const MAX_BODY: usize = 1 << 20;
+
+/// The state the routes share: the node they drive and its metrics.
+/// Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Http {
+    node: Node,
+    metrics: Arc<Metrics>,
+}
+
+impl Http {
+    /// Routes over `node`.
+    pub fn new(node: Node) -> Http {
+        Http {
+            node,
+            metrics: Arc::new(Metrics::new()),
+        }
+    }
+
+    /// `/health` (the node's [`crate::Health`] as JSON), `/ready` (200 when
+    /// the node is in a cluster with a known leader and has applied what it
+    /// knows to be committed, 503 otherwise) and `/metrics` (Prometheus
+    /// text). Add your message routes, then `.with_state(http)`.
+    pub fn routes(&self) -> Router<Http> {
+        Router::new()
+            .route("/health", get(health))
+            .route("/ready", get(ready))
+            .route("/metrics", get(metrics_text))
+    }
+}
+
+/// A `POST` route whose JSON body is the command `M`; answers with the
+/// handler's result (see the module docs for status codes).
+pub fn command<M>() -> MethodRouter<Http>
+where
+    M: Handled + Command,
+    M::Output: Serialize,
+{
+    post(
+        |State(h): State<Http>, headers: HeaderMap, body: Body| async move {
+            let started = Instant::now();
+            let span = span::<M>(&h, "command");
+            let resp = async {
+                let msg: M = match read_json(&headers, body).await {
+                    Ok(m) => m,
+                    Err(r) => return r,
+                };
+                match h.node.send(msg).await {
+                    Ok(out) => output::<M>(&out),
+                    Err(e) => error_response(&e, true),
+                }
+            }
+            .instrument(span)
+            .await;
+            h.finish::<M>("command", started, resp)
+        },
+    )
+}
+
+/// A route for the query `M`: `GET` with the query's fields in the query
+/// string (`/stock?sku=apple`), or `POST` with a JSON body.
+pub fn query<M>() -> MethodRouter<Http>
+where
+    M: Handled + Query,
+    M::Output: Serialize,
+{
+    async fn run<M>(h: Http, msg: Result<M, Response>) -> Response
+    where
+        M: Handled + Query,
+        M::Output: Serialize,
+    {
+        let started = Instant::now();
+        let span = span::<M>(&h, "query");
+        let resp = async {
+            match msg {
+                Ok(m) => match h.node.send(m).await {
+                    Ok(out) => output::<M>(&out),
+                    Err(e) => error_response(&e, false),
+                },
+                Err(r) => r,
+            }
+        }
+        .instrument(span)
+        .await;
+        h.finish::<M>("query", started, resp)
+    }
+    get(|State(h): State<Http>, RawQuery(q): RawQuery| async move {
+        let msg = serde_urlencoded::from_str::<M>(q.as_deref().unwrap_or("")).map_err(|e| {
+            problem(
+                StatusCode::BAD_REQUEST,
+                format!("the query string does not fit `{}`: {e}", M::NAME),
+            )
+        });
+        run::<M>(h, msg).await
+    })
+    .post(
+        |State(h): State<Http>, headers: HeaderMap, body: Body| async move {
+            let msg = read_json::<M>(&headers, body).await;
+            run::<M>(h, msg).await
+        },
+    )
+}
+
+impl Http {
+    fn finish<M: Handled>(
+        &self,
+        kind: &'static str,
+        started: Instant,
+        mut resp: Response,
+    ) -> Response {
+        self.metrics
+            .request(M::NAME, kind, resp.status().as_u16(), started.elapsed());
+        if let Ok(v) = HeaderValue::from_str(&self.node.id().to_string()) {
+            resp.headers_mut().insert("x-catga-node", v);
+        }
+        resp
+    }
+}
+
+fn span<M: Handled>(h: &Http, kind: &'static str) -> tracing::Span {
+    let health = h.node.health();
+    tracing::info_span!(
+        "catga.http",
+        message = M::NAME,
+        kind,
+        node = health.node_id,
+        forwarded = kind == "command" && health.role != Role::Leader,
+    )
+}
+
+/// Reads a JSON body of at most [`MAX_BODY`] bytes and decodes it as `M`.
+async fn read_json<M: DeserializeOwned + Handled>(
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<M, Response> {
+    let too_large = || {
+        problem(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the body exceeds {MAX_BODY} bytes"),
+        )
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY) {
+        return Err(too_large());
+    }
+    let bytes: Bytes = axum::body::to_bytes(body, MAX_BODY)
+        .await
+        .map_err(|_| too_large())?;
+    serde_json::from_slice(&bytes).map_err(|e| {
+        problem(
+            StatusCode::BAD_REQUEST,
+            format!("the body is not a valid `{}`: {e}", M::NAME),
+        )
+    })
+}
+
+/// A handler's output as a response: `Err` of a `Result` is the handler's
+/// typed error (422), anything else is the answer (200).
+fn output<M: Handled>(out: &M::Output) -> Response
+where
+    M::Output: Serialize,
+{
+    let value = match serde_json::to_value(out) {
+        Ok(v) => v,
+        Err(e) => {
+            return problem(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("the answer of `{}` does not encode as JSON: {e}", M::NAME),
+            );
+        }
+    };
+    // serde encodes a `Result` as {"Ok": v} or {"Err": e}; only a real
+    // `Result` output is unwrapped (not a user type that looks like one)
+    if std::any::type_name::<M::Output>().starts_with("core::result::Result<")
+        && let serde_json::Value::Object(mut map) = value
+    {
+        if let Some(err) = map.remove("Err") {
+            return (StatusCode::UNPROCESSABLE_ENTITY, Json(err)).into_response();
+        }
+        if let Some(ok) = map.remove("Ok") {
+            return (StatusCode::OK, Json(ok)).into_response();
+        }
+        return (StatusCode::OK, Json(serde_json::Value::Object(map))).into_response();
+    }
+    (StatusCode::OK, Json(value)).into_response()
+}
+
+#[derive(Serialize)]
+struct Problem<'a> {
+    error: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    outcome: Option<&'a str>,
+}
+
+fn problem(status: StatusCode, error: String) -> Response {
+    (
+        status,
+        Json(Problem {
+            error,
+            outcome: None,
+        }),
+    )
+        .into_response()
+}
+
+fn retry_later(error: String) -> Response {
+    let mut r = problem(StatusCode::SERVICE_UNAVAILABLE, error);
+    r.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    r
+}
+
+/// The one mapping from catga's errors to status codes.
+fn error_response(e: &Error, is_command: bool) -> Response {
+    match e {
+        Error::Timeout { reason, .. } if reason == "no leader known" => retry_later(e.to_string()),
+        Error::Timeout { .. } if is_command => (
+            StatusCode::GATEWAY_TIMEOUT,
+            Json(Problem {
+                error: e.to_string(),
+                outcome: Some("unknown: the command may still be applied, once"),
+            }),
+        )
+            .into_response(),
+        Error::Timeout { .. } => problem(StatusCode::GATEWAY_TIMEOUT, e.to_string()),
+        Error::Overloaded | Error::ShutDown => retry_later(e.to_string()),
+        Error::Apply(ApplyError::Stale { .. }) => problem(StatusCode::CONFLICT, e.to_string()),
+        // nothing was written; it can be sent once the rolling upgrade is done
+        Error::NotUpgraded { .. } => problem(StatusCode::CONFLICT, e.to_string()),
+        _ => problem(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+async fn health(State(h): State<Http>) -> Response {
+    Json(h.node.health()).into_response()
+}
+
+async fn ready(State(h): State<Http>) -> Response {
+    let health = h.node.health();
+    let status = if health.ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(health)).into_response()
+}
+
+async fn metrics_text(State(h): State<Http>) -> Response {
+    match h.metrics.render(&h.node.health()) {
+        Ok(text) => (
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            text,
+        )
+            .into_response(),
+        Err(e) => problem(StatusCode::INTERNAL_SERVER_ERROR, e),
+    }
+}

@@ -1,0 +1,297 @@
+//! Who this node is across restarts, and who its peers were: the cluster id
+//! and the incarnation of this data dir (file `identity`), and the
+//! incarnation of every peer this node has ever talked to (file `peers`).
+//!
+//! The transport hands each peer's identity to [`Identity::check`] during
+//! the handshake. A peer whose incarnation changed had its data dir wiped
+//! or replaced: it lost its log and its vote, so letting it vote could elect
+//! a leader without the acknowledged writes. It is refused, on both sides of
+//! the connection, until an operator removes it (see README, "Replacing a
+//! node"). A peer of another cluster is refused the same way.
+//!
+//! Both files are small text files, written atomically (temp file, fsync,
+//! rename, fsync of the directory) and only when something changes: on the
+//! first start, and when a peer is seen for the first time.
+
+use std::collections::BTreeMap;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use parking_lot::Mutex;
+use sha2::{Digest, Sha256};
+
+use crate::transport::{Ident, PeerCheck};
+
+const IDENTITY: &str = "identity";
+const PEERS: &str = "peers";
+
+/// This node's identity and its record of its peers.
+pub(crate) struct Identity {
+    node_id: u64,
+    dir: PathBuf,
+    inner: Mutex<Inner>,
+}
+
+struct Inner {
+    /// 0 until known (a node started to join an existing cluster).
+    cluster: u64,
+    incarnation: u64,
+    peers: BTreeMap<u64, u64>,
+}
+
+/// The cluster id of a static cluster: the same on every member that is
+/// given the same secret and member ids, without any communication.
+pub(crate) fn static_cluster_id(secret: &[u8], members: impl Iterator<Item = u64>) -> u64 {
+    let mut h = Sha256::new();
+    h.update(b"catga cluster v1");
+    h.update((secret.len() as u64).to_be_bytes());
+    h.update(secret);
+    for id in members {
+        h.update(id.to_be_bytes());
+    }
+    let d = h.finalize();
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&d[..8]);
+    u64::from_be_bytes(b).max(1)
+}
+
+fn bad(path: &Path, what: impl std::fmt::Display) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!("{}: {what}", path.display()),
+    )
+}
+
+fn write_atomically(dir: &Path, name: &str, text: &str) -> io::Result<()> {
+    let tmp = dir.join(format!("{name}.tmp"));
+    {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(text.as_bytes())?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, dir.join(name))?;
+    std::fs::File::open(dir)?.sync_all()
+}
+
+fn hex(s: &str, path: &Path) -> io::Result<u64> {
+    u64::from_str_radix(s, 16).map_err(|e| bad(path, format!("`{s}`: {e}")))
+}
+
+impl Identity {
+    /// Loads the identity of the data dir `dir`, or creates it (a new
+    /// incarnation) when the dir has none. `cluster` is the static cluster's
+    /// id, or `None` for a node that joins an existing cluster (it adopts the
+    /// id of the first member that contacts it).
+    pub(crate) fn open(dir: &Path, node_id: u64, cluster: Option<u64>) -> io::Result<Identity> {
+        std::fs::create_dir_all(dir)?;
+        let path = dir.join(IDENTITY);
+        let (cluster, incarnation) = match std::fs::read_to_string(&path) {
+            Ok(text) => {
+                let mut fields = BTreeMap::new();
+                for line in text.lines() {
+                    if let Some((k, v)) = line.split_once(' ') {
+                        fields.insert(k.trim(), v.trim());
+                    }
+                }
+                let get = |k: &str| {
+                    fields
+                        .get(k)
+                        .copied()
+                        .ok_or_else(|| bad(&path, format!("no `{k}` line")))
+                };
+                let owner: u64 = get("node")?
+                    .parse()
+                    .map_err(|e| bad(&path, format!("node: {e}")))?;
+                if owner != node_id {
+                    return Err(bad(
+                        &path,
+                        format!(
+                            "this data dir belongs to node {owner}, not node {node_id}; \
+                             give each node its own data dir"
+                        ),
+                    ));
+                }
+                (
+                    hex(get("cluster")?, &path)?,
+                    hex(get("incarnation")?, &path)?,
+                )
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                let incarnation = loop {
+                    let i = rand::random::<u64>();
+                    if i != 0 {
+                        break i;
+                    }
+                };
+                let cluster = cluster.unwrap_or(0);
+                write_atomically(dir, IDENTITY, &identity_text(node_id, cluster, incarnation))?;
+                (cluster, incarnation)
+            }
+            Err(e) => return Err(e),
+        };
+        let peers_path = dir.join(PEERS);
+        let mut peers = BTreeMap::new();
+        match std::fs::read_to_string(&peers_path) {
+            Ok(text) => {
+                for line in text.lines().filter(|l| !l.trim().is_empty()) {
+                    let (id, inc) = line
+                        .split_once(' ')
+                        .ok_or_else(|| bad(&peers_path, format!("bad line `{line}`")))?;
+                    let id: u64 = id
+                        .trim()
+                        .parse()
+                        .map_err(|e| bad(&peers_path, format!("`{line}`: {e}")))?;
+                    peers.insert(id, hex(inc.trim(), &peers_path)?);
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        Ok(Identity {
+            node_id,
+            dir: dir.to_path_buf(),
+            inner: Mutex::new(Inner {
+                cluster,
+                incarnation,
+                peers,
+            }),
+        })
+    }
+
+    fn persist_identity(&self, g: &Inner) -> io::Result<()> {
+        write_atomically(
+            &self.dir,
+            IDENTITY,
+            &identity_text(self.node_id, g.cluster, g.incarnation),
+        )
+    }
+
+    fn persist_peers(&self, g: &Inner) -> io::Result<()> {
+        let text: String = g
+            .peers
+            .iter()
+            .map(|(id, inc)| format!("{id} {inc:016x}\n"))
+            .collect();
+        write_atomically(&self.dir, PEERS, &text)
+    }
+}
+
+fn identity_text(node: u64, cluster: u64, incarnation: u64) -> String {
+    format!(
+        "# catga data dir identity: do not copy it to another node's data dir\n\
+         node {node}\ncluster {cluster:016x}\nincarnation {incarnation:016x}\n"
+    )
+}
+
+impl PeerCheck for Identity {
+    fn local(&self) -> Option<Ident> {
+        let g = self.inner.lock();
+        Some(Ident {
+            cluster: g.cluster,
+            incarnation: g.incarnation,
+        })
+    }
+
+    fn check(&self, peer: u64, ident: Option<Ident>) -> Result<(), String> {
+        // A peer that announces no identity (a tool speaking the protocol)
+        // proved the secret and is trusted as before.
+        let Some(ident) = ident else { return Ok(()) };
+        let mut g = self.inner.lock();
+        if ident.cluster != 0 && g.cluster != 0 && ident.cluster != g.cluster {
+            return Err(format!(
+                "node {peer} belongs to another cluster (id {:016x}; this node's is {:016x}): \
+                 clusters are never merged; check the peer addresses and data dirs",
+                ident.cluster, g.cluster
+            ));
+        }
+        if g.cluster == 0 && ident.cluster != 0 {
+            g.cluster = ident.cluster;
+            if let Err(e) = self.persist_identity(&g) {
+                g.cluster = 0;
+                return Err(format!("cannot record the cluster id: {e}"));
+            }
+            tracing::info!(cluster = %format!("{:016x}", ident.cluster), "joined cluster");
+        }
+        match g.peers.get(&peer) {
+            Some(known) if *known == ident.incarnation => Ok(()),
+            Some(known) => Err(format!(
+                "node {peer} was a member with data dir incarnation {known:016x}, and this one is \
+                 {:016x}: its data dir was wiped or replaced, so it lost its Raft log and must not \
+                 vote. Remove node {peer} (`remove_node({peer})` on a member) and add the new \
+                 machine under a new id (`join_existing()` + `add_node`); see \"Replacing a node\" \
+                 in the README",
+                ident.incarnation
+            )),
+            None => {
+                g.peers.insert(peer, ident.incarnation);
+                if let Err(e) = self.persist_peers(&g) {
+                    g.peers.remove(&peer);
+                    return Err(format!("cannot record node {peer}'s identity: {e}"));
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ident(cluster: u64, incarnation: u64) -> Option<Ident> {
+        Some(Ident {
+            cluster,
+            incarnation,
+        })
+    }
+
+    #[test]
+    fn a_peer_with_a_new_incarnation_is_refused_across_restarts() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = Identity::open(dir.path(), 1, Some(7)).unwrap();
+        assert!(id.check(2, ident(7, 100)).is_ok());
+        assert!(id.check(2, ident(7, 100)).is_ok());
+        let err = id.check(2, ident(7, 101)).unwrap_err();
+        assert!(err.contains("wiped"), "{err}");
+        let mine = id.local();
+        drop(id);
+        // the record survives a restart, and so does this node's incarnation
+        let id = Identity::open(dir.path(), 1, Some(7)).unwrap();
+        assert_eq!(id.local(), mine);
+        assert!(id.check(2, ident(7, 101)).is_err());
+        assert!(id.check(2, ident(7, 100)).is_ok());
+    }
+
+    #[test]
+    fn another_cluster_is_refused_and_a_joining_node_adopts_the_first_it_meets() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = Identity::open(dir.path(), 4, None).unwrap();
+        assert_eq!(id.local().unwrap().cluster, 0);
+        assert!(id.check(1, ident(7, 1)).is_ok());
+        assert_eq!(id.local().unwrap().cluster, 7);
+        assert!(
+            id.check(2, ident(8, 2))
+                .unwrap_err()
+                .contains("another cluster")
+        );
+        drop(id);
+        let id = Identity::open(dir.path(), 4, None).unwrap();
+        assert_eq!(id.local().unwrap().cluster, 7, "the adopted id is kept");
+    }
+
+    #[test]
+    fn a_data_dir_of_another_node_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(Identity::open(dir.path(), 1, Some(7)).unwrap());
+        let err = Identity::open(dir.path(), 2, Some(7)).err().unwrap();
+        assert!(err.to_string().contains("belongs to node 1"), "{err}");
+    }
+
+    #[test]
+    fn static_cluster_ids_depend_on_secret_and_members() {
+        let a = static_cluster_id(b"s", [1, 2, 3].into_iter());
+        assert_eq!(a, static_cluster_id(b"s", [1, 2, 3].into_iter()));
+        assert_ne!(a, static_cluster_id(b"t", [1, 2, 3].into_iter()));
+        assert_ne!(a, static_cluster_id(b"s", [1, 2, 4].into_iter()));
+    }
+}

@@ -1,0 +1,250 @@
+//! The HTTP front door against a real 3-node cluster, with a real HTTP
+//! client: every status code the module documents, a command through a
+//! follower, readiness that follows a partition, metrics that parse and
+//! move, and bad requests that never reach the log.
+
+use std::time::Duration;
+
+use catga::http::Http;
+use catga_tests::harness::{Cluster, T};
+use catga_tests::{GetStock, PlaceOrder, Restock};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+/// Serves `node` over HTTP on an ephemeral port; returns the base URL. The
+/// server task ends with the test's runtime.
+async fn serve(node: &catga::Node) -> String {
+    let http = Http::new(node.clone());
+    let app = http
+        .routes()
+        .route("/restock", catga::http::command::<Restock>())
+        .route("/orders", catga::http::command::<PlaceOrder>())
+        .route("/stock", catga::http::query::<GetStock>())
+        .with_state(http);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let _ = catga::http::axum::serve(listener, app).await;
+    });
+    format!("http://{addr}")
+}
+
+async fn wait_ready(client: &reqwest::Client, base: &str, want: StatusCode) {
+    let deadline = tokio::time::Instant::now() + T;
+    loop {
+        let s = client
+            .get(format!("{base}/ready"))
+            .send()
+            .await
+            .unwrap()
+            .status();
+        if s == want {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "/ready stayed {s}, wanted {want}"
+        );
+        // an HTTP poll of another task's state: no event to wait on here
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_and_queries_over_http_through_a_follower() {
+    let c = Cluster::start(3).await;
+    let f = c.follower().await;
+    let base = serve(c.node(f)).await;
+    let client = reqwest::Client::new();
+
+    let r = client
+        .post(format!("{base}/restock"))
+        .json(&json!({"sku": "apple", "qty": 3}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.headers()["x-catga-node"], f.to_string().as_str());
+    assert_eq!(r.json::<Value>().await.unwrap(), json!(3));
+
+    // the handler's Ok is 200 with the value, its Err 422 with the error
+    let r = client
+        .post(format!("{base}/orders"))
+        .json(&json!({"sku": "apple", "qty": 2}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert!(r.json::<Value>().await.unwrap().is_u64());
+    let r = client
+        .post(format!("{base}/orders"))
+        .json(&json!({"sku": "apple", "qty": 5}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(
+        r.json::<Value>().await.unwrap(),
+        json!({"OutOfStock": {"left": 1}})
+    );
+    let r = client
+        .post(format!("{base}/orders"))
+        .json(&json!({"sku": "pear", "qty": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(r.json::<Value>().await.unwrap(), json!("UnknownSku"));
+
+    // queries: GET with a query string, or POST with a body
+    let r = client
+        .get(format!("{base}/stock?sku=apple"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.json::<Value>().await.unwrap(), json!(1));
+    let r = client
+        .post(format!("{base}/stock"))
+        .json(&json!({"sku": "kiwi"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.json::<Value>().await.unwrap(), Value::Null);
+
+    // health as JSON
+    let h: Value = client
+        .get(format!("{base}/health"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(h["node_id"], json!(f));
+    assert_eq!(h["role"], json!("Follower"));
+    c.assert_replicas_equal().await;
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_get_4xx_and_never_reach_the_log() {
+    let c = Cluster::start(3).await;
+    let l = c.leader().await;
+    let base = serve(c.node(l)).await;
+    let client = reqwest::Client::new();
+    let before = c.node(l).health().last_log_index;
+
+    let post = |body: Vec<u8>| {
+        client
+            .post(format!("{base}/restock"))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    };
+    let r = post(b"{not json".to_vec()).await.unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    let err = r.json::<Value>().await.unwrap();
+    assert!(
+        err["error"].as_str().unwrap().contains("tests.Restock"),
+        "{err}"
+    );
+    let r = post(br#"{"sku": "a", "qty": -1}"#.to_vec()).await.unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    let r = post(vec![b' '; catga::http::MAX_BODY + 1]).await.unwrap();
+    assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    let r = client
+        .get(format!("{base}/stock?nosuchfield=1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+
+    // a thousand malformed or oversized requests
+    let mut bad = Vec::new();
+    for i in 0..1000 {
+        let body = match i % 4 {
+            0 => b"[".to_vec(),
+            1 => br#"{"sku": 7}"#.to_vec(),
+            2 => vec![b'{'; 2000],
+            _ => vec![b'x'; catga::http::MAX_BODY + 10],
+        };
+        bad.push(post(body));
+    }
+    for r in futures::future::join_all(bad).await {
+        let s = r.unwrap().status();
+        assert!(
+            s == StatusCode::BAD_REQUEST || s == StatusCode::PAYLOAD_TOO_LARGE,
+            "{s}"
+        );
+    }
+    assert_eq!(
+        c.node(l).health().last_log_index,
+        before,
+        "a rejected request reached the log"
+    );
+    // and the node still serves
+    let r = post(br#"{"sku": "ok", "qty": 1}"#.to_vec()).await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ready_follows_a_partition_and_metrics_parse_and_move() {
+    let c = Cluster::start(3).await;
+    let f = c.follower().await;
+    let base = serve(c.node(f)).await;
+    let client = reqwest::Client::new();
+    wait_ready(&client, &base, StatusCode::OK).await;
+
+    c.isolate(f);
+    wait_ready(&client, &base, StatusCode::SERVICE_UNAVAILABLE).await;
+    c.heal();
+    wait_ready(&client, &base, StatusCode::OK).await;
+
+    let scrape = || async {
+        let text = client
+            .get(format!("{base}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        // every sample line is `name{labels} value`
+        let mut samples = std::collections::BTreeMap::new();
+        for line in text
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+        {
+            let (name, value) = line.rsplit_once(' ').expect("a sample");
+            let v: f64 = value
+                .parse()
+                .unwrap_or_else(|_| panic!("bad value in `{line}`"));
+            samples.insert(name.to_string(), v);
+        }
+        assert!(
+            text.ends_with("# EOF\n"),
+            "OpenMetrics text ends with # EOF"
+        );
+        samples
+    };
+    let restocks =
+        r#"catga_http_requests_total{message="tests.Restock",kind="command",status="200"}"#;
+    let m0 = scrape().await;
+    assert_eq!(m0.get("catga_ready"), Some(&1.0));
+    assert_eq!(m0.get(r#"catga_role{role="follower"}"#), Some(&1.0));
+    for _ in 0..3 {
+        let r = client
+            .post(format!("{base}/restock"))
+            .json(&json!({"sku": "m", "qty": 1}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+    }
+    let m1 = scrape().await;
+    assert_eq!(m1.get(restocks), Some(&3.0), "{m1:#?}");
+    assert!(m1["catga_applied_index"] > m0["catga_applied_index"]);
+    c.shutdown().await;
+}
