@@ -58,9 +58,9 @@ pub(crate) struct Compat {
 
 /// This node's answer to [`Rpc::Capabilities`].
 pub(crate) fn answer() -> std::result::Result<Capabilities, String> {
-    Registry::global()
-        .map(|r| r.capabilities())
-        .map_err(|e| e.to_string())
+    static MINE: std::sync::OnceLock<Capabilities> = std::sync::OnceLock::new();
+    let reg = Registry::global().map_err(|e| e.to_string())?;
+    Ok(MINE.get_or_init(|| reg.capabilities()).clone())
 }
 
 impl Compat {
