@@ -33,8 +33,10 @@ use crate::transport::{Pool, TransportError};
 pub(crate) const REFRESH: Duration = Duration::from_secs(2);
 /// The deadline of one question.
 const ASK_TIMEOUT: Duration = Duration::from_millis(500);
-/// A write asks a member again at most this often (a member that is down
-/// must not add a round trip to every write).
+/// A write asks a member that did not answer (or is being asked) again at
+/// most this often: a member that is down must not add a round trip to
+/// every write. One that answers is asked again by every write it would
+/// refuse (it may have just been upgraded).
 const REASK_AFTER: Duration = Duration::from_millis(250);
 
 #[derive(Debug, Clone)]
@@ -51,8 +53,8 @@ pub(crate) struct Compat {
     registry: &'static Registry,
     mine: Capabilities,
     peers: Mutex<HashMap<u64, Known>>,
-    /// When a write last asked each member.
-    asked: Mutex<HashMap<u64, Instant>>,
+    /// When each member was last asked, and whether it answered.
+    asked: Mutex<HashMap<u64, (Instant, bool)>>,
     warned: Mutex<HashSet<(u64, u64)>>,
 }
 
@@ -80,14 +82,20 @@ impl Compat {
     /// Asks one member what it knows and caches the answer (kept as it was
     /// if the member cannot be reached).
     async fn ask(&self, id: u64, addr: &str) {
+        self.asked.lock().insert(id, (Instant::now(), false));
+        let answered = self.ask_once(id, addr).await;
+        self.asked.lock().insert(id, (Instant::now(), answered));
+    }
+
+    async fn ask_once(&self, id: u64, addr: &str) -> bool {
         let body = match encode(&Rpc::Capabilities) {
             Ok(b) => b,
-            Err(_) => return,
+            Err(_) => return false,
         };
         let known = match self.pool.call(id, addr, body, ASK_TIMEOUT).await {
             Ok(reply) => match decode::<std::result::Result<Capabilities, String>>(&reply) {
                 Ok(Ok(c)) => Known::Caps(c),
-                _ => return,
+                _ => return false,
             },
             Err(TransportError::Remote(e)) if e.starts_with("bad request") => {
                 if self.warned.lock().insert((id, 0)) {
@@ -100,7 +108,7 @@ impl Compat {
                 }
                 Known::Unsupported
             }
-            Err(_) => return,
+            Err(_) => return false,
         };
         if let Known::Caps(c) = &known
             && c.fingerprint != self.mine.fingerprint
@@ -115,10 +123,11 @@ impl Compat {
             );
         }
         self.peers.lock().insert(id, known);
+        true
     }
 
-    /// Asks these members now, each at most every [`REASK_AFTER`] (the time
-    /// is taken before asking, so concurrent writes do not ask again).
+    /// Asks these members now; one that did not answer its last question,
+    /// or is being asked, at most every [`REASK_AFTER`].
     async fn ask_now(&self, others: &BTreeMap<u64, String>, ids: Vec<u64>) {
         let now = Instant::now();
         let due: Vec<(u64, &String)> = {
@@ -127,11 +136,13 @@ impl Compat {
                 .filter(|id| *id != self.id)
                 .filter_map(|id| others.get_key_value(&id).map(|(i, a)| (*i, a)))
                 .filter(|(id, _)| {
-                    let due = asked
-                        .get(id)
-                        .is_none_or(|t| now.duration_since(*t) >= REASK_AFTER);
+                    let due = match asked.get(id) {
+                        Some((t, answered)) => *answered || now.duration_since(*t) >= REASK_AFTER,
+                        None => true,
+                    };
                     if due {
-                        asked.insert(*id, now);
+                        // concurrent writes wait for this answer's cache
+                        asked.insert(*id, (now, false));
                     }
                     due
                 })
