@@ -91,6 +91,8 @@ async fn a_node_that_died_inside_an_entry_says_which_at_restart_and_never_skips_
         .await
         .unwrap();
     procs[0].ok("restock apple 1").await.unwrap();
+    // node 1 has applied everything committed so far: the poison entry is next
+    assert_eq!(procs[0].ok("stock! apple").await.unwrap(), "1");
     let index: u64 = procs[0]
         .ok("health")
         .await
