@@ -119,6 +119,18 @@ pub enum Error {
     /// A membership change was refused by the leader.
     #[error("membership change refused: {0}")]
     Membership(String),
+    /// The leader refused to propose a message that some members cannot
+    /// apply (they run an older version). Nothing was written.
+    #[error(
+        "`{name}` is not known to node(s) {nodes:?} of the cluster: finish the rolling upgrade \
+         (every node running a version with its handler) before sending it; nothing was written"
+    )]
+    NotUpgraded {
+        /// The message's wire name.
+        name: String,
+        /// The members that do not know it.
+        nodes: Vec<u64>,
+    },
 }
 
 /// Whether a command that failed with an [`Error`] was applied: see
@@ -142,7 +154,7 @@ impl Error {
     ///
     /// | error | outcome |
     /// |---|---|
-    /// | `Registry`, `WrongKind`, `UnknownState`, `Config`, `Snapshot`, `Overloaded`, `Membership` (refused by the leader) | `NotApplied` |
+    /// | `Registry`, `WrongKind`, `UnknownState`, `Config`, `Snapshot`, `Overloaded`, `Membership` (refused by the leader), `NotUpgraded` (refused before proposing) | `NotApplied` |
     /// | `Apply(UnknownMessage)` (no handler on the replicas) | `NotApplied` |
     /// | `Timeout`, `ShutDown`, `Io`, `Raft` (no answer: it may be in the log) | `Unknown` |
     /// | `Apply(Panicked)` (its changes before the panic stay), `Apply(Stale)` (an earlier send of it may have applied), `Apply(Decode / Encode)` | `Unknown` |
@@ -158,6 +170,7 @@ impl Error {
             | Error::Snapshot(_)
             | Error::Overloaded
             | Error::Membership(_)
+            | Error::NotUpgraded { .. }
             | Error::Apply(ApplyError::UnknownMessage { .. }) => Outcome::NotApplied,
             Error::Timeout { .. }
             | Error::ShutDown

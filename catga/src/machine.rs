@@ -15,7 +15,7 @@ use crate::registry::Registry;
 use crate::state::Slot;
 
 /// What a log entry asks for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum EntryKind {
     /// Apply a command with its handler.
     Command,
@@ -72,6 +72,11 @@ const SNAPSHOT_FORMAT: u32 = 1;
 pub struct Machine {
     registry: &'static Registry,
     states: Vec<Slot>,
+    /// Per state: whether a command handler ever ran on it. Untouched states
+    /// hold their default and are left out of snapshots, so a new `#[state]`
+    /// type does not make older nodes refuse every snapshot before anything
+    /// uses it. The same on every replica (it follows the log).
+    touched: Vec<bool>,
     dedup: Dedup,
     last_applied: u64,
 }
@@ -93,6 +98,7 @@ impl Machine {
         Ok(Machine {
             registry,
             states: registry.states.iter().map(|s| (s.info.new)()).collect(),
+            touched: vec![false; registry.states.len()],
             dedup: Dedup::default(),
             last_applied: 0,
         })
@@ -106,6 +112,14 @@ impl Machine {
     /// Number of clients in the dedup table.
     pub fn dedup_clients(&self) -> usize {
         self.dedup.clients()
+    }
+
+    /// Whether this program can apply `env` (a command with a handler here,
+    /// or an event). An entry it cannot apply must not be applied at all:
+    /// skipping it would make this replica differ from the others.
+    pub fn can_apply(&self, env: &Envelope) -> bool {
+        self.registry
+            .applies(&env.name, env.kind == EntryKind::Event)
     }
 
     /// Applies the entry at `index`. Never panics because of the entry or the
@@ -181,6 +195,7 @@ impl Machine {
                     };
                 };
                 let mut ctx = CommandContext::new(index, env.time_ms, env.client, env.seq);
+                self.touched[cmd.slot] = true;
                 let state: &mut (dyn Any + Send + Sync) = &mut *self.states[cmd.slot];
                 let apply = cmd.apply;
                 let outcome =
@@ -251,10 +266,17 @@ impl Machine {
         self.states[slot].downcast_ref::<S>()
     }
 
-    /// Encodes every state, the dedup table and the last applied index.
+    /// Encodes every state a command touched, the dedup table and the last
+    /// applied index.
     pub fn snapshot(&self) -> Result<Vec<u8>> {
         let mut states = Vec::with_capacity(self.states.len());
-        for (slot, info) in self.states.iter().zip(&self.registry.states) {
+        for ((slot, info), _) in self
+            .states
+            .iter()
+            .zip(&self.registry.states)
+            .zip(&self.touched)
+            .filter(|(_, touched)| **touched)
+        {
             let bytes = (info.info.encode)(&**slot)
                 .map_err(|e| Error::Snapshot(format!("state `{}`: {e}", info.name)))?;
             states.push((info.name.clone(), serde_bytes::ByteBuf::from(bytes)));
@@ -287,18 +309,22 @@ impl Machine {
             .iter()
             .map(|s| (s.info.new)())
             .collect();
+        let mut touched = vec![false; states.len()];
         for (name, bytes) in &data.states {
             let Some(i) = self.registry.states.iter().position(|s| &s.name == name) else {
                 return Err(Error::Snapshot(format!(
-                    "the snapshot holds state `{name}`, which this program does not register"
+                    "the snapshot holds state `{name}`, which this program does not register: \
+                     the node that took it runs a newer version; upgrade this node"
                 )));
             };
+            touched[i] = true;
             states[i] = (self.registry.states[i].info.decode)(bytes)
                 .map_err(|e| Error::Snapshot(format!("state `{name}`: {e}")))?;
         }
         let mut dedup = data.dedup;
         dedup.reindex();
         self.states = states;
+        self.touched = touched;
         self.dedup = dedup;
         self.last_applied = data.last_applied;
         Ok(())

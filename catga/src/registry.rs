@@ -76,6 +76,28 @@ pub(crate) struct StateSlot {
     pub info: StateInfo,
 }
 
+/// What a node's program knows, as exchanged between nodes: the names of
+/// the log entries it can apply (commands with a handler, events), the
+/// names of its states, and a fingerprint of its schema.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub(crate) struct Capabilities {
+    /// Sorted wire names of the commands and events it can apply.
+    pub(crate) messages: Vec<String>,
+    /// Sorted names of its states.
+    pub(crate) states: Vec<String>,
+    /// Equal on two programs with the same messages, handlers and states.
+    pub(crate) fingerprint: u64,
+}
+
+impl Capabilities {
+    /// Whether a program with these capabilities can apply `name`.
+    pub(crate) fn applies(&self, name: &str) -> bool {
+        self.messages
+            .binary_search_by(|m| m.as_str().cmp(name))
+            .is_ok()
+    }
+}
+
 /// The checked lookup tables.
 pub(crate) struct Registry {
     pub messages: HashMap<&'static str, &'static MessageEntry>,
@@ -191,6 +213,67 @@ impl Registry {
         match self.slot_of(info.type_id) {
             Some(i) => i,
             None => self.add_state(info.type_name.to_string(), info, errors),
+        }
+    }
+
+    /// Whether this program can apply a log entry named `name` (a command
+    /// with a handler, or an event: events need no local handler). The
+    /// leader's check before proposing and the replica's check before
+    /// applying use this one predicate.
+    pub(crate) fn applies(&self, name: &str, event: bool) -> bool {
+        if event {
+            self.messages
+                .get(name)
+                .is_some_and(|m| m.kind == MessageKind::Event)
+        } else {
+            self.commands.contains_key(name)
+        }
+    }
+
+    /// What this program knows, for the capability exchange between nodes
+    /// (`raft/compat.rs`): the names of the entries it can apply, the names
+    /// of its states, and a fingerprint of its whole schema (names, kinds,
+    /// Rust types, handlers), equal on two nodes built from the same code.
+    pub(crate) fn capabilities(&self) -> Capabilities {
+        let mut messages: Vec<String> = self
+            .messages
+            .values()
+            .filter(|m| m.kind == MessageKind::Event)
+            .map(|m| m.name.to_string())
+            .chain(self.commands.keys().map(|n| n.to_string()))
+            .collect();
+        messages.sort();
+        messages.dedup();
+        let mut states: Vec<String> = self.states.iter().map(|s| s.name.clone()).collect();
+        states.sort();
+        let mut schema: Vec<String> = self
+            .messages
+            .values()
+            .map(|m| format!("m {} {} {}", m.kind, m.name, m.rust_type))
+            .chain(
+                self.commands
+                    .iter()
+                    .map(|(n, c)| format!("c {n} {} {}", c.handler, self.states[c.slot].name)),
+            )
+            .chain(
+                self.states
+                    .iter()
+                    .map(|s| format!("s {} {}", s.name, s.info.type_name)),
+            )
+            .collect();
+        schema.sort();
+        // FNV-1a over the sorted lines: stable across builds and platforms
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for line in &schema {
+            for b in line.bytes().chain([b'\n']) {
+                h ^= b as u64;
+                h = h.wrapping_mul(0x0100_0000_01b3);
+            }
+        }
+        Capabilities {
+            messages,
+            states,
+            fingerprint: h,
         }
     }
 

@@ -17,12 +17,22 @@ use tokio::sync::{Mutex, oneshot};
 /// The node binary, which cargo builds beside the test binaries
 /// (`target/<profile>/catga-test-node`, the tests in `target/<profile>/deps/`).
 pub fn node_binary() -> PathBuf {
+    binary("catga-test-node")
+}
+
+/// The "newer version" node binary (`src/bin/catga-test-node-v2.rs`), for
+/// rolling-upgrade tests.
+pub fn node_binary_v2() -> PathBuf {
+    binary("catga-test-node-v2")
+}
+
+fn binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
     let mut dir = exe.parent().expect("exe dir").to_path_buf();
     if dir.ends_with("deps") {
         dir.pop();
     }
-    dir.join("catga-test-node")
+    dir.join(name)
 }
 
 /// A free port on 127.0.0.1 (bound, then released for the child to take).
@@ -52,13 +62,16 @@ pub struct Spec {
     pub peers: Vec<(u64, String)>,
     pub join: bool,
     pub snapshot_every: u64,
+    /// Log entries kept behind a snapshot.
+    pub keep_logs: u64,
     /// Another binary (an "old version"), or the default node binary.
     pub binary: Option<PathBuf>,
     /// The election timeout range in ms (the binary's default: 300..600).
     pub election_ms: Option<(u64, u64)>,
     /// More flags for the node binary (e.g. `--event-deadline-ms 200`).
     pub args: Vec<String>,
-    /// Write the node's stderr (its logs) to this file instead of the test's.
+    /// Append the process's stderr (its logs) to this file instead of the
+    /// test's stderr.
     pub stderr: Option<PathBuf>,
 }
 
@@ -78,6 +91,7 @@ impl Spec {
                 .collect(),
             join: false,
             snapshot_every: 10_000,
+            keep_logs: 1_000,
             binary: None,
             election_ms: None,
             args: Vec::new(),
@@ -97,7 +111,9 @@ impl Proc {
             .arg("--data-dir")
             .arg(&spec.data_dir)
             .arg("--snapshot-every")
-            .arg(spec.snapshot_every.to_string());
+            .arg(spec.snapshot_every.to_string())
+            .arg("--keep-logs")
+            .arg(spec.keep_logs.to_string());
         for (id, a) in &spec.peers {
             cmd.arg("--peer").arg(format!("{id}={a}"));
         }
@@ -109,14 +125,12 @@ impl Proc {
         }
         cmd.args(&spec.args);
         let stderr = match &spec.stderr {
-            Some(path) => {
-                let f = std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(path)
-                    .map_err(|e| format!("{}: {e}", path.display()))?;
-                Stdio::from(f)
-            }
+            Some(path) => std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .map(Stdio::from)
+                .map_err(|e| format!("{}: {e}", path.display()))?,
             None => Stdio::inherit(),
         };
         cmd.stdin(Stdio::piped())
@@ -211,6 +225,16 @@ impl Proc {
         let _ = self.child.kill().await;
     }
 
+    /// Waits until the process exits by itself; its exit status (a string),
+    /// or `None` if it still runs after `timeout`.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> Option<String> {
+        match tokio::time::timeout(timeout, self.child.wait()).await {
+            Ok(Ok(status)) => Some(status.to_string()),
+            Ok(Err(e)) => Some(format!("wait failed: {e}")),
+            Err(_) => None,
+        }
+    }
+
     /// SIGSTOP: the process stalls (its sockets stay open).
     pub fn stop(&self) {
         self.signal("-STOP");
@@ -230,18 +254,21 @@ impl Proc {
         }
     }
 
-    /// Graceful: `quit`, then wait for the exit.
-    pub async fn quit(mut self) {
+    /// Graceful: `quit`, then wait for the exit. Returns whether the process
+    /// exited by itself with success within 10 s (it is killed otherwise).
+    pub async fn quit(mut self) -> bool {
         {
             let mut stdin = self.stdin.lock().await;
             let _ = stdin.write_all(b"0 quit\n").await;
             let _ = stdin.flush().await;
         }
-        if tokio::time::timeout(Duration::from_secs(10), self.child.wait())
-            .await
-            .is_err()
-        {
-            let _ = self.child.kill().await;
+        match tokio::time::timeout(Duration::from_secs(10), self.child.wait()).await {
+            Ok(Ok(status)) => status.success(),
+            Ok(Err(_)) => false,
+            Err(_) => {
+                let _ = self.child.kill().await;
+                false
+            }
         }
     }
 
@@ -278,12 +305,25 @@ impl Proc {
         timeout: Duration,
         pred: impl Fn(&[&str]) -> bool,
     ) -> Result<String, String> {
+        self.wait_for("health", timeout, |h| {
+            let f: Vec<&str> = h.split_whitespace().collect();
+            pred(&f)
+        })
+        .await
+    }
+
+    /// Polls `cmd` until `pred` holds on its `ok` answer, or `timeout` passes.
+    pub async fn wait_for(
+        &self,
+        cmd: &str,
+        timeout: Duration,
+        pred: impl Fn(&str) -> bool,
+    ) -> Result<String, String> {
         let deadline = tokio::time::Instant::now() + timeout;
         let mut last = String::new();
         while tokio::time::Instant::now() < deadline {
-            if let Ok(h) = self.ok("health").await {
-                let f: Vec<&str> = h.split_whitespace().collect();
-                if pred(&f) {
+            if let Ok(h) = self.ok(cmd).await {
+                if pred(&h) {
                     return Ok(h);
                 }
                 last = h;
@@ -292,7 +332,7 @@ impl Proc {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         Err(format!(
-            "node {}: health never matched (last: {last})",
+            "node {}: `{cmd}` never matched (last: {last})",
             self.id
         ))
     }

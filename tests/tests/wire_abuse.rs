@@ -408,7 +408,7 @@ fn harmless(body: &[u8]) -> bool {
         Ok(Rpc::Append(r)) => stale(&r.vote),
         Ok(Rpc::Vote(r)) => stale(&r.vote),
         Ok(Rpc::Snapshot { vote, .. }) => stale(&vote),
-        Ok(Rpc::ReadIndex) => true,
+        Ok(Rpc::ReadIndex | Rpc::Capabilities) => true,
         Ok(Rpc::AddNode { .. } | Rpc::RemoveNode { .. }) => false,
         // a pre-vote changes nothing on the node, whatever it asks
         Ok(Rpc::PreVote(_)) => true,
@@ -605,6 +605,9 @@ fn restocked(reply: &Result<Bytes, String>) -> Result<u32, String> {
         Redirect::NotLeader(l) => Err(format!("not the leader (leader: {l:?})")),
         Redirect::Unknown(e) => Err(format!("outcome unknown: {e}")),
         Redirect::Failed(e) => panic!("a forwarded write failed: {e}"),
+        Redirect::NotUpgraded { name, nodes } => {
+            panic!("a forwarded write was refused: {name} unknown to {nodes:?}")
+        }
     }
 }
 

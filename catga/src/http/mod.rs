@@ -339,6 +339,8 @@ fn status_of(e: &Error, is_command: bool) -> Response {
         Error::Timeout { .. } => problem(StatusCode::GATEWAY_TIMEOUT, e.to_string()),
         Error::Overloaded | Error::ShutDown => retry_later(e.to_string()),
         Error::Apply(ApplyError::Stale { .. }) => problem(StatusCode::CONFLICT, e.to_string()),
+        // nothing was written; it can be sent once the rolling upgrade is done
+        Error::NotUpgraded { .. } => problem(StatusCode::CONFLICT, e.to_string()),
         _ => problem(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }

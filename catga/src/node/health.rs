@@ -55,11 +55,16 @@ pub struct Health {
     /// or a follower that heard from the leader of the current term within
     /// two election timeouts; applied within
     /// [`ready_max_lag`](crate::ClusterBuilder::ready_max_lag) of the
-    /// leader's commit index; apply not stuck; no event handler past
+    /// leader's commit index; apply not stuck or stalled; no event handler past
     /// [`slow_event_handler`](crate::ClusterBuilder::slow_event_handler).
     pub ready: bool,
     /// Why `ready` is false (`None` when ready).
     pub not_ready: Option<String>,
+    /// Why this node cannot keep up, if it cannot: an entry in its log that
+    /// its program has no handler for, or a snapshot from the leader with a
+    /// state it does not know (it runs an older version than the leader).
+    /// Restart it with the version the others run.
+    pub stalled: Option<String>,
 }
 
 impl From<Status> for Health {
@@ -86,6 +91,7 @@ impl From<Status> for Health {
             event_lag: s.event_lag,
             ready: s.ready,
             not_ready: s.not_ready,
+            stalled: s.stalled,
         }
     }
 }

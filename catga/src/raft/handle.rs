@@ -16,12 +16,13 @@ use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::Instant;
 
+use super::compat::{self, Compat};
 use super::events::{DeliverySettings, EventLog, event_loop};
 use super::forward::Forwarder;
 use super::identity::{Identity, static_cluster_id};
 use super::log_store::LogStore;
 use super::network::Network;
-use super::service::RaftService;
+use super::service::{RaftService, Running};
 use super::state_machine::SmStore;
 use super::status::Readiness;
 use super::wire::{Redirect, Rpc, decode, encode};
@@ -68,6 +69,7 @@ pub(crate) struct RaftHandle {
     faults: Faults,
     local_addr: SocketAddr,
     readiness: Readiness,
+    compat: Arc<Compat>,
 }
 
 impl RaftHandle {
@@ -134,7 +136,15 @@ impl RaftHandle {
             setting: "election_timeout / heartbeat_interval",
             reason: e.to_string(),
         })?;
-        let network = Network { pool: pool.clone() };
+        let compat = match Compat::new(s.node_id, pool.clone()) {
+            Ok(c) => Arc::new(c),
+            Err(e) => {
+                server.shutdown().await;
+                log.close();
+                return Err(e);
+            }
+        };
+        let network = Network::new(pool.clone());
         let raft = match Raft::new(
             s.node_id,
             Arc::new(config),
@@ -151,13 +161,23 @@ impl RaftHandle {
                 return Err(Error::Raft(format!("starting: {e}")));
             }
         };
-        let _ = service.raft.set(raft.clone());
+        let _ = service.raft.set(Running {
+            raft: raft.clone(),
+            compat: compat.clone(),
+            sm: sm.clone(),
+        });
 
         let (stop_tx, stop_rx) = watch::channel(false);
         let events_task = tokio::spawn(event_loop(s.node_id, events, s.events, stop_rx));
 
         let mut background = JoinSet::new();
         let forwarder = Forwarder::start(pool.clone(), &mut background);
+        background.spawn(capabilities_loop(
+            s.node_id,
+            raft.clone(),
+            compat.clone(),
+            sm.clone(),
+        ));
         let handle = RaftHandle {
             id: s.node_id,
             raft,
@@ -176,6 +196,7 @@ impl RaftHandle {
                 s.ready_max_lag,
                 Duration::from_millis(s.election_max_ms.saturating_mul(2)),
             ),
+            compat,
         };
 
         if !s.join {
@@ -335,6 +356,9 @@ impl RaftHandle {
             match outcome {
                 Some(Redirect::Ok(v)) => return Ok(v),
                 Some(Redirect::Failed(e)) => return Err(Error::Membership(e)),
+                Some(Redirect::NotUpgraded { name, nodes }) => {
+                    return Err(Error::NotUpgraded { name, nodes });
+                }
                 Some(Redirect::NotLeader(_)) => last = "leader changed".into(),
                 Some(Redirect::Unknown(e)) => last = e,
                 None => {}
@@ -391,7 +415,8 @@ impl RaftHandle {
             |l, addr, ttl| self.forwarder.write(l, addr, env.clone(), ttl),
             |raft| {
                 let env = env.clone();
-                async move { leader::write(&raft, env).await }
+                let compat = self.compat.clone();
+                async move { leader::write(&raft, &compat, env).await }
             },
         )
         .await
@@ -517,8 +542,9 @@ impl RaftHandle {
     /// This node's view of the cluster, read from openraft's metrics (see
     /// `raft/status.rs` for what `ready` means).
     pub(crate) fn status(&self) -> Status {
+        let stalled = self.sm.shared.stall.reason();
         self.readiness
-            .status(self.id, &self.raft, &self.sm.shared.events)
+            .status(self.id, &self.raft, &self.sm.shared.events, stalled)
     }
 
     /// Stops every task this node started.
@@ -528,7 +554,10 @@ impl RaftHandle {
         if let Some(s) = server {
             s.shutdown().await;
         }
+        // a stalled apply loop waits for this, or openraft could not stop
+        self.sm.halt();
         let _ = self.raft.shutdown().await;
+        self.sm.stop_applier();
         let _ = self.stop_events.send(true);
         let task = self.events_task.lock().take();
         if let Some(t) = task {
@@ -539,5 +568,39 @@ impl RaftHandle {
         bg.abort_all();
         while bg.join_next().await.is_some() {}
         self.log.close();
+    }
+}
+
+/// Every [`compat::REFRESH`]: asks the members what they know (so the
+/// leader's check is current), and, if this node leads while its apply
+/// loop is stopped (`raft/stall.rs`), hands leadership to another voter:
+/// a leader that cannot apply cannot answer writes.
+async fn capabilities_loop(id: u64, raft: Raft, compat: Arc<Compat>, sm: SmStore) {
+    let mut tick = tokio::time::interval(compat::REFRESH);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        compat.refresh(&raft).await;
+        if !sm.shared.stall.apply_stopped() {
+            continue;
+        }
+        let other = {
+            let m = raft.metrics();
+            let m = m.borrow_watched();
+            if m.current_leader != Some(id) {
+                continue;
+            }
+            m.membership_config
+                .membership()
+                .voter_ids()
+                .find(|v| *v != id)
+        };
+        if let Some(to) = other {
+            tracing::warn!(
+                to,
+                "this node cannot apply the log: handing leadership over"
+            );
+            let _ = raft.trigger().transfer_leader(to).await;
+        }
     }
 }

@@ -2,16 +2,17 @@
 //! forwarded by a follower: writes, read indexes and membership changes.
 //! Each answers with a [`Redirect`] so the caller knows whether to retry.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures::StreamExt;
 use openraft::errors::{ClientWriteError, RaftError};
 use openraft::{BasicNode, ChangeMembers, ReadPolicy};
 
+use super::compat::Compat;
 use super::wire::Redirect;
 use super::{LogId, Raft};
-use crate::machine::{Applied, Envelope};
+use crate::machine::{Applied, EntryKind, Envelope};
 
 /// How long a new node may take to catch up before it is promoted to voter.
 const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(20);
@@ -36,8 +37,22 @@ fn write_error(e: ClientWriteError<super::TC>) -> Redirect<Applied> {
     }
 }
 
+/// Refuses an entry that a member cannot apply (see `raft/compat.rs`).
+async fn check_known<T>(raft: &Raft, compat: &Compat, env: &Envelope) -> Result<(), Redirect<T>> {
+    compat
+        .check(raft, &env.name, env.kind == EntryKind::Event)
+        .await
+        .map_err(|nodes| Redirect::NotUpgraded {
+            name: env.name.clone(),
+            nodes,
+        })
+}
+
 /// Proposes one write and waits for its result.
-pub(crate) async fn write(raft: &Raft, mut env: Envelope) -> Redirect<Applied> {
+pub(crate) async fn write(raft: &Raft, compat: &Compat, mut env: Envelope) -> Redirect<Applied> {
+    if let Err(refused) = check_known(raft, compat, &env).await {
+        return refused;
+    }
     env.time_ms = now_ms();
     match raft.client_write(env).await {
         Ok(resp) => Redirect::Ok(resp.data),
@@ -47,8 +62,53 @@ pub(crate) async fn write(raft: &Raft, mut env: Envelope) -> Redirect<Applied> {
 }
 
 /// Proposes a forwarded batch together; answers in order.
-pub(crate) async fn write_many(raft: &Raft, mut envs: Vec<Envelope>) -> Vec<Redirect<Applied>> {
+pub(crate) async fn write_many(
+    raft: &Raft,
+    compat: &Compat,
+    envs: Vec<Envelope>,
+) -> Vec<Redirect<Applied>> {
+    // refuse only the entries a member cannot apply; propose the others
+    let mut verdicts: HashMap<(String, EntryKind), Result<(), Vec<u64>>> = HashMap::new();
+    let mut answers: Vec<Option<Redirect<Applied>>> = Vec::with_capacity(envs.len());
+    let mut proposed = Vec::with_capacity(envs.len());
+    for env in envs {
+        let key = (env.name.clone(), env.kind);
+        let verdict = match verdicts.get(&key) {
+            Some(v) => v.clone(),
+            None => {
+                let v = compat
+                    .check(raft, &env.name, env.kind == EntryKind::Event)
+                    .await;
+                verdicts.insert(key, v.clone());
+                v
+            }
+        };
+        match verdict {
+            Ok(()) => {
+                answers.push(None);
+                proposed.push(env);
+            }
+            Err(nodes) => answers.push(Some(Redirect::NotUpgraded {
+                name: env.name,
+                nodes,
+            })),
+        }
+    }
+    let mut results = propose_many(raft, proposed).await.into_iter();
+    answers
+        .into_iter()
+        .map(|a| {
+            a.or_else(|| results.next())
+                .unwrap_or_else(|| Redirect::Unknown("no answer from the leader".into()))
+        })
+        .collect()
+}
+
+async fn propose_many(raft: &Raft, mut envs: Vec<Envelope>) -> Vec<Redirect<Applied>> {
     let n = envs.len();
+    if n == 0 {
+        return Vec::new();
+    }
     let now = now_ms();
     for e in &mut envs {
         e.time_ms = now;

@@ -14,6 +14,8 @@ use std::fmt;
 
 use crate::machine::{Applied, Envelope};
 
+mod applier;
+mod compat;
 mod contact;
 mod events;
 mod forward;
@@ -26,6 +28,7 @@ mod network;
 mod proptests;
 mod quiet;
 mod service;
+mod stall;
 mod state_machine;
 mod status;
 mod wal;
@@ -82,6 +85,8 @@ pub(crate) struct Status {
     pub(crate) ready: bool,
     /// Why `ready` is false.
     pub(crate) not_ready: Option<String>,
+    /// Why this node cannot apply the log or restore the leader's snapshot.
+    pub(crate) stalled: Option<String>,
 }
 
 /// openraft's server state, without openraft.

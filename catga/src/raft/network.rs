@@ -1,7 +1,9 @@
 //! openraft's network adapter: how this node's Raft reaches the others
 //! (append, vote, snapshot) over catga's transport pool.
 
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use openraft::alias::SnapshotOf;
@@ -13,6 +15,7 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
 };
 use openraft::{BasicNode, OptionalSend};
+use parking_lot::Mutex;
 use serde::de::DeserializeOwned;
 
 use super::wire::{Rpc, decode, encode};
@@ -23,12 +26,47 @@ use crate::transport::{Pool, TransportError};
 #[derive(Clone)]
 pub(crate) struct Network {
     pub(crate) pool: Pool,
+    refusals: Arc<Mutex<HashMap<u64, Instant>>>,
+}
+
+impl Network {
+    pub(crate) fn new(pool: Pool) -> Network {
+        Network {
+            pool,
+            refusals: Arc::default(),
+        }
+    }
 }
 
 pub(crate) struct PeerConn {
     pool: Pool,
     target: u64,
     addr: String,
+    /// When a refused snapshot was last logged, per target (openraft
+    /// re-sends it; the cause is logged at most every [`REFUSAL_LOG_EVERY`]).
+    refusals: Arc<Mutex<HashMap<u64, Instant>>>,
+}
+
+const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(30);
+
+impl PeerConn {
+    fn log_refused(&self, reason: &str) {
+        let now = Instant::now();
+        let mut last = self.refusals.lock();
+        let due = last
+            .get(&self.target)
+            .is_none_or(|t| now.duration_since(*t) >= REFUSAL_LOG_EVERY);
+        if due {
+            last.insert(self.target, now);
+            tracing::error!(
+                node = self.target,
+                "node {} refuses this leader's snapshot: {reason}. It cannot catch up until it \
+                 runs a version that knows every state in the snapshot (logged at most every \
+                 {REFUSAL_LOG_EVERY:?})",
+                self.target
+            );
+        }
+    }
 }
 
 impl RaftNetworkFactory<TC> for Network {
@@ -39,6 +77,7 @@ impl RaftNetworkFactory<TC> for Network {
             pool: self.pool.clone(),
             target,
             addr: node.addr.clone(),
+            refusals: self.refusals.clone(),
         }
     }
 }
@@ -118,7 +157,12 @@ impl RaftNetworkV2<TC> for PeerConn {
         tokio::select! {
             closed = cancel => Err(StreamingError::Closed(closed)),
             r = self.call::<Result<SnapshotResponse<TC>, String>>(&rpc, ttl) => {
-                r?.map_err(|e| StreamingError::Network(NetworkError::from_string(e)))
+                r?.map_err(|e| {
+                    if e.starts_with("snapshot refused") {
+                        self.log_refused(&e);
+                    }
+                    StreamingError::Network(NetworkError::from_string(e))
+                })
             }
         }
     }

@@ -8,9 +8,12 @@ use bytes::Bytes;
 use futures::FutureExt;
 use futures::future::BoxFuture;
 use openraft::Snapshot;
+use openraft::async_runtime::WatchReceiver;
 use openraft::raft::SnapshotResponse;
 
+use super::compat::{self, Compat};
 use super::contact::LeaderContact;
+use super::state_machine::SmStore;
 use super::wire::{Rpc, decode, encode};
 use super::{Raft, TC, Vote, leader};
 use crate::machine::Machine;
@@ -19,9 +22,17 @@ use crate::transport::Service;
 /// Answers RPCs from other nodes. The Raft instance is set once it exists
 /// (the server starts before it, so that its address is known).
 pub(crate) struct RaftService {
-    pub(crate) raft: OnceLock<Raft>,
+    pub(crate) raft: OnceLock<Running>,
     /// The last leader heard from (for health).
     pub(crate) contact: Arc<LeaderContact>,
+}
+
+/// What the service needs once the node runs.
+#[derive(Clone)]
+pub(crate) struct Running {
+    pub(crate) raft: Raft,
+    pub(crate) compat: Arc<Compat>,
+    pub(crate) sm: SmStore,
 }
 
 impl RaftService {
@@ -48,6 +59,7 @@ fn sane_vote(v: &Vote) -> Result<(), String> {
 
 async fn install_snapshot(
     raft: Raft,
+    sm: SmStore,
     vote: Vote,
     meta: openraft::alias::SnapshotMetaOf<TC>,
     data: Vec<u8>,
@@ -65,6 +77,13 @@ async fn install_snapshot(
         Err(e) => Some(e.to_string()),
     };
     if let Some(reason) = refused {
+        // Said to the leader, which logs it; and here (ERROR once, health
+        // not ready) when it comes from the current leader: a stale or
+        // forged one changes nothing, and openraft would refuse it anyway.
+        let current = raft.metrics().borrow_watched().vote;
+        if vote.partial_cmp(&current).is_some_and(|o| o.is_ge()) {
+            sm.shared.stall.snapshot_refused(&reason);
+        }
         return encode(&Err::<SnapshotResponse<TC>, String>(reason));
     }
     let snap = Snapshot {
@@ -78,7 +97,8 @@ async fn install_snapshot(
     encode(&r)
 }
 
-async fn handle(raft: Raft, contact: Arc<LeaderContact>, rpc: Rpc) -> Result<Bytes, String> {
+async fn handle(run: Running, contact: Arc<LeaderContact>, rpc: Rpc) -> Result<Bytes, String> {
+    let Running { raft, compat, sm } = run;
     match &rpc {
         Rpc::Append(req) => sane_vote(&req.vote)?,
         Rpc::Vote(req) | Rpc::PreVote(req) => sane_vote(&req.vote)?,
@@ -98,24 +118,28 @@ async fn handle(raft: Raft, contact: Arc<LeaderContact>, rpc: Rpc) -> Result<Byt
         }
         Rpc::Vote(req) => encode(&raft.vote(req).await),
         Rpc::PreVote(req) => encode(&raft.pre_vote(req).await),
-        Rpc::Snapshot { vote, meta, data } => install_snapshot(raft, vote, meta, data).await,
-        Rpc::Write(env) => encode(&leader::write(&raft, env).await),
-        Rpc::WriteMany(envs) => encode(&leader::write_many(&raft, envs).await),
+        Rpc::Snapshot { vote, meta, data } => install_snapshot(raft, sm, vote, meta, data).await,
+        Rpc::Write(env) => encode(&leader::write(&raft, &compat, env).await),
+        Rpc::WriteMany(envs) => encode(&leader::write_many(&raft, &compat, envs).await),
         Rpc::ReadIndex => encode(&leader::read_index(&raft).await),
         Rpc::AddNode { id, addr } => encode(&leader::add_node(&raft, id, addr).await),
         Rpc::RemoveNode { id } => encode(&leader::remove_node(&raft, id).await),
+        Rpc::Capabilities => encode(&compat::answer()),
     }
 }
 
 impl Service for RaftService {
     fn call(&self, _from: u64, body: Bytes) -> BoxFuture<'static, Result<Bytes, String>> {
-        let Some(raft) = self.raft.get().cloned() else {
-            return futures::future::ready(Err("node is starting".to_string())).boxed();
-        };
         let rpc: Rpc = match decode(&body) {
             Ok(r) => r,
             Err(e) => return futures::future::ready(Err(format!("bad request: {e}"))).boxed(),
         };
-        handle(raft, self.contact.clone(), rpc).boxed()
+        if let Rpc::Capabilities = rpc {
+            return futures::future::ready(encode(&compat::answer())).boxed();
+        }
+        let Some(run) = self.raft.get().cloned() else {
+            return futures::future::ready(Err("node is starting".to_string())).boxed();
+        };
+        handle(run, self.contact.clone(), rpc).boxed()
     }
 }

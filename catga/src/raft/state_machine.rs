@@ -1,12 +1,19 @@
-//! The openraft state machine adapter around [`Machine`]: applies entries,
-//! keeps snapshots on disk, and hands each entry's events, in log order, to
-//! the event log (`raft/events.rs`) without ever waiting for their handlers.
+//! The openraft state machine adapter around [`Machine`]: applies entries
+//! (on the apply thread, `raft/applier.rs`), keeps snapshots on disk, and
+//! hands each entry's events, in log order, to the event log
+//! (`raft/events.rs`) without ever waiting for their handlers.
+//!
+//! An entry this program cannot apply (a message of a newer version) is
+//! never skipped: the apply loop stops before it, says why (`raft/stall.rs`)
+//! and waits for shutdown, so nothing after it is applied either. openraft
+//! keeps replicating the log to this node, and once it is restarted with a
+//! program that knows the message, it applies from that entry on.
 
 use std::io;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use futures::{Stream, TryStreamExt};
+use futures::{Stream, StreamExt};
 use openraft::alias::{SnapshotMetaOf, SnapshotOf, StoredMembershipOf};
 use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine};
 use openraft::{EntryPayload, OptionalSend, Snapshot};
@@ -14,9 +21,14 @@ use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
+use super::applier::{Applier, Marker};
 use super::events::{EventBatch, EventLog};
+use super::stall::Stall;
 use super::{LogId, TC};
 use crate::machine::{Applied, Machine};
+
+/// Most entries handed to the apply thread at once (those already read).
+const APPLY_BATCH: usize = 512;
 
 type Meta = SnapshotMetaOf<TC>;
 type Membership = StoredMembershipOf<TC>;
@@ -36,6 +48,12 @@ pub(crate) struct Shared {
     pub events: Arc<EventLog>,
     /// Highest log index applied (for waiters).
     pub applied: watch::Sender<u64>,
+    /// Why this node cannot go on applying, if it cannot.
+    pub stall: Stall,
+    /// Set when the node shuts down: a stalled apply loop returns.
+    halt: watch::Sender<bool>,
+    applier: Applier,
+    marker: Marker,
 }
 
 /// What openraft holds; cheap to clone.
@@ -86,6 +104,21 @@ impl SmStore {
             Err(e) => return Err(e),
         }
         let idx = last_applied.map(|l| l.index).unwrap_or(0);
+        let (marker, previous) = Marker::open(&dir)?;
+        if let Some(p) = previous.filter(|p| p.index > idx) {
+            tracing::error!(
+                index = p.index,
+                message = %p.name,
+                "the previous run of this node stopped while applying log entry {} (`{}`). If \
+                 it crashed there (stack overflow, allocation failure, abort), replaying the \
+                 entry crashes it again, and every node that applies it: fix the handler of \
+                 `{}`, deploy the fix to every node, restart them. Do not skip or delete the \
+                 entry on one node: replicas would differ",
+                p.index,
+                p.name,
+                p.name
+            );
+        }
         Ok(SmStore {
             shared: Arc::new(Shared {
                 inner: RwLock::new(Inner {
@@ -97,8 +130,23 @@ impl SmStore {
                 dir,
                 events,
                 applied: watch::Sender::new(idx),
+                stall: Stall::default(),
+                halt: watch::Sender::new(false),
+                applier: Applier::start()?,
+                marker,
             }),
         })
+    }
+
+    /// Shutdown, first step: a stalled apply loop gives up waiting (so that
+    /// openraft can stop).
+    pub(crate) fn halt(&self) {
+        self.shared.halt.send_replace(true);
+    }
+
+    /// Shutdown, last step: the apply thread ends.
+    pub(crate) fn stop_applier(&self) {
+        self.shared.applier.stop();
     }
 
     fn persist(&self, meta: &Meta, data: &[u8], events: Vec<EventBatch>) -> io::Result<()> {
@@ -163,45 +211,41 @@ impl RaftStateMachine<TC> for SmStore {
         Ok((g.last_applied, g.membership.clone()))
     }
 
-    async fn apply<Strm>(&mut self, mut entries: Strm) -> Result<(), io::Error>
+    async fn apply<Strm>(&mut self, entries: Strm) -> Result<(), io::Error>
     where
         Strm: Stream<Item = Result<EntryResponder<TC>, io::Error>> + Unpin + OptionalSend,
     {
-        let mut last = None;
-        while let Some((entry, responder)) = entries.try_next().await? {
-            let index = entry.log_id.index;
-            let applied = {
-                let mut g = self.shared.inner.write();
-                g.last_applied = Some(entry.log_id);
-                match entry.payload {
-                    EntryPayload::Blank => {
-                        g.machine.skip(index);
-                        None
-                    }
-                    EntryPayload::Normal(env) => {
-                        let a = g.machine.apply(index, &env);
-                        // never waits: delivery reads the event log at its own pace
-                        self.shared.events.push(index, a.events.clone());
-                        Some(a)
-                    }
-                    EntryPayload::Membership(m) => {
-                        g.membership = Membership::new(Some(entry.log_id), m);
-                        g.machine.skip(index);
-                        None
-                    }
+        let mut chunks = entries.ready_chunks(APPLY_BATCH);
+        while let Some(chunk) = chunks.next().await {
+            let items = chunk.into_iter().collect::<Result<Vec<_>, io::Error>>()?;
+            let shared = self.shared.clone();
+            let batch = self
+                .shared
+                .applier
+                .run(move || apply_batch(&shared, items))
+                .await?;
+            let mut last = None;
+            for (index, applied, responder) in batch.done {
+                last = Some(index);
+                if let Some(r) = responder {
+                    r.send(applied);
                 }
-            };
-            last = Some(index);
-            let applied = applied.unwrap_or(Applied {
-                response: Ok(Vec::new()),
-                events: Vec::new(),
-            });
-            if let Some(r) = responder {
-                r.send(applied);
             }
-        }
-        if let Some(i) = last {
-            self.shared.applied.send_replace(i);
+            if let Some(i) = last {
+                self.shared.applied.send_replace(i);
+            }
+            if let Some(stop) = batch.stalled {
+                self.shared.stall.cannot_apply(stop.index, &stop.name);
+                // Not applied, not answered: the callers' requests stay
+                // pending (and time out) rather than failing as if refused.
+                let _unapplied = stop.rest;
+                let mut halt = self.shared.halt.subscribe();
+                let _ = halt.wait_for(|h| *h).await;
+                return Err(io::Error::other(format!(
+                    "shut down while stopped before log entry {} (`{}`)",
+                    stop.index, stop.name
+                )));
+            }
         }
         Ok(())
     }
@@ -242,6 +286,7 @@ impl RaftStateMachine<TC> for SmStore {
         *self.shared.current.lock() = Some((meta.clone(), snapshot));
         let idx = meta.last_log_id.map(|l| l.index).unwrap_or(0);
         self.shared.applied.send_replace(idx);
+        self.shared.stall.snapshot_restored();
         Ok(())
     }
 
@@ -253,4 +298,76 @@ impl RaftStateMachine<TC> for SmStore {
             snapshot: d.clone(),
         }))
     }
+}
+
+/// What the apply thread did with a batch.
+struct Batch {
+    /// Applied entries, in log order, with their callers' responders.
+    done: Vec<(u64, Applied, Option<ApplyResponder>)>,
+    /// Set when it stopped before an entry this program cannot apply.
+    stalled: Option<Stalled>,
+}
+
+struct Stalled {
+    index: u64,
+    name: String,
+    /// That entry and the ones after it in the batch: not applied.
+    rest: Vec<EntryResponder<TC>>,
+}
+
+type ApplyResponder = openraft::storage::ApplyResponder<TC>;
+
+/// Applies a batch in log order, on the apply thread.
+fn apply_batch(shared: &Shared, items: Vec<EntryResponder<TC>>) -> Batch {
+    let mut done = Vec::with_capacity(items.len());
+    let mut stalled = None;
+    let mut marked = false;
+    {
+        let mut g = shared.inner.write();
+        let mut items = items.into_iter();
+        while let Some((entry, responder)) = items.next() {
+            let index = entry.log_id.index;
+            if let EntryPayload::Normal(env) = &entry.payload
+                && !g.machine.can_apply(env)
+            {
+                let name = env.name.clone();
+                let mut rest = vec![(entry, responder)];
+                rest.extend(items);
+                stalled = Some(Stalled { index, name, rest });
+                break;
+            }
+            g.last_applied = Some(entry.log_id);
+            let applied = match entry.payload {
+                EntryPayload::Blank => {
+                    g.machine.skip(index);
+                    None
+                }
+                EntryPayload::Normal(env) => {
+                    // best effort: a data dir that cannot take this write
+                    // fails the log's next write anyway
+                    let _ = shared.marker.applying(index, &env.name);
+                    marked = true;
+                    let a = g.machine.apply(index, &env);
+                    // under the same lock as the apply, so a snapshot and
+                    // the event log agree; never waits for the handlers
+                    shared.events.push(index, a.events.clone());
+                    Some(a)
+                }
+                EntryPayload::Membership(m) => {
+                    g.membership = Membership::new(Some(entry.log_id), m);
+                    g.machine.skip(index);
+                    None
+                }
+            };
+            let applied = applied.unwrap_or(Applied {
+                response: Ok(Vec::new()),
+                events: Vec::new(),
+            });
+            done.push((index, applied, responder));
+        }
+    }
+    if marked {
+        let _ = shared.marker.idle();
+    }
+    Batch { done, stalled }
 }

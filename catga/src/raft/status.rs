@@ -51,7 +51,13 @@ impl Readiness {
     }
 
     /// This node's view of the cluster, read from openraft's metrics.
-    pub(crate) fn status(&self, id: u64, raft: &Raft, events: &EventLog) -> Status {
+    pub(crate) fn status(
+        &self,
+        id: u64,
+        raft: &Raft,
+        events: &EventLog,
+        stalled: Option<String>,
+    ) -> Status {
         let m = raft.metrics();
         let m = m.borrow_watched();
         let state = RaftState::from(m.state);
@@ -130,6 +136,8 @@ impl Readiness {
         let leader_confirmed = m.running_state.is_ok() && unconfirmed.is_none();
         let not_ready = if let Err(e) = &m.running_state {
             Some(format!("raft stopped: {e}"))
+        } else if let Some(s) = &stalled {
+            Some(format!("stalled: {s}"))
         } else if !members.contains(&id) {
             Some("not a voting member".to_string())
         } else {
@@ -164,6 +172,7 @@ impl Readiness {
             event_lag: events.pending,
             ready,
             not_ready,
+            stalled,
         }
     }
 }

@@ -47,6 +47,10 @@ pub enum Rpc {
     /// openraft's pre-vote: would the peer grant a vote at the next term?
     /// Answering changes nothing on the peer.
     PreVote(openraft::raft::VoteRequest<TC>),
+    /// What does your program know? Answered with
+    /// `Result<Capabilities, String>` (`raft/compat.rs`). New variants go
+    /// last: an older node answers one it does not know with "bad request".
+    Capabilities,
 }
 
 /// The leader's answer to [`Rpc::Write`], [`Rpc::ReadIndex`] and the
@@ -61,6 +65,14 @@ pub enum Redirect<T> {
     Unknown(String),
     /// Refused for good.
     Failed(String),
+    /// Refused: the entry names a message that these members (possibly the
+    /// leader itself) cannot apply; the rolling upgrade is not finished.
+    NotUpgraded {
+        /// The message's wire name.
+        name: String,
+        /// The members that do not know it.
+        nodes: Vec<u64>,
+    },
 }
 
 /// Encodes an RPC body or reply.

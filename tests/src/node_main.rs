@@ -1,0 +1,441 @@
+//! The driver of the node-process binaries (`src/bin/catga-test-node.rs`,
+//! the "current version", and `src/bin/catga-test-node-v2.rs`, a "newer
+//! version" with more messages, for rolling-upgrade tests), for tests whose
+//! fault happens to processes (`kill -9`, SIGSTOP/SIGCONT, an abort).
+//!
+//! `BIN --id N --listen ADDR --data-dir DIR [--peer ID=ADDR]...
+//! [--join] [--snapshot-every N] [--election-ms MIN:MAX]` starts the node with the shop of
+//! `catga_tests`, prints `ready <addr>` once it runs, then answers one
+//! line per command read on stdin (see [`crate::process`]):
+//!
+//! - `restock SKU QTY` → `ok <left>` (a replicated write)
+//! - `order SKU QTY` → `ok <id>` or `err <handler error>`
+//! - `stock SKU` → `ok <n or none>` (a local read)
+//! - `stock! SKU` → the same, linearizable
+//! - `health` → `ok <role> <term> <leader> <applied> <ready>`
+//! - `fingerprint` → `ok <applied> <hex digest of the replicated state>`
+//! - `orders SKU N` → `ok <accepted>`: N orders sent at once (each
+//!   publishes an `OrderPlaced` event)
+//! - `hang` → `ok`: publishes a test-only event whose handler never returns
+//!   (on every node)
+//! - `first-ready` → `ok <role> <term> <leader> <applied>`: the health at the
+//!   first moment this process reported `ready` (or `ok none` if never)
+//! - `status` → `ok role=R term=T leader=L applied=A snapshot=S leader_commit=C
+//!   events_delivered=D event_lag=N ready=B not_ready=<reason or none>`
+//!   (`not_ready` last: its value has spaces)
+//! - `quit` → shuts down gracefully and exits 0
+//!
+//! - `gate` → `ok`: publishes a test-only event whose handler waits while
+//!   the file given with `--gate PATH` exists
+//! - `wait-leader` → `ok <id>`: `Node::wait_for_leader`
+//! - `seen` → `ok <n>`: `OrderPlaced` events handled in this process
+//! - `snapshot` → `ok`: asks for a snapshot now (see `snapshot=` in `status`)
+//! - `stalled` → `ok <why this node cannot apply, or none>`
+//! - `deep KIB` → `ok <n>`: a command whose handler recurses through about
+//!   KIB KiB of stack
+//! - anything the binary's `extra` hook answers (both binaries: `abort`,
+//!   the command `tests.Abort`, whose handler the current version has abort
+//!   the process and v2 has fixed)
+//!
+//! More flags: `--event-deadline-ms N` (event handler deadline),
+//! `--slow-event-ms N` (slow event handler threshold), `--gate PATH`,
+//! `--keep-logs N` (log entries kept behind a snapshot).
+//!
+//! A failed call prints `fail <error>`. Nothing else is printed on stdout
+//! (logs go to stderr).
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use catga::prelude::*;
+use catga::{Consistency, Health, Node};
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+use crate::{GetStock, PlaceOrder, Restock, Shop};
+
+/// A command whose handler uses about `kib` KiB of stack.
+#[command(name = "tests.Deep")]
+pub struct Deep {
+    pub kib: u32,
+}
+
+#[inline(never)]
+fn burn(n: u32) -> u64 {
+    let buf = std::hint::black_box([n as u8; 1024]);
+    let below = if n == 0 { 0 } else { burn(n - 1) };
+    below + buf.iter().map(|b| *b as u64).sum::<u64>()
+}
+
+#[handler]
+pub fn deep(cmd: Deep, shop: &mut Shop) -> u64 {
+    let n = burn(cmd.kib);
+    shop.stock.insert("deep".into(), cmd.kib);
+    n
+}
+
+/// A binary's own stdin commands: `Some(answer)` for a line it handles.
+pub type Extra =
+    fn(Node, Vec<String>) -> Option<Pin<Box<dyn Future<Output = Result<String, String>> + Send>>>;
+
+/// A test-only event whose handler never returns (a hung side effect).
+#[event(name = "test_node.Stall")]
+struct Stall {}
+
+#[handler]
+async fn stall_forever(_e: Stall) {
+    std::future::pending::<()>().await
+}
+
+/// While the file at this path exists, `Gate` events wait (`--gate PATH`).
+static GATE: OnceLock<PathBuf> = OnceLock::new();
+
+/// A test-only event whose handler waits while the gate file exists.
+#[event(name = "test_node.Gate")]
+struct Gate {}
+
+#[handler]
+async fn wait_at_gate(_e: Gate) {
+    let Some(path) = GATE.get() else { return };
+    // the gate is a file another process removes: poll it
+    while path.exists() {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The health at the first moment this process said `ready`.
+type FirstReady = Arc<Mutex<Option<Health>>>;
+
+struct Args {
+    id: u64,
+    listen: String,
+    data_dir: String,
+    peers: Vec<(u64, String)>,
+    join: bool,
+    snapshot_every: u64,
+    election_ms: (u64, u64),
+    event_deadline_ms: Option<u64>,
+    slow_event_ms: Option<u64>,
+    keep_logs: Option<u64>,
+}
+
+fn parse() -> Result<Args, String> {
+    let mut a = Args {
+        id: 0,
+        listen: String::new(),
+        data_dir: String::new(),
+        peers: Vec::new(),
+        join: false,
+        snapshot_every: 10_000,
+        election_ms: (300, 600),
+        event_deadline_ms: None,
+        slow_event_ms: None,
+        keep_logs: None,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut value = || it.next().ok_or(format!("{flag} needs a value"));
+        match flag.as_str() {
+            "--id" => a.id = value()?.parse().map_err(|e| format!("--id: {e}"))?,
+            "--listen" => a.listen = value()?,
+            "--data-dir" => a.data_dir = value()?,
+            "--snapshot-every" => {
+                a.snapshot_every = value()?
+                    .parse()
+                    .map_err(|e| format!("--snapshot-every: {e}"))?
+            }
+            "--peer" => {
+                let v = value()?;
+                let (id, addr) = v.split_once('=').ok_or("--peer ID=ADDR")?;
+                a.peers
+                    .push((id.parse().map_err(|e| format!("--peer: {e}"))?, addr.into()));
+            }
+            "--join" => a.join = true,
+            "--election-ms" => {
+                let v = value()?;
+                let (lo, hi) = v.split_once(':').ok_or("--election-ms MIN:MAX")?;
+                a.election_ms = (
+                    lo.parse().map_err(|e| format!("--election-ms: {e}"))?,
+                    hi.parse().map_err(|e| format!("--election-ms: {e}"))?,
+                );
+            }
+            "--gate" => {
+                let _ = GATE.set(PathBuf::from(value()?));
+            }
+            "--keep-logs" => {
+                a.keep_logs = Some(value()?.parse().map_err(|e| format!("--keep-logs: {e}"))?)
+            }
+            "--slow-event-ms" => {
+                a.slow_event_ms = Some(
+                    value()?
+                        .parse()
+                        .map_err(|e| format!("--slow-event-ms: {e}"))?,
+                )
+            }
+            "--event-deadline-ms" => {
+                a.event_deadline_ms = Some(
+                    value()?
+                        .parse()
+                        .map_err(|e| format!("--event-deadline-ms: {e}"))?,
+                )
+            }
+            other => return Err(format!("unknown flag {other}")),
+        }
+    }
+    Ok(a)
+}
+
+fn digest(bytes: &[u8]) -> String {
+    // FNV-1a: enough to compare replicas in a test
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= *b as u64;
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{h:016x}")
+}
+
+async fn answer(
+    node: &Node,
+    first_ready: &FirstReady,
+    line: &str,
+    extra: Extra,
+) -> Result<String, String> {
+    let words: Vec<&str> = line.split_whitespace().collect();
+    if let Some(fut) = extra(node.clone(), words.iter().map(|w| w.to_string()).collect()) {
+        return fut.await;
+    }
+    let qty = |i: usize| -> Result<u32, String> {
+        words
+            .get(i)
+            .ok_or("missing quantity")?
+            .parse()
+            .map_err(|e| format!("quantity: {e}"))
+    };
+    let sku =
+        |i: usize| -> Result<String, String> { Ok(words.get(i).ok_or("missing sku")?.to_string()) };
+    let e = |e: catga::Error| e.to_string();
+    match words.first().copied() {
+        Some("restock") => {
+            let left = node
+                .send(Restock {
+                    sku: sku(1)?,
+                    qty: qty(2)?,
+                })
+                .await
+                .map_err(e)?;
+            Ok(format!("ok {left}"))
+        }
+        Some("order") => {
+            let r = node
+                .send(PlaceOrder {
+                    sku: sku(1)?,
+                    qty: qty(2)?,
+                })
+                .await
+                .map_err(e)?;
+            Ok(match r {
+                Ok(id) => format!("ok {id}"),
+                Err(err) => format!("err {err:?}"),
+            })
+        }
+        Some(q @ ("stock" | "stock!")) => {
+            let c = if q == "stock!" {
+                Consistency::Linearizable
+            } else {
+                Consistency::Local
+            };
+            let n = node.query(GetStock { sku: sku(1)? }, c).await.map_err(e)?;
+            Ok(match n {
+                Some(n) => format!("ok {n}"),
+                None => "ok none".into(),
+            })
+        }
+        Some("health") => {
+            let h = node.health();
+            Ok(format!(
+                "ok {:?} {} {} {} {}",
+                h.role,
+                h.term,
+                h.leader.map(|l| l.to_string()).unwrap_or("none".into()),
+                h.applied_index.unwrap_or(0),
+                h.ready
+            ))
+        }
+        Some("orders") => {
+            let n: usize = words
+                .get(2)
+                .ok_or("missing count")?
+                .parse()
+                .map_err(|e| format!("count: {e}"))?;
+            let sku = sku(1)?;
+            let calls = (0..n).map(|_| {
+                node.send(PlaceOrder {
+                    sku: sku.clone(),
+                    qty: 1,
+                })
+            });
+            let mut accepted = 0;
+            for r in futures::future::join_all(calls).await {
+                if r.map_err(e)?.is_ok() {
+                    accepted += 1;
+                }
+            }
+            Ok(format!("ok {accepted}"))
+        }
+        Some("status") => {
+            let h = node.health();
+            let opt = |v: Option<u64>| v.map(|v| v.to_string()).unwrap_or("none".into());
+            Ok(format!(
+                "ok role={:?} term={} leader={} applied={} snapshot={} leader_commit={} events_delivered={} event_lag={} ready={} not_ready={}",
+                h.role,
+                h.term,
+                opt(h.leader),
+                opt(h.applied_index),
+                opt(h.snapshot_index),
+                opt(h.leader_commit_index),
+                h.events_delivered_index,
+                h.event_lag,
+                h.ready,
+                h.not_ready.as_deref().unwrap_or("none")
+            ))
+        }
+        Some("gate") => {
+            node.publish(Gate {}).await.map_err(e)?;
+            Ok("ok".into())
+        }
+        Some("wait-leader") => {
+            let l = node
+                .wait_for_leader(Duration::from_secs(10))
+                .await
+                .map_err(e)?;
+            Ok(format!("ok {l}"))
+        }
+        Some("seen") => Ok(format!(
+            "ok {}",
+            crate::ORDERS_SEEN.load(std::sync::atomic::Ordering::SeqCst)
+        )),
+        Some("snapshot") => {
+            node.snapshot().await.map_err(e)?;
+            Ok("ok".into())
+        }
+        Some("hang") => {
+            node.publish(Stall {}).await.map_err(e)?;
+            Ok("ok".into())
+        }
+        Some("first-ready") => Ok(match &*first_ready.lock().map_err(|e| e.to_string())? {
+            Some(h) => format!(
+                "ok {:?} {} {} {}",
+                h.role,
+                h.term,
+                h.leader.map(|l| l.to_string()).unwrap_or("none".into()),
+                h.applied_index.unwrap_or(0)
+            ),
+            None => "ok none".into(),
+        }),
+        Some("fingerprint") => {
+            let (applied, bytes) = catga::testing::state_fingerprint(node).map_err(e)?;
+            Ok(format!("ok {applied} {}", digest(&bytes)))
+        }
+        Some("stalled") => Ok(format!(
+            "ok {}",
+            node.health().stalled.unwrap_or_else(|| "none".into())
+        )),
+        Some("deep") => {
+            let kib = qty(1)?;
+            let n = node.send(Deep { kib }).await.map_err(e)?;
+            Ok(format!("ok {n}"))
+        }
+        Some(other) => Err(format!("unknown command {other}")),
+        None => Err("empty line".into()),
+    }
+}
+
+/// Runs a node process until `quit` or the end of stdin.
+pub async fn run(extra: Extra) {
+    // logs go to stderr: stdout carries only the answers
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .try_init();
+    let args = match parse() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("catga-test-node: {e}");
+            std::process::exit(2);
+        }
+    };
+    let mut b = catga::cluster()
+        .node_id(args.id)
+        .listen(args.listen)
+        .data_dir(args.data_dir)
+        .secret("test-secret")
+        .heartbeat_interval(Duration::from_millis(50))
+        .election_timeout(
+            Duration::from_millis(args.election_ms.0),
+            Duration::from_millis(args.election_ms.1),
+        )
+        .snapshot_every(args.snapshot_every)
+        .request_timeout(Duration::from_secs(10))
+        .peers(args.peers);
+    if args.join {
+        b = b.join_existing();
+    }
+    if let Some(ms) = args.event_deadline_ms {
+        b = b.event_handler_timeout(Duration::from_millis(ms));
+    }
+    if let Some(n) = args.keep_logs {
+        b = b.snapshot_logs_to_keep(n);
+    }
+    if let Some(ms) = args.slow_event_ms {
+        b = b.slow_event_handler(Duration::from_millis(ms));
+    }
+    let node = match b.start().await {
+        Ok(n) => n,
+        Err(e) => {
+            println!("fail {e}");
+            std::process::exit(1);
+        }
+    };
+    // record the first moment this node says it is ready (a restarted
+    // node must not say so before it has caught up with a live leader)
+    let first_ready: FirstReady = Arc::default();
+    {
+        let (node, first) = (node.clone(), first_ready.clone());
+        tokio::spawn(async move {
+            loop {
+                let h = node.health();
+                if h.ready {
+                    if let Ok(mut f) = first.lock() {
+                        *f = Some(h);
+                    }
+                    return;
+                }
+                node.health_changed(Duration::from_millis(100)).await;
+            }
+        });
+    }
+    println!("ready {}", node.local_addr());
+    let mut lines = BufReader::new(tokio::io::stdin()).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        let (tag, cmd) = line.trim().split_once(' ').unwrap_or((line.trim(), ""));
+        if cmd == "quit" {
+            break;
+        }
+        let (tag, cmd) = (tag.to_string(), cmd.to_string());
+        let (node, first_ready) = (node.clone(), first_ready.clone());
+        tokio::spawn(async move {
+            let out = match answer(&node, &first_ready, &cmd, extra).await {
+                Ok(s) => s,
+                Err(e) => format!("fail {e}"),
+            };
+            println!("{tag} {out}");
+        });
+    }
+    node.shutdown().await;
+}
