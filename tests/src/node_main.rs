@@ -26,7 +26,11 @@
 //! - `quit` → shuts down gracefully and exits 0
 //!
 //! - `gate` → `ok`: publishes a test-only event whose handler waits while
-//!   the file given with `--gate PATH` exists
+//!   the gate of the node it runs on is closed
+//! - `close-gate` / `open-gate` → `ok`: closes / opens this node's gate
+//!   (a new process starts open)
+//! - `changed MS` → `ok` once this node's view of the cluster changed, or
+//!   after MS ms (at most 1,000)
 //! - `wait-leader` → `ok <id>`: `Node::wait_for_leader`
 //! - `seen` → `ok <n>`: `OrderPlaced` events handled in this process
 //! - `snapshot` → `ok`: asks for a snapshot now (see `snapshot=` in `status`)
@@ -38,16 +42,15 @@
 //!   the process and v2 has fixed)
 //!
 //! More flags: `--event-deadline-ms N` (event handler deadline),
-//! `--slow-event-ms N` (slow event handler threshold), `--gate PATH`,
+//! `--slow-event-ms N` (slow event handler threshold),
 //! `--keep-logs N` (log entries kept behind a snapshot).
 //!
 //! A failed call prints `fail <error>`. Nothing else is printed on stdout
 //! (logs go to stderr).
 
 use std::future::Future;
-use std::path::PathBuf;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use catga::prelude::*;
@@ -89,20 +92,17 @@ async fn stall_forever(_e: Stall) {
     std::future::pending::<()>().await
 }
 
-/// While the file at this path exists, `Gate` events wait (`--gate PATH`).
-static GATE: OnceLock<PathBuf> = OnceLock::new();
+/// Whether `Gate` events may pass on this node (`close-gate`, `open-gate`).
+static GATE_OPEN: std::sync::LazyLock<tokio::sync::watch::Sender<bool>> =
+    std::sync::LazyLock::new(|| tokio::sync::watch::Sender::new(true));
 
-/// A test-only event whose handler waits while the gate file exists.
+/// A test-only event whose handler waits while this node's gate is closed.
 #[event(name = "test_node.Gate")]
 struct Gate {}
 
 #[handler]
 async fn wait_at_gate(_e: Gate) {
-    let Some(path) = GATE.get() else { return };
-    // the gate is a file another process removes: poll it
-    while path.exists() {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let _ = GATE_OPEN.subscribe().wait_for(|open| *open).await;
 }
 
 /// The health at the first moment this process said `ready`.
@@ -160,9 +160,6 @@ fn parse() -> Result<Args, String> {
                     lo.parse().map_err(|e| format!("--election-ms: {e}"))?,
                     hi.parse().map_err(|e| format!("--election-ms: {e}"))?,
                 );
-            }
-            "--gate" => {
-                let _ = GATE.set(PathBuf::from(value()?));
             }
             "--keep-logs" => {
                 a.keep_logs = Some(value()?.parse().map_err(|e| format!("--keep-logs: {e}"))?)
@@ -304,6 +301,26 @@ async fn answer(
         }
         Some("gate") => {
             node.publish(Gate {}).await.map_err(e)?;
+            Ok("ok".into())
+        }
+        Some("close-gate") => {
+            GATE_OPEN.send_replace(false);
+            Ok("ok".into())
+        }
+        Some("open-gate") => {
+            GATE_OPEN.send_replace(true);
+            Ok("ok".into())
+        }
+        Some("changed") => {
+            // waits until this node's view of the cluster changes (or MS
+            // pass): what the test-side `wait_*` helpers wait on
+            let ms: u64 = words
+                .get(1)
+                .ok_or("missing ms")?
+                .parse()
+                .map_err(|e| format!("ms: {e}"))?;
+            node.health_changed(Duration::from_millis(ms.min(1_000)))
+                .await;
             Ok("ok".into())
         }
         Some("wait-leader") => {

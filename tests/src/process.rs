@@ -289,8 +289,9 @@ impl Proc {
                 }
                 last = s;
             }
-            // polling a child process: there is no event to wait on
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            // wait for the node's own view to change (bounded: some of the
+            // fields, event lag, move without a notification)
+            let _ = self.call("changed 50", Duration::from_secs(2)).await;
         }
         Err(format!(
             "node {}: status never matched (last: {last})",
@@ -328,8 +329,9 @@ impl Proc {
                 }
                 last = h;
             }
-            // polling a child process: there is no event to wait on
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            // wait for the node's own view to change (bounded: some of the
+            // fields, event lag, move without a notification)
+            let _ = self.call("changed 50", Duration::from_secs(2)).await;
         }
         Err(format!(
             "node {}: `{cmd}` never matched (last: {last})",

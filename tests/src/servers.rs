@@ -6,7 +6,7 @@
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// The shared Redis URL (`REDIS_URL`, default `redis://127.0.0.1:6379`).
 pub fn redis_url() -> String {
@@ -137,7 +137,9 @@ impl ServerProcess {
                 c
             }
         };
-        cmd.stdout(Stdio::null()).stderr(Stdio::null());
+        // redis logs to stdout, nats-server to stderr: both are read for
+        // the server's own "ready" line, then drained
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
         cmd
     }
 
@@ -145,21 +147,50 @@ impl ServerProcess {
     /// accepts connections.
     pub fn start(&mut self) {
         assert!(self.child.is_none(), "server already running");
-        let child = self
+        let mut child = self
             .command(self.dir.path())
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {:?}: {e}", self.kind));
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "{:?} did not come up on {}",
-                self.kind,
-                self.port
-            );
-            std::thread::sleep(Duration::from_millis(10));
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        for out in [
+            child
+                .stdout
+                .take()
+                .map(|o| Box::new(o) as Box<dyn std::io::Read + Send>),
+            child
+                .stderr
+                .take()
+                .map(|e| Box::new(e) as Box<dyn std::io::Read + Send>),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                use std::io::BufRead;
+                for line in std::io::BufReader::new(out).lines() {
+                    let Ok(line) = line else { return };
+                    // redis: "Ready to accept connections"; nats: "Server is ready"
+                    if line.contains("Ready to accept connections")
+                        || line.contains("Server is ready")
+                    {
+                        let _ = tx.send(());
+                    }
+                }
+            });
         }
+        drop(tx);
+        self.child = Some(child);
+        match rx.recv_timeout(Duration::from_secs(10)) {
+            Ok(()) => {}
+            Err(e) => panic!("{:?} did not come up on {}: {e}", self.kind, self.port),
+        }
+        assert!(
+            TcpStream::connect(("127.0.0.1", self.port)).is_ok(),
+            "{:?} said it is ready but {} refuses connections",
+            self.kind,
+            self.port
+        );
     }
 
     /// Kills the server (SIGKILL: a crash) and waits for it to exit.

@@ -317,20 +317,14 @@ async fn events_a_snapshot_covers_are_delivered_after_a_crash() {
     let dir = tempfile::tempdir().unwrap();
     let mut specs = specs(dir.path(), 3);
     for s in specs.iter_mut() {
-        let gate = dir.path().join(format!("gate{}", s.id));
-        s.args = vec![
-            "--keep-logs".into(),
-            "0".into(),
-            "--gate".into(),
-            gate.display().to_string(),
-        ];
+        s.args = vec!["--keep-logs".into(), "0".into()];
     }
     let mut procs = start_all(&specs).await;
     let (leader, _) = leader_of(&procs).await;
     let x = (1..=3).find(|i| *i != leader).unwrap();
     let xi = x as usize - 1;
     // node x's event handlers wait at a gate; the others run freely
-    std::fs::write(dir.path().join(format!("gate{x}")), b"closed").unwrap();
+    procs[xi].as_ref().unwrap().ok("close-gate").await.unwrap();
     let l = procs[leader as usize - 1].as_ref().unwrap();
     l.ok("restock apple 1000").await.unwrap();
     l.ok("gate").await.unwrap();
@@ -350,7 +344,7 @@ async fn events_a_snapshot_covers_are_delivered_after_a_crash() {
         .unwrap();
     assert_eq!(p.ok("seen").await.unwrap(), "0");
     procs[xi].take().unwrap().kill9().await;
-    std::fs::remove_file(dir.path().join(format!("gate{x}"))).unwrap();
+    // the restarted process starts with its gate open
     procs[xi] = Some(Proc::start(&specs[xi]).await.unwrap());
     let p = procs[xi].as_ref().unwrap();
     let st = p
@@ -372,9 +366,19 @@ async fn a_single_node_cluster_is_ready() {
     let c = catga_tests::harness::Cluster::start(1).await;
     let h = c.node(1).wait_ready(T).await.unwrap();
     assert_eq!(h.leader, Some(1));
-    // and stays ready with no follower to acknowledge anything: some time
-    // must pass for that (longer than two election timeouts)
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // and stays ready with no follower to acknowledge anything, for longer
+    // than two election timeouts: writes go on meanwhile, ready after each
+    let until = std::time::Instant::now() + Duration::from_millis(1500);
+    while std::time::Instant::now() < until {
+        c.node(1)
+            .send(catga_tests::Restock {
+                sku: "single".into(),
+                qty: 1,
+            })
+            .await
+            .unwrap();
+        assert_eq!(c.node(1).health().not_ready, None);
+    }
     let h = c.node(1).health();
     assert_eq!(h.not_ready, None);
     c.shutdown().await;

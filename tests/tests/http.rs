@@ -29,7 +29,7 @@ async fn serve(node: &catga::Node) -> String {
     format!("http://{addr}")
 }
 
-async fn wait_ready(client: &reqwest::Client, base: &str, want: StatusCode) {
+async fn wait_ready(node: &catga::Node, client: &reqwest::Client, base: &str, want: StatusCode) {
     let deadline = tokio::time::Instant::now() + T;
     loop {
         let s = client
@@ -45,8 +45,9 @@ async fn wait_ready(client: &reqwest::Client, base: &str, want: StatusCode) {
             tokio::time::Instant::now() < deadline,
             "/ready stayed {s}, wanted {want}"
         );
-        // an HTTP poll of another task's state: no event to wait on here
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        // wait for the node's view to change (bounded: readiness also
+        // follows time, a leader not heard from)
+        node.health_changed(Duration::from_millis(100)).await;
     }
 }
 
@@ -198,12 +199,12 @@ async fn ready_follows_a_partition_and_metrics_parse_and_move() {
     let f = c.follower().await;
     let base = serve(c.node(f)).await;
     let client = reqwest::Client::new();
-    wait_ready(&client, &base, StatusCode::OK).await;
+    wait_ready(c.node(f), &client, &base, StatusCode::OK).await;
 
     c.isolate(f);
-    wait_ready(&client, &base, StatusCode::SERVICE_UNAVAILABLE).await;
+    wait_ready(c.node(f), &client, &base, StatusCode::SERVICE_UNAVAILABLE).await;
     c.heal();
-    wait_ready(&client, &base, StatusCode::OK).await;
+    wait_ready(c.node(f), &client, &base, StatusCode::OK).await;
 
     let scrape = || async {
         let text = client
