@@ -26,6 +26,18 @@ pub(crate) fn decode<T: DeserializeOwned>(
     T::deserialize(&mut de)
 }
 
+/// Decodes one value from a reader allowing at most `depth` levels of
+/// nesting; reads no byte past the value's end, so values written one after
+/// another (a snapshot file) are decoded in turn.
+pub(crate) fn decode_from<T: DeserializeOwned>(
+    r: &mut dyn std::io::Read,
+    depth: usize,
+) -> Result<T, rmp_serde::decode::Error> {
+    let mut de = rmp_serde::Deserializer::new(r);
+    de.set_max_depth(depth);
+    T::deserialize(&mut de)
+}
+
 /// Decodes `bytes` into a value that may borrow from them (frames).
 pub(crate) fn decode_borrowed<'a, T: serde::Deserialize<'a>>(
     bytes: &'a [u8],

@@ -57,16 +57,27 @@ pub struct Applied {
     pub events: Vec<PublishedEvent>,
 }
 
-/// The snapshot format (rmp-serde, named fields).
+/// The head of a snapshot (rmp-serde, named fields).
+///
+/// Format 2 (written now) is this head, with the state names in `names`,
+/// followed by each of those states as its own rmp-serde value, in order:
+/// states are encoded straight to the file and decoded straight from it,
+/// never held whole as bytes. Format 1 (read only) held every state as
+/// bytes inside the head (`states`).
 #[derive(Serialize, Deserialize)]
-struct SnapshotData {
+struct SnapshotHead {
     format: u32,
     last_applied: u64,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    names: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     states: Vec<(String, serde_bytes::ByteBuf)>,
     dedup: Dedup,
 }
 
-const SNAPSHOT_FORMAT: u32 = 1;
+const SNAPSHOT_FORMAT: u32 = 2;
+/// Snapshots of this format are still read (written before streaming).
+const SNAPSHOT_FORMAT_BYTES: u32 = 1;
 
 /// All states plus the dedup table: the replicated state machine.
 pub struct Machine {
@@ -269,38 +280,55 @@ impl Machine {
     /// Encodes every state a command touched, the dedup table and the last
     /// applied index.
     pub fn snapshot(&self) -> Result<Vec<u8>> {
-        let mut states = Vec::with_capacity(self.states.len());
-        for ((slot, info), _) in self
-            .states
-            .iter()
-            .zip(&self.registry.states)
-            .zip(&self.touched)
-            .filter(|(_, touched)| **touched)
-        {
-            let bytes = (info.info.encode)(&**slot)
-                .map_err(|e| Error::Snapshot(format!("state `{}`: {e}", info.name)))?;
-            states.push((info.name.clone(), serde_bytes::ByteBuf::from(bytes)));
-        }
-        let data = SnapshotData {
+        let mut out = Vec::new();
+        self.snapshot_to(&mut out)?;
+        Ok(out)
+    }
+
+    /// [`Machine::snapshot`] straight into a writer: each state is encoded
+    /// into it directly, so memory does not grow with the state's size.
+    pub fn snapshot_to(&self, w: &mut dyn std::io::Write) -> Result<()> {
+        let touched = || {
+            self.states
+                .iter()
+                .zip(&self.registry.states)
+                .zip(&self.touched)
+                .filter(|(_, touched)| **touched)
+                .map(|(s, _)| s)
+        };
+        let head = SnapshotHead {
             format: SNAPSHOT_FORMAT,
             last_applied: self.last_applied,
-            states,
+            names: touched().map(|(_, info)| info.name.clone()).collect(),
+            states: Vec::new(),
             dedup: self.dedup.clone(),
         };
-        crate::codec::encode(&data).map_err(|e| Error::Snapshot(e.to_string()))
+        crate::codec::encode_into(&mut *w, &head).map_err(|e| Error::Snapshot(e.to_string()))?;
+        for (slot, info) in touched() {
+            (info.info.encode_to)(&**slot, w)
+                .map_err(|e| Error::Snapshot(format!("state `{}`: {e}", info.name)))?;
+        }
+        Ok(())
     }
 
     /// Replaces everything with the content of a snapshot. On error nothing
     /// changes. States missing from the snapshot start from their default; a
     /// state in the snapshot that this program does not know is an error
     /// (restoring would silently drop it).
-    pub fn restore(&mut self, bytes: &[u8]) -> Result<()> {
-        let data: SnapshotData = crate::codec::decode(bytes, crate::codec::INTERNAL_DEPTH)
+    pub fn restore(&mut self, mut bytes: &[u8]) -> Result<()> {
+        self.restore_from(&mut bytes)
+    }
+
+    /// [`Machine::restore`] from a reader, decoding each state straight from
+    /// it (give it a buffered reader).
+    pub fn restore_from(&mut self, r: &mut dyn std::io::Read) -> Result<()> {
+        let head: SnapshotHead = crate::codec::decode_from(&mut *r, crate::codec::INTERNAL_DEPTH)
             .map_err(|e| Error::Snapshot(format!("decode: {e}")))?;
-        if data.format != SNAPSHOT_FORMAT {
+        if head.format != SNAPSHOT_FORMAT && head.format != SNAPSHOT_FORMAT_BYTES {
             return Err(Error::Snapshot(format!(
-                "unsupported snapshot format {} (this program reads {SNAPSHOT_FORMAT})",
-                data.format
+                "unsupported snapshot format {} (this program reads {SNAPSHOT_FORMAT_BYTES} and \
+                 {SNAPSHOT_FORMAT})",
+                head.format
             )));
         }
         let mut states: Vec<Slot> = self
@@ -310,23 +338,48 @@ impl Machine {
             .map(|s| (s.info.new)())
             .collect();
         let mut touched = vec![false; states.len()];
-        for (name, bytes) in &data.states {
-            let Some(i) = self.registry.states.iter().position(|s| &s.name == name) else {
-                return Err(Error::Snapshot(format!(
-                    "the snapshot holds state `{name}`, which this program does not register: \
-                     the node that took it runs a newer version; upgrade this node"
-                )));
-            };
-            touched[i] = true;
-            states[i] = (self.registry.states[i].info.decode)(bytes)
-                .map_err(|e| Error::Snapshot(format!("state `{name}`: {e}")))?;
+        let position = |name: &str| {
+            self.registry
+                .states
+                .iter()
+                .position(|s| s.name == name)
+                .ok_or_else(|| {
+                    Error::Snapshot(format!(
+                        "the snapshot holds state `{name}`, which this program does not \
+                         register: the node that took it runs a newer version; upgrade this node"
+                    ))
+                })
+        };
+        if head.format == SNAPSHOT_FORMAT_BYTES {
+            for (name, bytes) in &head.states {
+                let i = position(name)?;
+                touched[i] = true;
+                states[i] = (self.registry.states[i].info.decode)(bytes)
+                    .map_err(|e| Error::Snapshot(format!("state `{name}`: {e}")))?;
+            }
+        } else {
+            // every name is checked before any state is decoded: an unknown
+            // one is refused at once, not after decoding gigabytes
+            let slots = head
+                .names
+                .iter()
+                .map(|n| position(n))
+                .collect::<Result<Vec<_>>>()?;
+            for (name, i) in head.names.iter().zip(slots) {
+                if touched[i] {
+                    return Err(Error::Snapshot(format!("state `{name}` appears twice")));
+                }
+                touched[i] = true;
+                states[i] = (self.registry.states[i].info.decode_from)(&mut *r)
+                    .map_err(|e| Error::Snapshot(format!("state `{name}`: {e}")))?;
+            }
         }
-        let mut dedup = data.dedup;
+        let mut dedup = head.dedup;
         dedup.reindex();
         self.states = states;
         self.touched = touched;
         self.dedup = dedup;
-        self.last_applied = data.last_applied;
+        self.last_applied = head.last_applied;
         Ok(())
     }
 }

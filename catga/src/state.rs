@@ -35,6 +35,11 @@ pub struct StateInfo {
     pub new: fn() -> Slot,
     pub encode: fn(&(dyn Any + Send + Sync)) -> Result<Vec<u8>, String>,
     pub decode: fn(&[u8]) -> Result<Slot, String>,
+    /// Encodes the state straight into a writer (snapshots: no copy of the
+    /// whole state in memory).
+    pub encode_to: fn(&(dyn Any + Send + Sync), &mut dyn std::io::Write) -> Result<(), String>,
+    /// Decodes one state from a reader, reading no byte past its end.
+    pub decode_from: fn(&mut dyn std::io::Read) -> Result<Slot, String>,
 }
 
 impl StateInfo {
@@ -50,6 +55,15 @@ impl StateInfo {
             },
             decode: |bytes| {
                 crate::codec::decode::<S>(bytes, crate::codec::USER_DEPTH)
+                    .map(|s| Box::new(s) as Slot)
+                    .map_err(|e| e.to_string())
+            },
+            encode_to: |slot, w| match slot.downcast_ref::<S>() {
+                Some(s) => crate::codec::encode_into(w, s).map_err(|e| e.to_string()),
+                None => Err("state slot holds another type".into()),
+            },
+            decode_from: |r| {
+                crate::codec::decode_from::<S>(r, crate::codec::USER_DEPTH)
                     .map(|s| Box::new(s) as Slot)
                     .map_err(|e| e.to_string())
             },

@@ -407,7 +407,10 @@ fn harmless(body: &[u8]) -> bool {
         Err(_) => true,
         Ok(Rpc::Append(r)) => stale(&r.vote),
         Ok(Rpc::Vote(r)) => stale(&r.vote),
-        Ok(Rpc::Snapshot { vote, .. }) => stale(&vote),
+        Ok(Rpc::Snapshot { vote, .. } | Rpc::SnapshotDone { vote, .. }) => stale(&vote),
+        // a chunk only goes to the receiving file; nothing installs it
+        // without a `SnapshotDone` of a current vote
+        Ok(Rpc::SnapshotChunk { .. }) => true,
         Ok(Rpc::ReadIndex | Rpc::Capabilities) => true,
         Ok(Rpc::AddNode { .. } | Rpc::RemoveNode { .. }) => false,
         // a pre-vote changes nothing on the node, whatever it asks

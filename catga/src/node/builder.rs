@@ -160,7 +160,9 @@ impl ClusterBuilder {
         self
     }
 
-    /// The largest message between nodes (default 64 MiB).
+    /// The largest message between nodes (default 64 MiB, at least 64 KiB).
+    /// Snapshots are sent in chunks below it, so it does not bound the
+    /// state's size; it bounds one command, event or batch of entries.
     pub fn max_frame_bytes(mut self, n: usize) -> Self {
         self.max_frame_bytes = n;
         self

@@ -34,6 +34,10 @@ struct NodeInner {
     request_timeout: Duration,
 }
 
+/// The longest `add_node` waits for the leader's answer (the leader gives
+/// up sooner on a node that does not progress).
+const ADD_NODE_TIMEOUT: Duration = Duration::from_secs(600);
+
 /// A running node. Cheap to clone; every clone is the same node.
 #[derive(Clone)]
 pub struct Node {
@@ -262,8 +266,13 @@ impl Node {
         Health::from(self.inner.raft.status())
     }
 
-    /// Adds a node to the cluster: it joins as a learner, catches up, then
+    /// Adds a node to the cluster: it joins as a learner, catches up (a big
+    /// state is streamed to it in chunks, for as long as that takes), then
     /// becomes a voter. Start it first with [`ClusterBuilder::join_existing`].
+    ///
+    /// If the new node makes no progress catching up for 15 s (it is down,
+    /// unreachable, has another secret, or refuses the snapshot), it is
+    /// removed from the membership again and the error says why.
     pub async fn add_node(&self, id: u64, addr: impl Into<String>) -> Result<()> {
         let addr = addr.into();
         builder::check_addr(&addr).map_err(|reason| Error::Config {
@@ -275,7 +284,8 @@ impl Node {
             .add_node(
                 id,
                 addr,
-                self.inner.request_timeout.max(Duration::from_secs(30)),
+                // the leader decides when the new node stopped progressing
+                self.inner.request_timeout.max(ADD_NODE_TIMEOUT),
             )
             .await
     }

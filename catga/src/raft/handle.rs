@@ -21,7 +21,7 @@ use super::events::{DeliverySettings, EventLog, event_loop};
 use super::forward::Forwarder;
 use super::identity::{Identity, static_cluster_id};
 use super::log_store::LogStore;
-use super::network::Network;
+use super::network::{Network, PeerLog};
 use super::service::{RaftService, Running};
 use super::state_machine::SmStore;
 use super::status::Readiness;
@@ -70,6 +70,7 @@ pub(crate) struct RaftHandle {
     local_addr: SocketAddr,
     readiness: Readiness,
     compat: Arc<Compat>,
+    peers: Arc<PeerLog>,
 }
 
 impl RaftHandle {
@@ -144,7 +145,8 @@ impl RaftHandle {
                 return Err(e);
             }
         };
-        let network = Network::new(pool.clone());
+        let peers = Arc::new(PeerLog::default());
+        let network = Network::new(pool.clone(), peers.clone());
         let raft = match Raft::new(
             s.node_id,
             Arc::new(config),
@@ -165,6 +167,7 @@ impl RaftHandle {
             raft: raft.clone(),
             compat: compat.clone(),
             sm: sm.clone(),
+            peers: peers.clone(),
         });
 
         let (stop_tx, stop_rx) = watch::channel(false);
@@ -197,6 +200,7 @@ impl RaftHandle {
                 Duration::from_millis(s.election_max_ms.saturating_mul(2)),
             ),
             compat,
+            peers,
         };
 
         if !s.join {
@@ -314,6 +318,24 @@ impl RaftHandle {
         R: Fn(u64, String, Duration) -> G,
         G: Future<Output = Redirect<T>>,
     {
+        self.route_attempts(timeout, ATTEMPT_TIMEOUT, remote, local)
+            .await
+    }
+
+    /// [`Self::route`] with attempts of up to `attempt` each.
+    async fn route_attempts<T, L, F, R, G>(
+        &self,
+        timeout: Duration,
+        attempt: Duration,
+        remote: R,
+        local: L,
+    ) -> Result<T>
+    where
+        L: Fn(Raft) -> F,
+        F: Future<Output = Redirect<T>>,
+        R: Fn(u64, String, Duration) -> G,
+        G: Future<Output = Redirect<T>>,
+    {
         let start = Instant::now();
         let deadline = start + timeout;
         let mut backoff = Duration::from_millis(1);
@@ -328,7 +350,7 @@ impl RaftHandle {
             }
             // One attempt never takes the whole budget: a leader that was cut
             // off must not hold the call until its deadline.
-            let remaining = (deadline - now).min(ATTEMPT_TIMEOUT);
+            let remaining = (deadline - now).min(attempt);
             let outcome = match self.leader() {
                 None => None,
                 Some((l, _)) if l == self.id => {
@@ -445,7 +467,10 @@ impl RaftHandle {
     }
 
     pub(crate) async fn add_node(&self, id: u64, addr: String, timeout: Duration) -> Result<()> {
-        self.route(
+        // one attempt lasts as long as the new node progresses (the
+        // leader gives up on one that does not)
+        self.route_attempts(
+            timeout,
             timeout,
             |l, a, ttl| {
                 self.call_leader(
@@ -460,7 +485,8 @@ impl RaftHandle {
             },
             |raft| {
                 let addr = addr.clone();
-                async move { leader::add_node(&raft, id, addr).await }
+                let peers = self.peers.clone();
+                async move { leader::add_node(&raft, &peers, id, addr).await }
             },
         )
         .await

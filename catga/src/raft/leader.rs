@@ -3,19 +3,24 @@
 //! Each answers with a [`Redirect`] so the caller knows whether to retry.
 
 use std::collections::{BTreeSet, HashMap};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures::StreamExt;
+use openraft::async_runtime::WatchReceiver;
 use openraft::errors::{ClientWriteError, RaftError};
 use openraft::{BasicNode, ChangeMembers, ReadPolicy};
 
 use super::compat::Compat;
+use super::network::PeerLog;
 use super::wire::Redirect;
 use super::{LogId, Raft};
 use crate::machine::{Applied, EntryKind, Envelope};
 
-/// How long a new node may take to catch up before it is promoted to voter.
-const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(20);
+/// A new node is given up (and removed again) when its replication makes no
+/// progress (no entry matched, no snapshot chunk taken) for this long. It
+/// may take as long as it needs while it progresses: a big state streams
+/// for a while.
+const CATCH_UP_STALL: Duration = Duration::from_secs(15);
 
 /// The leader's wall clock in milliseconds since the Unix epoch: it stamps
 /// every entry it proposes, so one skewed client cannot move the log clock
@@ -148,9 +153,10 @@ pub(crate) async fn read_index(raft: &Raft) -> Redirect<LogId> {
 }
 
 /// Adds a node as a learner, waits until it replicates, then makes it a voter.
-pub(crate) async fn add_node(raft: &Raft, id: u64, addr: String) -> Redirect<()> {
+pub(crate) async fn add_node(raft: &Raft, peers: &PeerLog, id: u64, addr: String) -> Redirect<()> {
+    peers.forget(id);
     let added = match raft
-        .add_learner(id, BasicNode::new(addr.clone()), true)
+        .add_learner(id, BasicNode::new(addr.clone()), false)
         .await
     {
         Ok(r) => r.log_id.index,
@@ -163,28 +169,63 @@ pub(crate) async fn add_node(raft: &Raft, id: u64, addr: String) -> Redirect<()>
     };
     // Promote only a learner that really replicates: one that is down or
     // fails the handshake would otherwise count in the quorum.
-    let caught_up = raft
-        .wait(Some(CATCH_UP_TIMEOUT))
-        .metrics(
-            |m| {
-                m.replication
-                    .as_ref()
-                    .and_then(|r| r.get(&id).copied().flatten())
-                    .is_some_and(|matched| matched.index >= added)
-            },
-            "learner catches up",
-        )
-        .await;
-    let set: BTreeSet<u64> = [id].into();
-    if caught_up.is_err() {
-        let _ = raft
-            .change_membership(ChangeMembers::RemoveNodes(set), false)
-            .await;
-        return Redirect::Failed(format!(
-            "node {id} at {addr} did not catch up within {CATCH_UP_TIMEOUT:?}: is it running, reachable, and configured with the same secret?"
-        ));
+    let mut metrics = raft.metrics();
+    let mut matched = None;
+    let mut moved = Instant::now();
+    loop {
+        let (now_matched, leader) = {
+            let m = metrics.borrow_watched();
+            let r = m
+                .replication
+                .as_ref()
+                .and_then(|r| r.get(&id).copied().flatten())
+                .map(|l| l.index);
+            (r, m.current_leader)
+        };
+        if now_matched.is_some_and(|i| i >= added) {
+            break;
+        }
+        if leader != Some(raft_id(raft)) {
+            return Redirect::Unknown(format!(
+                "leadership changed while node {id} was catching up; it may stay a learner: \
+                 add it again"
+            ));
+        }
+        if now_matched != matched {
+            matched = now_matched;
+            moved = Instant::now();
+        }
+        let note = peers.note(id);
+        if let Some(p) = note.progress.filter(|p| *p > moved) {
+            moved = p;
+        }
+        if moved.elapsed() >= CATCH_UP_STALL {
+            let set: BTreeSet<u64> = [id].into();
+            let removed = raft
+                .change_membership(ChangeMembers::RemoveNodes(set), false)
+                .await;
+            let cause = note
+                .error
+                .map(|e| format!(" (last error: {e})"))
+                .unwrap_or_default();
+            let removed = match removed {
+                Ok(_) => "it was removed again".to_string(),
+                Err(e) => format!("removing it again failed too: {e}"),
+            };
+            tracing::warn!(node = id, %addr, "adding node {id} failed{cause}; {removed}");
+            return Redirect::Failed(format!(
+                "node {id} at {addr} made no progress catching up for {CATCH_UP_STALL:?}{cause}; \
+                 {removed}. Is it running, reachable, and configured with the same secret?"
+            ));
+        }
+        let _ = tokio::time::timeout(Duration::from_millis(250), metrics.changed()).await;
     }
+    let set: BTreeSet<u64> = [id].into();
     membership_change(raft, ChangeMembers::AddVoterIds(set)).await
+}
+
+fn raft_id(raft: &Raft) -> u64 {
+    raft.metrics().borrow_watched().id
 }
 
 /// Removes a voter.

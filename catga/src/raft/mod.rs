@@ -28,6 +28,7 @@ mod network;
 mod proptests;
 mod quiet;
 mod service;
+mod snapshot_file;
 mod stall;
 mod state_machine;
 mod status;

@@ -5,7 +5,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use openraft::alias::SnapshotOf;
 use openraft::errors::{
     NetworkError, RPCError, RaftError, ReplicationClosed, StreamingError, Unreachable,
@@ -18,6 +17,7 @@ use openraft::{BasicNode, OptionalSend};
 use parking_lot::Mutex;
 use serde::de::DeserializeOwned;
 
+use super::snapshot_file::SnapFile;
 use super::wire::{Rpc, decode, encode};
 use super::{TC, Vote};
 use crate::transport::{Pool, TransportError};
@@ -27,14 +27,51 @@ use crate::transport::{Pool, TransportError};
 pub(crate) struct Network {
     pub(crate) pool: Pool,
     refusals: Arc<Mutex<HashMap<u64, Instant>>>,
+    peers: Arc<PeerLog>,
 }
 
 impl Network {
-    pub(crate) fn new(pool: Pool) -> Network {
+    pub(crate) fn new(pool: Pool, peers: Arc<PeerLog>) -> Network {
         Network {
             pool,
             refusals: Arc::default(),
+            peers,
         }
+    }
+}
+
+/// What replication to each peer last did: its last error and when it last
+/// made progress (a snapshot chunk taken). `add_node` waits while a learner
+/// makes progress and, when it gives up, says why.
+#[derive(Default)]
+pub(crate) struct PeerLog {
+    peers: Mutex<HashMap<u64, PeerNote>>,
+}
+
+#[derive(Default, Clone)]
+pub(crate) struct PeerNote {
+    pub(crate) error: Option<String>,
+    pub(crate) progress: Option<Instant>,
+}
+
+impl PeerLog {
+    fn failed(&self, target: u64, e: String) {
+        self.peers.lock().entry(target).or_default().error = Some(e);
+    }
+
+    fn progressed(&self, target: u64) {
+        let mut g = self.peers.lock();
+        let n = g.entry(target).or_default();
+        n.progress = Some(Instant::now());
+        n.error = None;
+    }
+
+    pub(crate) fn note(&self, target: u64) -> PeerNote {
+        self.peers.lock().get(&target).cloned().unwrap_or_default()
+    }
+
+    pub(crate) fn forget(&self, target: u64) {
+        self.peers.lock().remove(&target);
     }
 }
 
@@ -45,11 +82,24 @@ pub(crate) struct PeerConn {
     /// When a refused snapshot was last logged, per target (openraft
     /// re-sends it; the cause is logged at most every [`REFUSAL_LOG_EVERY`]).
     refusals: Arc<Mutex<HashMap<u64, Instant>>>,
+    peers: Arc<PeerLog>,
 }
 
 const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(30);
 
+/// The largest snapshot chunk sent in one frame.
+const SNAPSHOT_CHUNK: usize = 1 << 20;
+
 impl PeerConn {
+    /// A snapshot the target did not take: logged (rate-limited), and the
+    /// reason kept for `add_node`'s answer.
+    fn snapshot_failed(&self, e: String) -> StreamingError<TC> {
+        self.log_refused(&e);
+        let e = format!("it did not take this leader's snapshot: {e}");
+        self.peers.failed(self.target, e.clone());
+        StreamingError::Network(NetworkError::from_string(e))
+    }
+
     fn log_refused(&self, reason: &str) {
         let now = Instant::now();
         let mut last = self.refusals.lock();
@@ -58,13 +108,23 @@ impl PeerConn {
             .is_none_or(|t| now.duration_since(*t) >= REFUSAL_LOG_EVERY);
         if due {
             last.insert(self.target, now);
-            tracing::error!(
-                node = self.target,
-                "node {} refuses this leader's snapshot: {reason}. It cannot catch up until it \
-                 runs a version that knows every state in the snapshot (logged at most every \
-                 {REFUSAL_LOG_EVERY:?})",
-                self.target
-            );
+            if reason.starts_with("snapshot refused") {
+                tracing::error!(
+                    node = self.target,
+                    "node {} refuses this leader's snapshot: {reason}. It cannot catch up until \
+                     it runs a version that knows every state in the snapshot (logged at most \
+                     every {REFUSAL_LOG_EVERY:?})",
+                    self.target
+                );
+            } else {
+                tracing::error!(
+                    node = self.target,
+                    "node {} did not take this leader's snapshot: {reason}. It cannot catch up \
+                     until it does; the leader tries again (logged at most every \
+                     {REFUSAL_LOG_EVERY:?})",
+                    self.target
+                );
+            }
         }
     }
 }
@@ -78,6 +138,7 @@ impl RaftNetworkFactory<TC> for Network {
             target,
             addr: node.addr.clone(),
             refusals: self.refusals.clone(),
+            peers: self.peers.clone(),
         }
     }
 }
@@ -98,13 +159,16 @@ impl PeerConn {
             .pool
             .call(self.target, &self.addr, body, ttl)
             .await
-            .map_err(rpc_error)?;
+            .map_err(|e| {
+                self.peers.failed(self.target, e.to_string());
+                rpc_error(e)
+            })?;
         decode(&reply).map_err(|e| RPCError::Network(NetworkError::from_string(e)))
     }
 }
 
 impl RaftNetworkV2<TC> for PeerConn {
-    type SnapshotData = Bytes;
+    type SnapshotData = SnapFile;
 
     async fn append_entries(
         &mut self,
@@ -140,30 +204,59 @@ impl RaftNetworkV2<TC> for PeerConn {
         r.map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))
     }
 
+    /// Sends the snapshot's state stream from its file in chunks well
+    /// under the frame limit (memory stays one chunk, whatever the state's
+    /// size), then asks the target to check and install it.
     async fn full_snapshot(
         &mut self,
         vote: Vote,
-        snapshot: SnapshotOf<TC, Bytes>,
+        snapshot: SnapshotOf<TC, SnapFile>,
         cancel: impl Future<Output = ReplicationClosed> + OptionalSend + 'static,
         option: RPCOption,
     ) -> Result<SnapshotResponse<TC>, StreamingError<TC>> {
-        let rpc = Rpc::Snapshot {
-            vote,
-            meta: snapshot.meta,
-            data: snapshot.snapshot.to_vec(),
+        let file = snapshot.snapshot;
+        let chunk = (self.pool.max_frame_bytes() / 2).min(SNAPSHOT_CHUNK);
+        let transfer = rand::random::<u64>();
+        let ttl = option.hard_ttl().max(Duration::from_secs(10));
+        let net = |e: String| StreamingError::Network(NetworkError::from_string(e));
+        let send = async {
+            let mut offset = 0u64;
+            loop {
+                let f = file.clone();
+                let data = tokio::task::spawn_blocking(move || f.read_chunk(offset, chunk))
+                    .await
+                    .map_err(|e| net(e.to_string()))?
+                    .map_err(|e| net(format!("reading the snapshot: {e}")))?;
+                let n = data.len() as u64;
+                let rpc = Rpc::SnapshotChunk {
+                    vote,
+                    transfer,
+                    offset,
+                    data,
+                };
+                let r: Result<(), String> = self.call(&rpc, ttl).await?;
+                r.map_err(|e| self.snapshot_failed(e))?;
+                self.peers.progressed(self.target);
+                offset += n;
+                if offset >= file.len {
+                    break;
+                }
+            }
+            // checking and installing reads the whole state: a deadline
+            // that grows with it (1 s per 8 MiB)
+            let done_ttl = ttl.max(Duration::from_secs(30)) + Duration::from_secs(file.len >> 23);
+            let rpc = Rpc::SnapshotDone {
+                vote,
+                transfer,
+                len: file.len,
+                meta: snapshot.meta,
+            };
+            let r: Result<SnapshotResponse<TC>, String> = self.call(&rpc, done_ttl).await?;
+            r.map_err(|e| self.snapshot_failed(e))
         };
-        // A snapshot can be large: give it at least a generous deadline of its own.
-        let ttl = option.hard_ttl().max(Duration::from_secs(30));
         tokio::select! {
             closed = cancel => Err(StreamingError::Closed(closed)),
-            r = self.call::<Result<SnapshotResponse<TC>, String>>(&rpc, ttl) => {
-                r?.map_err(|e| {
-                    if e.starts_with("snapshot refused") {
-                        self.log_refused(&e);
-                    }
-                    StreamingError::Network(NetworkError::from_string(e))
-                })
-            }
+            r = send => r,
         }
     }
 }

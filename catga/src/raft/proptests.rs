@@ -787,7 +787,13 @@ mod tests {
                 }
             }
             let before = sm.shared.inner.read().machine.snapshot().unwrap();
-            let r = runtime().block_on(sm.install_snapshot(&meta, bytes::Bytes::from(bytes)));
+            let path = dir.path().join("received");
+            std::fs::write(&path, &bytes).unwrap();
+            let file = crate::raft::snapshot_file::SnapFile::whole(
+                std::fs::File::open(&path).unwrap(),
+            )
+            .unwrap();
+            let r = runtime().block_on(sm.install_snapshot(&meta, file));
             let g = sm.shared.inner.read();
             if r.is_err() {
                 prop_assert_eq!(g.machine.snapshot().unwrap(), before);

@@ -13,10 +13,11 @@ use openraft::raft::SnapshotResponse;
 
 use super::compat::{self, Compat};
 use super::contact::LeaderContact;
+use super::network::PeerLog;
+use super::snapshot_file::{self, SnapFile};
 use super::state_machine::SmStore;
 use super::wire::{Rpc, decode, encode};
 use super::{Raft, TC, Vote, leader};
-use crate::machine::Machine;
 use crate::transport::Service;
 
 /// Answers RPCs from other nodes. The Raft instance is set once it exists
@@ -25,6 +26,8 @@ pub(crate) struct RaftService {
     pub(crate) raft: OnceLock<Running>,
     /// The last leader heard from (for health).
     pub(crate) contact: Arc<LeaderContact>,
+    /// A chunked snapshot being received.
+    receiving: Receiving,
 }
 
 /// What the service needs once the node runs.
@@ -33,6 +36,8 @@ pub(crate) struct Running {
     pub(crate) raft: Raft,
     pub(crate) compat: Arc<Compat>,
     pub(crate) sm: SmStore,
+    /// What replication to each peer last did (for `add_node`).
+    pub(crate) peers: Arc<PeerLog>,
 }
 
 impl RaftService {
@@ -40,6 +45,7 @@ impl RaftService {
         Arc::new(RaftService {
             raft: OnceLock::new(),
             contact: Arc::default(),
+            receiving: Arc::default(),
         })
     }
 }
@@ -57,26 +63,139 @@ fn sane_vote(v: &Vote) -> Result<(), String> {
     }
 }
 
+/// A chunked snapshot being received into `snapshot.incoming`.
+pub(crate) struct Incoming {
+    transfer: u64,
+    file: std::fs::File,
+    written: u64,
+}
+
+/// The transfer in progress, if any (one at a time: a new one replaces it).
+pub(crate) type Receiving = Arc<tokio::sync::Mutex<Option<Incoming>>>;
+
+/// Takes one chunk, in order, straight to disk.
+async fn take_chunk(
+    sm: &SmStore,
+    receiving: &Receiving,
+    transfer: u64,
+    offset: u64,
+    data: Vec<u8>,
+) -> Result<(), String> {
+    let mut slot = receiving.lock().await;
+    let current = match slot.take() {
+        Some(i) if i.transfer == transfer => i,
+        other if offset != 0 => {
+            *slot = other;
+            return Err(format!(
+                "snapshot transfer {transfer:x} is unknown here (this node restarted, or a newer \
+                 transfer replaced it): send it again from the start"
+            ));
+        }
+        _ => {
+            let path = sm.shared.dir.join(snapshot_file::INCOMING);
+            let file = tokio::task::spawn_blocking(move || {
+                std::fs::File::options()
+                    .read(true)
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .open(path)
+            })
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| format!("receiving a snapshot: {e}"))?;
+            Incoming {
+                transfer,
+                file,
+                written: 0,
+            }
+        }
+    };
+    if offset != current.written {
+        let at = current.written;
+        *slot = Some(current);
+        return Err(format!(
+            "snapshot chunk at {offset}, expected {at}: send it again from the start"
+        ));
+    }
+    let mut current = current;
+    let written = tokio::task::spawn_blocking(move || {
+        use std::io::Write;
+        current.file.write_all(&data)?;
+        current.written += data.len() as u64;
+        Ok::<_, std::io::Error>(current)
+    })
+    .await
+    .map_err(|e| e.to_string())?
+    .map_err(|e| format!("receiving a snapshot: {e}"))?;
+    *slot = Some(written);
+    Ok(())
+}
+
+/// The last chunk came: the received stream, synced.
+async fn take_done(receiving: &Receiving, transfer: u64, len: u64) -> Result<SnapFile, String> {
+    let current = match receiving.lock().await.take() {
+        Some(i) if i.transfer == transfer && i.written == len => i,
+        Some(i) if i.transfer == transfer => {
+            return Err(format!(
+                "snapshot transfer {transfer:x} ended at {} of {len} bytes",
+                i.written
+            ));
+        }
+        _ => return Err(format!("snapshot transfer {transfer:x} is unknown here")),
+    };
+    tokio::task::spawn_blocking(move || {
+        current.file.sync_all()?;
+        SnapFile::whole(current.file)
+    })
+    .await
+    .map_err(|e| e.to_string())?
+    .map_err(|e| format!("receiving a snapshot: {e}"))
+}
+
+/// The whole snapshot of an older leader (one frame), to a file.
+async fn take_whole(sm: &SmStore, data: Vec<u8>) -> Result<SnapFile, String> {
+    let path = sm.shared.dir.join(snapshot_file::INCOMING);
+    tokio::task::spawn_blocking(move || {
+        use std::io::Write;
+        let mut file = std::fs::File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(path)?;
+        file.write_all(&data)?;
+        file.sync_all()?;
+        SnapFile::whole(file)
+    })
+    .await
+    .map_err(|e| e.to_string())?
+    .map_err(|e| format!("receiving a snapshot: {e}"))
+}
+
 async fn install_snapshot(
     raft: Raft,
     sm: SmStore,
     vote: Vote,
     meta: openraft::alias::SnapshotMetaOf<TC>,
-    data: Vec<u8>,
+    snap: SnapFile,
 ) -> Result<Bytes, String> {
     // A snapshot this program cannot restore (a leader running newer code,
     // or garbage) is refused here: handed to openraft, the failure would
-    // stop this node's Raft.
-    let check = data.clone();
-    let valid =
-        crate::codec::on_big_stack(move || Machine::new().and_then(|mut m| m.restore(&check)))
-            .await;
+    // stop this node's Raft. The machine restored to check it is kept for
+    // the install, which then does not decode it again.
+    let check = snap.clone();
+    let valid = crate::codec::on_big_stack(move || check.restore()).await;
     let refused = match valid {
-        Ok(Ok(())) => None,
+        Ok(Ok(m)) => {
+            *sm.shared.prepared.lock() = Some((meta.last_log_id, m));
+            None
+        }
         Ok(Err(e)) => Some(format!("snapshot refused: {e}")),
         Err(e) => Some(e.to_string()),
     };
     if let Some(reason) = refused {
+        let _ = std::fs::remove_file(sm.shared.dir.join(snapshot_file::INCOMING));
         // Said to the leader, which logs it; and here (ERROR once, health
         // not ready) when it comes from the current leader: a stale or
         // forged one changes nothing, and openraft would refuse it anyway.
@@ -86,23 +205,39 @@ async fn install_snapshot(
         }
         return encode(&Err::<SnapshotResponse<TC>, String>(reason));
     }
-    let snap = Snapshot {
-        meta,
-        snapshot: Bytes::from(data),
-    };
     let r = raft
-        .install_full_snapshot(vote, snap)
+        .install_full_snapshot(
+            vote,
+            Snapshot {
+                meta,
+                snapshot: snap,
+            },
+        )
         .await
         .map_err(|e| e.to_string());
+    // not installed (a stale leader): the restored machine is not kept
+    sm.shared.prepared.lock().take();
     encode(&r)
 }
 
-async fn handle(run: Running, contact: Arc<LeaderContact>, rpc: Rpc) -> Result<Bytes, String> {
-    let Running { raft, compat, sm } = run;
+async fn handle(
+    run: Running,
+    contact: Arc<LeaderContact>,
+    receiving: Receiving,
+    rpc: Rpc,
+) -> Result<Bytes, String> {
+    let Running {
+        raft,
+        compat,
+        sm,
+        peers,
+    } = run;
     match &rpc {
         Rpc::Append(req) => sane_vote(&req.vote)?,
         Rpc::Vote(req) | Rpc::PreVote(req) => sane_vote(&req.vote)?,
-        Rpc::Snapshot { vote, .. } => sane_vote(vote)?,
+        Rpc::Snapshot { vote, .. }
+        | Rpc::SnapshotChunk { vote, .. }
+        | Rpc::SnapshotDone { vote, .. } => sane_vote(vote)?,
         _ => {}
     }
     match rpc {
@@ -118,11 +253,29 @@ async fn handle(run: Running, contact: Arc<LeaderContact>, rpc: Rpc) -> Result<B
         }
         Rpc::Vote(req) => encode(&raft.vote(req).await),
         Rpc::PreVote(req) => encode(&raft.pre_vote(req).await),
-        Rpc::Snapshot { vote, meta, data } => install_snapshot(raft, sm, vote, meta, data).await,
+        Rpc::Snapshot { vote, meta, data } => {
+            let snap = take_whole(&sm, data).await?;
+            install_snapshot(raft, sm, vote, meta, snap).await
+        }
+        Rpc::SnapshotChunk {
+            transfer,
+            offset,
+            data,
+            ..
+        } => encode(&take_chunk(&sm, &receiving, transfer, offset, data).await),
+        Rpc::SnapshotDone {
+            vote,
+            transfer,
+            len,
+            meta,
+        } => match take_done(&receiving, transfer, len).await {
+            Ok(snap) => install_snapshot(raft, sm, vote, meta, snap).await,
+            Err(e) => encode(&Err::<SnapshotResponse<TC>, String>(e)),
+        },
         Rpc::Write(env) => encode(&leader::write(&raft, &compat, env).await),
         Rpc::WriteMany(envs) => encode(&leader::write_many(&raft, &compat, envs).await),
         Rpc::ReadIndex => encode(&leader::read_index(&raft).await),
-        Rpc::AddNode { id, addr } => encode(&leader::add_node(&raft, id, addr).await),
+        Rpc::AddNode { id, addr } => encode(&leader::add_node(&raft, &peers, id, addr).await),
         Rpc::RemoveNode { id } => encode(&leader::remove_node(&raft, id).await),
         Rpc::Capabilities => encode(&compat::answer()),
     }
@@ -140,6 +293,6 @@ impl Service for RaftService {
         let Some(run) = self.raft.get().cloned() else {
             return futures::future::ready(Err("node is starting".to_string())).boxed();
         };
-        handle(run, self.contact.clone(), rpc).boxed()
+        handle(run, self.contact.clone(), self.receiving.clone(), rpc).boxed()
     }
 }

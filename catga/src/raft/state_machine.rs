@@ -18,11 +18,11 @@ use openraft::alias::{SnapshotMetaOf, SnapshotOf, StoredMembershipOf};
 use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine};
 use openraft::{EntryPayload, OptionalSend, Snapshot};
 use parking_lot::{Mutex, RwLock};
-use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use super::applier::{Applier, Marker};
-use super::events::{EventBatch, EventLog};
+use super::events::EventLog;
+use super::snapshot_file::{self, SnapFile};
 use super::stall::Stall;
 use super::{LogId, TC};
 use crate::machine::{Applied, Machine};
@@ -30,7 +30,7 @@ use crate::machine::{Applied, Machine};
 /// Most entries handed to the apply thread at once (those already read).
 const APPLY_BATCH: usize = 512;
 
-type Meta = SnapshotMetaOf<TC>;
+pub(crate) type Meta = SnapshotMetaOf<TC>;
 type Membership = StoredMembershipOf<TC>;
 
 /// The machine with the Raft bookkeeping that must change with it atomically.
@@ -42,8 +42,11 @@ pub(crate) struct Inner {
 
 pub(crate) struct Shared {
     pub inner: RwLock<Inner>,
-    current: Mutex<Option<(Meta, bytes::Bytes)>>,
-    dir: PathBuf,
+    current: Mutex<Option<(Meta, SnapFile)>>,
+    pub(crate) dir: PathBuf,
+    /// A received snapshot's machine, restored while checking it (see
+    /// `service.rs`), so installing it does not decode it again.
+    pub(crate) prepared: Mutex<Option<(Option<LogId>, Machine)>>,
     /// Applied events waiting for this node's handlers.
     pub events: Arc<EventLog>,
     /// Highest log index applied (for waiters).
@@ -62,18 +65,6 @@ pub(crate) struct SmStore {
     pub shared: Arc<Shared>,
 }
 
-#[derive(Serialize, Deserialize)]
-struct SnapshotFile {
-    meta: Meta,
-    #[serde(with = "serde_bytes")]
-    data: Vec<u8>,
-    /// This node's events of entries inside the snapshot that its handlers
-    /// had not run when the snapshot was saved (local: never sent to other
-    /// nodes). After a restart they are delivered from here.
-    #[serde(default)]
-    events: Vec<EventBatch>,
-}
-
 fn other<E: std::fmt::Display>(e: E) -> io::Error {
     io::Error::other(e.to_string())
 }
@@ -85,24 +76,15 @@ impl SmStore {
         let mut last_applied = None;
         let mut membership = Membership::default();
         let mut current = None;
-        let path = dir.join("snapshot.bin");
-        match std::fs::read(&path) {
-            Ok(bytes) => {
-                let file: SnapshotFile = crate::codec::decode(&bytes, crate::codec::INTERNAL_DEPTH)
-                    .map_err(|e| other(format!("{}: {e}", path.display())))?;
-                let data = file.data.clone();
-                machine = crate::codec::on_big_stack_sync(move || {
-                    machine.restore(&data).map(|_| machine)
-                })?
-                .map_err(other)?;
-                last_applied = file.meta.last_log_id;
-                membership = file.meta.last_membership.clone();
-                events.restore(file.events);
-                current = Some((file.meta, bytes::Bytes::from(file.data)));
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e),
+        if let Some(l) = snapshot_file::open(&dir)? {
+            machine = l.machine;
+            last_applied = l.meta.last_log_id;
+            membership = l.meta.last_membership.clone();
+            events.restore(l.events);
+            current = Some((l.meta, l.file));
         }
+        // a transfer cut short by the previous run
+        let _ = std::fs::remove_file(dir.join(snapshot_file::INCOMING));
         let idx = last_applied.map(|l| l.index).unwrap_or(0);
         let (marker, previous) = Marker::open(&dir)?;
         if let Some(p) = previous.filter(|p| p.index > idx) {
@@ -128,6 +110,7 @@ impl SmStore {
                 }),
                 current: Mutex::new(current),
                 dir,
+                prepared: Mutex::new(None),
                 events,
                 applied: watch::Sender::new(idx),
                 stall: Stall::default(),
@@ -148,34 +131,18 @@ impl SmStore {
     pub(crate) fn stop_applier(&self) {
         self.shared.applier.stop();
     }
-
-    fn persist(&self, meta: &Meta, data: &[u8], events: Vec<EventBatch>) -> io::Result<()> {
-        let file = SnapshotFile {
-            meta: meta.clone(),
-            data: data.to_vec(),
-            events,
-        };
-        let bytes = crate::codec::encode(&file).map_err(other)?;
-        let tmp = self.shared.dir.join("snapshot.bin.tmp");
-        {
-            use std::io::Write;
-            let mut f = std::fs::File::create(&tmp)?;
-            f.write_all(&bytes)?;
-            f.sync_all()?;
-        }
-        std::fs::rename(&tmp, self.shared.dir.join("snapshot.bin"))?;
-        std::fs::File::open(&self.shared.dir)?.sync_all()?;
-        Ok(())
-    }
 }
 
 impl RaftSnapshotBuilder<TC> for SmStore {
-    type SnapshotData = bytes::Bytes;
+    type SnapshotData = SnapFile;
 
-    async fn build_snapshot(&mut self) -> Result<SnapshotOf<TC, bytes::Bytes>, io::Error> {
-        let (meta, data, events) = {
-            let g = self.shared.inner.read();
-            let data = g.machine.snapshot().map_err(other)?;
+    async fn build_snapshot(&mut self) -> Result<SnapshotOf<TC, SnapFile>, io::Error> {
+        let shared = self.shared.clone();
+        let (meta, file) = tokio::task::spawn_blocking(move || {
+            // The state is encoded straight into the file under the read
+            // lock (the apply thread waits meanwhile): no copy of it is
+            // made, in memory or otherwise.
+            let g = shared.inner.read();
             let meta = Meta {
                 last_log_id: g.last_applied,
                 last_membership: g.membership.clone(),
@@ -186,24 +153,23 @@ impl RaftSnapshotBuilder<TC> for SmStore {
             // Taken under the same lock as the state: apply queues an
             // entry's events before it releases the lock.
             let upto = g.last_applied.map(|l| l.index).unwrap_or(0);
-            (meta, data, self.shared.events.pending_upto(upto))
-        };
-        let this = self.clone();
-        let (m2, d2) = (meta.clone(), data.clone());
-        tokio::task::spawn_blocking(move || this.persist(&m2, &d2, events))
-            .await
-            .map_err(other)??;
-        let data = bytes::Bytes::from(data);
-        *self.shared.current.lock() = Some((meta.clone(), data.clone()));
+            let events = shared.events.pending_upto(upto);
+            let file =
+                snapshot_file::write(&shared.dir, &meta, &events, |w| g.machine.snapshot_to(w))?;
+            Ok::<_, io::Error>((meta, file))
+        })
+        .await
+        .map_err(other)??;
+        *self.shared.current.lock() = Some((meta.clone(), file.clone()));
         Ok(Snapshot {
             meta,
-            snapshot: data,
+            snapshot: file,
         })
     }
 }
 
 impl RaftStateMachine<TC> for SmStore {
-    type SnapshotData = bytes::Bytes;
+    type SnapshotData = SnapFile;
     type SnapshotBuilder = Self;
 
     async fn applied_state(&mut self) -> Result<(Option<LogId>, Membership), io::Error> {
@@ -254,37 +220,46 @@ impl RaftStateMachine<TC> for SmStore {
         self.clone()
     }
 
-    async fn install_snapshot(
-        &mut self,
-        meta: &Meta,
-        snapshot: bytes::Bytes,
-    ) -> Result<(), io::Error> {
-        // decode into a scratch machine first (on a big stack: user states
-        // may nest deeply), so a bad snapshot changes nothing
-        let data = snapshot.clone();
-        let restored = crate::codec::on_big_stack(move || {
-            let mut m = Machine::new()?;
-            m.restore(&data)?;
-            Ok::<_, crate::error::Error>(m)
+    async fn install_snapshot(&mut self, meta: &Meta, snapshot: SnapFile) -> Result<(), io::Error> {
+        // The service restored (and so checked) it already; otherwise it is
+        // decoded into a scratch machine first (on a big stack: user states
+        // may nest deeply), so a bad snapshot changes nothing.
+        let prepared = self
+            .shared
+            .prepared
+            .lock()
+            .take()
+            .filter(|(id, _)| *id == meta.last_log_id)
+            .map(|(_, m)| m);
+        let restored = match prepared {
+            Some(m) => m,
+            None => {
+                let snap = snapshot.clone();
+                crate::codec::on_big_stack(move || snap.restore())
+                    .await?
+                    .map_err(other)?
+            }
+        };
+        // this node's own undelivered events up to the snapshot stay pending
+        let idx = meta.last_log_id.map(|l| l.index).unwrap_or(0);
+        let events = self.shared.events.pending_upto(idx);
+        // on disk before the state changes: a crash in between restarts
+        // from the new snapshot, never from a state no file describes
+        let shared = self.shared.clone();
+        let m2 = meta.clone();
+        let file = tokio::task::spawn_blocking(move || {
+            snapshot_file::write_copy(&shared.dir, &snapshot, &m2, &events)
         })
-        .await?
-        .map_err(other)?;
+        .await
+        .map_err(other)??;
+        let _ = std::fs::remove_file(self.shared.dir.join(snapshot_file::INCOMING));
         {
             let mut g = self.shared.inner.write();
             g.machine = restored;
             g.last_applied = meta.last_log_id;
             g.membership = meta.last_membership.clone();
         }
-        let this = self.clone();
-        let (m2, d2) = (meta.clone(), snapshot.clone());
-        // this node's own undelivered events up to the snapshot stay pending
-        let idx = meta.last_log_id.map(|l| l.index).unwrap_or(0);
-        let events = self.shared.events.pending_upto(idx);
-        tokio::task::spawn_blocking(move || this.persist(&m2, &d2, events))
-            .await
-            .map_err(other)??;
-        *self.shared.current.lock() = Some((meta.clone(), snapshot));
-        let idx = meta.last_log_id.map(|l| l.index).unwrap_or(0);
+        *self.shared.current.lock() = Some((meta.clone(), file));
         self.shared.applied.send_replace(idx);
         self.shared.stall.snapshot_restored();
         Ok(())
@@ -292,7 +267,7 @@ impl RaftStateMachine<TC> for SmStore {
 
     async fn get_current_snapshot(
         &mut self,
-    ) -> Result<Option<SnapshotOf<TC, bytes::Bytes>>, io::Error> {
+    ) -> Result<Option<SnapshotOf<TC, SnapFile>>, io::Error> {
         Ok(self.shared.current.lock().as_ref().map(|(m, d)| Snapshot {
             meta: m.clone(),
             snapshot: d.clone(),

@@ -16,7 +16,8 @@ pub enum Rpc {
     Append(openraft::raft::AppendEntriesRequest<TC>),
     /// openraft's vote request.
     Vote(openraft::raft::VoteRequest<TC>),
-    /// A whole snapshot, sent by the leader to a lagging node.
+    /// A whole snapshot in one frame, as versions before chunked snapshots
+    /// sent it (still installed; no longer sent).
     Snapshot {
         /// The leader's vote.
         vote: Vote,
@@ -51,6 +52,31 @@ pub enum Rpc {
     /// `Result<Capabilities, String>` (`raft/compat.rs`). New variants go
     /// last: an older node answers one it does not know with "bad request".
     Capabilities,
+    /// A piece of a snapshot the leader sends to a lagging node, in order
+    /// (`offset` is where it goes); answered with `Result<(), String>`.
+    SnapshotChunk {
+        /// The leader's vote.
+        vote: Vote,
+        /// Names this transfer; a new one replaces an unfinished one.
+        transfer: u64,
+        /// Where `data` goes in the snapshot's state stream.
+        offset: u64,
+        /// The bytes.
+        #[serde(with = "serde_bytes")]
+        data: Vec<u8>,
+    },
+    /// The end of a chunked snapshot: check it and install it. Answered like
+    /// [`Rpc::Snapshot`].
+    SnapshotDone {
+        /// The leader's vote.
+        vote: Vote,
+        /// The transfer whose chunks were sent.
+        transfer: u64,
+        /// The stream's length.
+        len: u64,
+        /// What the snapshot covers.
+        meta: openraft::alias::SnapshotMetaOf<TC>,
+    },
 }
 
 /// The leader's answer to [`Rpc::Write`], [`Rpc::ReadIndex`] and the

@@ -386,6 +386,11 @@ impl Pool {
         Ok(conn)
     }
 
+    /// The largest frame this pool sends or takes.
+    pub(crate) fn max_frame_bytes(&self) -> usize {
+        self.inner.cfg.max_frame_bytes
+    }
+
     /// How many connections this pool has established so far.
     #[cfg_attr(not(test), allow(dead_code))]
     pub(crate) fn connects(&self) -> u64 {
