@@ -21,7 +21,7 @@
 //! - `first-ready` → `ok <role> <term> <leader> <applied>`: the health at the
 //!   first moment this process reported `ready` (or `ok none` if never)
 //! - `status` → `ok role=R term=T leader=L applied=A snapshot=S leader_commit=C
-//!   events_delivered=D event_lag=N ready=B not_ready=<reason or none>`
+//!   events_delivered=D event_lag=N failed=B ready=B not_ready=<reason or none>`
 //!   (`not_ready` last: its value has spaces)
 //! - `quit` → shuts down gracefully and exits 0
 //!
@@ -42,6 +42,9 @@
 //! - `add ID ADDR` → `ok`: `Node::add_node`
 //! - `membership` → `ok voters=1,2,3 learners=4` (`-` when none)
 //! - `memory` → `ok <peak RSS KiB> <current RSS KiB>`
+//! - `campaign` → `ok`: this node starts an election
+//! - `stopped MS` → `ok <error>` once `Node::stopped` resolves, or
+//!   `ok running` after MS ms
 //! - anything the binary's `extra` hook answers (both binaries: `abort`,
 //!   the command `tests.Abort`, whose handler the current version has abort
 //!   the process and v2 has fixed)
@@ -347,7 +350,7 @@ async fn answer(
             let h = node.health();
             let opt = |v: Option<u64>| v.map(|v| v.to_string()).unwrap_or("none".into());
             Ok(format!(
-                "ok role={:?} term={} leader={} applied={} snapshot={} leader_commit={} events_delivered={} event_lag={} ready={} not_ready={}",
+                "ok role={:?} term={} leader={} applied={} snapshot={} leader_commit={} events_delivered={} event_lag={} failed={} ready={} not_ready={}",
                 h.role,
                 h.term,
                 opt(h.leader),
@@ -356,6 +359,7 @@ async fn answer(
                 opt(h.leader_commit_index),
                 h.events_delivered_index,
                 h.event_lag,
+                h.failed.is_some(),
                 h.ready,
                 h.not_ready.as_deref().unwrap_or("none")
             ))
@@ -463,6 +467,21 @@ async fn answer(
                 list(&h.members),
                 list(&h.learners)
             ))
+        }
+        Some("campaign") => {
+            catga::testing::campaign(node).await.map_err(e)?;
+            Ok("ok".into())
+        }
+        Some("stopped") => {
+            let ms: u64 = words
+                .get(1)
+                .ok_or("missing ms")?
+                .parse()
+                .map_err(|e| format!("ms: {e}"))?;
+            match tokio::time::timeout(Duration::from_millis(ms), node.stopped()).await {
+                Ok(err) => Ok(format!("ok {err}")),
+                Err(_) => Ok("ok running".into()),
+            }
         }
         Some("memory") => {
             let (peak, now) = memory_kib()?;

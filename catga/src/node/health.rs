@@ -65,6 +65,10 @@ pub struct Health {
     /// state it does not know (it runs an older version than the leader).
     /// Restart it with the version the others run.
     pub stalled: Option<String>,
+    /// Why this node stopped for good, if it did: its storage failed (a
+    /// full disk, a disk error) and its Raft stopped. It answers no reads or
+    /// writes any more; restart it (see [`crate::Node::stopped`]).
+    pub failed: Option<String>,
 }
 
 impl From<Status> for Health {
@@ -92,6 +96,7 @@ impl From<Status> for Health {
             ready: s.ready,
             not_ready: s.not_ready,
             stalled: s.stalled,
+            failed: s.failed,
         }
     }
 }

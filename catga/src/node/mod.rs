@@ -192,6 +192,13 @@ impl Node {
     async fn run_query<M: Handled>(&self, msg: M, consistency: Consistency) -> Result<M::Output> {
         match M::ROUTE {
             Route::Query { .. } => {
+                if let Some(e) = self.inner.raft.failure() {
+                    // its state no longer follows the log: stale for good
+                    return Err(Error::Raft(format!(
+                        "this node stopped ({e}); it answers no reads because its state is no \
+                         longer kept up to date: restart it"
+                    )));
+                }
                 if consistency == Consistency::Linearizable {
                     self.inner
                         .raft
@@ -264,6 +271,31 @@ impl Node {
     /// Role, term, leader, members, indexes, replication lag and readiness.
     pub fn health(&self) -> Health {
         Health::from(self.inner.raft.status())
+    }
+
+    /// Resolves when this node stops serving for good: with the error that
+    /// stopped its Raft (its storage failed: a full disk, a disk error) or
+    /// with [`Error::ShutDown`] after [`Node::shutdown`]. A node whose
+    /// storage failed answers no reads or writes any more (reads would be
+    /// stale); `main` should exit non-zero so that its supervisor restarts
+    /// it (it then recovers from its data dir once the disk has space):
+    ///
+    /// ```no_run
+    /// # async fn run(node: catga::Node) {
+    /// tokio::select! {
+    ///     e = node.stopped() => {
+    ///         eprintln!("node stopped: {e}");
+    ///         std::process::exit(1);
+    ///     }
+    ///     _ = tokio::signal::ctrl_c() => node.shutdown().await,
+    /// }
+    /// # }
+    /// ```
+    pub async fn stopped(&self) -> Error {
+        match self.inner.raft.stopped().await {
+            Some(e) => Error::Raft(format!("this node stopped: {e}")),
+            None => Error::ShutDown,
+        }
     }
 
     /// Adds a node to the cluster: it joins as a learner, catches up (a big

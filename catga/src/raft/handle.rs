@@ -348,6 +348,9 @@ impl RaftHandle {
                     reason: last,
                 });
             }
+            if let Some(e) = self.failure() {
+                return Err(Error::Raft(format!("this node stopped: {e}")));
+            }
             // One attempt never takes the whole budget: a leader that was cut
             // off must not hold the call until its deadline.
             let remaining = (deadline - now).min(attempt);
@@ -386,7 +389,10 @@ impl RaftHandle {
                 None => {}
             }
             if self.raft.metrics().borrow_watched().running_state.is_err() {
-                return Err(Error::ShutDown);
+                return Err(match self.failure() {
+                    Some(e) => Error::Raft(format!("this node stopped: {e}")),
+                    None => Error::ShutDown,
+                });
             }
             let wait = backoff.min(deadline.saturating_duration_since(Instant::now()));
             self.wait_change(wait).await;
@@ -565,6 +571,30 @@ impl RaftHandle {
             .map_err(|e| Error::Raft(e.to_string()))
     }
 
+    /// Why this node's Raft stopped for good (its log or state machine
+    /// failed: a full disk, a disk error), if it did; `None` while it runs
+    /// and after a shutdown.
+    pub(crate) fn failure(&self) -> Option<String> {
+        failure_of(&self.raft.metrics().borrow_watched().running_state)
+    }
+
+    /// Resolves when this node's Raft stops: with the failure, or `None`
+    /// after a shutdown.
+    pub(crate) async fn stopped(&self) -> Option<String> {
+        let mut metrics = self.raft.metrics();
+        loop {
+            {
+                let m = metrics.borrow_watched();
+                if m.running_state.is_err() {
+                    return failure_of(&m.running_state);
+                }
+            }
+            if metrics.changed().await.is_err() {
+                return self.failure();
+            }
+        }
+    }
+
     /// This node's view of the cluster, read from openraft's metrics (see
     /// `raft/status.rs` for what `ready` means).
     pub(crate) fn status(&self) -> Status {
@@ -594,6 +624,13 @@ impl RaftHandle {
         bg.abort_all();
         while bg.join_next().await.is_some() {}
         self.log.close();
+    }
+}
+
+fn failure_of(r: &std::result::Result<(), openraft::errors::Fatal<super::TC>>) -> Option<String> {
+    match r {
+        Ok(()) | Err(openraft::errors::Fatal::Stopped) => None,
+        Err(e) => Some(e.to_string()),
     }
 }
 

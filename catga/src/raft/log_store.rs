@@ -132,6 +132,11 @@ impl WriterMeta {
 fn writer_loop(mut wal: Wal, mut meta: WriterMeta, rx: std_mpsc::Receiver<Op>) {
     let mut stop = false;
     let mut records = Vec::new();
+    // Fail-stop: after a failed write or sync the file's tail is unknown
+    // (and a later fsync may report success for lost pages), so nothing
+    // more is written; every later operation gets the first error. The node
+    // recovers by a restart, which replays the log and cuts a torn tail.
+    let mut failed: Option<String> = None;
     while !stop {
         let Ok(first) = rx.recv() else { return };
         let mut batch = vec![first];
@@ -171,16 +176,24 @@ fn writer_loop(mut wal: Wal, mut meta: WriterMeta, rx: std_mpsc::Receiver<Op>) {
                 Op::Stop => stop = true,
             }
         }
-        let mut result = if records.is_empty() {
+        let mut result = if let Some(e) = &failed {
+            Err(io::Error::other(e.clone()))
+        } else if records.is_empty() {
             Ok(())
         } else {
             wal.write(&records, needs_sync, || meta.records())
         };
-        if let (Ok(()), Some(upto)) = (&result, purged) {
+        if let (Ok(()), Some(upto), None) = (&result, purged, &failed) {
             result = wal.drop_purged(upto);
         }
-        if let Err(e) = &result {
-            tracing::error!(error = %e, "writing the raft log failed");
+        if let (Err(e), None) = (&result, &failed) {
+            // logged once: every later operation fails the same way
+            tracing::error!(
+                error = %e,
+                "writing the raft log failed; this node stops (restart it once the disk is \
+                 fixed: it recovers from its data dir)"
+            );
+            failed = Some(format!("the raft log failed earlier: {e}"));
         }
         for op in batch {
             let res = || {

@@ -88,6 +88,8 @@ pub(crate) struct Status {
     pub(crate) not_ready: Option<String>,
     /// Why this node cannot apply the log or restore the leader's snapshot.
     pub(crate) stalled: Option<String>,
+    /// Why this node's Raft stopped for good (storage failed), if it did.
+    pub(crate) failed: Option<String>,
 }
 
 /// openraft's server state, without openraft.

@@ -232,6 +232,11 @@ async fn handle(
         sm,
         peers,
     } = run;
+    // A Raft that stopped (its storage failed) is not asked anything: each
+    // request would log an ERROR inside openraft, dozens a second.
+    if let Err(e) = &raft.metrics().borrow_watched().running_state {
+        return Err(format!("node stopped: {e}"));
+    }
     match &rpc {
         Rpc::Append(req) => sane_vote(&req.vote)?,
         Rpc::Vote(req) | Rpc::PreVote(req) => sane_vote(&req.vote)?,

@@ -134,7 +134,13 @@ impl Readiness {
             other => Some(format!("{other:?}")),
         };
         let leader_confirmed = m.running_state.is_ok() && unconfirmed.is_none();
-        let not_ready = if let Err(e) = &m.running_state {
+        let failed = match &m.running_state {
+            Ok(()) | Err(openraft::errors::Fatal::Stopped) => None,
+            Err(e) => Some(e.to_string()),
+        };
+        let not_ready = if let Some(e) = &failed {
+            Some(format!("failed: {e}; restart this node"))
+        } else if let Err(e) = &m.running_state {
             Some(format!("raft stopped: {e}"))
         } else if let Some(s) = &stalled {
             Some(format!("stalled: {s}"))
@@ -173,6 +179,7 @@ impl Readiness {
             ready,
             not_ready,
             stalled,
+            failed,
         }
     }
 }
