@@ -52,7 +52,9 @@
 //! More flags: `--event-deadline-ms N` (event handler deadline),
 //! `--slow-event-ms N` (slow event handler threshold),
 //! `--keep-logs N` (log entries kept behind a snapshot),
-//! `--max-frame-bytes N` (the transport's frame limit).
+//! `--max-frame-bytes N` (the transport's frame limit),
+//! `--http ADDR` (serves `catga::http` there: `/health`, `/ready`,
+//! `/metrics`, `POST /restock`, `POST /orders`, `GET /stock`).
 //!
 //! A failed call prints `fail <error>`. Nothing else is printed on stdout
 //! (logs go to stderr).
@@ -175,6 +177,7 @@ struct Args {
     slow_event_ms: Option<u64>,
     keep_logs: Option<u64>,
     max_frame_bytes: Option<usize>,
+    http: Option<String>,
 }
 
 fn parse() -> Result<Args, String> {
@@ -190,6 +193,7 @@ fn parse() -> Result<Args, String> {
         slow_event_ms: None,
         keep_logs: None,
         max_frame_bytes: None,
+        http: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -235,6 +239,7 @@ fn parse() -> Result<Args, String> {
                         .map_err(|e| format!("--event-deadline-ms: {e}"))?,
                 )
             }
+            "--http" => a.http = Some(value()?),
             "--max-frame-bytes" => {
                 a.max_frame_bytes = Some(
                     value()?
@@ -544,6 +549,23 @@ pub async fn run(extra: Extra) {
             std::process::exit(1);
         }
     };
+    if let Some(addr) = &args.http {
+        let http = catga::http::Http::new(node.clone());
+        let app = http
+            .routes()
+            .route("/restock", catga::http::command::<Restock>())
+            .route("/orders", catga::http::command::<PlaceOrder>())
+            .route("/stock", catga::http::query::<GetStock>())
+            .with_state(http);
+        let listener = match tokio::net::TcpListener::bind(addr).await {
+            Ok(l) => l,
+            Err(e) => {
+                println!("fail --http {addr}: {e}");
+                std::process::exit(1);
+            }
+        };
+        tokio::spawn(catga::http::serve(listener, app));
+    }
     // record the first moment this node says it is ready (a restarted
     // node must not say so before it has caught up with a live leader)
     let first_ready: FirstReady = Arc::default();

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use catga::http::Http;
 use catga_tests::harness::{Cluster, T};
-use catga_tests::{GetStock, PlaceOrder, Restock};
+use catga_tests::{Explode, GetStock, PlaceOrder, Restock};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
@@ -19,6 +19,7 @@ async fn serve(node: &catga::Node) -> String {
         .routes()
         .route("/restock", catga::http::command::<Restock>())
         .route("/orders", catga::http::command::<PlaceOrder>())
+        .route("/explode", catga::http::command::<Explode>())
         .route("/stock", catga::http::query::<GetStock>())
         .with_state(http);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -253,9 +254,33 @@ async fn ready_follows_a_partition_and_metrics_parse_and_move() {
             .unwrap();
         assert_eq!(r.status(), StatusCode::OK);
     }
+    // a handler that panics: 500, counted
+    let r = client
+        .post(format!("{base}/explode"))
+        .json(&json!({"touch_first": false}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::INTERNAL_SERVER_ERROR);
     let m1 = scrape().await;
     assert_eq!(m1.get(restocks), Some(&3.0), "{m1:#?}");
     assert!(m1["catga_applied_index"] > m0["catga_applied_index"]);
+    assert!(m1["catga_leader_commit_index"] >= m1["catga_applied_index"] - 1.0);
+    assert_eq!(m1.get("catga_failed"), Some(&0.0));
+    // four writes, proposed here or forwarded (the node is usually a follower)
+    let attempts = |m: &std::collections::BTreeMap<String, f64>| {
+        ["local", "forwarded"]
+            .iter()
+            .map(|r| {
+                m.get(&format!(r#"catga_write_attempts_total{{route="{r}"}}"#))
+                    .copied()
+                    .unwrap_or(0.0)
+            })
+            .sum::<f64>()
+    };
+    assert!(attempts(&m1) - attempts(&m0) >= 4.0, "{m1:#?}");
+    assert_eq!(m1.get("catga_handler_panics_total"), Some(&1.0), "{m1:#?}");
+    assert!(m1.contains_key("catga_retries_total"), "{m1:#?}");
     c.shutdown().await;
 }
 

@@ -12,6 +12,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 use crate::node::{Health, Role};
+use crate::raft::Counts;
 
 type Labels = Vec<(String, String)>;
 
@@ -30,7 +31,15 @@ pub(super) struct Metrics {
     applied: Gauge,
     snapshot: Gauge,
     ready: Gauge,
+    failed: Gauge,
+    commit: Gauge,
     lag: Family<Labels, Gauge>,
+    event_lag: Gauge,
+    writes: Family<Labels, Counter>,
+    retries: Counter,
+    panics: Counter,
+    /// The node's counts at the last render (counters move by the delta).
+    last: Mutex<Counts>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -51,7 +60,14 @@ impl Metrics {
             applied: Gauge::default(),
             snapshot: Gauge::default(),
             ready: Gauge::default(),
+            failed: Gauge::default(),
+            commit: Gauge::default(),
             lag: Family::default(),
+            event_lag: Gauge::default(),
+            writes: Family::default(),
+            retries: Counter::default(),
+            panics: Counter::default(),
+            last: Mutex::new(Counts::default()),
         };
         {
             let mut r = m.registry.lock();
@@ -92,6 +108,37 @@ impl Metrics {
                 "on the leader: entries each follower is behind",
                 m.lag.clone(),
             );
+            r.register(
+                "failed",
+                "1 when this node's storage failed and it stopped (restart it)",
+                m.failed.clone(),
+            );
+            r.register(
+                "leader_commit_index",
+                "the commit index of the leader this node follows, as last heard",
+                m.commit.clone(),
+            );
+            r.register(
+                "event_lag",
+                "applied entries whose events still wait for this node's handlers",
+                m.event_lag.clone(),
+            );
+            r.register(
+                "write_attempts",
+                "write attempts by this node: proposed here as the leader (local) or \
+                 forwarded to the leader (forwarded)",
+                m.writes.clone(),
+            );
+            r.register(
+                "retries",
+                "attempts of a call after its first (leader changes, timeouts)",
+                m.retries.clone(),
+            );
+            r.register(
+                "handler_panics",
+                "command handlers that panicked, as applied on this node",
+                m.panics.clone(),
+            );
         }
         m
     }
@@ -113,7 +160,24 @@ impl Metrics {
     }
 
     /// The text exposition, with the Raft gauges read from `h` now.
-    pub(super) fn render(&self, h: &Health) -> Result<String, String> {
+    pub(super) fn render(&self, h: &Health, counts: Counts) -> Result<String, String> {
+        {
+            let mut last = self.last.lock();
+            let route = |name: &str| vec![("route".to_string(), name.to_string())];
+            self.writes
+                .get_or_create(&route("local"))
+                .inc_by(counts.writes_local.saturating_sub(last.writes_local));
+            self.writes.get_or_create(&route("forwarded")).inc_by(
+                counts
+                    .writes_forwarded
+                    .saturating_sub(last.writes_forwarded),
+            );
+            self.retries
+                .inc_by(counts.retries.saturating_sub(last.retries));
+            self.panics
+                .inc_by(counts.handler_panics.saturating_sub(last.handler_panics));
+            *last = counts;
+        }
         for r in [
             Role::Leader,
             Role::Follower,
@@ -130,6 +194,9 @@ impl Metrics {
         self.applied.set(n(h.applied_index));
         self.snapshot.set(n(h.snapshot_index));
         self.ready.set(i64::from(h.ready));
+        self.failed.set(i64::from(h.failed.is_some()));
+        self.commit.set(n(h.leader_commit_index));
+        self.event_lag.set(h.event_lag as i64);
         self.lag.clear();
         for (peer, lag) in &h.replication_lag {
             self.lag

@@ -24,11 +24,11 @@
 //! | no leader within the request timeout (nothing was applied) | 503 + `Retry-After` | `{"error": ...}` |
 //! | overloaded, or the node is shutting down | 503 + `Retry-After` | `{"error": ...}` |
 //! | timeout with an unknown outcome (the command may still apply, once) | 504 | `{"error": ..., "outcome": "unknown..."}` |
+//! | anything else (a handler panicked, a version mismatch) | 500 | `{"error": ...}` |
 //!
 //! A command sent with an `Idempotency-Key` header is applied once whatever
 //! node its retries reach, and every retry gets the first attempt's answer
 //! ([`Node::send_keyed`]).
-//! | anything else (a handler panicked, a version mismatch) | 500 | `{"error": ...}` |
 //!
 //! Every response carries `x-catga-node` (the id of the node that answered).
 //! A rejected request never reaches the log.
@@ -360,7 +360,7 @@ async fn ready(State(h): State<Http>) -> Response {
 }
 
 async fn metrics_text(State(h): State<Http>) -> Response {
-    match h.metrics.render(&h.node.health()) {
+    match h.metrics.render(&h.node.health(), h.node.counts()) {
         Ok(text) => (
             [(
                 header::CONTENT_TYPE,

@@ -86,6 +86,13 @@ impl Node {
         }
     }
 
+    /// What this node did (writes proposed here or forwarded, retries,
+    /// handler panics), for `catga::http`'s metrics.
+    #[cfg_attr(not(feature = "http"), allow(dead_code))]
+    pub(crate) fn counts(&self) -> crate::raft::Counts {
+        self.inner.raft.counts()
+    }
+
     /// The Raft side of this node, for the test hooks in [`crate::testing`].
     pub(crate) fn raft(&self) -> &RaftHandle {
         &self.inner.raft

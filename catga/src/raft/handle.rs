@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use openraft::async_runtime::WatchReceiver;
@@ -26,7 +27,7 @@ use super::service::{RaftService, Running};
 use super::state_machine::SmStore;
 use super::status::Readiness;
 use super::wire::{Redirect, Rpc, decode, encode};
-use super::{Raft, RaftState, Status, leader};
+use super::{Counters, Counts, Raft, RaftState, Status, leader};
 use crate::error::{Error, Result};
 use crate::machine::{Applied, Envelope, Machine};
 use crate::transport::{Faults, PeerCheck, Pool, Server, TransportConfig};
@@ -71,6 +72,7 @@ pub(crate) struct RaftHandle {
     readiness: Readiness,
     compat: Arc<Compat>,
     peers: Arc<PeerLog>,
+    counters: Counters,
 }
 
 impl RaftHandle {
@@ -201,6 +203,7 @@ impl RaftHandle {
             ),
             compat,
             peers,
+            counters: Counters::default(),
         };
 
         if !s.join {
@@ -340,7 +343,11 @@ impl RaftHandle {
         let deadline = start + timeout;
         let mut backoff = Duration::from_millis(1);
         let mut last = String::from("no leader known");
+        let mut first = true;
         loop {
+            if !std::mem::take(&mut first) {
+                self.counters.retries.fetch_add(1, Ordering::Relaxed);
+            }
             let now = Instant::now();
             if now >= deadline {
                 return Err(Error::Timeout {
@@ -440,8 +447,14 @@ impl RaftHandle {
     pub(crate) async fn write(&self, env: Envelope, timeout: Duration) -> Result<Applied> {
         self.route(
             timeout,
-            |l, addr, ttl| self.forwarder.write(l, addr, env.clone(), ttl),
+            |l, addr, ttl| {
+                self.counters
+                    .writes_forwarded
+                    .fetch_add(1, Ordering::Relaxed);
+                self.forwarder.write(l, addr, env.clone(), ttl)
+            },
             |raft| {
+                self.counters.writes_local.fetch_add(1, Ordering::Relaxed);
                 let env = env.clone();
                 let compat = self.compat.clone();
                 async move { leader::write(&raft, &compat, env).await }
@@ -569,6 +582,17 @@ impl RaftHandle {
             .elect(false)
             .await
             .map_err(|e| Error::Raft(e.to_string()))
+    }
+
+    /// What this node did, for metrics.
+    pub(crate) fn counts(&self) -> Counts {
+        let c = &self.counters;
+        Counts {
+            writes_local: c.writes_local.load(Ordering::Relaxed),
+            writes_forwarded: c.writes_forwarded.load(Ordering::Relaxed),
+            retries: c.retries.load(Ordering::Relaxed),
+            handler_panics: self.sm.shared.panics.load(Ordering::Relaxed),
+        }
     }
 
     /// Why this node's Raft stopped for good (its log or state machine

@@ -113,3 +113,23 @@ impl From<openraft::ServerState> for RaftState {
         }
     }
 }
+
+/// What this node did, counted for metrics (`catga::http`'s `/metrics`).
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    /// Write attempts this node proposed itself, as the leader.
+    pub(crate) writes_local: std::sync::atomic::AtomicU64,
+    /// Write attempts forwarded to a leader elsewhere.
+    pub(crate) writes_forwarded: std::sync::atomic::AtomicU64,
+    /// Attempts of a call after its first (a leader change, a timeout).
+    pub(crate) retries: std::sync::atomic::AtomicU64,
+}
+
+/// [`Counters`] read at one moment, plus the handler panics applied here.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Counts {
+    pub(crate) writes_local: u64,
+    pub(crate) writes_forwarded: u64,
+    pub(crate) retries: u64,
+    pub(crate) handler_panics: u64,
+}

@@ -57,6 +57,8 @@ pub(crate) struct Shared {
     halt: watch::Sender<bool>,
     applier: Applier,
     marker: Marker,
+    /// Handler panics applied on this node (for metrics).
+    pub(crate) panics: std::sync::atomic::AtomicU64,
 }
 
 /// What openraft holds; cheap to clone.
@@ -117,6 +119,7 @@ impl SmStore {
                 halt: watch::Sender::new(false),
                 applier: Applier::start()?,
                 marker,
+                panics: Default::default(),
             }),
         })
     }
@@ -323,6 +326,11 @@ fn apply_batch(shared: &Shared, items: Vec<EntryResponder<TC>>) -> Batch {
                     let _ = shared.marker.applying(index, &env.name);
                     marked = true;
                     let a = g.machine.apply(index, &env);
+                    if let Err(crate::error::ApplyError::Panicked { .. }) = &a.response {
+                        shared
+                            .panics
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
                     // under the same lock as the apply, so a snapshot and
                     // the event log agree; never waits for the handlers
                     shared.events.push(index, a.events.clone());
