@@ -14,6 +14,9 @@ use serde_json::{Value, json};
 
 const T: Duration = Duration::from_secs(30);
 
+/// Each key's first answer (status and body), if it got one.
+type Answers = Arc<Mutex<BTreeMap<String, Option<(StatusCode, Value)>>>>;
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keyed_retries_after_the_leader_is_killed_mid_request_apply_once() {
     let dir = tempfile::tempdir().unwrap();
@@ -49,7 +52,7 @@ async fn keyed_retries_after_the_leader_is_killed_mid_request_apply_once() {
         .build()
         .unwrap();
     // key -> the first attempt's answer (status, body), if it got one
-    let first: Arc<Mutex<BTreeMap<String, Option<(StatusCode, Value)>>>> = Arc::default();
+    let first: Answers = Arc::default();
     let (ok_tx, mut ok_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
     let url = format!("http://{}/orders", https[leader - 1]);
     let mut clients = Vec::new();
