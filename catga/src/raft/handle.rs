@@ -73,6 +73,9 @@ pub(crate) struct RaftHandle {
     compat: Arc<Compat>,
     peers: Arc<PeerLog>,
     counters: Counters,
+    /// Set once Raft stopped for good (storage failed): read on every local
+    /// query, so an atomic rather than openraft's metrics.
+    failed: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl RaftHandle {
@@ -183,6 +186,8 @@ impl RaftHandle {
             compat.clone(),
             sm.clone(),
         ));
+        let failed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        background.spawn(watch_failure(raft.clone(), failed.clone()));
         let handle = RaftHandle {
             id: s.node_id,
             raft,
@@ -204,6 +209,7 @@ impl RaftHandle {
             compat,
             peers,
             counters: Counters::default(),
+            failed,
         };
 
         if !s.join {
@@ -597,8 +603,11 @@ impl RaftHandle {
 
     /// Why this node's Raft stopped for good (its log or state machine
     /// failed: a full disk, a disk error), if it did; `None` while it runs
-    /// and after a shutdown.
+    /// and after a shutdown. Cheap while it runs (one atomic load).
     pub(crate) fn failure(&self) -> Option<String> {
+        if !self.failed.load(Ordering::Relaxed) {
+            return None;
+        }
         failure_of(&self.raft.metrics().borrow_watched().running_state)
     }
 
@@ -648,6 +657,19 @@ impl RaftHandle {
         bg.abort_all();
         while bg.join_next().await.is_some() {}
         self.log.close();
+    }
+}
+
+/// Sets `failed` once Raft stops for a reason other than a shutdown.
+async fn watch_failure(raft: Raft, failed: Arc<std::sync::atomic::AtomicBool>) {
+    let stopped = raft
+        .wait(None)
+        .metrics(|m| m.running_state.is_err(), "raft stops")
+        .await;
+    if let Ok(m) = stopped
+        && failure_of(&m.running_state).is_some()
+    {
+        failed.store(true, Ordering::Relaxed);
     }
 }
 

@@ -126,6 +126,7 @@ pub(crate) struct Counters {
 }
 
 /// [`Counters`] read at one moment, plus the handler panics applied here.
+#[cfg_attr(not(feature = "http"), allow(dead_code))]
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct Counts {
     pub(crate) writes_local: u64,
