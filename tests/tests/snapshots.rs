@@ -154,9 +154,9 @@ async fn snapshot_memory_stays_near_the_state_size() {
     }
     let (_, filled) = memory(leader).await;
 
-    // writes through a follower while the leader snapshots
-    let snap = leader.ok("snapshot");
-    let writes = async {
+    // writes through a follower while the leader snapshots, and for as long
+    // without a snapshot (the baseline on this machine)
+    let writes = || async {
         let mut longest = Duration::ZERO;
         let mut n = 0;
         let until = Instant::now() + Duration::from_secs(3);
@@ -168,7 +168,9 @@ async fn snapshot_memory_stays_near_the_state_size() {
         }
         (n, longest)
     };
-    let (s, (n, longest)) = tokio::join!(snap, writes);
+    let (_, baseline) = writes().await;
+    let snap = leader.ok("snapshot");
+    let (s, (n, longest)) = tokio::join!(snap, writes());
     s.unwrap();
     leader
         .wait_status(T, |s| s.num("snapshot") > 0)
@@ -204,7 +206,7 @@ async fn snapshot_memory_stays_near_the_state_size() {
         "state {mib} MiB: leader rss {} -> {} MiB after filling, peak {} MiB while \
          snapshotting (+{:.2}x the state); new node rss {} MiB at start, peak {} MiB \
          (+{:.2}x), {} MiB after; {n} writes through a follower during the snapshot, \
-         longest {longest:?}",
+         longest {longest:?} (without a snapshot: {baseline:?})",
         base / 1024,
         filled / 1024,
         leader_peak / 1024,

@@ -191,7 +191,10 @@ fn open_legacy(dir: &Path, path: &Path, mut file: File) -> io::Result<Loaded> {
     })?
     .map_err(|e| bad(path, e))?;
     // rewritten in the current format, so that it can be sent in chunks
-    let file = write(dir, &old.meta, &old.events, |w| machine.snapshot_to(w))?;
+    let file = write(dir, &old.meta, &old.events, false, &machine, |m, w| {
+        m.snapshot_to(w)
+    })?
+    .ok_or_else(|| io::Error::other("rewriting the snapshot"))?;
     Ok(Loaded {
         meta: old.meta,
         events: old.events,
@@ -206,18 +209,121 @@ fn run_big<R: Send>(f: impl FnOnce() -> R + Send) -> io::Result<R> {
 
 /// Writes a new `snapshot.bin`: the stream `fill` writes, then the trailer;
 /// synced, then renamed over the old one. Blocking.
-pub(crate) fn write(
+///
+/// `guard` keeps the state `fill` reads from changing (the state's read
+/// lock); it is dropped as soon as the state is no longer needed. With
+/// `in_child`, `fill` runs in a forked copy of this process (as Redis
+/// saves): the state is frozen there by copy-on-write, so the guard is
+/// dropped (and writers go on) right after the fork, a few milliseconds,
+/// however long encoding takes; memory grows only by the pages writers
+/// change meanwhile. `Ok(None)` when the child could not do it (no fork, it
+/// failed, it stopped progressing): the caller builds again in-process.
+pub(crate) fn write<G>(
     dir: &Path,
     meta: &Meta,
     events: &[EventBatch],
-    fill: impl FnOnce(&mut dyn Write) -> crate::error::Result<()>,
-) -> io::Result<SnapFile> {
-    let (file, len) = start(dir)?;
+    in_child: bool,
+    guard: G,
+    fill: impl FnOnce(&G, &mut dyn Write) -> crate::error::Result<()>,
+) -> io::Result<Option<SnapFile>> {
+    let (file, tmp) = start(dir)?;
+    #[cfg(target_os = "linux")]
+    if in_child {
+        if !child::fill(&file, guard, fill)? {
+            return Ok(None);
+        }
+        return finish(dir, file, len_of(tmp)?, meta, events).map(Some);
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = in_child;
     let mut w = BufWriter::with_capacity(BUF, &file);
-    fill(&mut w).map_err(io::Error::other)?;
+    fill(&guard, &mut w).map_err(io::Error::other)?;
     w.flush()?;
     drop(w);
-    finish(dir, file, len_of(len)?, meta, events)
+    drop(guard);
+    finish(dir, file, len_of(tmp)?, meta, events).map(Some)
+}
+
+/// Encoding a snapshot in a forked child (Linux).
+#[cfg(target_os = "linux")]
+mod child {
+    use std::fs::File;
+    use std::io::{self, BufWriter, Write};
+    use std::time::{Duration, Instant};
+
+    /// A child that writes nothing for this long is stuck (a user
+    /// `Serialize` waiting on a lock another thread held at the fork).
+    const STUCK_AFTER: Duration = Duration::from_secs(30);
+
+    /// Runs `fill` into `file` in a forked child, drops `guard` in this
+    /// process right after the fork, and waits for the child. `Ok(false)`
+    /// when the child could not do it (the caller builds in-process).
+    pub(super) fn fill<G>(
+        file: &File,
+        guard: G,
+        fill: impl FnOnce(&G, &mut dyn Write) -> crate::error::Result<()>,
+    ) -> io::Result<bool> {
+        // SAFETY: the child runs only `fill` (encoding the state into the
+        // inherited file descriptor, with the allocator, which glibc and
+        // jemalloc make usable after fork) and leaves with `_exit`, so no
+        // destructor, atexit hook or other thread's lock is touched. A
+        // child that hangs anyway is killed (see STUCK_AFTER).
+        let pid = unsafe { libc::fork() };
+        if pid < 0 {
+            tracing::warn!(
+                error = %io::Error::last_os_error(),
+                "cannot fork to write a snapshot; writing it in-process (writes wait meanwhile)"
+            );
+            return Ok(false);
+        }
+        if pid == 0 {
+            let ok = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                let mut w = BufWriter::with_capacity(super::BUF, file);
+                fill(&guard, &mut w).is_ok() && w.flush().is_ok()
+            }))
+            .unwrap_or(false);
+            // SAFETY: ends the child at once, running nothing else.
+            unsafe { libc::_exit(if ok { 0 } else { 1 }) }
+        }
+        drop(guard);
+        let mut size = 0;
+        let mut moved = Instant::now();
+        loop {
+            let mut status = 0;
+            // SAFETY: waits for our own child, without blocking.
+            let r = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+            if r == pid {
+                if libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0 {
+                    return Ok(true);
+                }
+                tracing::warn!(
+                    status,
+                    "the child writing a snapshot failed; writing it in-process"
+                );
+                return Ok(false);
+            }
+            if r < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            let now = file.metadata()?.len();
+            if now != size {
+                size = now;
+                moved = Instant::now();
+            } else if moved.elapsed() > STUCK_AFTER {
+                // SAFETY: signals and reaps our own child.
+                unsafe {
+                    libc::kill(pid, libc::SIGKILL);
+                    libc::waitpid(pid, &mut status, 0);
+                }
+                tracing::warn!(
+                    "the child writing a snapshot made no progress for {STUCK_AFTER:?}; \
+                     killed it, writing the snapshot in-process"
+                );
+                return Ok(false);
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
 }
 
 /// Writes a new `snapshot.bin` whose state stream is `from`'s (a received
@@ -284,4 +390,52 @@ fn finish(
         file: Arc::new(file),
         len,
     })
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use std::io::{Read, Seek, SeekFrom};
+
+    /// The child writes what `fill` writes; the guard is dropped in this
+    /// process while the child may still run.
+    #[test]
+    fn a_forked_child_writes_the_stream() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut file = std::fs::File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(dir.path().join("s"))
+            .unwrap();
+        let lock = parking_lot::RwLock::new(vec![7u8; 3 << 20]);
+        let g = lock.read();
+        let done = super::child::fill(&file, g, |g, w| {
+            w.write_all(g)
+                .map_err(|e| crate::error::Error::Snapshot(e.to_string()))
+        })
+        .unwrap();
+        assert!(done);
+        // the parent's lock is free again
+        lock.write().push(1);
+        let mut back = Vec::new();
+        file.seek(SeekFrom::Start(0)).unwrap();
+        file.read_to_end(&mut back).unwrap();
+        assert_eq!(back, vec![7u8; 3 << 20]);
+    }
+
+    /// A child whose `fill` fails or panics says so: the caller builds
+    /// in-process instead.
+    #[test]
+    fn a_failing_child_is_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = std::fs::File::create(dir.path().join("s")).unwrap();
+        let failed = super::child::fill(&file, (), |_, _| {
+            Err(crate::error::Error::Snapshot("no".into()))
+        })
+        .unwrap();
+        assert!(!failed);
+        let panicked = super::child::fill(&file, (), |_, _| panic!("in the child")).unwrap();
+        assert!(!panicked);
+    }
 }

@@ -142,24 +142,31 @@ impl RaftSnapshotBuilder<TC> for SmStore {
     async fn build_snapshot(&mut self) -> Result<SnapshotOf<TC, SnapFile>, io::Error> {
         let shared = self.shared.clone();
         let (meta, file) = tokio::task::spawn_blocking(move || {
-            // The state is encoded straight into the file under the read
-            // lock (the apply thread waits meanwhile): no copy of it is
-            // made, in memory or otherwise.
-            let g = shared.inner.read();
-            let meta = Meta {
-                last_log_id: g.last_applied,
-                last_membership: g.membership.clone(),
-            };
-            // Events of entries inside the snapshot that have not run here
-            // yet are saved with it (after a restart only the log after the
-            // snapshot is applied again); the snapshot never waits for them.
-            // Taken under the same lock as the state: apply queues an
-            // entry's events before it releases the lock.
-            let upto = g.last_applied.map(|l| l.index).unwrap_or(0);
-            let events = shared.events.pending_upto(upto);
-            let file =
-                snapshot_file::write(&shared.dir, &meta, &events, |w| g.machine.snapshot_to(w))?;
-            Ok::<_, io::Error>((meta, file))
+            // The state is encoded straight into the file, in a forked copy
+            // of this process (writers wait only for the fork), else here
+            // under the read lock (writers wait for the whole encoding).
+            for in_child in [cfg!(target_os = "linux"), false] {
+                let g = shared.inner.read();
+                let meta = Meta {
+                    last_log_id: g.last_applied,
+                    last_membership: g.membership.clone(),
+                };
+                // Events of entries inside the snapshot that have not run
+                // here yet are saved with it (after a restart only the log
+                // after the snapshot is applied again); the snapshot never
+                // waits for them. Taken under the same lock as the state:
+                // apply queues an entry's events before it releases it.
+                let upto = g.last_applied.map(|l| l.index).unwrap_or(0);
+                let events = shared.events.pending_upto(upto);
+                let written =
+                    snapshot_file::write(&shared.dir, &meta, &events, in_child, g, |g, w| {
+                        g.machine.snapshot_to(w)
+                    })?;
+                if let Some(file) = written {
+                    return Ok::<_, io::Error>((meta, file));
+                }
+            }
+            Err(io::Error::other("writing the snapshot failed"))
         })
         .await
         .map_err(other)??;
