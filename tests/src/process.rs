@@ -313,6 +313,20 @@ impl Proc {
         .await
     }
 
+    /// Waits until this node is ready and names a leader; returns the
+    /// leader's id.
+    pub async fn wait_leader(&self, timeout: Duration) -> Result<usize, String> {
+        let h = self
+            .wait_health(timeout, |f| {
+                f.len() == 5 && f[2] != "none" && f[4] == "true"
+            })
+            .await?;
+        h.split_whitespace()
+            .nth(2)
+            .and_then(|l| l.parse().ok())
+            .ok_or_else(|| format!("node {}: no leader in `{h}`", self.id))
+    }
+
     /// Polls `cmd` until `pred` holds on its `ok` answer, or `timeout` passes.
     pub async fn wait_for(
         &self,

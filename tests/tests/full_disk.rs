@@ -100,13 +100,7 @@ async fn full_disk(leader_fails: bool) {
     for s in &specs {
         procs.push(Some(Proc::start(s).await.unwrap()));
     }
-    let h = procs[0]
-        .as_ref()
-        .unwrap()
-        .wait_health(T, |f| f.len() == 5 && f[2] != "none" && f[4] == "true")
-        .await
-        .unwrap();
-    let leader: usize = h.split_whitespace().nth(2).unwrap().parse().unwrap();
+    let leader = procs[0].as_ref().unwrap().wait_leader(T).await.unwrap();
     let victim = if leader_fails { leader } else { leader % 3 + 1 };
     // the victim's data dir moves onto the small disk: restart it there
     procs[victim - 1].take().unwrap().kill9().await;

@@ -30,13 +30,7 @@ async fn keyed_retries_after_the_leader_is_killed_mid_request_apply_once() {
         };
         procs.push(Some(Proc::start(&spec).await.unwrap()));
     }
-    let h = procs[0]
-        .as_ref()
-        .unwrap()
-        .wait_health(T, |f| f.len() == 5 && f[2] != "none" && f[4] == "true")
-        .await
-        .unwrap();
-    let leader: usize = h.split_whitespace().nth(2).unwrap().parse().unwrap();
+    let leader = procs[0].as_ref().unwrap().wait_leader(T).await.unwrap();
     let stock = 1_000_000u32;
     procs[leader - 1]
         .as_ref()

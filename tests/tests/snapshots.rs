@@ -24,11 +24,7 @@ async fn three(dir: &std::path::Path, args: &[&str]) -> (Vec<Proc>, Vec<String>,
         };
         procs.push(Proc::start(&spec).await.unwrap());
     }
-    let h = procs[0]
-        .wait_health(T, |f| f.len() == 5 && f[2] != "none" && f[4] == "true")
-        .await
-        .unwrap();
-    let leader: usize = h.split_whitespace().nth(2).unwrap().parse().unwrap();
+    let leader = procs[0].wait_leader(T).await.unwrap();
     (procs, addrs, leader - 1)
 }
 
