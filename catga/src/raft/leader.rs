@@ -6,6 +6,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures::StreamExt;
+use openraft::async_runtime::WatchReceiver;
 use openraft::errors::{ClientWriteError, RaftError};
 use openraft::{BasicNode, ChangeMembers, ReadPolicy};
 
@@ -187,10 +188,44 @@ pub(crate) async fn add_node(raft: &Raft, id: u64, addr: String) -> Redirect<()>
     membership_change(raft, ChangeMembers::AddVoterIds(set)).await
 }
 
-/// Removes a voter.
+/// Removes a node from the membership: from the voters first if it is
+/// one, then from the nodes (so it no longer receives the log).
 pub(crate) async fn remove_node(raft: &Raft, id: u64) -> Redirect<()> {
     let set: BTreeSet<u64> = [id].into();
-    membership_change(raft, ChangeMembers::RemoveVoters(set)).await
+    let (voter, known) = {
+        let m = raft.metrics();
+        let m = m.borrow_watched();
+        let membership = m.membership_config.membership();
+        (
+            membership.voter_ids().any(|v| v == id),
+            membership.get_node(&id).is_some(),
+        )
+    };
+    if voter {
+        match membership_change(raft, ChangeMembers::RemoveVoters(set.clone())).await {
+            Redirect::Ok(()) => {}
+            other => return other,
+        }
+    } else if !known {
+        return Redirect::Ok(());
+    }
+    membership_change(raft, ChangeMembers::RemoveNodes(set)).await
+}
+
+/// Adds a node as a learner without waiting for it to catch up.
+pub(crate) async fn add_learner(raft: &Raft, id: u64, addr: String) -> Redirect<()> {
+    match raft.add_learner(id, BasicNode::new(addr), false).await {
+        Ok(_) => Redirect::Ok(()),
+        Err(e) => match e.forward_to_leader() {
+            Some(f) => Redirect::NotLeader(f.leader_id),
+            None => Redirect::Failed(e.to_string()),
+        },
+    }
+}
+
+/// Makes a learner a voter.
+pub(crate) async fn promote(raft: &Raft, id: u64) -> Redirect<()> {
+    membership_change(raft, ChangeMembers::AddVoterIds([id].into())).await
 }
 
 async fn membership_change(
