@@ -35,9 +35,10 @@ impl Node {
     }
 
     /// Leaves the cluster for good: records the id as removed (a node
-    /// started with `.discovery(..)`), hands leadership over if this node
-    /// leads, removes it from the membership through the leader, then
-    /// unregisters it and shuts it down. The id is never used again.
+    /// started with `.discovery(..)`), removes it from the membership
+    /// through the leader (a leader removing itself steps down once the
+    /// change is committed), then unregisters it and shuts it down. The id
+    /// is never used again.
     ///
     /// ```no_run
     /// # async fn f(node: catga::Node) -> catga::Result<()> {
@@ -52,6 +53,7 @@ impl Node {
         if let Some(sf) = self.inner.selfform.get() {
             sf.mark_removed(me).await?;
         }
+        let mut backoff = Duration::from_millis(20);
         loop {
             let view = raft.membership();
             if !view.voters.contains_key(&me) && !view.learners.contains_key(&me) {
@@ -62,22 +64,14 @@ impl Node {
                     "the last voter cannot leave: add another node first, or shut it down".into(),
                 ));
             }
-            if view.leader {
-                if let Some(to) = view.voters.keys().copied().find(|v| *v != me) {
-                    let _ = raft.transfer_leader(to).await;
-                    raft.changed(Duration::from_millis(200)).await;
-                    if Instant::now() < deadline {
-                        continue;
-                    }
-                }
-            }
             let left = deadline.saturating_duration_since(Instant::now());
             match raft.remove_node(me, left).await {
                 Ok(()) => break,
                 // another change in progress, or a leader change: retry
                 Err(Error::Membership(e)) if Instant::now() < deadline => {
                     tracing::debug!(error = %e, "leave: retrying the membership change");
-                    raft.changed(Duration::from_millis(50)).await;
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_millis(500));
                 }
                 Err(e) => return Err(e),
             }

@@ -379,15 +379,6 @@ impl RaftHandle {
         redirect_result(leader::remove_node(&self.raft, id).await)
     }
 
-    /// Hands leadership to voter `to` (best effort).
-    pub(crate) async fn transfer_leader(&self, to: u64) -> Result<()> {
-        self.raft
-            .trigger()
-            .transfer_leader(to)
-            .await
-            .map_err(|e| Error::Raft(e.to_string()))
-    }
-
     pub(crate) fn local_addr(&self) -> SocketAddr {
         self.local_addr
     }

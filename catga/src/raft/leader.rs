@@ -188,23 +188,57 @@ pub(crate) async fn add_node(raft: &Raft, id: u64, addr: String) -> Redirect<()>
     membership_change(raft, ChangeMembers::AddVoterIds(set)).await
 }
 
+/// How far behind a learner may be and still take a removed voter's place.
+const REPLACEMENT_MAX_LAG: u64 = 100;
+
 /// Removes a node from the membership: from the voters first if it is
-/// one, then from the nodes (so it no longer receives the log).
+/// one, then from the nodes (so it no longer receives the log). A voter
+/// is replaced, in the same change, by a learner that has caught up, if
+/// there is one: the voter count holds, and a cluster that already misses
+/// a voter keeps its quorum through the change.
 pub(crate) async fn remove_node(raft: &Raft, id: u64) -> Redirect<()> {
     let set: BTreeSet<u64> = [id].into();
-    let (voter, known) = {
+    let (voters, known, replacement) = {
         let m = raft.metrics();
         let m = m.borrow_watched();
         let membership = m.membership_config.membership();
-        (
-            membership.voter_ids().any(|v| v == id),
-            membership.get_node(&id).is_some(),
-        )
+        let voters: BTreeSet<u64> = membership.voter_ids().collect();
+        let last = m.last_log_index.map(|l| l + 1).unwrap_or(0);
+        let replacement = membership.learner_ids().find(|l| {
+            m.replication
+                .as_ref()
+                .and_then(|r| r.get(l).copied())
+                .flatten()
+                .is_some_and(|matched| last.saturating_sub(matched.index + 1) <= REPLACEMENT_MAX_LAG)
+        });
+        (voters, membership.get_node(&id).is_some(), replacement)
     };
-    if voter {
-        match membership_change(raft, ChangeMembers::RemoveVoters(set.clone())).await {
+    if voters.contains(&id) {
+        let change = match replacement {
+            Some(l) => {
+                let mut next = voters.clone();
+                next.remove(&id);
+                next.insert(l);
+                tracing::info!(removed = id, promoted = l, "a caught-up learner replaces the removed voter");
+                ChangeMembers::ReplaceAllVoters(next)
+            }
+            None => ChangeMembers::RemoveVoters(set.clone()),
+        };
+        match membership_change(raft, change).await {
             Redirect::Ok(()) => {}
             other => return other,
+        }
+        // a leader that removed itself steps down: the next leader removes
+        // the node from the learners
+        if !raft
+            .metrics()
+            .borrow_watched()
+            .membership_config
+            .membership()
+            .get_node(&id)
+            .is_some()
+        {
+            return Redirect::Ok(());
         }
     } else if !known {
         return Redirect::Ok(());

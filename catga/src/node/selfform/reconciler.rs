@@ -22,6 +22,11 @@ use crate::discovery::{Discovery, LeaveReason, MemberEvent, NodeInfo};
 use crate::node::WeakNode;
 use crate::raft::MembershipView;
 
+/// How often the reconciler looks at the membership.
+const TICK: Duration = Duration::from_millis(100);
+/// How long it waits after a change failed.
+const RETRY_AFTER: Duration = Duration::from_millis(500);
+
 /// One membership change.
 #[derive(Debug, PartialEq, Eq)]
 pub(super) enum Step {
@@ -104,13 +109,12 @@ pub(super) async fn run(
     };
     let mut seen = Seen::default();
     let mut warned: BTreeSet<u64> = BTreeSet::new();
+    // one look every TICK at most (and on discovery events): the
+    // membership moves slowly, and the store is not polled per write
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut retry_at = Instant::now();
     loop {
-        let raft_changed = async {
-            match node.upgrade() {
-                Some(n) => n.raft().changed(Duration::from_millis(250)).await,
-                None => tokio::time::sleep(Duration::from_millis(250)).await,
-            }
-        };
         tokio::select! {
             _ = stop.cancelled() => return,
             ev = watch.next() => match ev {
@@ -127,7 +131,10 @@ pub(super) async fn run(
                     None => return,
                 },
             },
-            _ = raft_changed => {}
+            _ = tick.tick() => {}
+        }
+        if Instant::now() < retry_at {
+            continue;
         }
         let Some(node) = node.upgrade() else { return };
         let raft = node.raft();
@@ -172,13 +179,17 @@ pub(super) async fn run(
                         seen.left.remove(&id);
                         seen.refused.insert(id);
                     }
-                    Err(e) => tracing::warn!(node = id, error = %e, "removal failed; retrying"),
+                    Err(e) => {
+                        tracing::warn!(node = id, error = %e, "removal failed; retrying");
+                        retry_at = Instant::now() + RETRY_AFTER;
+                    }
                 }
             }
             Step::Promote(id) => {
                 tracing::info!(node = id, "promoting caught-up learner to voter");
                 if let Err(e) = raft.promote_here(id).await {
                     tracing::warn!(node = id, error = %e, "promotion failed; retrying");
+                    retry_at = Instant::now() + RETRY_AFTER;
                 }
             }
             Step::AddLearner(id, addr) => {
@@ -204,6 +215,7 @@ pub(super) async fn run(
                 tracing::info!(node = id, %addr, "adding node as a learner");
                 if let Err(e) = raft.add_learner_here(id, addr).await {
                     tracing::warn!(node = id, error = %e, "adding the learner failed; retrying");
+                    retry_at = Instant::now() + RETRY_AFTER;
                 }
             }
         }
