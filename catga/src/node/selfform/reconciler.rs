@@ -153,7 +153,7 @@ pub(super) async fn run(
             continue;
         }
         for (id, (_, reason)) in &seen.left {
-            if view.voters.contains_key(id) && warned.insert(*id) {
+            if *id != me && view.voters.contains_key(id) && warned.insert(*id) {
                 tracing::warn!(node = id, ?reason,
                     "voter {id} left discovery: suspect; it stays a voter{}",
                     match s.remove_dead_after {
