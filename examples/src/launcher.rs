@@ -69,7 +69,9 @@ async fn child(args: &[String]) -> Result<(), String> {
             .iter()
             .position(|a| a == flag)
             .ok_or(format!("missing {flag}"))?;
-        args.get(i + 1).cloned().ok_or(format!("{flag} needs a value"))
+        args.get(i + 1)
+            .cloned()
+            .ok_or(format!("{flag} needs a value"))
     };
     let id: u64 = get("--node")?.parse().map_err(|e| format!("--node: {e}"))?;
     let url = get("--url")?;
@@ -142,7 +144,8 @@ async fn answer(node: &Node, line: &str) -> Result<String, String> {
             .parse()
             .map_err(|e| format!("{e}"))
     };
-    let sku = |i: usize| -> Result<String, String> { Ok(w.get(i).ok_or("missing sku")?.to_string()) };
+    let sku =
+        |i: usize| -> Result<String, String> { Ok(w.get(i).ok_or("missing sku")?.to_string()) };
     let e = |e: catga::Error| e.to_string();
     match w.first().copied() {
         Some("restock") => {
@@ -206,7 +209,12 @@ struct Proc {
 }
 
 impl Proc {
-    async fn start(id: u64, url: &str, cluster: &str, dir: &std::path::Path) -> Result<Proc, String> {
+    async fn start(
+        id: u64,
+        url: &str,
+        cluster: &str,
+        dir: &std::path::Path,
+    ) -> Result<Proc, String> {
         let exe = std::env::current_exe().map_err(|e| e.to_string())?;
         let mut child = Command::new(exe)
             .arg("--node")
@@ -369,7 +377,10 @@ async fn launch(backend: &str, url: &str) -> Result<String, String> {
     for p in procs.values_mut() {
         same &= p.call("stock! apple").await? == "16";
     }
-    check(v == "16" && same, "every live node reads every acknowledged write")?;
+    check(
+        v == "16" && same,
+        "every live node reads every acknowledged write",
+    )?;
     for (_, p) in procs {
         p.kill9().await;
     }

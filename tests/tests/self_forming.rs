@@ -45,8 +45,8 @@ async fn start_mem(
 
 /// The cluster id recorded in a node's data dir (`identity` file).
 fn dir_cluster(dir: &Path, id: u64) -> String {
-    let text = std::fs::read_to_string(dir.join(format!("n{id}")).join("identity"))
-        .unwrap_or_default();
+    let text =
+        std::fs::read_to_string(dir.join(format!("n{id}")).join("identity")).unwrap_or_default();
     text.lines()
         .find_map(|l| l.strip_prefix("cluster "))
         .unwrap_or("")
@@ -310,7 +310,9 @@ async fn redis_processes_bootstrap_join_kill_and_leave() {
         let p4 = Proc::start(&spec(4, &url, &name, &dir.path().join(&name), &[]))
             .await
             .unwrap();
-        p4.wait_for("stock apple", LONG, |s| s == "10").await.unwrap();
+        p4.wait_for("stock apple", LONG, |s| s == "10")
+            .await
+            .unwrap();
         eprintln!(
             "FIGURE a node started against a running cluster reads the latest write locally after {:?}",
             t4.elapsed()
@@ -320,7 +322,11 @@ async fn redis_processes_bootstrap_join_kill_and_leave() {
             .unwrap();
         procs.insert(4, p4);
         // kill -9 a voter: the cluster goes on; the dead voter stays (suspect)
-        let victim = procs.keys().copied().find(|i| *i != leader && *i != 4).unwrap();
+        let victim = procs
+            .keys()
+            .copied()
+            .find(|i| *i != leader && *i != 4)
+            .unwrap();
         procs.remove(&victim).unwrap().kill9().await;
         let writer = procs.keys().copied().find(|i| *i != leader).unwrap();
         procs[&writer].ok("restock apple 1").await.unwrap();
@@ -343,9 +349,14 @@ async fn redis_processes_bootstrap_join_kill_and_leave() {
             .wait_members(LONG, |m| !m.voters.contains(&leaving))
             .await
             .unwrap();
-        eprintln!("FIGURE leave -> removed from membership: {:?}", tl.elapsed());
+        eprintln!(
+            "FIGURE leave -> removed from membership: {:?}",
+            tl.elapsed()
+        );
         let m = procs[&observer]
-            .wait_members(LONG, |m| m.voters.contains(&4) && !m.learners.contains(&leaving))
+            .wait_members(LONG, |m| {
+                m.voters.contains(&4) && !m.learners.contains(&leaving)
+            })
             .await
             .unwrap();
         assert!(!m.learners.contains(&leaving), "{m:?}");
@@ -371,7 +382,9 @@ async fn wiped_initializer_does_not_start_a_second_cluster_and_loses_nothing() {
     }
     let name = unique("sf_wiped");
     let dir = tempfile::tempdir().unwrap();
-    let specs: Vec<Spec> = (1..=3).map(|id| spec(id, &url, &name, dir.path(), &[])).collect();
+    let specs: Vec<Spec> = (1..=3)
+        .map(|id| spec(id, &url, &name, dir.path(), &[]))
+        .collect();
     let mut procs = start_all(specs.clone(), 7).await;
     for p in procs.values() {
         p.wait_members(LONG, |m| m.voters == [1, 2, 3] && m.leader.is_some())
@@ -390,7 +403,10 @@ async fn wiped_initializer_does_not_start_a_second_cluster_and_loses_nothing() {
     let err = Proc::start(&specs[0]).await.err().expect("refused");
     assert!(err.contains("wiped or replaced"), "{err}");
     // no second cluster: same record, the others serve, nothing lost
-    assert_eq!(redis_record(&url, &name, "cluster-id").await.unwrap(), record);
+    assert_eq!(
+        redis_record(&url, &name, "cluster-id").await.unwrap(),
+        record
+    );
     procs[&3].ok("restock pear 1").await.unwrap();
     acked += 1;
     for p in procs.values() {
@@ -465,7 +481,10 @@ async fn grow_3_5_3_under_load_with_a_kill_and_the_store_stopped() {
     procs.remove(&5).unwrap().kill9().await;
     let before = acked.load(std::sync::atomic::Ordering::SeqCst);
     procs[&2].ok("restock outage 1").await.unwrap();
-    procs[&6].wait_for("stock outage", LONG, |s| s == "1").await.unwrap();
+    procs[&6]
+        .wait_for("stock outage", LONG, |s| s == "1")
+        .await
+        .unwrap();
     // the outage is the fault being tested: it lasts 10 s
     tokio::time::sleep(Duration::from_secs(10).saturating_sub(outage.elapsed())).await;
     assert!(
@@ -511,18 +530,25 @@ async fn nats_processes_bootstrap_and_a_fourth_node_joins_as_learner() {
     let name = unique("sf_nats");
     let dir = tempfile::tempdir().unwrap();
     let t0 = Instant::now();
-    let specs = (1..=3).map(|id| spec(id, &url, &name, dir.path(), &[])).collect();
+    let specs = (1..=3)
+        .map(|id| spec(id, &url, &name, dir.path(), &[]))
+        .collect();
     let mut procs = start_all(specs, 3).await;
     for p in procs.values() {
         p.wait_members(LONG, |m| m.voters == [1, 2, 3] && m.leader.is_some())
             .await
             .unwrap();
     }
-    eprintln!("FIGURE cold bootstrap of 3 processes on NATS: {:?}", t0.elapsed());
+    eprintln!(
+        "FIGURE cold bootstrap of 3 processes on NATS: {:?}",
+        t0.elapsed()
+    );
     let leader = leader_of(&procs).await;
     let follower = procs.keys().copied().find(|i| *i != leader).unwrap();
     procs[&follower].ok("restock fig 3").await.unwrap();
-    let p4 = Proc::start(&spec(4, &url, &name, dir.path(), &[])).await.unwrap();
+    let p4 = Proc::start(&spec(4, &url, &name, dir.path(), &[]))
+        .await
+        .unwrap();
     p4.wait_for("stock fig", LONG, |s| s == "3").await.unwrap();
     p4.wait_members(LONG, |m| m.learners == [4]).await.unwrap();
     procs.insert(4, p4);

@@ -236,10 +236,7 @@ mod tests {
         let other = store.discovery(DiscoveryConfig::new("d")).unwrap();
         let mut w = b.watch().await.unwrap();
         a.register(NodeInfo::new("c", 1, "x:1")).await.unwrap();
-        other
-            .register(NodeInfo::new("d", 9, "x:9"))
-            .await
-            .unwrap();
+        other.register(NodeInfo::new("d", 9, "x:9")).await.unwrap();
         assert!(matches!(w.next().await, Some(MemberEvent::Joined(n)) if n.id == 1));
         assert_eq!(a.create_record("id", "one").await.unwrap(), "one");
         assert_eq!(b.create_record("id", "two").await.unwrap(), "one");

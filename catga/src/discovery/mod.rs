@@ -333,8 +333,10 @@ pub trait Discovery: Send + Sync + Debug {
     ) -> BoxFuture<'a, Result<String, DiscoveryError>>;
 
     /// The value of the cluster record `name`, if it exists.
-    fn read_record<'a>(&'a self, name: &'a str)
-    -> BoxFuture<'a, Result<Option<String>, DiscoveryError>>;
+    fn read_record<'a>(
+        &'a self,
+        name: &'a str,
+    ) -> BoxFuture<'a, Result<Option<String>, DiscoveryError>>;
 }
 
 /// Checks a record name: letters, digits, `-` and `_`, 1 to 128 bytes.

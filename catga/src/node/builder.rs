@@ -312,7 +312,7 @@ impl ClusterBuilder {
             (None, Some(mine)) => mine.clone(),
             (None, None) => "catga".to_string(),
         };
-        if self.voters == 0 || self.voters % 2 == 0 {
+        if self.voters == 0 || self.voters.is_multiple_of(2) {
             return Err(bad(
                 "voters",
                 format!("{} voters: use an odd number (1, 3, 5...)", self.voters),

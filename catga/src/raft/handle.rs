@@ -339,10 +339,7 @@ impl RaftHandle {
         };
         let voters: BTreeMap<u64, String> =
             membership.voter_ids().map(|id| (id, addr(&id))).collect();
-        let learners = membership
-            .learner_ids()
-            .map(|id| (id, addr(&id)))
-            .collect();
+        let learners = membership.learner_ids().map(|id| (id, addr(&id))).collect();
         let last = m.last_log_index.map(|l| l + 1).unwrap_or(0);
         let lag = m
             .replication

@@ -209,7 +209,9 @@ pub(crate) async fn remove_node(raft: &Raft, id: u64) -> Redirect<()> {
                 .as_ref()
                 .and_then(|r| r.get(l).copied())
                 .flatten()
-                .is_some_and(|matched| last.saturating_sub(matched.index + 1) <= REPLACEMENT_MAX_LAG)
+                .is_some_and(|matched| {
+                    last.saturating_sub(matched.index + 1) <= REPLACEMENT_MAX_LAG
+                })
         });
         (voters, membership.get_node(&id).is_some(), replacement)
     };
@@ -219,7 +221,11 @@ pub(crate) async fn remove_node(raft: &Raft, id: u64) -> Redirect<()> {
                 let mut next = voters.clone();
                 next.remove(&id);
                 next.insert(l);
-                tracing::info!(removed = id, promoted = l, "a caught-up learner replaces the removed voter");
+                tracing::info!(
+                    removed = id,
+                    promoted = l,
+                    "a caught-up learner replaces the removed voter"
+                );
                 ChangeMembers::ReplaceAllVoters(next)
             }
             None => ChangeMembers::RemoveVoters(set.clone()),
@@ -228,15 +234,15 @@ pub(crate) async fn remove_node(raft: &Raft, id: u64) -> Redirect<()> {
             Redirect::Ok(()) => {}
             other => return other,
         }
-        // a leader that removed itself steps down: the next leader removes
-        // the node from the learners
-        if !raft
+        // changes are made with `retain = false`: a removed voter leaves
+        // the nodes too, and there is nothing left to do
+        if raft
             .metrics()
             .borrow_watched()
             .membership_config
             .membership()
             .get_node(&id)
-            .is_some()
+            .is_none()
         {
             return Redirect::Ok(());
         }

@@ -200,7 +200,8 @@ mod tests {
         let s = settings(1);
         let mut nodes = seen(&[1, 2]);
         if let Some(n) = nodes.get_mut(&2) {
-            n.metadata.insert(super::super::META_CLUSTER.into(), hex(77));
+            n.metadata
+                .insert(super::super::META_CLUSTER.into(), hex(77));
         }
         assert_eq!(
             decide(1, &nodes, Duration::from_secs(5), &s),

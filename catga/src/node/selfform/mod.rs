@@ -191,7 +191,10 @@ pub(crate) async fn start(
     let weak = node.downgrade();
     let load_of = weak.clone();
     let heartbeats = HeartbeatService::start(discovery.clone(), info.clone(), move || {
-        load_of.upgrade().map(|n| n.in_flight() as f64).unwrap_or(0.0)
+        load_of
+            .upgrade()
+            .map(|n| n.in_flight() as f64)
+            .unwrap_or(0.0)
     })
     .await?;
 

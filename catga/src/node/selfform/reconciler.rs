@@ -17,7 +17,9 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::{META_CLUSTER, Settings, hex, node_record, open_watch, published_cluster, removed_record};
+use super::{
+    META_CLUSTER, Settings, hex, node_record, open_watch, published_cluster, removed_record,
+};
 use crate::discovery::{Discovery, LeaveReason, MemberEvent, NodeInfo};
 use crate::node::WeakNode;
 use crate::raft::MembershipView;
@@ -76,10 +78,7 @@ pub(super) fn next_step(
     if view.voters.len() < s.voters {
         let ready = view.learners.keys().find(|id| {
             seen.alive.contains_key(id)
-                && view
-                    .lag
-                    .get(id)
-                    .is_some_and(|lag| *lag <= s.catch_up_lag)
+                && view.lag.get(id).is_some_and(|lag| *lag <= s.catch_up_lag)
         });
         if let Some(id) = ready {
             return Some(Step::Promote(*id));
@@ -154,12 +153,15 @@ pub(super) async fn run(
         }
         for (id, (_, reason)) in &seen.left {
             if *id != me && view.voters.contains_key(id) && warned.insert(*id) {
-                tracing::warn!(node = id, ?reason,
+                tracing::warn!(
+                    node = id,
+                    ?reason,
                     "voter {id} left discovery: suspect; it stays a voter{}",
                     match s.remove_dead_after {
                         Some(d) => format!(" unless it is back within {d:?}"),
                         None => " (set remove_dead_after to remove dead voters)".into(),
-                    });
+                    }
+                );
             }
         }
         warned.retain(|id| seen.left.contains_key(id));
@@ -168,7 +170,10 @@ pub(super) async fn run(
         };
         match step {
             Step::Remove(id) => {
-                if let Err(e) = discovery.create_record(&removed_record(id), "removed").await {
+                if let Err(e) = discovery
+                    .create_record(&removed_record(id), "removed")
+                    .await
+                {
                     tracing::warn!(node = id, error = %e,
                         "cannot record the removal in the store; not removing yet");
                     continue;
@@ -196,8 +201,10 @@ pub(super) async fn run(
                 match discovery.read_record(&removed_record(id)).await {
                     Ok(None) => {}
                     Ok(Some(_)) => {
-                        tracing::warn!(node = id,
-                            "node {id} was removed from this cluster: refusing it (ids are never reused)");
+                        tracing::warn!(
+                            node = id,
+                            "node {id} was removed from this cluster: refusing it (ids are never reused)"
+                        );
                         seen.refused.insert(id);
                         continue;
                     }
@@ -298,25 +305,16 @@ mod tests {
         let v = view(&[1, 2, 3], &[4], &[]);
         let later = start + Duration::from_secs(3600);
         assert_eq!(next_step(1, 7, &v, &seen, &s, start), None);
-        assert_eq!(
-            next_step(1, 7, &v, &seen, &s, later),
-            Some(Step::Remove(4))
-        );
+        assert_eq!(next_step(1, 7, &v, &seen, &s, later), Some(Step::Remove(4)));
         seen.left.remove(&4);
         let v = view(&[1, 2, 3], &[], &[]);
         assert_eq!(next_step(1, 7, &v, &seen, &s, later), None);
         s.remove_dead_after = Some(Duration::from_secs(30));
-        assert_eq!(
-            next_step(1, 7, &v, &seen, &s, later),
-            Some(Step::Remove(3))
-        );
+        assert_eq!(next_step(1, 7, &v, &seen, &s, later), Some(Step::Remove(3)));
         // a learner that left gracefully goes at once
         seen.left.insert(5, (start, LeaveReason::Graceful));
         let v = view(&[1, 2], &[5], &[]);
-        assert_eq!(
-            next_step(1, 7, &v, &seen, &s, start),
-            Some(Step::Remove(5))
-        );
+        assert_eq!(next_step(1, 7, &v, &seen, &s, start), Some(Step::Remove(5)));
     }
 
     #[test]
@@ -328,9 +326,6 @@ mod tests {
         if let Some(n) = seen.alive.get_mut(&5) {
             n.metadata.insert(META_CLUSTER.into(), hex(99));
         }
-        assert_eq!(
-            next_step(1, 7, &view(&[1], &[], &[]), &seen, &s, now),
-            None
-        );
+        assert_eq!(next_step(1, 7, &view(&[1], &[], &[]), &seen, &s, now), None);
     }
 }
