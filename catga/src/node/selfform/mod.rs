@@ -138,9 +138,10 @@ pub(crate) async fn start(
         let err = format!(
             "node {id} is known to cluster `{name}` with data dir incarnation {held}, and this \
              data dir's is {}: it was wiped or replaced, so it lost its Raft log and must not \
-             take node {id}'s place. Start this machine under a new node id (a removed or \
-             replaced id is never reused); if node {id} is gone for good, it is removed by \
-             `remove_node({id})` on a member",
+             take node {id}'s place (or another process uses id {id} with another data dir). \
+             Start this machine under a new node id (a removed or replaced id is never \
+             reused); if node {id} is gone for good, it is removed by `remove_node({id})` on \
+             a member",
             hex(incarnation)
         );
         tracing::error!("{err}");
