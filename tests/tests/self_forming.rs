@@ -448,21 +448,23 @@ async fn grow_3_5_3_under_load_with_a_kill_and_the_store_stopped() {
             .await
             .unwrap();
     }
-    // a write load through node 1 for the whole test, counting acks
+    // a write load through node 2 for the whole test, counting acks;
+    // node 3 observes (neither is ever killed)
     let acked = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let writer = {
-        let p1 = procs.remove(&1).unwrap();
+        let p2 = procs.remove(&2).unwrap();
         let (acked, stop) = (acked.clone(), stop.clone());
         tokio::spawn(async move {
             while !stop.load(std::sync::atomic::Ordering::SeqCst) {
-                if p1.ok("restock load 1").await.is_ok() {
+                if p2.ok("restock load 1").await.is_ok() {
                     acked.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 }
             }
-            p1
+            p2
         })
     };
+    let obs = 3;
     // grow to 5 voters
     for id in 4..=5 {
         procs.insert(
@@ -472,7 +474,7 @@ async fn grow_3_5_3_under_load_with_a_kill_and_the_store_stopped() {
                 .unwrap(),
         );
     }
-    procs[&2]
+    procs[&obs]
         .wait_members(LONG, |m| m.voters == [1, 2, 3, 4, 5])
         .await
         .unwrap();
@@ -483,18 +485,32 @@ async fn grow_3_5_3_under_load_with_a_kill_and_the_store_stopped() {
             .await
             .unwrap(),
     );
-    procs[&2]
-        .wait_members(LONG, |m| m.learners == [6])
+    let m = procs[&obs]
+        .wait_members(LONG, |m| m.learners == [6] && m.leader.is_some())
         .await
         .unwrap();
-    // the store stops for 10 s; meanwhile a voter is killed -9
+    // the store stops for 10 s; meanwhile a voter is killed -9: the leader
+    // if it is neither the writer nor the observer (so the reconciler must
+    // carry on under a new leader), else node 5
+    let leader = m.leader.unwrap_or(0);
+    let victim = if leader == 2 || leader == obs {
+        5
+    } else {
+        leader
+    };
     server.kill();
     let outage = Instant::now();
-    procs.remove(&5).unwrap().kill9().await;
+    procs.remove(&victim).unwrap().kill9().await;
     let before = acked.load(std::sync::atomic::Ordering::SeqCst);
-    procs[&2].ok("restock outage 1").await.unwrap();
+    procs[&obs].ok("restock outage 1").await.unwrap();
     procs[&6]
         .wait_for("stock outage", LONG, |s| s == "1")
+        .await
+        .unwrap();
+    procs[&obs]
+        .wait_for("stock load", LONG, |s| {
+            s.parse::<u32>().unwrap_or(0) > before
+        })
         .await
         .unwrap();
     // the outage is the fault being tested: it lasts 10 s
@@ -505,29 +521,50 @@ async fn grow_3_5_3_under_load_with_a_kill_and_the_store_stopped() {
     );
     server.start();
     // membership catches up: the dead voter goes, the learner takes over
-    procs[&2]
+    let expected: Vec<u64> = (1..=6).filter(|i| *i != victim).collect();
+    procs[&obs]
         .wait_members(Duration::from_secs(60), |m| {
-            m.voters == [1, 2, 3, 4, 6] && m.learners.is_empty()
+            m.voters == expected && m.learners.is_empty()
         })
         .await
         .unwrap();
     // shrink to 3: two voters leave
-    for id in [4, 6] {
-        procs[&id].ok("leave").await.unwrap();
-        procs.remove(&id).unwrap().quit().await;
+    let leaving: Vec<u64> = expected
+        .iter()
+        .copied()
+        .filter(|i| *i != 2 && *i != obs)
+        .rev()
+        .take(2)
+        .collect();
+    for id in &leaving {
+        procs[id].ok("leave").await.unwrap();
+        procs.remove(id).unwrap().quit().await;
     }
-    procs[&2]
-        .wait_members(LONG, |m| m.voters == [1, 2, 3] && m.learners.is_empty())
+    let remaining: Vec<u64> = expected
+        .iter()
+        .copied()
+        .filter(|i| !leaving.contains(i))
+        .collect();
+    procs[&obs]
+        .wait_members(LONG, |m| m.voters == remaining && m.learners.is_empty())
         .await
         .unwrap();
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
-    let p1 = writer.await.unwrap();
+    let p2 = writer.await.unwrap();
     let total = acked.load(std::sync::atomic::Ordering::SeqCst);
     // no acknowledged write lost
-    let n: u32 = procs[&2].ok("stock! load").await.unwrap().parse().unwrap();
+    let n: u32 = procs[&obs]
+        .ok("stock! load")
+        .await
+        .unwrap()
+        .parse()
+        .unwrap();
     assert!(n >= total, "{n} applied < {total} acknowledged");
-    eprintln!("grow 3->5->3: {total} writes acknowledged under load, {n} applied");
-    p1.kill9().await;
+    eprintln!(
+        "grow 3->5->3: killed {victim} (leader {leader}), left {leaving:?}; {total} writes \
+         acknowledged under load, {n} applied"
+    );
+    p2.kill9().await;
     for (_, p) in procs {
         p.kill9().await;
     }

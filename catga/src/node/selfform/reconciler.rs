@@ -201,7 +201,7 @@ pub(super) async fn run(
                 match discovery.read_record(&removed_record(id)).await {
                     Ok(None) => {}
                     Ok(Some(_)) => {
-                        tracing::warn!(
+                        tracing::info!(
                             node = id,
                             "node {id} was removed from this cluster: refusing it (ids are never reused)"
                         );
