@@ -414,6 +414,14 @@ async fn wiped_initializer_does_not_start_a_second_cluster_and_loses_nothing() {
         }
     };
     assert!(err.contains("wiped or replaced"), "{err}");
+    // a node killed -9 and restarted at once from its data dir resumes
+    // (its previous life's lease is waited out)
+    procs.remove(&3).unwrap().kill9().await;
+    let p3 = Proc::start(&specs[2]).await.unwrap();
+    p3.wait_for("stock pear", LONG, |s| s == acked.to_string())
+        .await
+        .unwrap();
+    procs.insert(3, p3);
     // no second cluster: same record, the others serve, nothing lost
     assert_eq!(
         redis_record(&url, &name, "cluster-id").await.unwrap(),

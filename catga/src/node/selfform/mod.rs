@@ -30,11 +30,15 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::Node;
-use crate::discovery::{Discovery, DiscoveryConfig, DiscoverySource, HeartbeatService, NodeInfo};
+use crate::discovery::{
+    Discovery, DiscoveryConfig, DiscoveryError, DiscoverySource, HeartbeatService, NodeInfo,
+};
 use crate::error::{Error, Result};
 
 /// The metadata key carrying a node's cluster id (hex; 0 while it has none).
 const META_CLUSTER: &str = "catga.cluster";
+/// The metadata key carrying a node's data-dir incarnation (hex).
+const META_INCARNATION: &str = "catga.incarnation";
 
 /// The builder's self-forming settings, validated.
 #[derive(Debug, Clone)]
@@ -188,16 +192,16 @@ pub(crate) async fn start(
 
     let info = NodeInfo::new(name.clone(), id, settings.advertise.clone())
         .with_metadata(META_CLUSTER, hex(cluster))
-        .with_metadata("catga.incarnation", hex(incarnation));
+        .with_metadata(META_INCARNATION, hex(incarnation));
     let weak = node.downgrade();
     let load_of = weak.clone();
-    let heartbeats = HeartbeatService::start(discovery.clone(), info.clone(), move || {
+    let load = move || {
         load_of
             .upgrade()
             .map(|n| n.in_flight() as f64)
             .unwrap_or(0.0)
-    })
-    .await?;
+    };
+    let heartbeats = register(&discovery, info.clone(), load, settings.lease).await?;
 
     let stop = CancellationToken::new();
     let mut tasks = JoinSet::new();
@@ -222,6 +226,47 @@ pub(crate) async fn start(
         tasks: Mutex::new(tasks),
         stop,
         cluster_name: name,
+    })
+}
+
+/// Registers and starts the heartbeats. A process restarted right after a
+/// crash finds its id still held by its previous life until that lease
+/// passes: when the holder announced this same data dir, wait for it.
+async fn register(
+    discovery: &Arc<dyn Discovery>,
+    info: NodeInfo,
+    load: impl Fn() -> f64 + Clone + Send + Sync + 'static,
+    lease: Duration,
+) -> Result<HeartbeatService> {
+    let deadline = tokio::time::Instant::now() + lease.saturating_mul(2);
+    loop {
+        match HeartbeatService::start(discovery.clone(), info.clone(), load.clone()).await {
+            Ok(h) => return Ok(h),
+            Err(DiscoveryError::DuplicateId { retry_after, .. })
+                if tokio::time::Instant::now() < deadline
+                    && held_by_this_data_dir(discovery, &info).await =>
+            {
+                tracing::info!(
+                    ?retry_after,
+                    "this node's previous life still holds its id: waiting for its lease"
+                );
+                tokio::time::sleep(retry_after.clamp(Duration::from_millis(50), lease)).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Whether the registered holder of this node's id announced the same data
+/// dir (its previous process).
+async fn held_by_this_data_dir(discovery: &Arc<dyn Discovery>, info: &NodeInfo) -> bool {
+    let Ok(nodes) = discovery.list().await else {
+        return false;
+    };
+    nodes.iter().any(|n| {
+        n.id == info.id
+            && n.metadata.get(META_INCARNATION).is_some()
+            && n.metadata.get(META_INCARNATION) == info.metadata.get(META_INCARNATION)
     })
 }
 
