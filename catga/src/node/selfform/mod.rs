@@ -265,7 +265,7 @@ async fn held_by_this_data_dir(discovery: &Arc<dyn Discovery>, info: &NodeInfo) 
     };
     nodes.iter().any(|n| {
         n.id == info.id
-            && n.metadata.get(META_INCARNATION).is_some()
+            && n.metadata.contains_key(META_INCARNATION)
             && n.metadata.get(META_INCARNATION) == info.metadata.get(META_INCARNATION)
     })
 }
