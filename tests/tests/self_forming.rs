@@ -637,3 +637,81 @@ async fn nats_cleanup(url: &str, name: &str) {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_learners_and_asked_for_dead_voters_are_removed_and_never_come_back() {
+    let store = MemoryStore::new();
+    let name = unique("dead");
+    let dir = tempfile::tempdir().unwrap();
+    let start = |id: u64| {
+        let (store, name, path) = (store.clone(), name.clone(), dir.path().to_path_buf());
+        async move {
+            let b = catga::cluster()
+                .node_id(id)
+                .listen("127.0.0.1:0")
+                .data_dir(path.join(format!("n{id}")))
+                .secret("selfform-secret")
+                .heartbeat_interval(Duration::from_millis(50))
+                .election_timeout(Duration::from_millis(200), Duration::from_millis(400))
+                .discovery(store)
+                .cluster_name(name)
+                .bootstrap_expect(3)
+                .discovery_timings(Duration::from_millis(50), Duration::from_millis(500))
+                .remove_learners_after(Duration::from_millis(300))
+                .remove_dead_after(Duration::from_millis(300));
+            b.start().await.unwrap()
+        }
+    };
+    let mut nodes = vec![start(1).await, start(2).await, start(3).await];
+    wait_formed(&nodes, 3).await.unwrap();
+    nodes.push(start(4).await);
+    nodes.push(start(5).await);
+    wait_formed(&nodes, 3).await.unwrap();
+    // learner 5 "crashes" (its lease passes): removed after 300 ms
+    let five = nodes.pop().unwrap();
+    five.shutdown().await;
+    assert!(store.expire(&name, 5));
+    let n1 = nodes[0].clone();
+    let until = |pred: fn(&catga::Health) -> bool| {
+        let n = n1.clone();
+        async move {
+            let deadline = tokio::time::Instant::now() + LONG;
+            while !pred(&n.health()) {
+                assert!(tokio::time::Instant::now() < deadline, "{:?}", n.health());
+                n.health_changed(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    until(|h| !h.learners.contains(&5) && !h.members.contains(&5)).await;
+    // voter 3 "crashes": with remove_dead_after set it goes, and the
+    // caught-up learner 4 takes its place
+    let three = nodes.remove(2);
+    three.shutdown().await;
+    assert!(store.expire(&name, 3));
+    until(|h| h.members == [1, 2, 4] && h.learners.is_empty()).await;
+    // removed ids are recorded and refused at start
+    let d = store.discovery(DiscoveryConfig::new(name.clone())).unwrap();
+    for id in [3, 5] {
+        assert!(
+            d.read_record(&format!("removed-{id}"))
+                .await
+                .unwrap()
+                .is_some()
+        );
+    }
+    let again = catga::cluster()
+        .node_id(5)
+        .listen("127.0.0.1:0")
+        .data_dir(dir.path().join("n5"))
+        .discovery(store.clone())
+        .cluster_name(name.clone())
+        .start()
+        .await;
+    assert!(
+        matches!(again, Err(catga::Error::ClusterMismatch(ref m)) if m.contains("never reused")),
+        "{again:?}"
+    );
+    for n in &nodes {
+        n.shutdown().await;
+    }
+}

@@ -61,6 +61,11 @@ impl MemoryStore {
 
     /// Node `id` of `cluster` stops being a member as if its lease passed
     /// (watchers see `Left { Expired }`). Returns whether it was a member.
+    ///
+    /// ```
+    /// let store = catga::discovery::MemoryStore::new();
+    /// assert!(!store.expire("shop", 1));
+    /// ```
     pub fn expire(&self, cluster: &str, id: u64) -> bool {
         let mut hub = self.inner.lock();
         match hub.members.remove(&(cluster.to_string(), id)) {
@@ -81,6 +86,16 @@ impl MemoryStore {
 }
 
 /// One node's handle on a [`MemoryStore`].
+///
+/// ```
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+/// use catga::discovery::{Discovery, DiscoveryConfig, MemoryStore, NodeInfo};
+/// let store = MemoryStore::new();
+/// let d = store.discovery(DiscoveryConfig::new("shop")).unwrap();
+/// d.register(NodeInfo::new("shop", 1, "127.0.0.1:7001")).await.unwrap();
+/// assert_eq!(d.list().await.unwrap().len(), 1);
+/// # });
+/// ```
 #[derive(Debug)]
 pub struct MemoryDiscovery {
     config: DiscoveryConfig,

@@ -326,13 +326,24 @@ pub trait Discovery: Send + Sync + Debug {
     /// the first writer's otherwise. Records never expire; they hold what a
     /// cluster must remember across processes (its id, each node's data-dir
     /// incarnation, removed node ids).
+    ///
+    /// ```
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+    /// use catga::discovery::{Discovery, DiscoveryConfig, MemoryStore};
+    /// let d = MemoryStore::new().discovery(DiscoveryConfig::new("shop")).unwrap();
+    /// assert_eq!(d.create_record("cluster-id", "a1").await.unwrap(), "a1");
+    /// assert_eq!(d.create_record("cluster-id", "b2").await.unwrap(), "a1"); // first writer wins
+    /// assert_eq!(d.read_record("cluster-id").await.unwrap().as_deref(), Some("a1"));
+    /// # });
+    /// ```
     fn create_record<'a>(
         &'a self,
         name: &'a str,
         value: &'a str,
     ) -> BoxFuture<'a, Result<String, DiscoveryError>>;
 
-    /// The value of the cluster record `name`, if it exists.
+    /// The value of the cluster record `name`, if it exists (see
+    /// [`create_record`](Self::create_record) for an example).
     fn read_record<'a>(
         &'a self,
         name: &'a str,

@@ -259,6 +259,17 @@ impl ClusterBuilder {
     /// How many voters the cluster keeps (odd, default 3): the leader
     /// promotes caught-up learners up to it; nodes beyond it stay learners
     /// (they serve local queries and take over when a voter is removed).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let b = catga::cluster()
+    ///     .discovery(catga::discovery::nats("nats://127.0.0.1:4222"))
+    ///     .voters(5)
+    ///     .remove_dead_after(Duration::from_secs(300))
+    ///     .remove_learners_after(Duration::from_secs(600))
+    ///     .discovery_timings(Duration::from_secs(1), Duration::from_secs(3));
+    /// # drop(b);
+    /// ```
     pub fn voters(mut self, n: usize) -> Self {
         self.voters = n;
         self
