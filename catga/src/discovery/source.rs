@@ -1,5 +1,5 @@
 //! Which discovery store a node uses, named before the node knows its
-//! cluster name: [`redis`], [`nats`], a [`MemoryStore`], or any
+//! cluster name: [`redis()`], [`nats()`], a [`MemoryStore`], or any
 //! [`Discovery`] of yours. The cluster builder connects it in `start()`.
 
 use std::sync::Arc;
@@ -9,7 +9,7 @@ use super::{
     RedisDiscovery, RedisOptions,
 };
 
-/// A discovery store to connect to; see [`redis`] and [`nats`].
+/// A discovery store to connect to; see [`redis()`] and [`nats()`].
 ///
 /// ```
 /// let source = catga::discovery::redis("redis://127.0.0.1:6379");
