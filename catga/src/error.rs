@@ -131,6 +131,15 @@ pub enum Error {
         /// The members that do not know it.
         nodes: Vec<u64>,
     },
+    /// The discovery store failed or refused (unreachable at start, a
+    /// duplicate node id, a bad setting).
+    #[error("discovery: {0}")]
+    Discovery(#[from] crate::discovery::DiscoveryError),
+    /// This node does not belong to the cluster it was started in: its data
+    /// dir is of another cluster, was wiped or replaced, or its id was
+    /// removed. The message says what to do. Nothing was merged.
+    #[error("refused by the cluster: {0}")]
+    ClusterMismatch(String),
 }
 
 /// Whether a command that failed with an [`Error`] was applied: see
@@ -171,6 +180,8 @@ impl Error {
             | Error::Overloaded
             | Error::Membership(_)
             | Error::NotUpgraded { .. }
+            | Error::Discovery(_)
+            | Error::ClusterMismatch(_)
             | Error::Apply(ApplyError::UnknownMessage { .. }) => Outcome::NotApplied,
             Error::Timeout { .. }
             | Error::ShutDown

@@ -6,7 +6,9 @@
 // The module map. Arrows run down this list, never up:
 //
 //   http/        axum routes over a `Node` (feature `http`)
-//   node/        the builder, the `Node` handle, health
+//   node/        the builder, the `Node` handle, health; `node/selfform`:
+//                a cluster that forms and grows by itself (store records,
+//                safe bootstrap, the leader's membership reconciler)
 //   discovery/   NodeInfo, the Discovery trait, static / Redis / NATS backends;
 //                it only reports (joined, updated, left), nothing imports raft
 //   raft/        openraft glue: log, state machine adapter, network, RPC service

@@ -4,6 +4,8 @@ use std::collections::BTreeMap;
 
 use catga::prelude::*;
 
+pub mod launcher;
+
 /// The replicated state: stock per SKU and the orders placed.
 #[state(name = "shop")]
 #[derive(Default, Debug, Clone, PartialEq)]

@@ -178,6 +178,14 @@ struct Args {
     keep_logs: Option<u64>,
     max_frame_bytes: Option<usize>,
     http: Option<String>,
+    /// `redis://...` or `nats://...`: a self-forming node.
+    discovery: Option<String>,
+    cluster_name: Option<String>,
+    bootstrap_expect: Option<usize>,
+    voters: Option<usize>,
+    remove_dead_after_ms: Option<u64>,
+    /// Discovery heartbeat and lease in ms (default 200:1000 here).
+    discovery_ms: (u64, u64),
 }
 
 fn parse() -> Result<Args, String> {
@@ -194,6 +202,12 @@ fn parse() -> Result<Args, String> {
         keep_logs: None,
         max_frame_bytes: None,
         http: None,
+        discovery: None,
+        cluster_name: None,
+        bootstrap_expect: None,
+        voters: None,
+        remove_dead_after_ms: None,
+        discovery_ms: (200, 1000),
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -246,6 +260,31 @@ fn parse() -> Result<Args, String> {
                         .parse()
                         .map_err(|e| format!("--max-frame-bytes: {e}"))?,
                 )
+            }
+            "--discovery" => a.discovery = Some(value()?),
+            "--cluster-name" => a.cluster_name = Some(value()?),
+            "--bootstrap-expect" => {
+                a.bootstrap_expect = Some(
+                    value()?
+                        .parse()
+                        .map_err(|e| format!("--bootstrap-expect: {e}"))?,
+                )
+            }
+            "--voters" => a.voters = Some(value()?.parse().map_err(|e| format!("--voters: {e}"))?),
+            "--remove-dead-after-ms" => {
+                a.remove_dead_after_ms = Some(
+                    value()?
+                        .parse()
+                        .map_err(|e| format!("--remove-dead-after-ms: {e}"))?,
+                )
+            }
+            "--discovery-ms" => {
+                let v = value()?;
+                let (hb, lease) = v.split_once(':').ok_or("--discovery-ms HB:LEASE")?;
+                a.discovery_ms = (
+                    hb.parse().map_err(|e| format!("--discovery-ms: {e}"))?,
+                    lease.parse().map_err(|e| format!("--discovery-ms: {e}"))?,
+                );
             }
             other => return Err(format!("unknown flag {other}")),
         }
@@ -430,6 +469,26 @@ async fn answer(
             "ok {}",
             node.health().stalled.unwrap_or_else(|| "none".into())
         )),
+        Some("members") => {
+            let h = node.health();
+            let list = |v: &[u64]| {
+                v.iter()
+                    .map(|i| i.to_string())
+                    .collect::<Vec<_>>()
+                    .join(",")
+            };
+            Ok(format!(
+                "ok voters={} learners={} leader={} role={:?}",
+                list(&h.members),
+                list(&h.learners),
+                h.leader.map(|l| l.to_string()).unwrap_or("none".into()),
+                h.role
+            ))
+        }
+        Some("leave") => {
+            node.leave().await.map_err(e)?;
+            Ok("ok".into())
+        }
         Some("deep") => {
             let kib = qty(1)?;
             let n = node.send(Deep { kib }).await.map_err(e)?;
@@ -541,6 +600,29 @@ pub async fn run(extra: Extra) {
     }
     if let Some(ms) = args.slow_event_ms {
         b = b.slow_event_handler(Duration::from_millis(ms));
+    }
+    if let Some(url) = &args.discovery {
+        let source = if url.starts_with("nats://") {
+            catga::discovery::nats(url.clone())
+        } else {
+            catga::discovery::redis(url.clone())
+        };
+        b = b.discovery(source).discovery_timings(
+            Duration::from_millis(args.discovery_ms.0),
+            Duration::from_millis(args.discovery_ms.1),
+        );
+        if let Some(n) = &args.cluster_name {
+            b = b.cluster_name(n.clone());
+        }
+        if let Some(n) = args.bootstrap_expect {
+            b = b.bootstrap_expect(n);
+        }
+        if let Some(n) = args.voters {
+            b = b.voters(n);
+        }
+        if let Some(ms) = args.remove_dead_after_ms {
+            b = b.remove_dead_after(Duration::from_millis(ms));
+        }
     }
     let node = match b.start().await {
         Ok(n) => n,

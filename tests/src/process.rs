@@ -100,7 +100,73 @@ impl Spec {
     }
 }
 
+impl Spec {
+    /// Node `id` of a self-forming cluster: no peers, found through the
+    /// discovery store at `url` (`redis://` or `nats://`) under
+    /// `cluster_name`, with the given bootstrap expectation; data in
+    /// `dir/n<id>`, a free port.
+    pub fn discovered(id: u64, url: &str, cluster_name: &str, expect: usize, dir: &Path) -> Spec {
+        Spec {
+            id,
+            addr: free_addr(),
+            data_dir: dir.join(format!("n{id}")),
+            peers: Vec::new(),
+            join: false,
+            snapshot_every: 10_000,
+            keep_logs: 1_000,
+            binary: None,
+            election_ms: None,
+            args: vec![
+                "--discovery".into(),
+                url.into(),
+                "--cluster-name".into(),
+                cluster_name.into(),
+                "--bootstrap-expect".into(),
+                expect.to_string(),
+            ],
+            stderr: None,
+        }
+    }
+}
+
+/// The answer to `members`: voters, learners and leader.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Members {
+    pub voters: Vec<u64>,
+    pub learners: Vec<u64>,
+    pub leader: Option<u64>,
+}
+
+impl Members {
+    /// Parses `voters=1,2 learners=3 leader=1 role=..`.
+    pub fn parse(s: &str) -> Members {
+        let st = Status(s.to_string());
+        let ids = |k: &str| -> Vec<u64> {
+            st.get(k)
+                .split(',')
+                .filter_map(|x| x.parse().ok())
+                .collect()
+        };
+        Members {
+            voters: ids("voters"),
+            learners: ids("learners"),
+            leader: st.get("leader").parse().ok(),
+        }
+    }
+}
+
 impl Proc {
+    /// Waits until `members` satisfies `pred`; returns it.
+    pub async fn wait_members(
+        &self,
+        timeout: Duration,
+        pred: impl Fn(&Members) -> bool,
+    ) -> Result<Members, String> {
+        self.wait_for("members", timeout, |s| pred(&Members::parse(s)))
+            .await
+            .map(|s| Members::parse(&s))
+    }
+
     /// Starts the process and waits (up to 20 s) for it to print `ready`.
     pub async fn start(spec: &Spec) -> Result<Proc, String> {
         let mut cmd = Command::new(spec.binary.clone().unwrap_or_else(node_binary));

@@ -32,11 +32,13 @@
 
 mod error;
 mod heartbeat;
+pub mod memory;
 pub mod nats;
 mod nats_watch;
 pub mod redis;
 mod redis_scripts;
 mod redis_watch;
+mod source;
 mod static_list;
 mod view;
 
@@ -50,8 +52,10 @@ use serde::{Deserialize, Serialize};
 
 pub use error::DiscoveryError;
 pub use heartbeat::HeartbeatService;
+pub use memory::{MemoryDiscovery, MemoryStore};
 pub use nats::{NatsDiscovery, NatsOptions};
 pub use redis::{RedisDiscovery, RedisOptions};
+pub use source::{DiscoverySource, nats, redis};
 pub use static_list::StaticDiscovery;
 pub use view::MemberWatch;
 
@@ -315,6 +319,50 @@ pub trait Discovery: Send + Sync + Debug {
 
     /// A stream of the current members as `Joined`, then every change.
     fn watch(&self) -> BoxFuture<'_, Result<MemberWatch, DiscoveryError>>;
+
+    /// Creates the cluster record `name` (letters, digits, `-`, `_`) with
+    /// `value` unless it exists (Redis `SET NX`, NATS KV create), and
+    /// returns the value the store holds: `value` if this call created it,
+    /// the first writer's otherwise. Records never expire; they hold what a
+    /// cluster must remember across processes (its id, each node's data-dir
+    /// incarnation, removed node ids).
+    ///
+    /// ```
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+    /// use catga::discovery::{Discovery, DiscoveryConfig, MemoryStore};
+    /// let d = MemoryStore::new().discovery(DiscoveryConfig::new("shop")).unwrap();
+    /// assert_eq!(d.create_record("cluster-id", "a1").await.unwrap(), "a1");
+    /// assert_eq!(d.create_record("cluster-id", "b2").await.unwrap(), "a1"); // first writer wins
+    /// assert_eq!(d.read_record("cluster-id").await.unwrap().as_deref(), Some("a1"));
+    /// # });
+    /// ```
+    fn create_record<'a>(
+        &'a self,
+        name: &'a str,
+        value: &'a str,
+    ) -> BoxFuture<'a, Result<String, DiscoveryError>>;
+
+    /// The value of the cluster record `name`, if it exists (see
+    /// [`create_record`](Self::create_record) for an example).
+    fn read_record<'a>(
+        &'a self,
+        name: &'a str,
+    ) -> BoxFuture<'a, Result<Option<String>, DiscoveryError>>;
+}
+
+/// Checks a record name: letters, digits, `-` and `_`, 1 to 128 bytes.
+pub(crate) fn check_record_name(name: &str) -> Result<(), DiscoveryError> {
+    if name.is_empty()
+        || name.len() > 128
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        return Err(DiscoveryError::InvalidConfig(format!(
+            "record name {name:?} must be 1-128 letters, digits, '-' or '_'"
+        )));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

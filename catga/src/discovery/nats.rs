@@ -22,6 +22,10 @@
 //!   deletions are `Left { Graceful }`), and nodes that do not heartbeat
 //!   within a lease of the reconnection are reported `Left { Expired }`.
 //!
+//! The cluster's records ([`Discovery::create_record`]) live in a second
+//! bucket, `<bucket>_records` (no `max_age`: they never expire), created on
+//! first use, under keys `<cluster>.<name>`.
+//!
 //! The server must be reachable when [`NatsDiscovery::connect`] runs (the
 //! error names the URL); later outages are retried by the client.
 
@@ -100,6 +104,9 @@ pub(super) struct Shared {
     pub(super) url: String,
     pub(super) client: async_nats::Client,
     pub(super) kv: kv::Store,
+    js: jetstream::Context,
+    records_bucket: String,
+    records: tokio::sync::OnceCell<kv::Store>,
     /// Serialises register / heartbeat / unregister of this process.
     op: tokio::sync::Mutex<()>,
     me: Mutex<Option<(NodeInfo, u64)>>,
@@ -180,6 +187,9 @@ impl NatsDiscovery {
                 url: options.url,
                 client,
                 kv,
+                js,
+                records_bucket: format!("{}_records", options.bucket),
+                records: tokio::sync::OnceCell::new(),
                 op: tokio::sync::Mutex::new(()),
                 me: Mutex::new(None),
             }),
@@ -195,6 +205,78 @@ pub(super) fn fresh(entry: &kv::Entry, lease: Duration) -> bool {
 }
 
 impl Shared {
+    /// The records bucket, opened (or created) on first use.
+    async fn records(&self) -> Result<&kv::Store, DiscoveryError> {
+        self.records
+            .get_or_try_init(|| async {
+                if let Ok(kv) = self.js.get_key_value(self.records_bucket.as_str()).await {
+                    return Ok(kv);
+                }
+                let stream = jetstream::stream::Config {
+                    name: format!("KV_{}", self.records_bucket),
+                    description: Some("catga cluster records".into()),
+                    subjects: vec![format!("$KV.{}.>", self.records_bucket)],
+                    max_messages_per_subject: 1,
+                    max_messages: -1,
+                    max_bytes: -1,
+                    max_message_size: -1,
+                    storage: jetstream::stream::StorageType::File,
+                    num_replicas: 1,
+                    allow_rollup: true,
+                    deny_delete: true,
+                    allow_direct: true,
+                    discard: jetstream::stream::DiscardPolicy::New,
+                    ..Default::default()
+                };
+                let open = "open the records bucket";
+                self.js
+                    .get_or_create_stream(stream)
+                    .await
+                    .map_err(|e| DiscoveryError::store(open, e))?;
+                self.js
+                    .get_key_value(self.records_bucket.as_str())
+                    .await
+                    .map_err(|e| DiscoveryError::store(open, e))
+            })
+            .await
+    }
+
+    async fn create_record(&self, name: &str, value: &str) -> Result<String, DiscoveryError> {
+        super::check_record_name(name)?;
+        let kv = self.records().await?;
+        let key = format!("{}.{name}", self.config.cluster);
+        match kv
+            .create(&key, Bytes::copy_from_slice(value.as_bytes()))
+            .await
+        {
+            Ok(_) => Ok(value.to_string()),
+            Err(err) if err.kind() == kv::CreateErrorKind::AlreadyExists => self
+                .read_record(name)
+                .await?
+                .ok_or_else(|| DiscoveryError::store("create record", err)),
+            Err(err) => Err(DiscoveryError::store("create record", err)),
+        }
+    }
+
+    async fn read_record(&self, name: &str) -> Result<Option<String>, DiscoveryError> {
+        super::check_record_name(name)?;
+        let kv = self.records().await?;
+        let key = format!("{}.{name}", self.config.cluster);
+        match kv
+            .entry(&key)
+            .await
+            .map_err(|e| DiscoveryError::store("read record", e))?
+        {
+            Some(e) if e.operation == kv::Operation::Put => String::from_utf8(e.value.to_vec())
+                .map(Some)
+                .map_err(|e| DiscoveryError::Protocol {
+                    op: "read record",
+                    reply: e.to_string(),
+                }),
+            _ => Ok(None),
+        }
+    }
+
     fn key(&self, id: u64) -> String {
         format!("{}.{id}", self.config.cluster)
     }
@@ -408,5 +490,20 @@ impl Discovery for NatsDiscovery {
                 super::nats_watch::run(shared, emitter, resyncs)
             }))
         })
+    }
+
+    fn create_record<'a>(
+        &'a self,
+        name: &'a str,
+        value: &'a str,
+    ) -> BoxFuture<'a, Result<String, DiscoveryError>> {
+        Box::pin(self.shared.create_record(name, value))
+    }
+
+    fn read_record<'a>(
+        &'a self,
+        name: &'a str,
+    ) -> BoxFuture<'a, Result<Option<String>, DiscoveryError>> {
+        Box::pin(self.shared.read_record(name))
     }
 }

@@ -8,6 +8,8 @@
 //!   matter);
 //! * `P:node:<id>`: a hash with the node's `inc` (incarnation) and `info`
 //!   (its [`NodeInfo`] as JSON);
+//! * `P:rec:<name>`: the cluster's records (see
+//!   [`Discovery::create_record`]), created with `SET NX`, never expiring;
 //! * `P:events`: a stream (`XADD … MAXLEN ~`) of `joined` / `updated` /
 //!   `left` entries, written by the same scripts that change the two above,
 //!   so the stream and the state never disagree.
@@ -426,6 +428,52 @@ impl Discovery for RedisDiscovery {
 
     fn list(&self) -> BoxFuture<'_, Result<Vec<NodeInfo>, DiscoveryError>> {
         Box::pin(async move { Ok(self.shared.snapshot().await?.1) })
+    }
+
+    fn create_record<'a>(
+        &'a self,
+        name: &'a str,
+        value: &'a str,
+    ) -> BoxFuture<'a, Result<String, DiscoveryError>> {
+        Box::pin(async move {
+            super::check_record_name(name)?;
+            let key = format!("{}:rec:{name}", self.shared.keys.prefix);
+            let mut conn = self.shared.conn.clone();
+            let created: Option<String> = redis::cmd("SET")
+                .arg(&key)
+                .arg(value)
+                .arg("NX")
+                .query_async(&mut conn)
+                .await
+                .map_err(|e| DiscoveryError::store("create record", e))?;
+            if created.is_some() {
+                return Ok(value.to_string());
+            }
+            let held: Option<String> = redis::cmd("GET")
+                .arg(&key)
+                .query_async(&mut conn)
+                .await
+                .map_err(|e| DiscoveryError::store("read record", e))?;
+            held.ok_or_else(|| DiscoveryError::Protocol {
+                op: "create record",
+                reply: format!("{key} exists for SET NX but not for GET"),
+            })
+        })
+    }
+
+    fn read_record<'a>(
+        &'a self,
+        name: &'a str,
+    ) -> BoxFuture<'a, Result<Option<String>, DiscoveryError>> {
+        Box::pin(async move {
+            super::check_record_name(name)?;
+            let key = format!("{}:rec:{name}", self.shared.keys.prefix);
+            redis::cmd("GET")
+                .arg(&key)
+                .query_async(&mut self.shared.conn.clone())
+                .await
+                .map_err(|e| DiscoveryError::store("read record", e))
+        })
     }
 
     fn watch(&self) -> BoxFuture<'_, Result<MemberWatch, DiscoveryError>> {

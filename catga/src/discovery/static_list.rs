@@ -23,6 +23,7 @@ pub struct StaticDiscovery {
 struct State {
     members: BTreeMap<u64, NodeInfo>,
     me: Option<u64>,
+    records: BTreeMap<String, String>,
     watchers: Vec<mpsc::UnboundedSender<MemberEvent>>,
 }
 
@@ -130,6 +131,32 @@ impl Discovery for StaticDiscovery {
                 }
             });
             Ok(watch)
+        })
+    }
+
+    fn create_record<'a>(
+        &'a self,
+        name: &'a str,
+        value: &'a str,
+    ) -> BoxFuture<'a, Result<String, DiscoveryError>> {
+        Box::pin(async move {
+            super::check_record_name(name)?;
+            let mut state = self.state.lock();
+            Ok(state
+                .records
+                .entry(name.to_string())
+                .or_insert_with(|| value.to_string())
+                .clone())
+        })
+    }
+
+    fn read_record<'a>(
+        &'a self,
+        name: &'a str,
+    ) -> BoxFuture<'a, Result<Option<String>, DiscoveryError>> {
+        Box::pin(async move {
+            super::check_record_name(name)?;
+            Ok(self.state.lock().records.get(name).cloned())
         })
     }
 }

@@ -6,7 +6,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::Node;
+use super::{Node, selfform};
+use crate::discovery::DiscoverySource;
 use crate::error::{Error, Result};
 use crate::raft::{RaftHandle, RaftSettings};
 
@@ -37,6 +38,13 @@ pub struct ClusterBuilder {
     event_deadline: Option<Duration>,
     slow_event_handler: Duration,
     ready_max_lag: u64,
+    discovery: Option<DiscoverySource>,
+    cluster_name: Option<String>,
+    bootstrap_expect: Option<usize>,
+    voters: usize,
+    remove_dead_after: Option<Duration>,
+    remove_learners_after: Duration,
+    discovery_timings: (Duration, Duration),
 }
 
 impl Default for ClusterBuilder {
@@ -60,6 +68,13 @@ impl Default for ClusterBuilder {
             event_deadline: None,
             slow_event_handler: Duration::from_secs(5),
             ready_max_lag: 100,
+            discovery: None,
+            cluster_name: None,
+            bootstrap_expect: None,
+            voters: 3,
+            remove_dead_after: None,
+            remove_learners_after: Duration::from_secs(600),
+            discovery_timings: (Duration::from_secs(1), Duration::from_secs(3)),
         }
     }
 }
@@ -202,6 +217,142 @@ impl ClusterBuilder {
         self
     }
 
+    /// Finds the other nodes through a discovery store instead of a peer
+    /// list: `.discovery(catga::discovery::redis("redis://127.0.0.1:6379"))`
+    /// or `catga::discovery::nats("nats://127.0.0.1:4222")`. `start()` then
+    /// registers the node, heartbeats (reporting its in-flight requests as
+    /// its load) and bootstraps a new cluster, joins the running one, or
+    /// resumes from the data dir. Cannot be combined with `peer(..)`.
+    ///
+    /// ```no_run
+    /// # async fn f() -> catga::Result<()> {
+    /// let node = catga::cluster()
+    ///     .node_id(4)
+    ///     .listen("127.0.0.1:7004")
+    ///     .data_dir("data/4")
+    ///     .discovery(catga::discovery::redis("redis://127.0.0.1:6379"))
+    ///     .cluster_name("shop")
+    ///     .bootstrap_expect(3)
+    ///     .start()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn discovery(mut self, source: impl Into<DiscoverySource>) -> Self {
+        self.discovery = Some(source.into());
+        self
+    }
+
+    /// The cluster's name in the discovery store (default `catga`): only
+    /// nodes of the same name see each other. Letters, digits, `-`, `_`.
+    pub fn cluster_name(mut self, name: impl Into<String>) -> Self {
+        self.cluster_name = Some(name.into());
+        self
+    }
+
+    /// How many nodes of the cluster name must be seen (and stay the same
+    /// for a moment) before a new cluster is formed (default: the voter
+    /// target, 3). Only a pristine node forms a cluster, and only the one
+    /// with the lowest id of those seen.
+    pub fn bootstrap_expect(mut self, n: usize) -> Self {
+        self.bootstrap_expect = Some(n);
+        self
+    }
+
+    /// How many voters the cluster keeps (odd, default 3): the leader
+    /// promotes caught-up learners up to it; nodes beyond it stay learners
+    /// (they serve local queries and take over when a voter is removed).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let b = catga::cluster()
+    ///     .discovery(catga::discovery::nats("nats://127.0.0.1:4222"))
+    ///     .voters(5)
+    ///     .remove_dead_after(Duration::from_secs(300))
+    ///     .remove_learners_after(Duration::from_secs(600))
+    ///     .discovery_timings(Duration::from_secs(1), Duration::from_secs(3));
+    /// # drop(b);
+    /// ```
+    pub fn voters(mut self, n: usize) -> Self {
+        self.voters = n;
+        self
+    }
+
+    /// Removes a voter whose discovery lease has been gone this long
+    /// (default: never; a voter that stops heartbeating is only suspect).
+    pub fn remove_dead_after(mut self, d: Duration) -> Self {
+        self.remove_dead_after = Some(d);
+        self
+    }
+
+    /// Removes a learner whose discovery lease has been gone this long
+    /// (default 10 minutes). A learner that leaves gracefully goes at once.
+    pub fn remove_learners_after(mut self, d: Duration) -> Self {
+        self.remove_learners_after = d;
+        self
+    }
+
+    /// The discovery heartbeat interval and lease (default 1 s and 3 s).
+    pub fn discovery_timings(mut self, heartbeat: Duration, lease: Duration) -> Self {
+        self.discovery_timings = (heartbeat, lease);
+        self
+    }
+
+    fn validate_selfform(&self, advertise: &str) -> Result<Option<selfform::Settings>> {
+        let bad = |setting: &'static str, reason: String| Error::Config { setting, reason };
+        let Some(source) = &self.discovery else {
+            return Ok(None);
+        };
+        if !self.peers.is_empty() {
+            return Err(bad(
+                "discovery",
+                "use either peer(..) or discovery(..), not both".into(),
+            ));
+        }
+        if self.join {
+            return Err(bad(
+                "join_existing",
+                "a discovered node joins by itself; drop join_existing()".into(),
+            ));
+        }
+        let cluster_name = match (source.fixed_cluster(), &self.cluster_name) {
+            (Some(fixed), Some(mine)) if fixed != mine => {
+                return Err(bad(
+                    "cluster_name",
+                    format!("`{mine}`, but the discovery given serves `{fixed}`"),
+                ));
+            }
+            (Some(fixed), _) => fixed.to_string(),
+            (None, Some(mine)) => mine.clone(),
+            (None, None) => "catga".to_string(),
+        };
+        if self.voters == 0 || self.voters.is_multiple_of(2) {
+            return Err(bad(
+                "voters",
+                format!("{} voters: use an odd number (1, 3, 5...)", self.voters),
+            ));
+        }
+        let expect = self.bootstrap_expect.unwrap_or(self.voters);
+        if expect == 0 {
+            return Err(bad("bootstrap_expect", "must be at least 1".into()));
+        }
+        let settings = selfform::Settings {
+            cluster_name,
+            advertise: advertise.to_string(),
+            bootstrap_expect: expect,
+            voters: self.voters,
+            remove_dead_after: self.remove_dead_after,
+            remove_learners_after: self.remove_learners_after,
+            heartbeat: self.discovery_timings.0,
+            lease: self.discovery_timings.1,
+            catch_up_lag: self.ready_max_lag.max(16),
+        };
+        settings
+            .discovery_config()
+            .validate()
+            .map_err(|e| bad("discovery_timings / cluster_name", e.to_string()))?;
+        Ok(Some(settings))
+    }
+
     fn validate(self) -> Result<(RaftSettings, Duration)> {
         let bad = |setting: &'static str, reason: String| Error::Config { setting, reason };
         let node_id = self
@@ -335,10 +486,48 @@ impl ClusterBuilder {
     /// the cluster. Returns once the node runs; it need not have a leader yet.
     pub async fn start(self) -> Result<Node> {
         let max_in_flight = self.max_in_flight;
-        let (settings, request_timeout) = self.validate()?;
+        let mut this = self;
+        let source = this.discovery.take();
+        let selfform = match &source {
+            Some(s) => {
+                this.discovery = Some(s.clone());
+                let listen = this.listen.clone().or_else(|| {
+                    this.listener
+                        .as_ref()
+                        .and_then(|l| l.local_addr().ok())
+                        .map(|a| a.to_string())
+                });
+                let me = this.advertise.clone().or(listen).unwrap_or_default();
+                this.validate_selfform(&me)?
+            }
+            None => None,
+        };
+        if selfform.is_some() {
+            // a discovered node never bootstraps from a peer list
+            this.join = true;
+        }
+        let (settings, request_timeout) = this.validate()?;
         crate::registry::Registry::global()?;
+        let (Some(source), Some(mut sf)) = (source, selfform) else {
+            let raft = RaftHandle::start(settings).await?;
+            return Ok(Node::new(raft, max_in_flight, request_timeout));
+        };
+        let discovery = selfform::connect(source, &sf).await?;
         let raft = RaftHandle::start(settings).await?;
-        Ok(Node::new(raft, max_in_flight, request_timeout))
+        if sf.advertise.ends_with(":0") {
+            sf.advertise = raft.local_addr().to_string();
+        }
+        let node = Node::new(raft, max_in_flight, request_timeout);
+        match selfform::start(&node, discovery, sf).await {
+            Ok(running) => {
+                node.set_selfform(running);
+                Ok(node)
+            }
+            Err(e) => {
+                node.shutdown().await;
+                Err(e)
+            }
+        }
     }
 }
 
@@ -371,6 +560,13 @@ impl std::fmt::Debug for ClusterBuilder {
             .field("event_handler_timeout", &self.event_deadline)
             .field("slow_event_handler", &self.slow_event_handler)
             .field("ready_max_lag", &self.ready_max_lag)
+            .field("discovery", &self.discovery)
+            .field("cluster_name", &self.cluster_name)
+            .field("bootstrap_expect", &self.bootstrap_expect)
+            .field("voters", &self.voters)
+            .field("remove_dead_after", &self.remove_dead_after)
+            .field("remove_learners_after", &self.remove_learners_after)
+            .field("discovery_timings", &self.discovery_timings)
             .finish()
     }
 }

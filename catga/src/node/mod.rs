@@ -3,6 +3,8 @@
 
 mod builder;
 mod health;
+mod leave;
+mod selfform;
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -14,6 +16,7 @@ use parking_lot::Mutex;
 
 pub use builder::{ClusterBuilder, cluster};
 pub use health::{Health, Role};
+pub(crate) use leave::WeakNode;
 
 use crate::error::{Error, Result};
 use crate::machine::{Applied, EntryKind, Envelope};
@@ -32,6 +35,8 @@ struct NodeInner {
     /// window the state machine keeps for this client).
     slots: tokio::sync::Semaphore,
     request_timeout: Duration,
+    /// The discovery side of a node started with `.discovery(..)`.
+    selfform: std::sync::OnceLock<selfform::SelfForming>,
 }
 
 /// The longest `add_node` waits for the leader's answer (the leader gives
@@ -82,6 +87,7 @@ impl Node {
                 in_flight: Mutex::new(BTreeSet::new()),
                 slots: tokio::sync::Semaphore::new(max_in_flight),
                 request_timeout,
+                selfform: std::sync::OnceLock::new(),
             }),
         }
     }
@@ -399,6 +405,11 @@ impl Node {
     /// closes its log. Other clones of this handle fail with
     /// [`Error::ShutDown`] afterwards.
     pub async fn shutdown(&self) {
+        if let Some(sf) = self.inner.selfform.get() {
+            // heartbeats stop: the lease expires as after a crash (`leave`
+            // is the graceful exit)
+            let _ = sf.stop(false).await;
+        }
         self.inner.raft.shutdown().await;
     }
 }

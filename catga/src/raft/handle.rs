@@ -76,6 +76,20 @@ pub(crate) struct RaftHandle {
     /// Set once Raft stopped for good (storage failed): read on every local
     /// query, so an atomic rather than openraft's metrics.
     failed: Arc<std::sync::atomic::AtomicBool>,
+    identity: Arc<Identity>,
+}
+
+/// The membership as the leader sees it, in plain values (for the
+/// membership reconciler in `node/`).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct MembershipView {
+    /// This node leads (and may change the membership).
+    pub(crate) leader: bool,
+    pub(crate) voters: BTreeMap<u64, String>,
+    pub(crate) learners: BTreeMap<u64, String>,
+    /// How many entries each node is behind the leader's last log index
+    /// (leader only; a node with nothing replicated yet counts everything).
+    pub(crate) lag: BTreeMap<u64, u64>,
 }
 
 impl RaftHandle {
@@ -84,6 +98,7 @@ impl RaftHandle {
             |e: std::io::Error| Error::io(format!("data dir {}", s.data_dir.display()), e);
         let cluster = (!s.join).then(|| static_cluster_id(&s.secret, s.members.keys().copied()));
         let identity = Arc::new(Identity::open(&s.data_dir, s.node_id, cluster).map_err(storage)?);
+        let peer_check = identity.clone();
         let log = LogStore::open(&s.data_dir).map_err(storage)?;
         let events = EventLog::open(&s.data_dir).map_err(|e| {
             log.close();
@@ -99,7 +114,7 @@ impl RaftHandle {
             node_id: s.node_id,
             secret: s.secret.clone(),
             max_frame_bytes: s.max_frame_bytes,
-            identity: Some(identity as Arc<dyn PeerCheck>),
+            identity: Some(peer_check as Arc<dyn PeerCheck>),
             ..TransportConfig::default()
         });
         let service = RaftService::new();
@@ -210,6 +225,7 @@ impl RaftHandle {
             peers,
             counters: Counters::default(),
             failed,
+            identity,
         };
 
         if !s.join {
@@ -285,6 +301,92 @@ impl RaftHandle {
 
     pub(crate) fn id(&self) -> u64 {
         self.id
+    }
+
+    /// Whether this node has no Raft state at all (no membership, no log,
+    /// no vote): only such a node may ever initialize a cluster.
+    pub(crate) async fn pristine(&self) -> Result<bool> {
+        let initialized = self
+            .raft
+            .is_initialized()
+            .await
+            .map_err(|e| Error::Raft(e.to_string()))?;
+        let m = self.raft.metrics();
+        let m = m.borrow_watched();
+        Ok(!initialized && m.last_log_index.is_none() && m.current_term == 0)
+    }
+
+    /// The cluster id of this data dir (0: none yet) and its incarnation.
+    pub(crate) fn data_identity(&self) -> (u64, u64) {
+        (self.identity.cluster(), self.identity.incarnation())
+    }
+
+    /// Records the cluster id this (pristine) data dir joins.
+    pub(crate) fn adopt_cluster(&self, cluster: u64) -> Result<()> {
+        self.identity.adopt(cluster).map_err(Error::ClusterMismatch)
+    }
+
+    /// Initializes a new cluster with these voters (id → address); only
+    /// for a pristine node, once (see `node/selfform`).
+    pub(crate) async fn initialize(&self, voters: BTreeMap<u64, String>) -> Result<()> {
+        let members: BTreeMap<u64, BasicNode> = voters
+            .into_iter()
+            .map(|(id, addr)| (id, BasicNode::new(addr)))
+            .collect();
+        self.raft
+            .initialize(members)
+            .await
+            .map_err(|e| Error::Raft(format!("initialize: {e}")))
+    }
+
+    /// The membership and, on the leader, each node's replication lag.
+    pub(crate) fn membership(&self) -> MembershipView {
+        let m = self.raft.metrics();
+        let m = m.borrow_watched();
+        let membership = m.membership_config.membership();
+        let addr = |id: &u64| {
+            membership
+                .get_node(id)
+                .map(|n| n.addr.clone())
+                .unwrap_or_default()
+        };
+        let voters: BTreeMap<u64, String> =
+            membership.voter_ids().map(|id| (id, addr(&id))).collect();
+        let learners = membership.learner_ids().map(|id| (id, addr(&id))).collect();
+        let last = m.last_log_index.map(|l| l + 1).unwrap_or(0);
+        let lag = m
+            .replication
+            .as_ref()
+            .map(|r| {
+                r.iter()
+                    .map(|(peer, matched)| {
+                        let matched = matched.map(|l| l.index + 1).unwrap_or(0);
+                        (*peer, last.saturating_sub(matched))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        MembershipView {
+            leader: m.current_leader == Some(self.id) && m.state == openraft::ServerState::Leader,
+            voters,
+            learners,
+            lag,
+        }
+    }
+
+    /// On the leader: adds `id` as a learner (no waiting for it to catch up).
+    pub(crate) async fn add_learner_here(&self, id: u64, addr: String) -> Result<()> {
+        redirect_result(leader::add_learner(&self.raft, id, addr).await)
+    }
+
+    /// On the leader: makes learner `id` a voter.
+    pub(crate) async fn promote_here(&self, id: u64) -> Result<()> {
+        redirect_result(leader::promote(&self.raft, id).await)
+    }
+
+    /// On the leader: removes `id` from the membership.
+    pub(crate) async fn remove_here(&self, id: u64) -> Result<()> {
+        redirect_result(leader::remove_node(&self.raft, id).await)
     }
 
     pub(crate) fn local_addr(&self) -> SocketAddr {
@@ -677,6 +779,17 @@ fn failure_of(r: &std::result::Result<(), openraft::errors::Fatal<super::TC>>) -
     match r {
         Ok(()) | Err(openraft::errors::Fatal::Stopped) => None,
         Err(e) => Some(e.to_string()),
+    }
+}
+
+fn redirect_result(r: Redirect<()>) -> Result<()> {
+    match r {
+        Redirect::Ok(()) => Ok(()),
+        Redirect::NotLeader(l) => Err(Error::Membership(format!(
+            "this node is not the leader (leader: {l:?})"
+        ))),
+        Redirect::Unknown(e) | Redirect::Failed(e) => Err(Error::Membership(e)),
+        Redirect::NotUpgraded { name, nodes } => Err(Error::NotUpgraded { name, nodes }),
     }
 }
 

@@ -158,6 +158,39 @@ impl Identity {
         })
     }
 
+    /// The cluster id this data dir belongs to (0: not known yet).
+    pub(crate) fn cluster(&self) -> u64 {
+        self.inner.lock().cluster
+    }
+
+    /// This data dir's incarnation (new whenever the dir is created).
+    pub(crate) fn incarnation(&self) -> u64 {
+        self.inner.lock().incarnation
+    }
+
+    /// Records `cluster` as this data dir's cluster, if it has none yet.
+    /// Fails when it already belongs to another cluster, or on a disk error.
+    pub(crate) fn adopt(&self, cluster: u64) -> Result<(), String> {
+        let mut g = self.inner.lock();
+        if g.cluster == cluster {
+            return Ok(());
+        }
+        if g.cluster != 0 {
+            return Err(format!(
+                "this data dir belongs to cluster {:016x}, not {cluster:016x}: clusters are \
+                 never merged; give this node a fresh data dir and a new id to move it",
+                g.cluster
+            ));
+        }
+        g.cluster = cluster;
+        if let Err(e) = self.persist_identity(&g) {
+            g.cluster = 0;
+            return Err(format!("cannot record the cluster id: {e}"));
+        }
+        tracing::info!(cluster = %format!("{cluster:016x}"), "joined cluster");
+        Ok(())
+    }
+
     fn persist_identity(&self, g: &Inner) -> io::Result<()> {
         write_atomically(
             &self.dir,
@@ -277,6 +310,20 @@ mod tests {
         drop(id);
         let id = Identity::open(dir.path(), 4, None).unwrap();
         assert_eq!(id.local().unwrap().cluster, 7, "the adopted id is kept");
+    }
+
+    #[test]
+    fn adopting_a_cluster_id_happens_once_and_is_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = Identity::open(dir.path(), 3, None).unwrap();
+        assert_eq!(id.cluster(), 0);
+        id.adopt(9).unwrap();
+        id.adopt(9).unwrap();
+        assert!(id.adopt(10).unwrap_err().contains("never merged"));
+        drop(id);
+        let id = Identity::open(dir.path(), 3, None).unwrap();
+        assert_eq!(id.cluster(), 9);
+        assert!(id.check(1, ident(11, 1)).is_err());
     }
 
     #[test]

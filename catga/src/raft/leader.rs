@@ -228,10 +228,84 @@ fn raft_id(raft: &Raft) -> u64 {
     raft.metrics().borrow_watched().id
 }
 
-/// Removes a voter.
+/// How far behind a learner may be and still take a removed voter's place.
+const REPLACEMENT_MAX_LAG: u64 = 100;
+
+/// Removes a node from the membership: from the voters first if it is
+/// one, then from the nodes (so it no longer receives the log). A voter
+/// is replaced, in the same change, by a learner that has caught up, if
+/// there is one: the voter count holds, and a cluster that already misses
+/// a voter keeps its quorum through the change.
 pub(crate) async fn remove_node(raft: &Raft, id: u64) -> Redirect<()> {
     let set: BTreeSet<u64> = [id].into();
-    membership_change(raft, ChangeMembers::RemoveVoters(set)).await
+    let (voters, known, replacement) = {
+        let m = raft.metrics();
+        let m = m.borrow_watched();
+        let membership = m.membership_config.membership();
+        let voters: BTreeSet<u64> = membership.voter_ids().collect();
+        let last = m.last_log_index.map(|l| l + 1).unwrap_or(0);
+        let replacement = membership.learner_ids().find(|l| {
+            m.replication
+                .as_ref()
+                .and_then(|r| r.get(l).copied())
+                .flatten()
+                .is_some_and(|matched| {
+                    last.saturating_sub(matched.index + 1) <= REPLACEMENT_MAX_LAG
+                })
+        });
+        (voters, membership.get_node(&id).is_some(), replacement)
+    };
+    if voters.contains(&id) {
+        let change = match replacement {
+            Some(l) => {
+                let mut next = voters.clone();
+                next.remove(&id);
+                next.insert(l);
+                tracing::info!(
+                    removed = id,
+                    promoted = l,
+                    "a caught-up learner replaces the removed voter"
+                );
+                ChangeMembers::ReplaceAllVoters(next)
+            }
+            None => ChangeMembers::RemoveVoters(set.clone()),
+        };
+        match membership_change(raft, change).await {
+            Redirect::Ok(()) => {}
+            other => return other,
+        }
+        // changes are made with `retain = false`: a removed voter leaves
+        // the nodes too, and there is nothing left to do
+        if raft
+            .metrics()
+            .borrow_watched()
+            .membership_config
+            .membership()
+            .get_node(&id)
+            .is_none()
+        {
+            return Redirect::Ok(());
+        }
+    } else if !known {
+        return Redirect::Ok(());
+    }
+    membership_change(raft, ChangeMembers::RemoveNodes(set)).await
+}
+
+/// Adds a node as a learner without waiting for it to catch up.
+pub(crate) async fn add_learner(raft: &Raft, id: u64, addr: String) -> Redirect<()> {
+    match raft.add_learner(id, BasicNode::new(addr), false).await {
+        Ok(_) => Redirect::Ok(()),
+        Err(e) => match e.forward_to_leader() {
+            Some(f) => Redirect::NotLeader(f.leader_id),
+            None => Redirect::Failed(e.to_string()),
+        },
+    }
+}
+
+/// Makes a learner a voter.
+pub(crate) async fn promote(raft: &Raft, id: u64) -> Redirect<()> {
+    membership_change(raft, ChangeMembers::AddVoterIds([id].into())).await
 }
 
 async fn membership_change(

@@ -36,7 +36,7 @@ mod wal;
 pub(crate) mod wire;
 
 pub(crate) use events::DeliverySettings;
-pub(crate) use handle::{RaftHandle, RaftSettings};
+pub(crate) use handle::{MembershipView, RaftHandle, RaftSettings};
 
 impl fmt::Display for Envelope {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -1,0 +1,86 @@
+//! Leaving the cluster for good ([`Node::leave`]), and the weak handle the
+//! discovery tasks hold (they must not keep a node alive).
+
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::{Node, NodeInner, selfform};
+use crate::error::{Error, Result};
+
+/// A handle that does not keep the node alive.
+#[derive(Clone)]
+pub(crate) struct WeakNode(Weak<NodeInner>);
+
+impl WeakNode {
+    pub(crate) fn upgrade(&self) -> Option<Node> {
+        self.0.upgrade().map(|inner| Node { inner })
+    }
+}
+
+impl Node {
+    pub(crate) fn downgrade(&self) -> WeakNode {
+        WeakNode(Arc::downgrade(&self.inner))
+    }
+
+    /// The commands and publishes this handle has in flight (the load a
+    /// discovered node reports).
+    pub(crate) fn in_flight(&self) -> usize {
+        self.inner.in_flight.lock().len()
+    }
+
+    pub(super) fn set_selfform(&self, sf: selfform::SelfForming) {
+        let _ = self.inner.selfform.set(sf);
+    }
+
+    /// Leaves the cluster for good: records the id as removed (a node
+    /// started with `.discovery(..)`), removes it from the membership
+    /// through the leader (a leader removing itself steps down once the
+    /// change is committed), then unregisters it and shuts it down. The id
+    /// is never used again. Fails, having changed nothing, if the discovery
+    /// store cannot record the removal (retry when it is back).
+    ///
+    /// ```no_run
+    /// # async fn f(node: catga::Node) -> catga::Result<()> {
+    /// node.leave().await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn leave(&self) -> Result<()> {
+        let timeout = self.inner.request_timeout.max(Duration::from_secs(5));
+        let deadline = Instant::now() + timeout;
+        let raft = &self.inner.raft;
+        let me = raft.id();
+        if let Some(sf) = self.inner.selfform.get() {
+            sf.mark_removed(me).await?;
+        }
+        let mut backoff = Duration::from_millis(20);
+        loop {
+            let view = raft.membership();
+            if !view.voters.contains_key(&me) && !view.learners.contains_key(&me) {
+                break;
+            }
+            if view.voters.len() == 1 && view.voters.contains_key(&me) {
+                return Err(Error::Membership(
+                    "the last voter cannot leave: add another node first, or shut it down".into(),
+                ));
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            match raft.remove_node(me, left).await {
+                Ok(()) => break,
+                // another change in progress, or a leader change: retry
+                Err(Error::Membership(e)) if Instant::now() < deadline => {
+                    tracing::debug!(error = %e, "leave: retrying the membership change");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_millis(500));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        if let Some(sf) = self.inner.selfform.get() {
+            sf.stop(true).await?;
+        }
+        self.shutdown().await;
+        Ok(())
+    }
+}

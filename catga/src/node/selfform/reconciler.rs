@@ -1,0 +1,331 @@
+//! The membership reconciler. It runs on every node and acts only while its
+//! node leads, so it survives leader changes: everything it decides from is
+//! the Raft membership, the discovery watch and the store's records.
+//!
+//! One change at a time, in this order: remove a node that is gone for
+//! good (a learner that left gracefully or whose lease passed
+//! `remove_learners_after` ago; a voter only after `remove_dead_after`, if
+//! set), promote a caught-up learner while there are fewer voters than the
+//! target, add a seen node as a learner. A node whose lease passed is only
+//! *suspect* until then. Removed ids are recorded in the store first and
+//! never added again.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::{
+    META_CLUSTER, Settings, hex, node_record, open_watch, published_cluster, removed_record,
+};
+use crate::discovery::{Discovery, LeaveReason, MemberEvent, NodeInfo};
+use crate::node::WeakNode;
+use crate::raft::MembershipView;
+
+/// How often the reconciler looks at the membership.
+const TICK: Duration = Duration::from_millis(100);
+/// How long it waits after a change failed.
+const RETRY_AFTER: Duration = Duration::from_millis(500);
+
+/// One membership change.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Step {
+    Remove(u64),
+    Promote(u64),
+    AddLearner(u64, String),
+}
+
+/// What the reconciler knows besides the membership.
+#[derive(Debug, Default)]
+pub(super) struct Seen {
+    /// Nodes registered now.
+    pub(super) alive: BTreeMap<u64, NodeInfo>,
+    /// Nodes that left: when, and how.
+    pub(super) left: BTreeMap<u64, (Instant, LeaveReason)>,
+    /// Ids never to add (recorded as removed, or of another cluster).
+    pub(super) refused: BTreeSet<u64>,
+}
+
+/// The pure rule: the next change, if any.
+pub(super) fn next_step(
+    me: u64,
+    cluster: u64,
+    view: &MembershipView,
+    seen: &Seen,
+    s: &Settings,
+    now: Instant,
+) -> Option<Step> {
+    if !view.leader {
+        return None;
+    }
+    for (id, (at, reason)) in &seen.left {
+        let gone_for = now.saturating_duration_since(*at);
+        if view.learners.contains_key(id)
+            && (*reason == LeaveReason::Graceful || gone_for >= s.remove_learners_after)
+        {
+            return Some(Step::Remove(*id));
+        }
+        if view.voters.contains_key(id)
+            && *id != me
+            && view.voters.len() > 1
+            && s.remove_dead_after.is_some_and(|d| gone_for >= d)
+        {
+            return Some(Step::Remove(*id));
+        }
+    }
+    if view.voters.len() < s.voters {
+        let ready = view.learners.keys().find(|id| {
+            seen.alive.contains_key(id)
+                && view.lag.get(id).is_some_and(|lag| *lag <= s.catch_up_lag)
+        });
+        if let Some(id) = ready {
+            return Some(Step::Promote(*id));
+        }
+    }
+    seen.alive
+        .values()
+        .find(|n| {
+            n.id != me
+                && !view.voters.contains_key(&n.id)
+                && !view.learners.contains_key(&n.id)
+                && !seen.refused.contains(&n.id)
+                && (published_cluster(n) == 0 || published_cluster(n) == cluster)
+        })
+        .map(|n| Step::AddLearner(n.id, n.raft_addr.clone()))
+}
+
+pub(super) async fn run(
+    node: WeakNode,
+    discovery: Arc<dyn Discovery>,
+    s: Settings,
+    mut info: NodeInfo,
+    stop: CancellationToken,
+) {
+    let Some(mut watch) = open_watch(&discovery, &stop).await else {
+        return;
+    };
+    let mut seen = Seen::default();
+    let mut warned: BTreeSet<u64> = BTreeSet::new();
+    // one look every TICK at most (and on discovery events): the
+    // membership moves slowly, and the store is not polled per write
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut retry_at = Instant::now();
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            ev = watch.next() => match ev {
+                Some(MemberEvent::Joined(n)) | Some(MemberEvent::Updated(n)) => {
+                    seen.left.remove(&n.id);
+                    seen.alive.insert(n.id, n);
+                }
+                Some(MemberEvent::Left { id, reason, .. }) => {
+                    seen.alive.remove(&id);
+                    seen.left.insert(id, (Instant::now(), reason));
+                }
+                None => match open_watch(&discovery, &stop).await {
+                    Some(w) => watch = w,
+                    None => return,
+                },
+            },
+            _ = tick.tick() => {}
+        }
+        if Instant::now() < retry_at {
+            continue;
+        }
+        let Some(node) = node.upgrade() else { return };
+        let raft = node.raft();
+        let me = raft.id();
+        let (cluster, _) = raft.data_identity();
+        // tell the others which cluster this node belongs to, once known
+        if info.metadata.get(META_CLUSTER) != Some(&hex(cluster)) {
+            let mut next = info.clone();
+            next.metadata.insert(META_CLUSTER.into(), hex(cluster));
+            if discovery.register(next.clone()).await.is_ok() {
+                info = next;
+            }
+        }
+        let view = raft.membership();
+        if !view.leader {
+            continue;
+        }
+        for (id, (_, reason)) in &seen.left {
+            if *id != me && view.voters.contains_key(id) && warned.insert(*id) {
+                tracing::warn!(
+                    node = id,
+                    ?reason,
+                    "voter {id} left discovery: suspect; it stays a voter{}",
+                    match s.remove_dead_after {
+                        Some(d) => format!(" unless it is back within {d:?}"),
+                        None => " (set remove_dead_after to remove dead voters)".into(),
+                    }
+                );
+            }
+        }
+        warned.retain(|id| seen.left.contains_key(id));
+        let Some(step) = next_step(me, cluster, &view, &seen, &s, Instant::now()) else {
+            continue;
+        };
+        match step {
+            Step::Remove(id) => {
+                if let Err(e) = discovery
+                    .create_record(&removed_record(id), "removed")
+                    .await
+                {
+                    tracing::warn!(node = id, error = %e,
+                        "cannot record the removal in the store; not removing yet");
+                    continue;
+                }
+                tracing::info!(node = id, "removing node from the membership");
+                match raft.remove_here(id).await {
+                    Ok(()) => {
+                        seen.left.remove(&id);
+                        seen.refused.insert(id);
+                    }
+                    Err(e) => {
+                        tracing::warn!(node = id, error = %e, "removal failed; retrying");
+                        retry_at = Instant::now() + RETRY_AFTER;
+                    }
+                }
+            }
+            Step::Promote(id) => {
+                tracing::info!(node = id, "promoting caught-up learner to voter");
+                if let Err(e) = raft.promote_here(id).await {
+                    tracing::warn!(node = id, error = %e, "promotion failed; retrying");
+                    retry_at = Instant::now() + RETRY_AFTER;
+                }
+            }
+            Step::AddLearner(id, addr) => {
+                match discovery.read_record(&removed_record(id)).await {
+                    Ok(None) => {}
+                    Ok(Some(_)) => {
+                        tracing::info!(
+                            node = id,
+                            "node {id} was removed from this cluster: refusing it (ids are never reused)"
+                        );
+                        seen.refused.insert(id);
+                        continue;
+                    }
+                    Err(_) => continue, // the store is down: add later
+                }
+                let theirs = seen.alive.get(&id).map(published_cluster).unwrap_or(0);
+                if theirs != 0 && theirs != cluster {
+                    seen.refused.insert(id);
+                    continue;
+                }
+                // the node's own record must exist (it checked its data dir)
+                if !matches!(discovery.read_record(&node_record(id)).await, Ok(Some(_))) {
+                    continue;
+                }
+                tracing::info!(node = id, %addr, "adding node as a learner");
+                if let Err(e) = raft.add_learner_here(id, addr).await {
+                    tracing::warn!(node = id, error = %e, "adding the learner failed; retrying");
+                    retry_at = Instant::now() + RETRY_AFTER;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings() -> Settings {
+        Settings {
+            cluster_name: "c".into(),
+            advertise: "a:1".into(),
+            bootstrap_expect: 3,
+            voters: 3,
+            remove_dead_after: None,
+            remove_learners_after: Duration::from_secs(600),
+            heartbeat: Duration::from_millis(200),
+            lease: Duration::from_secs(1),
+            catch_up_lag: 10,
+        }
+    }
+
+    fn view(voters: &[u64], learners: &[u64], lag: &[(u64, u64)]) -> MembershipView {
+        MembershipView {
+            leader: true,
+            voters: voters.iter().map(|i| (*i, format!("a:{i}"))).collect(),
+            learners: learners.iter().map(|i| (*i, format!("a:{i}"))).collect(),
+            lag: lag.iter().copied().collect(),
+        }
+    }
+
+    fn alive(ids: &[u64]) -> Seen {
+        Seen {
+            alive: ids
+                .iter()
+                .map(|i| (*i, NodeInfo::new("c", *i, format!("a:{i}"))))
+                .collect(),
+            ..Seen::default()
+        }
+    }
+
+    #[test]
+    fn a_new_node_becomes_a_learner_and_is_promoted_only_below_the_target() {
+        let s = settings();
+        let now = Instant::now();
+        let seen = alive(&[1, 2, 3, 4]);
+        assert_eq!(
+            next_step(1, 7, &view(&[1, 2, 3], &[], &[]), &seen, &s, now),
+            Some(Step::AddLearner(4, "a:4".into()))
+        );
+        // three voters: the caught-up learner waits
+        assert_eq!(
+            next_step(1, 7, &view(&[1, 2, 3], &[4], &[(4, 0)]), &seen, &s, now),
+            None
+        );
+        // a voter left: the learner takes over once caught up
+        let seen = alive(&[1, 2, 4]);
+        assert_eq!(
+            next_step(1, 7, &view(&[1, 2], &[4], &[(4, 50)]), &seen, &s, now),
+            None
+        );
+        assert_eq!(
+            next_step(1, 7, &view(&[1, 2], &[4], &[(4, 3)]), &seen, &s, now),
+            Some(Step::Promote(4))
+        );
+        let mut follower = view(&[1, 2], &[4], &[(4, 3)]);
+        follower.leader = false;
+        assert_eq!(next_step(1, 7, &follower, &seen, &s, now), None);
+    }
+
+    #[test]
+    fn dead_voters_stay_unless_asked_and_learners_go_after_their_timeout() {
+        let mut s = settings();
+        let start = Instant::now();
+        let mut seen = alive(&[1, 2]);
+        seen.left.insert(3, (start, LeaveReason::Expired));
+        seen.left.insert(4, (start, LeaveReason::Expired));
+        let v = view(&[1, 2, 3], &[4], &[]);
+        let later = start + Duration::from_secs(3600);
+        assert_eq!(next_step(1, 7, &v, &seen, &s, start), None);
+        assert_eq!(next_step(1, 7, &v, &seen, &s, later), Some(Step::Remove(4)));
+        seen.left.remove(&4);
+        let v = view(&[1, 2, 3], &[], &[]);
+        assert_eq!(next_step(1, 7, &v, &seen, &s, later), None);
+        s.remove_dead_after = Some(Duration::from_secs(30));
+        assert_eq!(next_step(1, 7, &v, &seen, &s, later), Some(Step::Remove(3)));
+        // a learner that left gracefully goes at once
+        seen.left.insert(5, (start, LeaveReason::Graceful));
+        let v = view(&[1, 2], &[5], &[]);
+        assert_eq!(next_step(1, 7, &v, &seen, &s, start), Some(Step::Remove(5)));
+    }
+
+    #[test]
+    fn refused_and_foreign_nodes_are_never_added() {
+        let s = settings();
+        let now = Instant::now();
+        let mut seen = alive(&[1, 4, 5]);
+        seen.refused.insert(4);
+        if let Some(n) = seen.alive.get_mut(&5) {
+            n.metadata.insert(META_CLUSTER.into(), hex(99));
+        }
+        assert_eq!(next_step(1, 7, &view(&[1], &[], &[]), &seen, &s, now), None);
+    }
+}
