@@ -715,3 +715,46 @@ async fn dead_learners_and_asked_for_dead_voters_are_removed_and_never_come_back
         n.shutdown().await;
     }
 }
+
+/// The discovery events a node sees are counted in its `/metrics`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discovery_events_are_counted_in_metrics() {
+    let store = MemoryStore::new();
+    let name = unique("metrics");
+    let dir = tempfile::tempdir().unwrap();
+    let mut nodes = Vec::new();
+    for id in 1..=3 {
+        nodes.push(start_mem(&store, &name, id, dir.path(), 3).await.unwrap());
+    }
+    wait_formed(&nodes, 3).await.unwrap();
+    let http = catga::http::Http::new(nodes[0].clone());
+    let app = http.routes().with_state(http);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(catga::http::serve(listener, app));
+    let count = |kind: &'static str| {
+        let url = format!("{base}/metrics");
+        async move {
+            let text = reqwest::get(url).await.unwrap().text().await.unwrap();
+            let key = format!(r#"catga_discovery_events_total{{kind="{kind}"}} "#);
+            text.lines()
+                .find_map(|l| l.strip_prefix(&key))
+                .and_then(|v| v.trim().parse::<f64>().ok())
+                .unwrap_or(0.0)
+        }
+    };
+    // it saw the two others (and itself) join
+    assert!(count("joined").await >= 2.0);
+    let left_before = count("left").await;
+    // node 3 leaves: node 1 sees it go
+    let leaving = nodes.pop().unwrap();
+    leaving.leave().await.unwrap();
+    let deadline = tokio::time::Instant::now() + LONG;
+    while count("left").await <= left_before {
+        assert!(tokio::time::Instant::now() < deadline, "no Left counted");
+        nodes[0].health_changed(Duration::from_millis(100)).await;
+    }
+    for n in nodes {
+        n.shutdown().await;
+    }
+}

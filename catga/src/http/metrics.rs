@@ -38,6 +38,7 @@ pub(super) struct Metrics {
     writes: Family<Labels, Counter>,
     retries: Counter,
     panics: Counter,
+    discovery: Family<Labels, Counter>,
     /// The node's counts at the last render (counters move by the delta).
     last: Mutex<Counts>,
 }
@@ -67,6 +68,7 @@ impl Metrics {
             writes: Family::default(),
             retries: Counter::default(),
             panics: Counter::default(),
+            discovery: Family::default(),
             last: Mutex::new(Counts::default()),
         };
         {
@@ -135,6 +137,12 @@ impl Metrics {
                 m.retries.clone(),
             );
             r.register(
+                "discovery_events",
+                "discovery events this node's membership watch saw, by kind (self-forming \
+                 clusters)",
+                m.discovery.clone(),
+            );
+            r.register(
                 "handler_panics",
                 "command handlers that panicked, as applied on this node",
                 m.panics.clone(),
@@ -176,6 +184,11 @@ impl Metrics {
                 .inc_by(counts.retries.saturating_sub(last.retries));
             self.panics
                 .inc_by(counts.handler_panics.saturating_sub(last.handler_panics));
+            for (i, kind) in ["joined", "updated", "left"].iter().enumerate() {
+                self.discovery
+                    .get_or_create(&vec![("kind".to_string(), kind.to_string())])
+                    .inc_by(counts.discovery[i].saturating_sub(last.discovery[i]));
+            }
             *last = counts;
         }
         for r in [

@@ -700,6 +700,14 @@ impl RaftHandle {
             writes_forwarded: c.writes_forwarded.load(Ordering::Relaxed),
             retries: c.retries.load(Ordering::Relaxed),
             handler_panics: self.sm.shared.panics.load(Ordering::Relaxed),
+            discovery: c.discovery.each_ref().map(|d| d.load(Ordering::Relaxed)),
+        }
+    }
+
+    /// Counts a discovery event (0 joined, 1 updated, 2 left).
+    pub(crate) fn count_discovery(&self, kind: usize) {
+        if let Some(c) = self.counters.discovery.get(kind) {
+            c.fetch_add(1, Ordering::Relaxed);
         }
     }
 

@@ -117,11 +117,21 @@ pub(super) async fn run(
         tokio::select! {
             _ = stop.cancelled() => return,
             ev = watch.next() => match ev {
-                Some(MemberEvent::Joined(n)) | Some(MemberEvent::Updated(n)) => {
+                Some(ev @ (MemberEvent::Joined(_) | MemberEvent::Updated(_))) => {
+                    let updated = matches!(ev, MemberEvent::Updated(_));
+                    let (MemberEvent::Joined(n) | MemberEvent::Updated(n)) = ev else {
+                        continue;
+                    };
+                    if let Some(me) = node.upgrade() {
+                        me.raft().count_discovery(usize::from(updated));
+                    }
                     seen.left.remove(&n.id);
                     seen.alive.insert(n.id, n);
                 }
                 Some(MemberEvent::Left { id, reason, .. }) => {
+                    if let Some(me) = node.upgrade() {
+                        me.raft().count_discovery(2);
+                    }
                     seen.alive.remove(&id);
                     seen.left.insert(id, (Instant::now(), reason));
                 }
