@@ -7,6 +7,8 @@
 //
 //   http/        axum routes over a `Node` (feature `http`)
 //   node/        the builder, the `Node` handle, health
+//   mediator/    members, send_to, routes declared on query types, broadcast:
+//                its own RPC service beside Raft's on the transport
 //   discovery/   NodeInfo, the Discovery trait, static / Redis / NATS backends;
 //                it only reports (joined, updated, left), nothing imports raft
 //   raft/        openraft glue: log, state machine adapter, network, RPC service
@@ -30,6 +32,7 @@ mod error;
 #[cfg(feature = "http")]
 pub mod http;
 mod machine;
+mod mediator;
 mod message;
 mod node;
 mod raft;
@@ -45,7 +48,8 @@ pub mod __private;
 
 pub use context::{CommandContext, EventContext};
 pub use error::{ApplyError, Error, Outcome, Result};
-pub use message::{Command, Consistency, Event, Handled, Message, MessageKind, Query};
+pub use mediator::{Delivery, Liveness, Member, MemberRole};
+pub use message::{Command, Consistency, Event, Handled, Message, MessageKind, Query, Routing};
 // Named in compile errors about handler signatures and `query`/`publish`
 // calls; re-exported here (hidden) so rustc prints `CommandParam`, not a path
 // under `__private`. Not for use.

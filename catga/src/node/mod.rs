@@ -32,6 +32,17 @@ struct NodeInner {
     /// window the state machine keeps for this client).
     slots: tokio::sync::Semaphore,
     request_timeout: Duration,
+    mediator: crate::mediator::Mediator,
+}
+
+/// A handle that does not keep the node alive (for its own services).
+#[derive(Clone)]
+pub(crate) struct WeakNode(std::sync::Weak<NodeInner>);
+
+impl WeakNode {
+    pub(crate) fn upgrade(&self) -> Option<Node> {
+        self.0.upgrade().map(|inner| Node { inner })
+    }
 }
 
 /// A running node. Cheap to clone; every clone is the same node.
@@ -65,7 +76,7 @@ impl Drop for InFlight<'_> {
 
 impl Node {
     pub(super) fn new(raft: RaftHandle, max_in_flight: usize, request_timeout: Duration) -> Node {
-        Node {
+        let node = Node {
             inner: Arc::new(NodeInner {
                 raft,
                 client_id: loop {
@@ -78,8 +89,23 @@ impl Node {
                 in_flight: Mutex::new(BTreeSet::new()),
                 slots: tokio::sync::Semaphore::new(max_in_flight),
                 request_timeout,
+                mediator: Default::default(),
             }),
-        }
+        };
+        crate::mediator::Mediator::start(&node);
+        node
+    }
+
+    pub(crate) fn downgrade(&self) -> WeakNode {
+        WeakNode(Arc::downgrade(&self.inner))
+    }
+
+    pub(crate) fn mediator(&self) -> &crate::mediator::Mediator {
+        &self.inner.mediator
+    }
+
+    pub(crate) fn request_timeout(&self) -> Duration {
+        self.inner.request_timeout
     }
 
     /// The Raft side of this node, for the test hooks in [`crate::testing`].
@@ -107,7 +133,9 @@ impl Node {
     /// be reached in time: the command may still be applied, once).
     ///
     /// A query runs on this node's state with no network trip, unless its
-    /// type is `#[query(linearizable)]` (see [`Node::query`]).
+    /// type is `#[query(linearizable)]` (see [`Node::query`]) or declares a
+    /// route to other nodes (`#[query(route = ...)]`, see "Across nodes" in
+    /// the README and [`Node::send_to`]).
     ///
     /// (A boxed future, not an `async fn`: a type that cannot be sent is then
     /// one compile error at the call, not one per use of the future.)
@@ -122,7 +150,7 @@ impl Node {
                     Ok(decode(&applied.response?)?)
                 }
                 Route::Query { consistency, .. } => self.run_query(msg, consistency).await,
-                Route::StatelessQuery { run } => Ok(run(msg).await),
+                Route::StatelessQuery { .. } => self.run_query(msg, Consistency::Local).await,
             }
         })
     }
@@ -186,6 +214,18 @@ impl Node {
     }
 
     async fn run_query<M: Handled>(&self, msg: M, consistency: Consistency) -> Result<M::Output> {
+        if crate::mediator::is_routed::<M>() {
+            return self.routed(msg, consistency).await;
+        }
+        self.run_here(msg, consistency).await
+    }
+
+    /// Runs a query on this node, whatever its declared route.
+    pub(crate) async fn run_here<M: Handled>(
+        &self,
+        msg: M,
+        consistency: Consistency,
+    ) -> Result<M::Output> {
         match M::ROUTE {
             Route::Query { .. } => {
                 if consistency == Consistency::Linearizable {
@@ -196,7 +236,7 @@ impl Node {
                 }
                 self.inner.raft.read(|m| m.query(msg))
             }
-            Route::StatelessQuery { run } => Ok(run(msg).await),
+            Route::StatelessQuery { run, .. } => Ok(run(msg).await),
             Route::Command { .. } => Err(Error::WrongKind {
                 name: M::NAME,
                 advice: "is a command: send it with `send` (it is replicated, not read)",
@@ -350,6 +390,7 @@ impl Node {
     /// closes its log. Other clones of this handle fail with
     /// [`Error::ShutDown`] afterwards.
     pub async fn shutdown(&self) {
+        self.inner.mediator.stop();
         self.inner.raft.shutdown().await;
     }
 }

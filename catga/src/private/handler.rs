@@ -382,6 +382,11 @@ pub fn refused_run<M, O>(_: M) -> BoxFuture<'static, O> {
     unreachable!("a refused handler does not compile")
 }
 
+/// The answer decoder of a handler that was refused at expansion.
+pub fn refused_decode<O>(_: &[u8]) -> Result<O, crate::error::ApplyError> {
+    unreachable!("a refused handler does not compile")
+}
+
 /// The decoder of a field that borrows (`&'static str`): refused at
 /// expansion (reported on the field), this keeps serde's derive general so
 /// the mistake is one error.

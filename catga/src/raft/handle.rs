@@ -29,7 +29,7 @@ use super::wire::{Redirect, Rpc, decode, encode};
 use super::{Raft, RaftState, Status, leader};
 use crate::error::{Error, Result};
 use crate::machine::{Applied, Envelope, Machine};
-use crate::transport::{Faults, PeerCheck, Pool, Server, TransportConfig};
+use crate::transport::{Faults, Mux, PeerCheck, Pool, Server, Service, TransportConfig};
 
 /// Everything needed to start a node; validated by the cluster builder.
 pub(crate) struct RaftSettings {
@@ -70,6 +70,7 @@ pub(crate) struct RaftHandle {
     local_addr: SocketAddr,
     readiness: Readiness,
     compat: Arc<Compat>,
+    mux: Arc<Mux>,
 }
 
 impl RaftHandle {
@@ -97,9 +98,10 @@ impl RaftHandle {
             ..TransportConfig::default()
         });
         let service = RaftService::new();
+        let mux = Mux::new(service.clone());
         let server = match s.listener {
-            Some(l) => Server::from_std(l, tcfg.clone(), service.clone(), faults.clone()),
-            None => Server::bind(s.listen, tcfg.clone(), service.clone(), faults.clone()).await,
+            Some(l) => Server::from_std(l, tcfg.clone(), mux.clone(), faults.clone()),
+            None => Server::bind(s.listen, tcfg.clone(), mux.clone(), faults.clone()).await,
         };
         let server = server.map_err(|e| {
             log.close();
@@ -197,6 +199,7 @@ impl RaftHandle {
                 Duration::from_millis(s.election_max_ms.saturating_mul(2)),
             ),
             compat,
+            mux,
         };
 
         if !s.join {
@@ -280,6 +283,27 @@ impl RaftHandle {
 
     pub(crate) fn faults(&self) -> &Faults {
         &self.faults
+    }
+
+    /// The connection pool, for the mediator's calls to other nodes.
+    pub(crate) fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
+    /// Serves the mediator's requests on this node's server.
+    pub(crate) fn serve_mediator(&self, service: Arc<dyn Service>) {
+        self.mux.set_mediator(service);
+    }
+
+    /// Every member's (voters' and learners') id and address.
+    pub(crate) fn member_addrs(&self) -> BTreeMap<u64, String> {
+        let m = self.raft.metrics();
+        let m = m.borrow_watched();
+        m.membership_config
+            .membership()
+            .nodes()
+            .map(|(id, n)| (*id, n.addr.clone()))
+            .collect()
     }
 
     /// Runs `f` on the local state machine (read lock).
