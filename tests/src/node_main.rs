@@ -210,10 +210,15 @@ fn error_kind(e: &catga::Error) -> String {
 
 async fn mediator_command(node: &Node, words: &[&str]) -> Option<Result<String, String>> {
     let arg = |i: usize| -> Result<&str, String> {
-        words.get(i).copied().ok_or_else(|| format!("missing argument {i}"))
+        words
+            .get(i)
+            .copied()
+            .ok_or_else(|| format!("missing argument {i}"))
     };
     let num = |i: usize| -> Result<u64, String> {
-        arg(i)?.parse::<u64>().map_err(|e| format!("argument {i}: {e}"))
+        arg(i)?
+            .parse::<u64>()
+            .map_err(|e| format!("argument {i}: {e}"))
     };
     let r = match words.first().copied()? {
         "delay" => num(1).map(|ms| {
@@ -227,7 +232,8 @@ async fn mediator_command(node: &Node, words: &[&str]) -> Option<Result<String, 
         "held" => match num(1) {
             Ok(n) => {
                 let mut rx = HELD.subscribe();
-                match tokio::time::timeout(Duration::from_secs(20), rx.wait_for(|h| *h >= n)).await {
+                match tokio::time::timeout(Duration::from_secs(20), rx.wait_for(|h| *h >= n)).await
+                {
                     Ok(Ok(_)) => Ok("ok".to_string()),
                     _ => Err(format!("fewer than {n} held")),
                 }

@@ -28,7 +28,10 @@ async fn three() -> (tempfile::TempDir, Vec<Option<Proc>>) {
             .await
             .unwrap();
         p.wait_for("members", T, |m| {
-            m.split_whitespace().filter(|x| x.ends_with(":alive")).count() == 3
+            m.split_whitespace()
+                .filter(|x| x.ends_with(":alive"))
+                .count()
+                == 3
         })
         .await
         .unwrap();
