@@ -54,7 +54,9 @@ pub use message::{Command, Consistency, Event, Handled, Message, MessageKind, Qu
 // calls; re-exported here (hidden) so rustc prints `CommandParam`, not a path
 // under `__private`. Not for use.
 #[doc(hidden)]
-pub use __private::{CommandOutput, CommandParam, EventParam, QueryParam, StateType, WireField};
+pub use __private::{
+    CommandOutput, CommandParam, EventParam, QueryParam, RemoteAnswer, StateType, WireField,
+};
 #[doc(hidden)]
 pub use message::{Publishable, Queryable};
 pub use node::{ClusterBuilder, Health, Node, Role, cluster};

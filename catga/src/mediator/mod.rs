@@ -20,7 +20,6 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 use serde::Serialize;
-use serde::de::DeserializeOwned;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
@@ -383,7 +382,7 @@ impl Node {
     pub fn send_to<M>(&self, node: u64, query: M) -> BoxFuture<'_, Result<M::Output>>
     where
         M: Queryable,
-        M::Output: Serialize + DeserializeOwned,
+        M::Output: crate::RemoteAnswer,
     {
         Box::pin(async move {
             let consistency = match M::ROUTE {
