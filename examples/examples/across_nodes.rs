@@ -196,15 +196,16 @@ async fn tour(nodes: &[Node]) -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
-fn pct(v: &mut [u32], p: f64) -> u32 {
+/// The `p` percentile of nanosecond samples, in microseconds.
+fn pct(v: &mut [u64], p: f64) -> f64 {
     v.sort_unstable();
     if v.is_empty() {
-        return 0;
+        return 0.0;
     }
-    v[((v.len() - 1) as f64 * p).round() as usize]
+    v[((v.len() - 1) as f64 * p).round() as usize] as f64 / 1000.0
 }
 
-async fn measure<F, Fut>(seconds: f64, mut call: F) -> Result<(u32, u32, usize), catga::Error>
+async fn measure<F, Fut>(seconds: f64, mut call: F) -> Result<(f64, f64, usize), catga::Error>
 where
     F: FnMut(u64) -> Fut,
     Fut: std::future::Future<Output = Result<Option<u32>, catga::Error>>,
@@ -216,7 +217,7 @@ where
     while start.elapsed() < dur {
         let t = Instant::now();
         std::hint::black_box(call(i).await?);
-        lat.push(t.elapsed().as_micros().min(u32::MAX as u128) as u32);
+        lat.push(t.elapsed().as_nanos().min(u64::MAX as u128) as u64);
         i += 1;
     }
     let n = lat.len();
@@ -240,20 +241,22 @@ async fn bench(nodes: &[Node], seconds: f64) -> Result<String, Box<dyn std::erro
     let sku = |i: u64| format!("sku{}", i % 64);
     let mut out = Vec::new();
     let (p50, p99, n) = measure(seconds, |i| via.send(Price { sku: sku(i) })).await?;
-    out.push(format!("local_p50_us={p50} local_p99_us={p99} local_n={n}"));
+    out.push(format!(
+        "local_p50_us={p50:.1} local_p99_us={p99:.1} local_n={n}"
+    ));
     let (p50, p99, n) = measure(seconds, |i| via.send(PriceByKey { sku: sku(i) })).await?;
-    out.push(format!("key_p50_us={p50} key_p99_us={p99} key_n={n}"));
+    out.push(format!("key_p50_us={p50:.1} key_p99_us={p99:.1} key_n={n}"));
     let (p50, p99, n) = measure(seconds, |i| via.send(PriceAround { sku: sku(i) })).await?;
     out.push(format!(
-        "round_robin_p50_us={p50} round_robin_p99_us={p99} round_robin_n={n}"
+        "round_robin_p50_us={p50:.1} round_robin_p99_us={p99:.1} round_robin_n={n}"
     ));
     let (p50, p99, n) = measure(seconds, |i| via.send(PriceLightest { sku: sku(i) })).await?;
     out.push(format!(
-        "least_loaded_p50_us={p50} least_loaded_p99_us={p99} least_loaded_n={n}"
+        "least_loaded_p50_us={p50:.1} least_loaded_p99_us={p99:.1} least_loaded_n={n}"
     ));
     let (p50, p99, n) = measure(seconds, |i| via.send_to(leader, Price { sku: sku(i) })).await?;
     out.push(format!(
-        "send_to_leader_p50_us={p50} send_to_leader_p99_us={p99} send_to_leader_n={n}"
+        "send_to_leader_p50_us={p50:.1} send_to_leader_p99_us={p99:.1} send_to_leader_n={n}"
     ));
     Ok(format!(
         "across_nodes: from_node={} {}",

@@ -481,12 +481,17 @@ impl Node {
         }
     }
 
-    /// The members a routed query may go to: the live ones (this node
-    /// always is), or, when every other one is suspect, all of them.
+    /// The members a routed query may go to: the live voters (this node
+    /// always is one; learners are still catching up, so their state may
+    /// be far behind), or, when every other one is suspect, all voters.
     fn candidates(&self) -> Vec<u64> {
         let me = self.id();
         let now = Instant::now();
-        let all: Vec<u64> = self.raft().member_addrs().into_keys().collect();
+        let mut all: Vec<u64> = self.health().members;
+        if !all.contains(&me) {
+            all.push(me);
+        }
+        all.sort_unstable();
         let live: Vec<u64> = all
             .iter()
             .copied()

@@ -21,6 +21,12 @@ pub(crate) struct MediatorService {
     pub(crate) node: WeakNode,
 }
 
+/// Requests this node's mediator serves at once; more are refused at once
+/// ("busy"). Mediator requests share each connection's in-flight limit with
+/// Raft's messages: bounding them (and each one's time, below) keeps hung
+/// or slow handlers from starving replication.
+pub(crate) const MAX_SERVING: u64 = 64;
+
 impl Service for MediatorService {
     fn call(&self, _from: u64, body: Bytes) -> BoxFuture<'static, Result<Bytes, String>> {
         let req: Request = match decode(&body) {
@@ -30,6 +36,17 @@ impl Service for MediatorService {
         let Some(node) = self.node.upgrade() else {
             return futures::future::ready(Err("node is shut down".to_string())).boxed();
         };
+        if !matches!(req, Request::Ping) && node.mediator().load() >= MAX_SERVING {
+            let busy = Failure::Unavailable(format!("busy: {MAX_SERVING} requests in progress"));
+            let reply = match req {
+                Request::Event { .. } => Reply::Delivered(Err(busy)),
+                _ => Reply::Answer(Err(busy)),
+            };
+            return futures::future::ready(encode(&reply).map(Bytes::from)).boxed();
+        }
+        // no answer can be useful after the caller's deadline (its request
+        // timeout, the same setting on every node as a rule)
+        let limit = node.request_timeout();
         async move {
             let reply = match req {
                 Request::Ping => Reply::Pong {
@@ -42,15 +59,23 @@ impl Service for MediatorService {
                     linearizable,
                 } => {
                     let _busy = node.mediator().busy();
-                    Reply::Answer(
-                        run_query(&node, &name, &payload, linearizable)
-                            .await
-                            .map(serde_bytes::ByteBuf::from),
-                    )
+                    let run = run_query(&node, &name, &payload, linearizable);
+                    Reply::Answer(match tokio::time::timeout(limit, run).await {
+                        Ok(r) => r.map(serde_bytes::ByteBuf::from),
+                        Err(_) => Err(Failure::Unavailable(format!(
+                            "the query did not finish within {limit:?}"
+                        ))),
+                    })
                 }
                 Request::Event { name, payload } => {
                     let _busy = node.mediator().busy();
-                    Reply::Delivered(run_event(&node, &name, &payload).await)
+                    let run = run_event(&node, &name, &payload);
+                    Reply::Delivered(match tokio::time::timeout(limit, run).await {
+                        Ok(r) => r,
+                        Err(_) => Err(Failure::Unavailable(format!(
+                            "the handlers did not finish within {limit:?}"
+                        ))),
+                    })
                 }
             };
             encode(&reply).map(Bytes::from)
