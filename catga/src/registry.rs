@@ -18,15 +18,23 @@ pub(crate) type ApplyFn =
 #[doc(hidden)]
 pub(crate) type EventFn = fn(&[u8], EventContext) -> Result<BoxFuture<'static, ()>, ApplyError>;
 
+/// Runs an encoded query against a (type-erased) state; its encoded answer.
+#[doc(hidden)]
+pub(crate) type StatefulRunFn = fn(&[u8], &(dyn Any + Send + Sync)) -> Result<Vec<u8>, ApplyError>;
+/// Decodes a state-less query and starts it; its encoded answer.
+#[doc(hidden)]
+pub(crate) type StatelessRunFn =
+    fn(&[u8]) -> Result<BoxFuture<'static, Result<Vec<u8>, ApplyError>>, ApplyError>;
+
 /// Runs an encoded query on this node and encodes its answer: what the
 /// mediator calls for a query sent from another node.
 #[doc(hidden)]
 #[derive(Debug, Clone, Copy)]
 pub enum QueryRunner {
     /// A handler that reads a state (found by the entry's `state`).
-    Stateful(fn(&[u8], &(dyn Any + Send + Sync)) -> Result<Vec<u8>, ApplyError>),
+    Stateful(StatefulRunFn),
     /// A handler that reads no state (possibly `async`).
-    Stateless(fn(&[u8]) -> Result<BoxFuture<'static, Result<Vec<u8>, ApplyError>>, ApplyError>),
+    Stateless(StatelessRunFn),
 }
 
 /// Submitted by `#[command]`, `#[query]`, `#[event]`.

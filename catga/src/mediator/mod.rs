@@ -229,9 +229,12 @@ async fn heartbeat(node: WeakNode) {
     }
 }
 
+/// Decodes a query's answer from another node.
+type AnswerDecoder<O> = fn(&[u8]) -> Result<O, ApplyError>;
+
 /// The routing of a query type and the decoder of its answer from another
 /// node (`None` for a command).
-fn remote_of<M: Handled>() -> Option<(Routing<M>, fn(&[u8]) -> Result<M::Output, ApplyError>)> {
+fn remote_of<M: Handled>() -> Option<(Routing<M>, AnswerDecoder<M::Output>)> {
     match M::ROUTE {
         Route::Query { remote, .. } | Route::StatelessQuery { remote, .. } => {
             Some((remote.routing, remote.decode))

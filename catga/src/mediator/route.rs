@@ -268,7 +268,7 @@ mod tests {
             slow * 100.0
         );
         assert!(slow <= 0.10, "{sent:?}");
-        assert!(sent.get(&1).is_some() && sent.get(&2).is_some(), "{sent:?}");
+        assert!(sent.contains_key(&1) && sent.contains_key(&2), "{sent:?}");
     }
 
     #[test]
