@@ -71,6 +71,7 @@ pub(crate) struct RaftHandle {
     readiness: Readiness,
     compat: Arc<Compat>,
     mux: Arc<Mux>,
+    mediator_pool: Pool,
 }
 
 impl RaftHandle {
@@ -111,6 +112,9 @@ impl RaftHandle {
             }
         })?;
         let local_addr = server.local_addr();
+        // the mediator's calls have a pool (connections, reconnect backoff)
+        // of their own: they never delay or fail Raft's
+        let mediator_pool = Pool::new(tcfg.clone(), faults.clone());
         let pool = Pool::new(tcfg, faults.clone());
 
         let config = Config {
@@ -200,6 +204,7 @@ impl RaftHandle {
             ),
             compat,
             mux,
+            mediator_pool,
         };
 
         if !s.join {
@@ -285,9 +290,10 @@ impl RaftHandle {
         &self.faults
     }
 
-    /// The connection pool, for the mediator's calls to other nodes.
+    /// The mediator's connection pool (not Raft's), for its calls to
+    /// other nodes.
     pub(crate) fn pool(&self) -> &Pool {
-        &self.pool
+        &self.mediator_pool
     }
 
     /// Serves the mediator's requests on this node's server.
@@ -588,6 +594,7 @@ impl RaftHandle {
             let _ = t.await;
         }
         self.pool.shutdown().await;
+        self.mediator_pool.shutdown().await;
         let mut bg = std::mem::take(&mut *self.background.lock());
         bg.abort_all();
         while bg.join_next().await.is_some() {}
