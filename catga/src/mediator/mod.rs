@@ -35,8 +35,12 @@ use crate::transport::{TransportError, mediator_body};
 const HEARTBEAT: Duration = Duration::from_millis(250);
 /// A member that has not answered a ping for this long is suspect.
 const SUSPECT_AFTER: Duration = Duration::from_millis(1_000);
-/// How long a ping may take.
-const PING_TIMEOUT: Duration = Duration::from_millis(1_000);
+/// How long a ping may take: longer than the pool's longest reconnect
+/// backoff (1 s) plus a whole handshake (2 s), so that a ping that waits
+/// for the backoff still has time to reconnect (a shorter one gave up
+/// mid-handshake, counted a failure, and the backoff started over). A ping
+/// that hangs still makes its node suspect after `SUSPECT_AFTER`.
+const PING_TIMEOUT: Duration = Duration::from_millis(3_500);
 /// How long a member removed from the cluster is still listed (as left).
 const LEFT_KEPT: Duration = Duration::from_secs(300);
 
@@ -178,12 +182,22 @@ impl Mediator {
 }
 
 /// Every [`HEARTBEAT`]: pings every other member (their load, metadata and
-/// liveness) and notes the members that left. Ends when the node is gone.
+/// liveness) and notes the members that left. Each ping runs on its own, so
+/// a member that hangs delays nobody else's; a member is not pinged again
+/// while its last ping is out. Ends when the node is gone (the pings with
+/// it: they are owned here).
 async fn heartbeat(node: WeakNode) {
     let mut tick = tokio::time::interval(HEARTBEAT);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut pings: tokio::task::JoinSet<u64> = tokio::task::JoinSet::new();
+    let mut out: std::collections::HashSet<u64> = std::collections::HashSet::new();
     loop {
         tick.tick().await;
+        while let Some(done) = pings.try_join_next() {
+            if let Ok(id) = done {
+                out.remove(&id);
+            }
+        }
         let Some(node) = node.upgrade() else { return };
         let me = node.id();
         let addrs = node.raft().member_addrs();
@@ -203,29 +217,29 @@ async fn heartbeat(node: WeakNode) {
             Ok(b) => mediator_body(&b),
             Err(_) => continue,
         };
-        let pings = addrs
-            .into_iter()
-            .filter(|(id, _)| *id != me)
-            .map(|(id, addr)| {
-                let node = node.clone();
-                let body = body.clone();
-                async move {
-                    let r = node.raft().pool().call(id, &addr, body, PING_TIMEOUT).await;
-                    let pong = r.ok().and_then(|b| wire::decode::<Reply>(&b).ok());
-                    let med = node.mediator();
-                    match pong {
-                        Some(Reply::Pong { load, metadata }) => {
-                            med.record(id, true);
-                            if let Some(p) = med.peers.lock().get_mut(&id) {
-                                p.load = load;
-                                p.metadata = metadata;
-                            }
+        for (id, addr) in addrs {
+            if id == me || !out.insert(id) {
+                continue;
+            }
+            let node = node.clone();
+            let body = body.clone();
+            pings.spawn(async move {
+                let r = node.raft().pool().call(id, &addr, body, PING_TIMEOUT).await;
+                let pong = r.ok().and_then(|b| wire::decode::<Reply>(&b).ok());
+                let med = node.mediator();
+                match pong {
+                    Some(Reply::Pong { load, metadata }) => {
+                        med.record(id, true);
+                        if let Some(p) = med.peers.lock().get_mut(&id) {
+                            p.load = load;
+                            p.metadata = metadata;
                         }
-                        _ => med.record(id, false),
                     }
+                    _ => med.record(id, false),
                 }
+                id
             });
-        futures::future::join_all(pings).await;
+        }
     }
 }
 
