@@ -310,6 +310,9 @@ async fn routed_queries_answer_from_every_node_and_survive_a_stopped_node() {
 async fn broadcast_reaches_every_node_now_and_reports_each_outcome() {
     let mut c = Cluster::start(3).await;
     let f = c.follower().await;
+    // a broadcast goes to the members this node knows: wait until it
+    // knows (and sees) all three
+    wait_members(c.node(f), "three alive members", all_alive).await;
     let before = WAVES.load(Ordering::SeqCst);
     let report = c.node(f).broadcast(Wave { n: 1 }).await.unwrap();
     let summary: Vec<(u64, u32)> = report

@@ -224,7 +224,11 @@ async fn heartbeat(node: WeakNode) {
             let node = node.clone();
             let body = body.clone();
             pings.spawn(async move {
-                let r = node.raft().pool().call(id, &addr, body, PING_TIMEOUT).await;
+                let r = node
+                    .raft()
+                    .mediator_pool()
+                    .call(id, &addr, body, PING_TIMEOUT)
+                    .await;
                 let pong = r.ok().and_then(|b| wire::decode::<Reply>(&b).ok());
                 let med = node.mediator();
                 match pong {
@@ -470,7 +474,7 @@ impl Node {
         med.loads.lock().entry(node).or_default().outstanding += 1;
         let r = self
             .raft()
-            .pool()
+            .mediator_pool()
             .call(node, &addr, mediator_body(&body), ttl)
             .await;
         {
@@ -622,7 +626,8 @@ impl Node {
         }))
     }
 
-    /// Runs `event`'s handlers on every member now, without the log: a
+    /// Runs `event`'s handlers on every member this node knows of (see
+    /// [`members`](Node::members); suspect ones too) now, without the log: a
     /// best-effort fan-out that returns each member's outcome (how many
     /// handlers ran there, or why it could not run them). A member that is
     /// down misses the event for good; nothing is retried or stored.

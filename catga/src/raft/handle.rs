@@ -292,7 +292,7 @@ impl RaftHandle {
 
     /// The mediator's connection pool (not Raft's), for its calls to
     /// other nodes.
-    pub(crate) fn pool(&self) -> &Pool {
+    pub(crate) fn mediator_pool(&self) -> &Pool {
         &self.mediator_pool
     }
 
