@@ -192,6 +192,15 @@ pub trait AnswerFallback<O> {
 }
 impl<O> AnswerFallback<O> for Answer<O> {}
 
+/// The codec of an answer that cannot leave its node (it borrows).
+pub const fn local_answer<O>() -> AnswerCodec<O> {
+    AnswerCodec {
+        remote: false,
+        encode: local_only_encode::<O>,
+        decode: local_only_decode::<O>,
+    }
+}
+
 fn local_only_encode<O>(_: &O) -> Result<Vec<u8>, ApplyError> {
     Err(ApplyError::Encode {
         what: std::any::type_name::<O>().to_string(),

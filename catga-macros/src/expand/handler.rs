@@ -440,8 +440,16 @@ fn answer(cx: &Cx) -> TokenStream {
         quote!(#k::__private::check_routable),
         quote!(#k::__private::Probe::<#msg>::ROUTING.is_remote(), __CATGA_ANSWER.remote),
     );
+    // An answer that borrows (`&'static str`, `Cow<'static, _>`) cannot be
+    // decoded on another node, and probing it for `DeserializeOwned` is a
+    // region error rather than a fallback: it stays local, by its spelling.
+    let codec = if quote!(#out).to_string().contains('\'') {
+        quote!(#k::__private::local_answer::<#out>())
+    } else {
+        quote!(#k::__private::Answer::<#out>::CODEC)
+    };
     quote! {
-        const __CATGA_ANSWER: #k::__private::AnswerCodec<#out> = #k::__private::Answer::<#out>::CODEC;
+        const __CATGA_ANSWER: #k::__private::AnswerCodec<#out> = #codec;
         const _: () = #check;
     }
 }
