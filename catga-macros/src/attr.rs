@@ -1,4 +1,5 @@
-//! The attribute arguments: `name = "..."`, `linearizable`, `crate = "..."`.
+//! The attribute arguments: `name = "..."`, `linearizable`, `route = ...`,
+//! `crate = "..."`.
 //! Unknown, malformed and duplicated arguments are reported, each on its own
 //! tokens, and otherwise ignored (the item is still expanded: one typo, one
 //! error).
@@ -48,6 +49,7 @@ impl Attr {
         }
         if self.takes_linearizable() {
             v.push("`linearizable`");
+            v.push("`route = ...`");
         }
         v.push("`crate = \"...\"`");
         let mut text = format!("#[{}] accepts {}", self.name(), v.join(", "));
@@ -66,9 +68,23 @@ pub struct Args {
     pub name: Option<LitStr>,
     /// `linearizable`: a query read through the leader by default.
     pub linearizable: Option<Span>,
+    /// `route = ...`: which node answers a query.
+    pub route: Option<Route>,
     /// `crate = "..."`: the path of the catga crate (default `::catga`).
     krate: Option<Path>,
 }
+
+/// The value of `route = ...` on a `#[query]`.
+pub enum Route {
+    Local,
+    Leader,
+    RoundRobin,
+    LeastLoaded,
+    /// `key(field)`: the field (a name, or an index for a tuple struct).
+    Key(syn::Member),
+}
+
+const ROUTES: &str = "`route` is one of `local` (the default), `leader`, `round_robin`, `least_loaded`, or `key(field)` with a field of the query, e.g. `#[query(route = key(sku))]`";
 
 impl Args {
     /// The path generated code names the runtime by: `::catga` unless
@@ -94,6 +110,7 @@ pub fn parse(tokens: TokenStream, attr: Attr, errors: &mut Errors) -> Args {
     let mut args = Args {
         name: None,
         linearizable: None,
+        route: None,
         krate: None,
     };
     let metas = match Punctuated::<Meta, Token![,]>::parse_terminated.parse2(tokens) {
@@ -118,6 +135,16 @@ pub fn parse(tokens: TokenStream, attr: Attr, errors: &mut Errors) -> Args {
                     "`linearizable` takes no value: write `#[query(linearizable)]`",
                 )),
             }
+        } else if path.is_ident("route") && attr.takes_linearizable() {
+            route(&meta, &mut args, errors);
+        } else if path.is_ident("route") {
+            errors.push(syn::Error::new_spanned(
+                &meta,
+                format!(
+                    "`route` is for #[query] only (commands go through the leader, events to every node); {}",
+                    attr.expected()
+                ),
+            ));
         } else if path.is_ident("crate") {
             krate(&meta, &mut args, errors);
         } else if path.is_ident("linearizable") {
@@ -204,5 +231,71 @@ fn krate(meta: &Meta, args: &mut Args, errors: &mut Errors) {
             lit,
             "`crate` takes the path of the catga crate as a string, e.g. `crate = \"my_catga\"`",
         )),
+    }
+}
+
+fn route(meta: &Meta, args: &mut Args, errors: &mut Errors) {
+    let Meta::NameValue(nv) = meta else {
+        errors.push(syn::Error::new_spanned(meta, ROUTES));
+        return;
+    };
+    let parsed = match &nv.value {
+        Expr::Path(p) if p.qself.is_none() => match p.path.get_ident().map(|i| i.to_string()) {
+            Some(id) if id == "local" => Ok(Route::Local),
+            Some(id) if id == "leader" => Ok(Route::Leader),
+            Some(id) if id == "round_robin" => Ok(Route::RoundRobin),
+            Some(id) if id == "least_loaded" => Ok(Route::LeastLoaded),
+            Some(id) if id == "key" => Err(syn::Error::new_spanned(
+                p,
+                "`route = key` needs the field to hash: write `route = key(field)`, e.g. `#[query(route = key(sku))]`",
+            )),
+            _ => Err(syn::Error::new_spanned(
+                p,
+                format!("unknown route: {ROUTES}"),
+            )),
+        },
+        Expr::Call(call) => {
+            let is_key = matches!(&*call.func, Expr::Path(p) if p.path.is_ident("key"));
+            if !is_key {
+                Err(syn::Error::new_spanned(
+                    &call.func,
+                    format!("unknown route: {ROUTES}"),
+                ))
+            } else if call.args.len() != 1 {
+                Err(syn::Error::new_spanned(
+                    &call.args,
+                    "`key(...)` takes exactly one field of the query, e.g. `route = key(sku)`",
+                ))
+            } else {
+                match &call.args[0] {
+                    Expr::Path(p) if p.path.get_ident().is_some() && p.qself.is_none() => {
+                        let id = p.path.get_ident().cloned();
+                        Ok(Route::Key(syn::Member::Named(id.expect("checked above"))))
+                    }
+                    Expr::Lit(ExprLit {
+                        lit: Lit::Int(i), ..
+                    }) => match i.base10_parse::<u32>() {
+                        Ok(n) => Ok(Route::Key(syn::Member::Unnamed(syn::Index {
+                            index: n,
+                            span: i.span(),
+                        }))),
+                        Err(e) => Err(e),
+                    },
+                    other => Err(syn::Error::new_spanned(
+                        other,
+                        "`key(...)` takes the name of a field of the query (or its index in a tuple struct), e.g. `route = key(sku)`",
+                    )),
+                }
+            }
+        }
+        other => Err(syn::Error::new_spanned(other, ROUTES)),
+    };
+    match parsed {
+        Ok(_) if args.route.is_some() => errors.push(syn::Error::new_spanned(
+            meta,
+            "`route` is given twice: write it once",
+        )),
+        Ok(r) => args.route = Some(r),
+        Err(e) => errors.push(e),
     }
 }

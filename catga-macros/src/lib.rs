@@ -6,7 +6,7 @@
 //! user's crate depends on `catga` alone.
 //!
 //! The crate is laid out as parse → validate → expand, like thiserror:
-//! - [`attr`]: the attribute arguments (`name`, `linearizable`, `crate`);
+//! - [`attr`]: the attribute arguments (`name`, `linearizable`, `route`, `crate`);
 //! - [`ast`]: the item, parsed into a small model (a data type, a handler);
 //! - [`valid`]: the checks that need no types, one function per rule;
 //! - [`source`]: what rustc does not tell a macro (is this `fn` inside an
@@ -64,10 +64,11 @@ fn data(attr: Attr, args: TokenStream2, item: TokenStream2) -> TokenStream2 {
     let mut errors = Errors::default();
     // Malformed arguments are reported and ignored: the type is still a
     // message, so its handlers and senders see no further error.
-    let args = attr::parse(args, attr, &mut errors);
+    let mut args = attr::parse(args, attr, &mut errors);
     let expansion = match ast::data_item(item.clone()) {
         Ok(DataItem::Data(d)) => {
             valid::data(&d, attr, &mut errors);
+            valid::route_key(&d, &mut args, &mut errors);
             let derived_above = source::no_derive_above(attr, &mut errors);
             if d.input.generics.params.is_empty() {
                 Ok(expand::data::expand(attr, &args, d, derived_above))

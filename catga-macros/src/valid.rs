@@ -9,7 +9,7 @@ use syn::punctuated::Punctuated;
 use syn::{Attribute, GenericParam, Path, Token, Type};
 
 use crate::ast::{DataType, Handler, Shape, strip};
-use crate::attr::Attr;
+use crate::attr::{Args, Attr, Route};
 use crate::fallback::Errors;
 
 // ---- data types -----------------------------------------------------------
@@ -18,6 +18,47 @@ pub fn data(data: &DataType, attr: Attr, errors: &mut Errors) {
     not_generic(data, attr, errors);
     no_serde_derive(&data.input.attrs, attr, errors);
     owned_fields(data, errors);
+}
+
+/// `route = key(field)` names a field of the query (a struct's): otherwise
+/// the route is reported and dropped, so that the expansion adds no error.
+pub fn route_key(data: &DataType, args: &mut Args, errors: &mut Errors) {
+    let Some(Route::Key(member)) = &args.route else {
+        return;
+    };
+    let found = match &data.input.data {
+        syn::Data::Struct(s) => match (member, &s.fields) {
+            (syn::Member::Named(id), syn::Fields::Named(f)) => {
+                f.named.iter().any(|f| f.ident.as_ref() == Some(id))
+            }
+            (syn::Member::Unnamed(i), syn::Fields::Unnamed(f)) => {
+                (i.index as usize) < f.unnamed.len()
+            }
+            _ => false,
+        },
+        _ => {
+            errors.push(syn::Error::new_spanned(
+                member,
+                "`route = key(...)` needs a struct: an enum's variants have no field in common; route it with `round_robin` or `least_loaded`, or hash a struct",
+            ));
+            args.route = None;
+            return;
+        }
+    };
+    if !found {
+        let what = match member {
+            syn::Member::Named(id) => format!("`{id}`"),
+            syn::Member::Unnamed(i) => format!("`{}`", i.index),
+        };
+        errors.push(syn::Error::new_spanned(
+            member,
+            format!(
+                "`{}` has no field {what} to route by: `route = key(field)` names one of its fields",
+                data.input.ident
+            ),
+        ));
+        args.route = None;
+    }
 }
 
 /// Whether `ty` contains a reference (`&'static str`, `Vec<&'static [u8]>`).

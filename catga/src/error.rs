@@ -140,6 +140,17 @@ pub enum Error {
     /// removed. The message says what to do. Nothing was merged.
     #[error("refused by the cluster: {0}")]
     ClusterMismatch(String),
+    /// The node a query was sent to ([`Node::send_to`](crate::Node::send_to))
+    /// is not a member, has left, or could not be reached (or died) before
+    /// it answered. The call was not sent to another node; a query changes
+    /// no state, so sending it again (there or elsewhere) is safe.
+    #[error("node {node} is unavailable: {reason}; pick another from `members()`")]
+    NodeUnavailable {
+        /// The node asked.
+        node: u64,
+        /// Why it could not answer.
+        reason: String,
+    },
 }
 
 /// Whether a command that failed with an [`Error`] was applied: see
@@ -164,6 +175,7 @@ impl Error {
     /// | error | outcome |
     /// |---|---|
     /// | `Registry`, `WrongKind`, `UnknownState`, `Config`, `Snapshot`, `Overloaded`, `Membership` (refused by the leader), `NotUpgraded` (refused before proposing) | `NotApplied` |
+    /// | `NodeUnavailable` (only queries and broadcasts cross nodes this way: nothing reaches the log) | `NotApplied` |
     /// | `Apply(UnknownMessage)` (no handler on the replicas) | `NotApplied` |
     /// | `Timeout`, `ShutDown`, `Io`, `Raft` (no answer: it may be in the log) | `Unknown` |
     /// | `Apply(Panicked)` (its changes before the panic stay), `Apply(Stale)` (an earlier send of it may have applied), `Apply(Decode / Encode)` | `Unknown` |
@@ -182,6 +194,7 @@ impl Error {
             | Error::NotUpgraded { .. }
             | Error::Discovery(_)
             | Error::ClusterMismatch(_)
+            | Error::NodeUnavailable { .. }
             | Error::Apply(ApplyError::UnknownMessage { .. }) => Outcome::NotApplied,
             Error::Timeout { .. }
             | Error::ShutDown

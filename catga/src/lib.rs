@@ -9,6 +9,8 @@
 //   node/        the builder, the `Node` handle, health; `node/selfform`:
 //                a cluster that forms and grows by itself (store records,
 //                safe bootstrap, the leader's membership reconciler)
+//   mediator/    members, send_to, routes declared on query types, broadcast:
+//                its own RPC service beside Raft's on the transport
 //   discovery/   NodeInfo, the Discovery trait, static / Redis / NATS backends;
 //                it only reports (joined, updated, left), nothing imports raft
 //   raft/        openraft glue: log, state machine adapter, network, RPC service
@@ -32,6 +34,7 @@ mod error;
 #[cfg(feature = "http")]
 pub mod http;
 mod machine;
+mod mediator;
 mod message;
 mod node;
 mod raft;
@@ -47,12 +50,15 @@ pub mod __private;
 
 pub use context::{CommandContext, EventContext};
 pub use error::{ApplyError, Error, Outcome, Result};
-pub use message::{Command, Consistency, Event, Handled, Message, MessageKind, Query};
+pub use mediator::{Delivery, Liveness, Member, MemberRole};
+pub use message::{Command, Consistency, Event, Handled, Message, MessageKind, Query, Routing};
 // Named in compile errors about handler signatures and `query`/`publish`
 // calls; re-exported here (hidden) so rustc prints `CommandParam`, not a path
 // under `__private`. Not for use.
 #[doc(hidden)]
-pub use __private::{CommandOutput, CommandParam, EventParam, QueryParam, StateType, WireField};
+pub use __private::{
+    CommandOutput, CommandParam, EventParam, QueryParam, RemoteAnswer, StateType, WireField,
+};
 #[doc(hidden)]
 pub use message::{Publishable, Queryable};
 pub use node::{ClusterBuilder, Health, Node, Role, cluster};

@@ -271,6 +271,15 @@ impl Machine {
         run(msg, &*self.states[slot]).ok_or(Error::UnknownState(info.type_name))
     }
 
+    /// A state, type-erased, by its type's info (for queries run by name).
+    pub(crate) fn state_any(
+        &self,
+        info: crate::state::StateInfo,
+    ) -> Option<&(dyn Any + Send + Sync)> {
+        let slot = self.registry.slot_of(info.type_id)?;
+        Some(&*self.states[slot])
+    }
+
     /// A typed view of a state.
     pub fn state<S: crate::state::State>(&self) -> Option<&S> {
         let slot = self.registry.slot_of(std::any::TypeId::of::<S>())?;

@@ -73,6 +73,53 @@ pub trait Query: Message {
     /// The default consistency of this query (`#[query(linearizable)]` sets
     /// [`Consistency::Linearizable`]). A call may ask for more.
     const CONSISTENCY: Consistency = Consistency::Local;
+    /// Which node answers [`Node::send`](crate::Node::send) and
+    /// [`Node::query`](crate::Node::query) of this query, declared with
+    /// `#[query(route = ...)]` (default: this node).
+    const ROUTING: Routing<Self> = Routing::Local;
+}
+
+/// Which node answers a query, declared on its type with
+/// `#[query(route = ...)]`: see "Across nodes" in the README.
+pub enum Routing<M> {
+    /// `route = local` (the default): this node, with no network trip.
+    Local,
+    /// `route = leader`: the current leader.
+    Leader,
+    /// `route = round_robin`: each live member in turn.
+    RoundRobin,
+    /// `route = least_loaded`: the better of two live members picked at
+    /// random, by in-flight calls and a decaying average of latency.
+    LeastLoaded,
+    /// `route = key(field)`: the live member that rendezvous hashing picks
+    /// for the field's value (the same on every caller).
+    Key(fn(&M) -> u64),
+}
+
+impl<M> Clone for Routing<M> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<M> Copy for Routing<M> {}
+
+impl<M> std::fmt::Debug for Routing<M> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Routing::Local => "local",
+            Routing::Leader => "leader",
+            Routing::RoundRobin => "round_robin",
+            Routing::LeastLoaded => "least_loaded",
+            Routing::Key(_) => "key",
+        })
+    }
+}
+
+impl<M> Routing<M> {
+    /// Whether calls leave this node.
+    pub const fn is_remote(&self) -> bool {
+        !matches!(self, Routing::Local)
+    }
 }
 
 /// A notification, delivered to the event handlers of every node.
@@ -136,7 +183,24 @@ pub enum Route<M, O> {
         consistency: Consistency,
         state: fn() -> StateInfo,
         run: fn(M, &(dyn std::any::Any + Send + Sync)) -> Option<O>,
+        /// Where it runs, and how its answer comes back from another node.
+        remote: Remote<M, O>,
     },
     /// Run without state.
-    StatelessQuery { run: fn(M) -> BoxFuture<'static, O> },
+    StatelessQuery {
+        run: fn(M) -> BoxFuture<'static, O>,
+        /// Where it runs, and how its answer comes back from another node.
+        remote: Remote<M, O>,
+    },
+}
+
+/// How a query's call leaves this node: its declared routing, and the
+/// decoder of its answer (an error when the answer cannot be encoded: such
+/// a query is `route = local`, checked at compile time, and `send_to`
+/// requires an encodable answer).
+#[doc(hidden)]
+#[derive(Debug)]
+pub struct Remote<M, O> {
+    pub routing: Routing<M>,
+    pub decode: fn(&[u8]) -> Result<O, ApplyError>,
 }

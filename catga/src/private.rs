@@ -8,10 +8,12 @@ pub use serde;
 pub use crate::context::{CommandContext, EventContext};
 pub use crate::error::ApplyError;
 pub use crate::message::{
-    BoxFuture, Command, Consistency, Event, Handled, Message, MessageKind, Query, Route,
+    BoxFuture, Command, Consistency, Event, Handled, Message, MessageKind, Query, Remote, Route,
+    Routing,
 };
 pub use crate::registry::{
-    CommandHandlerEntry, EventHandlerEntry, MessageEntry, QueryHandlerEntry, StateEntry,
+    CommandHandlerEntry, EventHandlerEntry, MessageEntry, QueryHandlerEntry, QueryRunner,
+    StateEntry,
 };
 pub use crate::state::{State, StateInfo};
 
@@ -110,6 +112,7 @@ impl<M: Message> Probe<M> {
 
 impl<M: Query> Probe<M> {
     pub const CONSISTENCY: Consistency = M::CONSISTENCY;
+    pub const ROUTING: Routing<M> = M::ROUTING;
 }
 
 /// What `Probe::<M>`'s items fall back to when `M` is not a message (resp.
@@ -117,6 +120,7 @@ impl<M: Query> Probe<M> {
 pub trait ProbeFallback<M> {
     const KIND: Option<MessageKind> = None;
     const CONSISTENCY: Consistency = Consistency::Local;
+    const ROUTING: Routing<M> = Routing::Local;
     fn decode(_: &[u8]) -> Result<M, ApplyError> {
         unreachable!("a handler of a type that is not a message does not compile")
     }
@@ -152,4 +156,87 @@ pub fn decode_message<M: Message>(bytes: &[u8]) -> Result<M, ApplyError> {
 #[inline]
 pub fn downcast_state<S: 'static>(state: &(dyn Any + Send + Sync)) -> Option<&S> {
     state.downcast_ref::<S>()
+}
+
+/// Encoding and decoding of a query's answer when it crosses nodes
+/// (`send_to`, routed queries), built by [`Answer`].
+pub struct AnswerCodec<O> {
+    /// Whether the answer can cross nodes at all.
+    pub remote: bool,
+    pub encode: fn(&O) -> Result<Vec<u8>, ApplyError>,
+    pub decode: fn(&[u8]) -> Result<O, ApplyError>,
+}
+
+/// Probe for a query handler's output type `O`: `Answer::<O>::CODEC`
+/// encodes and decodes it when it is Serialize + Deserialize, and otherwise
+/// refuses at run time (a query whose answer cannot be encoded stays
+/// `route = local`, which [`check_routable`] enforces at compile time, and
+/// `send_to` requires an encodable answer in its signature).
+pub struct Answer<O>(PhantomData<O>);
+
+impl<O: Serialize + DeserializeOwned + Send + 'static> Answer<O> {
+    pub const CODEC: AnswerCodec<O> = AnswerCodec {
+        remote: true,
+        encode: encode_output::<O>,
+        decode: decode_output::<O>,
+    };
+}
+
+/// What `Answer::<O>::CODEC` falls back to.
+pub trait AnswerFallback<O> {
+    const CODEC: AnswerCodec<O> = AnswerCodec {
+        remote: false,
+        encode: local_only_encode::<O>,
+        decode: local_only_decode::<O>,
+    };
+}
+impl<O> AnswerFallback<O> for Answer<O> {}
+
+/// The codec of an answer that cannot leave its node (it borrows).
+pub const fn local_answer<O>() -> AnswerCodec<O> {
+    AnswerCodec {
+        remote: false,
+        encode: local_only_encode::<O>,
+        decode: local_only_decode::<O>,
+    }
+}
+
+fn local_only_encode<O>(_: &O) -> Result<Vec<u8>, ApplyError> {
+    Err(ApplyError::Encode {
+        what: std::any::type_name::<O>().to_string(),
+        reason: "this query's answer is not Serialize + Deserialize, so it cannot leave its node"
+            .to_string(),
+    })
+}
+
+fn local_only_decode<O>(_: &[u8]) -> Result<O, ApplyError> {
+    Err(ApplyError::Decode {
+        what: std::any::type_name::<O>().to_string(),
+        reason: "this query's answer is not Serialize + Deserialize, so it cannot leave its node"
+            .to_string(),
+    })
+}
+
+/// Compile-time check that a routed query's answer can travel between
+/// nodes.
+#[track_caller]
+pub const fn check_routable(routed: bool, encodable: bool) {
+    if routed && !encodable {
+        panic!(
+            "this query is routed to other nodes (`#[query(route = ...)]`), so its answer is sent back over the network: \
+             the handler's return type must be Serialize + Deserialize (derive them with `#[serde(crate = \"catga::serde\")]`), \
+             or the query must be `route = local`"
+        )
+    }
+}
+
+/// The routing key of a `#[query(route = key(field))]`: a stable 64-bit
+/// hash (xxh3, no per-process seed) of the field's encoding, so that every
+/// caller, in every process and build, computes the same key.
+pub fn route_key<T: Serialize + ?Sized>(field: &T) -> u64 {
+    match crate::codec::encode(field) {
+        Ok(bytes) => xxhash_rust::xxh3::xxh3_64(&bytes),
+        // a field that does not encode has no key; its send fails anyway
+        Err(_) => 0,
+    }
 }

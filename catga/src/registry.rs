@@ -18,6 +18,25 @@ pub(crate) type ApplyFn =
 #[doc(hidden)]
 pub(crate) type EventFn = fn(&[u8], EventContext) -> Result<BoxFuture<'static, ()>, ApplyError>;
 
+/// Runs an encoded query against a (type-erased) state; its encoded answer.
+#[doc(hidden)]
+pub(crate) type StatefulRunFn = fn(&[u8], &(dyn Any + Send + Sync)) -> Result<Vec<u8>, ApplyError>;
+/// Decodes a state-less query and starts it; its encoded answer.
+#[doc(hidden)]
+pub(crate) type StatelessRunFn =
+    fn(&[u8]) -> Result<BoxFuture<'static, Result<Vec<u8>, ApplyError>>, ApplyError>;
+
+/// Runs an encoded query on this node and encodes its answer: what the
+/// mediator calls for a query sent from another node.
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy)]
+pub enum QueryRunner {
+    /// A handler that reads a state (found by the entry's `state`).
+    Stateful(StatefulRunFn),
+    /// A handler that reads no state (possibly `async`).
+    Stateless(StatelessRunFn),
+}
+
 /// Submitted by `#[command]`, `#[query]`, `#[event]`.
 #[doc(hidden)]
 #[derive(Debug)]
@@ -42,6 +61,7 @@ pub struct QueryHandlerEntry {
     pub name: &'static str,
     pub handler: &'static str,
     pub state: Option<fn() -> StateInfo>,
+    pub run: QueryRunner,
 }
 /// Submitted by `#[handler]` on an event handler.
 #[doc(hidden)]
@@ -102,6 +122,7 @@ impl Capabilities {
 pub(crate) struct Registry {
     pub messages: HashMap<&'static str, &'static MessageEntry>,
     pub commands: HashMap<&'static str, CommandSlot>,
+    pub queries: HashMap<&'static str, &'static QueryHandlerEntry>,
     pub events: HashMap<&'static str, Vec<&'static EventHandlerEntry>>,
     pub states: Vec<StateSlot>,
     state_by_type: Vec<(TypeId, usize)>,
@@ -136,6 +157,7 @@ impl Registry {
         let mut reg = Registry {
             messages: HashMap::new(),
             commands: HashMap::new(),
+            queries: HashMap::new(),
             events: HashMap::new(),
             states: Vec::new(),
             state_by_type: Vec::new(),
@@ -172,6 +194,12 @@ impl Registry {
         for q in queries {
             if let Some(st) = q.state {
                 reg.state_slot(st(), &mut errors);
+            }
+            if let Some(prev) = reg.queries.insert(q.name, q) {
+                errors.push(format!(
+                    "query `{}` has two handlers: `{}` and `{}`",
+                    q.name, prev.handler, q.handler
+                ));
             }
         }
         for e in events {

@@ -102,7 +102,7 @@ impl TestApp {
                     let bytes = applied.response?;
                     Ok(decode(&bytes)?)
                 }
-                Route::StatelessQuery { run } => Ok(run(msg).await),
+                Route::StatelessQuery { run, .. } => Ok(run(msg).await),
                 Route::Query { .. } => self.machine.query(msg),
             }
         })

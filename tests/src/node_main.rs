@@ -45,6 +45,19 @@
 //! - `campaign` → `ok`: this node starts an election
 //! - `stopped MS` → `ok <error>` once `Node::stopped` resolves, or
 //!   `ok running` after MS ms
+//! - mediator (issue 13), the handlers answer with the id of the node that
+//!   ran them:
+//!   - `delay MS` → `ok`: this node's mediator test handlers take MS ms
+//!   - `hold on|off` → `ok`: `Hold` queries hang on this node (or not)
+//!   - `held N` → `ok`: once N `Hold` queries have started on this node
+//!   - `sendto ID who|hold` → `ok <id> <ms>` or `err <Error::Debug-kind> <ms>`
+//!   - `route ll|rr N` → `ok id=count,...`: N least_loaded / round_robin
+//!     queries, 4 at a time
+//!   - `route-key K...` → `ok <id> ...`: the node each key routed to
+//!   - `hold-key K` → `ok <id>`: a key-routed `Hold` query
+//!   - `broadcast` → `ok <id>:ok:<handlers> | <id>:err:<kind> ...`
+//!   - `hellos` → `ok <n>`: broadcast `Hello` events handled here
+//!   - `members` → `ok <id>:<role>:<liveness> ...`
 //! - anything the binary's `extra` hook answers (both binaries: `abort`,
 //!   the command `tests.Abort`, whose handler the current version has abort
 //!   the process and v2 has fixed)
@@ -160,6 +173,225 @@ struct Gate {}
 #[handler]
 async fn wait_at_gate(_e: Gate) {
     let _ = GATE_OPEN.subscribe().wait_for(|open| *open).await;
+}
+
+// ---- mediator test messages (issue 13) ------------------------------------
+
+/// This process's node id (one node per process).
+static NODE_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+/// How long this node's mediator test handlers take.
+static DELAY_MS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+/// Whether `Hold` queries hang on this node.
+static HOLD: std::sync::LazyLock<tokio::sync::watch::Sender<bool>> =
+    std::sync::LazyLock::new(|| tokio::sync::watch::Sender::new(false));
+/// `Hold` queries started on this node.
+static HELD: std::sync::LazyLock<tokio::sync::watch::Sender<u64>> =
+    std::sync::LazyLock::new(|| tokio::sync::watch::Sender::new(0));
+/// `Hello` broadcasts handled on this node.
+static HELLOS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+async fn served() -> u64 {
+    let ms = DELAY_MS.load(std::sync::atomic::Ordering::Relaxed);
+    if ms > 0 {
+        // simulated work (a slow handler), not synchronisation
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+    NODE_ID.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+async fn held() -> u64 {
+    HELD.send_modify(|n| *n += 1);
+    let _ = HOLD.subscribe().wait_for(|on| !*on).await;
+    NODE_ID.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Which node answers (`send_to` picks it).
+#[query(name = "test_node.Who")]
+pub struct Who {}
+#[handler]
+async fn who(_q: Who) -> u64 {
+    served().await
+}
+
+#[query(name = "test_node.WhoLeastLoaded", route = least_loaded)]
+pub struct WhoLeastLoaded {}
+#[handler]
+async fn who_least_loaded(_q: WhoLeastLoaded) -> u64 {
+    served().await
+}
+
+#[query(name = "test_node.WhoRoundRobin", route = round_robin)]
+pub struct WhoRoundRobin {}
+#[handler]
+async fn who_round_robin(_q: WhoRoundRobin) -> u64 {
+    served().await
+}
+
+#[query(name = "test_node.WhoKey", route = key(key))]
+pub struct WhoKey {
+    pub key: String,
+}
+#[handler]
+async fn who_key(_q: WhoKey) -> u64 {
+    served().await
+}
+
+/// Hangs while `hold on` on the node that runs it.
+#[query(name = "test_node.Hold")]
+pub struct Hold {}
+#[handler]
+async fn hold(_q: Hold) -> u64 {
+    held().await
+}
+
+#[query(name = "test_node.HoldKey", route = key(key))]
+pub struct HoldKey {
+    pub key: String,
+}
+#[handler]
+async fn hold_key(_q: HoldKey) -> u64 {
+    held().await
+}
+
+#[event(name = "test_node.Hello")]
+pub struct Hello {}
+#[handler]
+async fn hello(_e: Hello) {
+    HELLOS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+}
+
+fn error_kind(e: &catga::Error) -> String {
+    let d = format!("{e:?}");
+    d.split([' ', '(', '{']).next().unwrap_or("").to_string()
+}
+
+async fn mediator_command(node: &Node, words: &[&str]) -> Option<Result<String, String>> {
+    let arg = |i: usize| -> Result<&str, String> {
+        words
+            .get(i)
+            .copied()
+            .ok_or_else(|| format!("missing argument {i}"))
+    };
+    let num = |i: usize| -> Result<u64, String> {
+        arg(i)?
+            .parse::<u64>()
+            .map_err(|e| format!("argument {i}: {e}"))
+    };
+    let r = match words.first().copied()? {
+        "delay" => num(1).map(|ms| {
+            DELAY_MS.store(ms, std::sync::atomic::Ordering::Relaxed);
+            "ok".to_string()
+        }),
+        "hold" => arg(1).map(|v| {
+            HOLD.send_replace(v == "on");
+            "ok".to_string()
+        }),
+        "held" => match num(1) {
+            Ok(n) => {
+                let mut rx = HELD.subscribe();
+                match tokio::time::timeout(Duration::from_secs(20), rx.wait_for(|h| *h >= n)).await
+                {
+                    Ok(Ok(_)) => Ok("ok".to_string()),
+                    _ => Err(format!("fewer than {n} held")),
+                }
+            }
+            Err(e) => Err(e),
+        },
+        "sendto" => match (num(1), arg(2)) {
+            (Ok(to), Ok(what)) => {
+                let start = std::time::Instant::now();
+                let r = match what {
+                    "hold" => node.send_to(to, Hold {}).await,
+                    _ => node.send_to(to, Who {}).await,
+                };
+                let ms = start.elapsed().as_millis();
+                Ok(match r {
+                    Ok(id) => format!("ok {id} {ms}"),
+                    Err(e) => format!("err {} {ms} {e}", error_kind(&e)),
+                })
+            }
+            (Err(e), _) | (_, Err(e)) => Err(e),
+        },
+        "route" => match (arg(1), num(2)) {
+            (Ok(how), Ok(n)) => {
+                let mut count: std::collections::BTreeMap<u64, u64> = Default::default();
+                let mut err = None;
+                let ids: Vec<u64> = (0..n).collect();
+                for chunk in ids.chunks(4) {
+                    let calls = chunk.iter().map(|_| async {
+                        if how == "ll" {
+                            node.send(WhoLeastLoaded {}).await
+                        } else {
+                            node.send(WhoRoundRobin {}).await
+                        }
+                    });
+                    for r in futures::future::join_all(calls).await {
+                        match r {
+                            Ok(id) => *count.entry(id).or_default() += 1,
+                            Err(e) => err = Some(e.to_string()),
+                        }
+                    }
+                }
+                match err {
+                    Some(e) => Err(e),
+                    None => Ok(format!(
+                        "ok {}",
+                        count
+                            .iter()
+                            .map(|(k, v)| format!("{k}={v}"))
+                            .collect::<Vec<_>>()
+                            .join(",")
+                    )),
+                }
+            }
+            (Err(e), _) | (_, Err(e)) => Err(e),
+        },
+        "route-key" => {
+            let mut out = Vec::new();
+            for k in &words[1..] {
+                match node.send(WhoKey { key: k.to_string() }).await {
+                    Ok(id) => out.push(id.to_string()),
+                    Err(e) => return Some(Err(e.to_string())),
+                }
+            }
+            Ok(format!("ok {}", out.join(" ")))
+        }
+        "hold-key" => match arg(1) {
+            Ok(k) => node
+                .send(HoldKey { key: k.to_string() })
+                .await
+                .map(|id| format!("ok {id}"))
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(e),
+        },
+        "broadcast" => match node.broadcast(Hello {}).await {
+            Ok(ds) => Ok(format!(
+                "ok {}",
+                ds.iter()
+                    .map(|d| match &d.result {
+                        Ok(n) => format!("{}:ok:{n}", d.node),
+                        Err(e) => format!("{}:err:{}", d.node, error_kind(e)),
+                    })
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            )),
+            Err(e) => Err(e.to_string()),
+        },
+        "hellos" => Ok(format!(
+            "ok {}",
+            HELLOS.load(std::sync::atomic::Ordering::SeqCst)
+        )),
+        "members" => Ok(format!(
+            "ok {}",
+            node.members()
+                .iter()
+                .map(|m| format!("{}:{:?}:{:?}", m.id, m.role, m.liveness).to_lowercase())
+                .collect::<Vec<_>>()
+                .join(" ")
+        )),
+        _ => return None,
+    };
+    Some(r)
 }
 
 /// The health at the first moment this process said `ready`.
@@ -311,6 +543,9 @@ async fn answer(
     let words: Vec<&str> = line.split_whitespace().collect();
     if let Some(fut) = extra(node.clone(), words.iter().map(|w| w.to_string()).collect()) {
         return fut.await;
+    }
+    if let Some(r) = mediator_command(node, &words).await {
+        return r;
     }
     let qty = |i: usize| -> Result<u32, String> {
         words
@@ -573,6 +808,7 @@ pub async fn run(extra: Extra) {
             std::process::exit(2);
         }
     };
+    NODE_ID.store(args.id, std::sync::atomic::Ordering::Relaxed);
     let mut b = catga::cluster()
         .node_id(args.id)
         .listen(args.listen)

@@ -334,3 +334,40 @@ async fn a_retry_with_the_same_idempotency_key_applies_once_on_any_node() {
     assert_eq!(bad.status(), StatusCode::BAD_REQUEST);
     c.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_lists_every_node_as_json() {
+    let c = Cluster::start(3).await;
+    let l = c.leader().await;
+    let f = c.follower().await;
+    let base = serve(c.node(f)).await;
+    let client = reqwest::Client::new();
+    let deadline = tokio::time::Instant::now() + T;
+    let members: Value = loop {
+        let r = client.get(format!("{base}/members")).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        let v: Value = r.json().await.unwrap();
+        let alive = v
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|m| m["liveness"] == "alive")
+            .count();
+        if alive == 3 && v.as_array().unwrap().iter().any(|m| m["role"] == "leader") {
+            break v;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{v}");
+        c.node(f).health_changed(Duration::from_millis(100)).await;
+    };
+    let list = members.as_array().unwrap();
+    let ids: Vec<u64> = list.iter().map(|m| m["id"].as_u64().unwrap()).collect();
+    assert_eq!(ids, vec![1, 2, 3]);
+    for m in list {
+        let id = m["id"].as_u64().unwrap();
+        let role = if id == l { "leader" } else { "follower" };
+        assert_eq!(m["role"], role, "{m}");
+        assert_eq!(m["addr"], c.addrs[id as usize - 1], "{m}");
+        assert!(m["load"].is_u64() && m["metadata"].is_object(), "{m}");
+    }
+    c.shutdown().await;
+}

@@ -958,3 +958,106 @@ async fn a_snapshot_that_cannot_be_restored_is_refused_and_the_node_stays_up() {
     c.assert_replicas_equal().await;
     c.shutdown().await;
 }
+
+/// The mediator's requests (issue 13), as the node decodes them: a tag
+/// byte, then an rmp-encoded enum with named fields.
+#[derive(serde::Serialize)]
+#[serde(crate = "serde")]
+enum MediatorRequest {
+    Query {
+        name: String,
+        #[serde(with = "serde_bytes")]
+        payload: Vec<u8>,
+        linearizable: bool,
+    },
+    Event {
+        name: String,
+        #[serde(with = "serde_bytes")]
+        payload: Vec<u8>,
+    },
+}
+
+fn mediator_body(req: &MediatorRequest) -> Vec<u8> {
+    let mut b = vec![0xc1];
+    b.extend(rmp_serde::to_vec_named(req).unwrap());
+    b
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_mediator_requests_are_answered_with_errors_and_the_node_keeps_serving() {
+    let seed: u64 = rand::random();
+    println!("seed {seed}");
+    let mut rng = StdRng::seed_from_u64(seed);
+    let c = Cluster::start(3).await;
+    c.leader().await;
+    c.node(1)
+        .send(Restock {
+            sku: "m".into(),
+            qty: 2,
+        })
+        .await
+        .unwrap();
+    c.assert_replicas_equal().await;
+    let mut bodies: Vec<Vec<u8>> = vec![
+        vec![0xc1],
+        vec![0xc1, 0xc1, 0xc1],
+        mediator_body(&MediatorRequest::Query {
+            name: "no.such.Query".into(),
+            payload: vec![0x80],
+            linearizable: false,
+        }),
+        mediator_body(&MediatorRequest::Query {
+            name: "tests.GetStock".into(),
+            payload: vec![0xde, 0xad],
+            linearizable: true,
+        }),
+        mediator_body(&MediatorRequest::Query {
+            name: "tests.GetStock".into(),
+            // nested 10,000 deep
+            payload: vec![0x91; 10_000],
+            linearizable: false,
+        }),
+        mediator_body(&MediatorRequest::Event {
+            name: "tests.Restock".into(),
+            payload: vec![],
+        }),
+        mediator_body(&MediatorRequest::Event {
+            name: "tests.OrderPlaced".into(),
+            payload: vec![0xff; 64],
+        }),
+    ];
+    for _ in 0..300 {
+        let mut b = vec![0xc1];
+        b.extend(if rng.random_bool(0.5) {
+            random_bytes(&mut rng, 512)
+        } else {
+            msgpack_noise(&mut rng)
+        });
+        bodies.push(b);
+    }
+    let n = bodies.len();
+    let (s, _) = authenticate(&c.addrs[1], 2, rand::random()).await;
+    let answers = pipeline(s, bodies).await;
+    assert_eq!(
+        answers.len(),
+        n,
+        "every request answered, none closed the connection"
+    );
+    // the node still serves its mediator and Raft
+    assert_eq!(
+        c.node(1)
+            .send_to(2, GetStock { sku: "m".into() })
+            .await
+            .unwrap(),
+        Some(2)
+    );
+    c.node(2)
+        .send(Restock {
+            sku: "m".into(),
+            qty: 1,
+        })
+        .await
+        .unwrap();
+    c.assert_replicas_equal().await;
+    c.shutdown().await;
+}

@@ -90,12 +90,14 @@ fn message(
             } else {
                 quote!(Local)
             };
+            let routing = routing(args, k, ident);
             (
                 quote!(Query),
                 quote! {
                     impl #k::__private::Query for #ident #send {
                         const CONSISTENCY: #k::__private::Consistency =
                             #k::__private::Consistency::#consistency;
+                        const ROUTING: #k::__private::Routing<Self> = #routing;
                     }
                 },
             )
@@ -118,6 +120,26 @@ fn message(
                 rust_type: ::core::concat!(::core::module_path!(), "::", ::core::stringify!(#ident)),
             }
         }
+    }
+}
+
+/// The `Routing` of a query, from `route = ...`; `key(field)` becomes a fn
+/// that hashes the field with the runtime's stable hash.
+fn routing(args: &Args, k: &TokenStream, ident: &Ident) -> TokenStream {
+    use crate::attr::Route;
+    match &args.route {
+        None | Some(Route::Local) => quote!(#k::__private::Routing::Local),
+        Some(Route::Leader) => quote!(#k::__private::Routing::Leader),
+        Some(Route::RoundRobin) => quote!(#k::__private::Routing::RoundRobin),
+        Some(Route::LeastLoaded) => quote!(#k::__private::Routing::LeastLoaded),
+        Some(Route::Key(member)) => quote! {
+            #k::__private::Routing::Key({
+                fn __catga_key(m: &#ident) -> u64 {
+                    #k::__private::route_key(&m.#member)
+                }
+                __catga_key
+            })
+        },
     }
 }
 

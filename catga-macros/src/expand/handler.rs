@@ -75,7 +75,7 @@ pub fn expand(args: &Args, h: &Handler) -> TokenStream {
         #[doc(hidden)]
         const _: () = {
             #[allow(unused_imports)]
-            use #k::__private::{OutputFallback as _, ParamFallback as _, ProbeFallback as _, TakeFallback as _};
+            use #k::__private::{AnswerFallback as _, OutputFallback as _, ParamFallback as _, ProbeFallback as _, TakeFallback as _};
             #check_kind
             #body
         };
@@ -135,7 +135,13 @@ pub fn stubs(args: &Args, h: &Handler) -> TokenStream {
             impl #k::__private::Handled for #msg {
                 type Output = #output;
                 const ROUTE: #k::__private::Route<Self, #output> =
-                    #k::__private::Route::StatelessQuery { run: #k::__private::refused_run::<Self, #output> };
+                    #k::__private::Route::StatelessQuery {
+                        run: #k::__private::refused_run::<Self, #output>,
+                        remote: #k::__private::Remote {
+                            routing: #k::__private::Routing::Local,
+                            decode: #k::__private::refused_decode::<#output>,
+                        },
+                    };
             }
         };
     }
@@ -329,18 +335,35 @@ fn query(cx: &Cx) -> TokenStream {
                 consistency: #k::__private::Probe::<#msg>::CONSISTENCY,
                 state: __CATGA_STATE,
                 run: __catga_run,
+                remote: #k::__private::Remote {
+                    routing: #k::__private::Probe::<#msg>::ROUTING,
+                    decode: __CATGA_ANSWER.decode,
+                },
             }
         },
     );
     let path = handler_path(cx);
+    let answer = answer(cx);
     quote! {
         #checks
         #state
+        #answer
         fn __catga_run(
             msg: #msg,
             state: &(dyn ::core::any::Any + ::core::marker::Send + ::core::marker::Sync),
         ) -> ::core::option::Option<#out> {
             ::core::option::Option::Some(#fn_name(msg #(, #args)*))
+        }
+        fn __catga_remote(
+            payload: &[u8],
+            state: &(dyn ::core::any::Any + ::core::marker::Send + ::core::marker::Sync),
+        ) -> ::core::result::Result<::std::vec::Vec<u8>, #k::__private::ApplyError> {
+            let msg: #msg = #k::__private::Probe::<#msg>::decode(payload)?;
+            match __catga_run(msg, state) {
+                ::core::option::Option::Some(out) => (__CATGA_ANSWER.encode)(&out),
+                ::core::option::Option::None => ::core::result::Result::Err(
+                    #k::__private::missing_param(#k::__private::name_of::<#msg>())),
+            }
         }
         #handled
         #k::__private::inventory::submit! {
@@ -348,6 +371,7 @@ fn query(cx: &Cx) -> TokenStream {
                 name: #k::__private::name_of::<#msg>(),
                 handler: #path,
                 state: ::core::option::Option::Some(__CATGA_STATE),
+                run: #k::__private::QueryRunner::Stateful(__catga_remote),
             }
         }
     }
@@ -365,19 +389,68 @@ fn stateless_query(cx: &Cx) -> TokenStream {
     };
     let handled = impl_handled(
         cx,
-        quote!(#k::__private::Route::StatelessQuery { run: __catga_run }),
+        quote! {
+            #k::__private::Route::StatelessQuery {
+                run: __catga_run,
+                remote: #k::__private::Remote {
+                    routing: #k::__private::Probe::<#msg>::ROUTING,
+                    decode: __CATGA_ANSWER.decode,
+                },
+            }
+        },
     );
     let path = handler_path(cx);
+    let answer = answer(cx);
     quote! {
+        #answer
         fn __catga_run(msg: #msg) -> #k::__private::BoxFuture<'static, #out> { #call }
+        fn __catga_remote(
+            payload: &[u8],
+        ) -> ::core::result::Result<
+            #k::__private::BoxFuture<'static, ::core::result::Result<::std::vec::Vec<u8>, #k::__private::ApplyError>>,
+            #k::__private::ApplyError,
+        > {
+            let msg: #msg = #k::__private::Probe::<#msg>::decode(payload)?;
+            let fut = __catga_run(msg);
+            ::core::result::Result::Ok(::std::boxed::Box::pin(async move {
+                let out = fut.await;
+                (__CATGA_ANSWER.encode)(&out)
+            }))
+        }
         #handled
         #k::__private::inventory::submit! {
             #k::__private::QueryHandlerEntry {
                 name: #k::__private::name_of::<#msg>(),
                 handler: #path,
                 state: ::core::option::Option::None,
+                run: #k::__private::QueryRunner::Stateless(__catga_remote),
             }
         }
+    }
+}
+
+/// The codec of a query's answer across nodes, and the check (reported on
+/// the return type) that a routed query's answer can be encoded.
+fn answer(cx: &Cx) -> TokenStream {
+    let k = &cx.k;
+    let msg = &cx.msg;
+    let out = &cx.h.output;
+    let check = spanned_call(
+        out,
+        quote!(#k::__private::check_routable),
+        quote!(#k::__private::Probe::<#msg>::ROUTING.is_remote(), __CATGA_ANSWER.remote),
+    );
+    // An answer that borrows (`&'static str`, `Cow<'static, _>`) cannot be
+    // decoded on another node, and probing it for `DeserializeOwned` is a
+    // region error rather than a fallback: it stays local, by its spelling.
+    let codec = if quote!(#out).to_string().contains('\'') {
+        quote!(#k::__private::local_answer::<#out>())
+    } else {
+        quote!(#k::__private::Answer::<#out>::CODEC)
+    };
+    quote! {
+        const __CATGA_ANSWER: #k::__private::AnswerCodec<#out> = #codec;
+        const _: () = #check;
     }
 }
 

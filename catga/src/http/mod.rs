@@ -1,11 +1,12 @@
 //! The HTTP front door (cargo feature `http`): axum routes for load
-//! balancers (`/health`, `/ready`), Prometheus (`/metrics`), and any
+//! balancers (`/health`, `/ready`), Prometheus (`/metrics`), the members
+//! of the cluster (`/members`), and any
 //! command or query as a JSON endpoint, with no per-type code.
 //!
 //! ```rust,ignore
 //! let http = catga::http::Http::new(node.clone());
 //! let app = http
-//!     .routes() // /health, /ready, /metrics
+//!     .routes() // /health, /ready, /metrics, /members
 //!     .route("/orders", catga::http::command::<PlaceOrder>())
 //!     .route("/stock", catga::http::query::<GetStock>())
 //!     .with_state(http);
@@ -86,13 +87,16 @@ impl Http {
 
     /// `/health` (the node's [`crate::Health`] as JSON), `/ready` (200 when
     /// the node is in a cluster with a known leader and has applied what it
-    /// knows to be committed, 503 otherwise) and `/metrics` (Prometheus
-    /// text). Add your message routes, then `.with_state(http)`.
+    /// knows to be committed, 503 otherwise), `/metrics` (Prometheus
+    /// text) and `/members` ([`Node::members`] as a JSON array: id, addr,
+    /// role, liveness, load, metadata, last_seen_ms). Add your message
+    /// routes, then `.with_state(http)`.
     pub fn routes(&self) -> Router<Http> {
         Router::new()
             .route("/health", get(health))
             .route("/ready", get(ready))
             .route("/metrics", get(metrics_text))
+            .route("/members", get(members))
     }
 }
 
@@ -347,6 +351,10 @@ fn status_of(e: &Error, is_command: bool) -> Response {
 
 async fn health(State(h): State<Http>) -> Response {
     Json(h.node.health()).into_response()
+}
+
+async fn members(State(h): State<Http>) -> Response {
+    Json(h.node.members()).into_response()
 }
 
 async fn ready(State(h): State<Http>) -> Response {

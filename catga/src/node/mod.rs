@@ -37,6 +37,7 @@ struct NodeInner {
     request_timeout: Duration,
     /// The discovery side of a node started with `.discovery(..)`.
     selfform: std::sync::OnceLock<selfform::SelfForming>,
+    mediator: crate::mediator::Mediator,
 }
 
 /// The longest `add_node` waits for the leader's answer (the leader gives
@@ -74,7 +75,7 @@ impl Drop for InFlight<'_> {
 
 impl Node {
     pub(super) fn new(raft: RaftHandle, max_in_flight: usize, request_timeout: Duration) -> Node {
-        Node {
+        let node = Node {
             inner: Arc::new(NodeInner {
                 raft,
                 client_id: loop {
@@ -88,8 +89,19 @@ impl Node {
                 slots: tokio::sync::Semaphore::new(max_in_flight),
                 request_timeout,
                 selfform: std::sync::OnceLock::new(),
+                mediator: Default::default(),
             }),
-        }
+        };
+        crate::mediator::Mediator::start(&node);
+        node
+    }
+
+    pub(crate) fn mediator(&self) -> &crate::mediator::Mediator {
+        &self.inner.mediator
+    }
+
+    pub(crate) fn request_timeout(&self) -> Duration {
+        self.inner.request_timeout
     }
 
     /// What this node did (writes proposed here or forwarded, retries,
@@ -124,7 +136,9 @@ impl Node {
     /// be reached in time: the command may still be applied, once).
     ///
     /// A query runs on this node's state with no network trip, unless its
-    /// type is `#[query(linearizable)]` (see [`Node::query`]).
+    /// type is `#[query(linearizable)]` (see [`Node::query`]) or declares a
+    /// route to other nodes (`#[query(route = ...)]`, see "Across nodes" in
+    /// the README and [`Node::send_to`]).
     ///
     /// (A boxed future, not an `async fn`: a type that cannot be sent is then
     /// one compile error at the call, not one per use of the future.)
@@ -139,7 +153,7 @@ impl Node {
                     Ok(decode(&applied.response?)?)
                 }
                 Route::Query { consistency, .. } => self.run_query(msg, consistency).await,
-                Route::StatelessQuery { run } => Ok(run(msg).await),
+                Route::StatelessQuery { .. } => self.run_query(msg, Consistency::Local).await,
             }
         })
     }
@@ -203,6 +217,18 @@ impl Node {
     }
 
     async fn run_query<M: Handled>(&self, msg: M, consistency: Consistency) -> Result<M::Output> {
+        if crate::mediator::is_routed::<M>() {
+            return self.routed(msg, consistency).await;
+        }
+        self.run_here(msg, consistency).await
+    }
+
+    /// Runs a query on this node, whatever its declared route.
+    pub(crate) async fn run_here<M: Handled>(
+        &self,
+        msg: M,
+        consistency: Consistency,
+    ) -> Result<M::Output> {
         match M::ROUTE {
             Route::Query { .. } => {
                 if let Some(e) = self.inner.raft.failure() {
@@ -220,7 +246,7 @@ impl Node {
                 }
                 self.inner.raft.read(|m| m.query(msg))
             }
-            Route::StatelessQuery { run } => Ok(run(msg).await),
+            Route::StatelessQuery { run, .. } => Ok(run(msg).await),
             Route::Command { .. } => Err(Error::WrongKind {
                 name: M::NAME,
                 advice: "is a command: send it with `send` (it is replicated, not read)",
@@ -410,6 +436,7 @@ impl Node {
             // is the graceful exit)
             let _ = sf.stop(false).await;
         }
+        self.inner.mediator.stop();
         self.inner.raft.shutdown().await;
     }
 }

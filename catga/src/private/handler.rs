@@ -40,6 +40,16 @@ pub trait CommandOutput {
 #[diagnostic::do_not_recommend]
 impl<T: Serialize + DeserializeOwned + Send + 'static> CommandOutput for T {}
 
+/// What a query's answer must be to cross nodes ([`Node::send_to`](crate::Node::send_to)).
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be sent back from another node: a query's answer must be Serialize + Deserialize for `send_to`",
+    label = "this query's answer is encoded on the node that runs it and decoded here",
+    note = "derive `Serialize` and `Deserialize` (from `catga::prelude`) with `#[serde(crate = \"catga::serde\")]` on every type in the handler's return value, or run the query locally with `send`"
+)]
+pub trait RemoteAnswer: Serialize + DeserializeOwned {}
+#[diagnostic::do_not_recommend]
+impl<T: Serialize + DeserializeOwned> RemoteAnswer for T {}
+
 /// What a field of a `#[command]`, `#[query]`, `#[event]` or `#[state]`
 /// type must be: encodable, and decodable into an owned value.
 #[diagnostic::on_unimplemented(
@@ -379,6 +389,11 @@ impl<T> FieldFallback<T> for Field<T> {}
 /// The route of a handler that was refused at expansion (its errors are
 /// reported): keeps every `send` of its message free of a second error.
 pub fn refused_run<M, O>(_: M) -> BoxFuture<'static, O> {
+    unreachable!("a refused handler does not compile")
+}
+
+/// The answer decoder of a handler that was refused at expansion.
+pub fn refused_decode<O>(_: &[u8]) -> Result<O, crate::error::ApplyError> {
     unreachable!("a refused handler does not compile")
 }
 

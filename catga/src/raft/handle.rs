@@ -30,7 +30,7 @@ use super::wire::{Redirect, Rpc, decode, encode};
 use super::{Counters, Counts, Raft, RaftState, Status, leader};
 use crate::error::{Error, Result};
 use crate::machine::{Applied, Envelope, Machine};
-use crate::transport::{Faults, PeerCheck, Pool, Server, TransportConfig};
+use crate::transport::{Faults, Mux, PeerCheck, Pool, Server, Service, TransportConfig};
 
 /// Everything needed to start a node; validated by the cluster builder.
 pub(crate) struct RaftSettings {
@@ -77,6 +77,8 @@ pub(crate) struct RaftHandle {
     /// query, so an atomic rather than openraft's metrics.
     failed: Arc<std::sync::atomic::AtomicBool>,
     identity: Arc<Identity>,
+    mux: Arc<Mux>,
+    mediator_pool: Pool,
 }
 
 /// The membership as the leader sees it, in plain values (for the
@@ -118,9 +120,10 @@ impl RaftHandle {
             ..TransportConfig::default()
         });
         let service = RaftService::new();
+        let mux = Mux::new(service.clone());
         let server = match s.listener {
-            Some(l) => Server::from_std(l, tcfg.clone(), service.clone(), faults.clone()),
-            None => Server::bind(s.listen, tcfg.clone(), service.clone(), faults.clone()).await,
+            Some(l) => Server::from_std(l, tcfg.clone(), mux.clone(), faults.clone()),
+            None => Server::bind(s.listen, tcfg.clone(), mux.clone(), faults.clone()).await,
         };
         let server = server.map_err(|e| {
             log.close();
@@ -130,6 +133,9 @@ impl RaftHandle {
             }
         })?;
         let local_addr = server.local_addr();
+        // the mediator's calls have a pool (connections, reconnect backoff)
+        // of their own: they never delay or fail Raft's
+        let mediator_pool = Pool::new(tcfg.clone(), faults.clone());
         let pool = Pool::new(tcfg, faults.clone());
 
         let config = Config {
@@ -226,6 +232,8 @@ impl RaftHandle {
             counters: Counters::default(),
             failed,
             identity,
+            mux,
+            mediator_pool,
         };
 
         if !s.join {
@@ -395,6 +403,28 @@ impl RaftHandle {
 
     pub(crate) fn faults(&self) -> &Faults {
         &self.faults
+    }
+
+    /// The mediator's connection pool (not Raft's), for its calls to
+    /// other nodes.
+    pub(crate) fn mediator_pool(&self) -> &Pool {
+        &self.mediator_pool
+    }
+
+    /// Serves the mediator's requests on this node's server.
+    pub(crate) fn serve_mediator(&self, service: Arc<dyn Service>) {
+        self.mux.set_mediator(service);
+    }
+
+    /// Every member's (voters' and learners') id and address.
+    pub(crate) fn member_addrs(&self) -> BTreeMap<u64, String> {
+        let m = self.raft.metrics();
+        let m = m.borrow_watched();
+        m.membership_config
+            .membership()
+            .nodes()
+            .map(|(id, n)| (*id, n.addr.clone()))
+            .collect()
     }
 
     /// Runs `f` on the local state machine (read lock).
@@ -763,6 +793,7 @@ impl RaftHandle {
             let _ = t.await;
         }
         self.pool.shutdown().await;
+        self.mediator_pool.shutdown().await;
         let mut bg = std::mem::take(&mut *self.background.lock());
         bg.abort_all();
         while bg.join_next().await.is_some() {}

@@ -36,7 +36,8 @@
 //! being reflected as the other's. The secret never crosses the wire.
 //!
 //! It knows nothing above it: a [`Service`] answers requests, whatever they
-//! are. The test fault switch ([`Faults`]) is reached through
+//! are; a [`Mux`] puts the mediator's service beside Raft's on one server
+//! (a leading tag byte, see `mux.rs`). The test fault switch ([`Faults`]) is reached through
 //! `catga::testing`, the frame decoder (for fuzzing) through
 //! `catga::__private::wire`.
 
@@ -44,6 +45,7 @@ mod auth;
 mod conn;
 mod faults;
 mod frame;
+mod mux;
 mod pool;
 mod server;
 #[cfg(test)]
@@ -53,6 +55,7 @@ use std::time::Duration;
 
 pub use faults::Faults;
 pub use frame::{Frame, FrameError, Ident, decode_frame, decode_stream};
+pub(crate) use mux::{Mux, mediator_body};
 pub(crate) use pool::Pool;
 pub(crate) use server::Server;
 

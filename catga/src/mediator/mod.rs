@@ -1,0 +1,682 @@
+//! The distributed mediator: who the members are ([`Member`]), a query sent
+//! to a chosen node ([`Node::send_to`]), queries routed by the route their
+//! type declares (`#[query(route = ...)]`), and a best-effort broadcast of
+//! an event ([`Node::broadcast`]). It has its own RPC service beside Raft's
+//! on the authenticated transport (`transport/mux.rs`), and its own
+//! heartbeat for liveness and load.
+//!
+//! Inside: `route` chooses nodes (pure logic), `wire` is the RPC format,
+//! `service` answers other nodes, this file is the caller's side and the
+//! heartbeat.
+
+mod route;
+mod service;
+mod wire;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use serde::Serialize;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use self::route::Load;
+use self::service::{Busy, MediatorService};
+use self::wire::{Failure, Reply, Request};
+use crate::error::{ApplyError, Error, Result};
+use crate::message::{BoxFuture, Consistency, Handled, Publishable, Queryable, Route, Routing};
+use crate::node::{Node, WeakNode};
+use crate::transport::{TransportError, mediator_body};
+
+/// How often each node pings every other member.
+const HEARTBEAT: Duration = Duration::from_millis(250);
+/// A member that has not answered a ping for this long is suspect.
+const SUSPECT_AFTER: Duration = Duration::from_millis(1_000);
+/// How long a ping may take: longer than the pool's longest reconnect
+/// backoff (1 s) plus a whole handshake (2 s), so that a ping that waits
+/// for the backoff still has time to reconnect (a shorter one gave up
+/// mid-handshake, counted a failure, and the backoff started over). A ping
+/// that hangs still makes its node suspect after `SUSPECT_AFTER`.
+const PING_TIMEOUT: Duration = Duration::from_millis(3_500);
+/// How long a member removed from the cluster is still listed (as left).
+const LEFT_KEPT: Duration = Duration::from_secs(300);
+
+/// A member's role in the Raft cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MemberRole {
+    /// The leader this node knows of.
+    Leader,
+    /// A voter that is not the leader (or a candidate, during an election).
+    Follower,
+    /// A non-voting member catching up.
+    Learner,
+    /// No longer in the membership (its liveness is [`Liveness::Left`]).
+    Removed,
+}
+
+/// Whether a member answers, as this node sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Liveness {
+    /// It answered the last ping, within the last second (or has not been
+    /// asked yet and nothing says otherwise). This node always is.
+    Alive,
+    /// Its last ping or call failed, or it has not answered for a second:
+    /// routed queries avoid it.
+    Suspect,
+    /// Removed from the cluster.
+    Left,
+}
+
+/// One member of the cluster, as [`Node::members`] sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Member {
+    /// Its node id.
+    pub id: u64,
+    /// The address it listens on for other nodes.
+    pub addr: String,
+    /// Its role in Raft.
+    pub role: MemberRole,
+    /// Whether it answers.
+    pub liveness: Liveness,
+    /// Requests its mediator is serving (queries and broadcasts from other
+    /// nodes), as of its last ping (now, for this node).
+    pub load: u64,
+    /// What it says about itself ([`Node::set_metadata`]).
+    pub metadata: BTreeMap<String, String>,
+    /// Milliseconds since it last answered this node (`None`: never; `0`
+    /// for this node).
+    pub last_seen_ms: Option<u64>,
+}
+
+/// One node's outcome of a [`Node::broadcast`].
+#[derive(Debug)]
+pub struct Delivery {
+    /// The node.
+    pub node: u64,
+    /// How many of its handlers of the event ran, or why it could not run
+    /// them ([`Error::NodeUnavailable`] when it could not be reached).
+    pub result: Result<u32>,
+}
+
+#[derive(Debug, Default)]
+struct Peer {
+    last_ok: Option<Instant>,
+    failures: u32,
+    load: u64,
+    metadata: BTreeMap<String, String>,
+    /// When it was found removed from the membership.
+    left_at: Option<Instant>,
+}
+
+/// The mediator's state on one node: what it knows of the others, its own
+/// load and metadata, and its heartbeat task.
+#[derive(Debug, Default)]
+pub(crate) struct Mediator {
+    serving: AtomicU64,
+    turn: AtomicU64,
+    peers: Mutex<HashMap<u64, Peer>>,
+    loads: Mutex<HashMap<u64, Load>>,
+    metadata: Mutex<BTreeMap<String, String>>,
+    task: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Mediator {
+    /// Serves other nodes' mediator requests on `node`'s server and starts
+    /// the heartbeat (which ends with the node).
+    pub(crate) fn start(node: &Node) {
+        let weak = node.downgrade();
+        node.raft()
+            .serve_mediator(Arc::new(MediatorService { node: weak.clone() }));
+        let task = tokio::spawn(heartbeat(weak));
+        *node.mediator().task.lock() = Some(task);
+    }
+
+    /// Stops the heartbeat.
+    pub(crate) fn stop(&self) {
+        if let Some(t) = self.task.lock().take() {
+            t.abort();
+        }
+    }
+
+    pub(crate) fn load(&self) -> u64 {
+        self.serving.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn busy(&self) -> Busy<'_> {
+        self.serving.fetch_add(1, Ordering::Relaxed);
+        Busy(&self.serving)
+    }
+
+    pub(crate) fn metadata(&self) -> BTreeMap<String, String> {
+        self.metadata.lock().clone()
+    }
+
+    fn liveness(&self, id: u64, now: Instant) -> Liveness {
+        let peers = self.peers.lock();
+        match peers.get(&id) {
+            None => Liveness::Alive,
+            Some(p) if p.left_at.is_some() => Liveness::Left,
+            Some(p) if p.failures > 0 => Liveness::Suspect,
+            Some(p) => match p.last_ok {
+                Some(t) if now.saturating_duration_since(t) > SUSPECT_AFTER => Liveness::Suspect,
+                _ => Liveness::Alive,
+            },
+        }
+    }
+
+    fn record(&self, id: u64, ok: bool) {
+        let mut peers = self.peers.lock();
+        let p = peers.entry(id).or_default();
+        if ok {
+            p.last_ok = Some(Instant::now());
+            p.failures = 0;
+        } else {
+            p.failures = p.failures.saturating_add(1);
+        }
+    }
+}
+
+/// Every [`HEARTBEAT`]: pings every other member (their load, metadata and
+/// liveness) and notes the members that left. Each ping runs on its own, so
+/// a member that hangs delays nobody else's; a member is not pinged again
+/// while its last ping is out. Ends when the node is gone (the pings with
+/// it: they are owned here).
+async fn heartbeat(node: WeakNode) {
+    let mut tick = tokio::time::interval(HEARTBEAT);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut pings: tokio::task::JoinSet<u64> = tokio::task::JoinSet::new();
+    let mut out: std::collections::HashSet<u64> = std::collections::HashSet::new();
+    loop {
+        tick.tick().await;
+        while let Some(done) = pings.try_join_next() {
+            if let Ok(id) = done {
+                out.remove(&id);
+            }
+        }
+        let Some(node) = node.upgrade() else { return };
+        let me = node.id();
+        let addrs = node.raft().member_addrs();
+        {
+            let now = Instant::now();
+            let mut peers = node.mediator().peers.lock();
+            for (id, p) in peers.iter_mut() {
+                if addrs.contains_key(id) {
+                    p.left_at = None;
+                } else if p.left_at.is_none() {
+                    p.left_at = Some(now);
+                }
+            }
+            peers.retain(|_, p| p.left_at.is_none_or(|t| now - t < LEFT_KEPT));
+        }
+        let body = match wire::encode(&Request::Ping) {
+            Ok(b) => mediator_body(&b),
+            Err(_) => continue,
+        };
+        for (id, addr) in addrs {
+            if id == me || !out.insert(id) {
+                continue;
+            }
+            let node = node.clone();
+            let body = body.clone();
+            pings.spawn(async move {
+                let r = node
+                    .raft()
+                    .mediator_pool()
+                    .call(id, &addr, body, PING_TIMEOUT)
+                    .await;
+                let pong = r.ok().and_then(|b| wire::decode::<Reply>(&b).ok());
+                let med = node.mediator();
+                match pong {
+                    Some(Reply::Pong { load, metadata }) => {
+                        med.record(id, true);
+                        if let Some(p) = med.peers.lock().get_mut(&id) {
+                            p.load = load;
+                            p.metadata = metadata;
+                        }
+                    }
+                    _ => med.record(id, false),
+                }
+                id
+            });
+        }
+    }
+}
+
+/// Decodes a query's answer from another node.
+type AnswerDecoder<O> = fn(&[u8]) -> Result<O, ApplyError>;
+
+/// The routing of a query type and the decoder of its answer from another
+/// node (`None` for a command).
+fn remote_of<M: Handled>() -> Option<(Routing<M>, AnswerDecoder<M::Output>)> {
+    match M::ROUTE {
+        Route::Query { remote, .. } | Route::StatelessQuery { remote, .. } => {
+            Some((remote.routing, remote.decode))
+        }
+        Route::Command { .. } => None,
+    }
+}
+
+/// Whether a query type is routed away from the calling node.
+pub(crate) fn is_routed<M: Handled>() -> bool {
+    remote_of::<M>().is_some_and(|(r, _)| r.is_remote())
+}
+
+fn unavailable(node: u64, reason: impl Into<String>) -> Error {
+    Error::NodeUnavailable {
+        node,
+        reason: reason.into(),
+    }
+}
+
+fn from_failure(node: u64, f: Failure) -> Error {
+    match f {
+        Failure::Apply(a) => Error::Apply(a),
+        Failure::Unavailable(r) => unavailable(node, r),
+    }
+}
+
+impl Node {
+    /// Every member of the cluster as this node sees it: its id, address,
+    /// role, liveness, load and metadata, sorted by id; members removed
+    /// lately are listed as [`Liveness::Left`].
+    ///
+    /// Liveness comes from the mediator's own heartbeat (each node pings
+    /// every member four times a second) and from calls that failed; load
+    /// and metadata from the last ping's answer.
+    pub fn members(&self) -> Vec<Member> {
+        let health = self.health();
+        let addrs = self.raft().member_addrs();
+        let me = self.id();
+        let now = Instant::now();
+        let med = self.mediator();
+        let mut out: Vec<Member> = addrs
+            .iter()
+            .map(|(&id, addr)| {
+                let role = if health.leader == Some(id) {
+                    MemberRole::Leader
+                } else if health.learners.contains(&id) {
+                    MemberRole::Learner
+                } else {
+                    MemberRole::Follower
+                };
+                if id == me {
+                    return self.info_with(role, addr.clone());
+                }
+                let peers = med.peers.lock();
+                let p = peers.get(&id);
+                Member {
+                    id,
+                    addr: addr.clone(),
+                    role,
+                    liveness: Liveness::Alive,
+                    load: p.map_or(0, |p| p.load),
+                    metadata: p.map(|p| p.metadata.clone()).unwrap_or_default(),
+                    last_seen_ms: p
+                        .and_then(|p| p.last_ok)
+                        .map(|t| now.saturating_duration_since(t).as_millis() as u64),
+                }
+            })
+            .collect();
+        for m in &mut out {
+            if m.id != me {
+                m.liveness = med.liveness(m.id, now);
+                if m.liveness == Liveness::Left {
+                    m.liveness = Liveness::Alive;
+                }
+            }
+        }
+        let peers = med.peers.lock();
+        for (&id, p) in peers.iter().filter(|(_, p)| p.left_at.is_some()) {
+            if addrs.contains_key(&id) {
+                continue;
+            }
+            out.push(Member {
+                id,
+                addr: String::new(),
+                role: MemberRole::Removed,
+                liveness: Liveness::Left,
+                load: 0,
+                metadata: p.metadata.clone(),
+                last_seen_ms: p
+                    .last_ok
+                    .map(|t| now.saturating_duration_since(t).as_millis() as u64),
+            });
+        }
+        out.sort_by_key(|m| m.id);
+        out
+    }
+
+    /// This node, as [`Node::members`] lists it.
+    pub fn info(&self) -> Member {
+        let health = self.health();
+        let role = match health.role {
+            crate::node::Role::Leader => MemberRole::Leader,
+            crate::node::Role::Learner => MemberRole::Learner,
+            _ if !health.members.contains(&self.id()) && !health.learners.contains(&self.id()) => {
+                MemberRole::Removed
+            }
+            _ => MemberRole::Follower,
+        };
+        let addr = self
+            .raft()
+            .member_addrs()
+            .remove(&self.id())
+            .unwrap_or_else(|| self.local_addr().to_string());
+        self.info_with(role, addr)
+    }
+
+    fn info_with(&self, role: MemberRole, addr: String) -> Member {
+        Member {
+            id: self.id(),
+            addr,
+            role,
+            liveness: Liveness::Alive,
+            load: self.mediator().load(),
+            metadata: self.mediator().metadata(),
+            last_seen_ms: Some(0),
+        }
+    }
+
+    /// Sets what this node says about itself in [`Member::metadata`] (other
+    /// nodes see it after their next ping, within a second).
+    pub fn set_metadata(&self, metadata: BTreeMap<String, String>) {
+        *self.mediator().metadata.lock() = metadata;
+    }
+
+    /// Runs `query` on node `node` and returns its handler's answer (a
+    /// handler's own error is inside it, typed, as with
+    /// [`send`](Node::send)). Stateful queries read that node's copy of the
+    /// state (with the query's declared consistency); state-less ones run
+    /// there. The route declared on the query's type does not apply.
+    ///
+    /// Errors: [`Error::NodeUnavailable`] when `node` is not a member, has
+    /// left, or could not be reached or died before answering — the query
+    /// is never re-sent to another node; [`Error::Timeout`] when it did not
+    /// answer within the node's request timeout; [`Error::Apply`] when it
+    /// could not run the query (e.g. `UnknownMessage`: it runs another
+    /// version of the program).
+    pub fn send_to<M>(&self, node: u64, query: M) -> BoxFuture<'_, Result<M::Output>>
+    where
+        M: Queryable,
+        M::Output: crate::RemoteAnswer,
+    {
+        Box::pin(async move {
+            let consistency = match M::ROUTE {
+                Route::Query { consistency, .. } => consistency,
+                _ => Consistency::Local,
+            };
+            if node == self.id() {
+                return self.run_here(query, consistency).await;
+            }
+            let deadline = Instant::now() + self.request_timeout();
+            let payload = crate::codec::encode_user(M::NAME, &query)?;
+            let bytes = self
+                .query_on(node, M::NAME, payload, consistency, deadline)
+                .await?;
+            Ok(crate::__private::decode_output::<M::Output>(&bytes)?)
+        })
+    }
+
+    /// One query to another node's mediator, until `deadline`.
+    async fn query_on(
+        &self,
+        node: u64,
+        name: &str,
+        payload: Vec<u8>,
+        consistency: Consistency,
+        deadline: Instant,
+    ) -> Result<Vec<u8>> {
+        let req = Request::Query {
+            name: name.to_string(),
+            payload: serde_bytes::ByteBuf::from(payload),
+            linearizable: consistency == Consistency::Linearizable,
+        };
+        match self.call_node(node, &req, deadline).await? {
+            Reply::Answer(Ok(b)) => Ok(b.into_vec()),
+            Reply::Answer(Err(f)) => Err(from_failure(node, f)),
+            _ => Err(unavailable(node, "it answered something else")),
+        }
+    }
+
+    /// One request to another node's mediator; records latency and
+    /// failures for routing.
+    async fn call_node(&self, node: u64, req: &Request, deadline: Instant) -> Result<Reply> {
+        let med = self.mediator();
+        let Some(addr) = self.raft().member_addrs().remove(&node) else {
+            let left = med
+                .peers
+                .lock()
+                .get(&node)
+                .is_some_and(|p| p.left_at.is_some());
+            return Err(unavailable(
+                node,
+                if left {
+                    "it has left the cluster"
+                } else {
+                    "it is not a member of the cluster"
+                },
+            ));
+        };
+        let body = wire::encode(req).map_err(|e| unavailable(node, e))?;
+        let ttl = deadline.saturating_duration_since(Instant::now());
+        if ttl.is_zero() {
+            return Err(Error::Timeout {
+                waited: self.request_timeout(),
+                reason: format!("no time left to ask node {node}"),
+            });
+        }
+        let start = Instant::now();
+        med.loads.lock().entry(node).or_default().outstanding += 1;
+        let r = self
+            .raft()
+            .mediator_pool()
+            .call(node, &addr, mediator_body(&body), ttl)
+            .await;
+        {
+            let mut loads = med.loads.lock();
+            let l = loads.entry(node).or_default();
+            l.outstanding = l.outstanding.saturating_sub(1);
+            if r.is_ok() {
+                l.observe(start.elapsed(), Instant::now());
+            }
+        }
+        med.record(node, r.is_ok());
+        match r {
+            Ok(b) => {
+                wire::decode::<Reply>(&b).map_err(|e| unavailable(node, format!("bad reply: {e}")))
+            }
+            Err(TransportError::Timeout) => Err(Error::Timeout {
+                waited: ttl,
+                reason: format!("node {node} did not answer"),
+            }),
+            Err(TransportError::TooLarge { size, max }) => Err(Error::Apply(ApplyError::Encode {
+                what: "request".into(),
+                reason: format!("{size} bytes exceed the frame limit of {max}"),
+            })),
+            Err(e) => Err(unavailable(node, e.to_string())),
+        }
+    }
+
+    /// The members a routed query may go to: the live voters (this node
+    /// always is one; learners are still catching up, so their state may
+    /// be far behind), or, when every other one is suspect, all voters.
+    fn candidates(&self) -> Vec<u64> {
+        let me = self.id();
+        let now = Instant::now();
+        let mut all: Vec<u64> = self.health().members;
+        if !all.contains(&me) {
+            all.push(me);
+        }
+        all.sort_unstable();
+        let live: Vec<u64> = all
+            .iter()
+            .copied()
+            .filter(|&id| id == me || self.mediator().liveness(id, now) == Liveness::Alive)
+            .collect();
+        if live.iter().any(|&id| id != me) || all.len() <= 1 {
+            live
+        } else {
+            all
+        }
+    }
+
+    /// Runs a query on the node its declared route picks; a node that
+    /// cannot be reached (or dies mid-call) is skipped for the next
+    /// candidate, until the request timeout.
+    pub(crate) async fn routed<M: Handled>(
+        &self,
+        msg: M,
+        consistency: Consistency,
+    ) -> Result<M::Output> {
+        let Some((routing, decode)) = remote_of::<M>() else {
+            return self.run_here(msg, consistency).await;
+        };
+        let me = self.id();
+        let deadline = Instant::now() + self.request_timeout();
+        let payload = crate::codec::encode_user(M::NAME, &msg)?;
+        let mut msg = Some(msg);
+        let mut tried: Vec<u64> = Vec::new();
+        let mut last: Option<Error> = None;
+        loop {
+            let order: Vec<u64> = match routing {
+                Routing::Local => vec![me],
+                Routing::Leader => {
+                    let leader = self.health().leader;
+                    match leader {
+                        Some(l) if !tried.contains(&l) => vec![l],
+                        _ => {
+                            // wait for a (new) leader, within the deadline
+                            let left = deadline.saturating_duration_since(Instant::now());
+                            if left.is_zero() {
+                                break;
+                            }
+                            self.health_changed(left.min(Duration::from_millis(50)))
+                                .await;
+                            continue;
+                        }
+                    }
+                }
+                Routing::RoundRobin => {
+                    let nodes = self.candidates();
+                    let turn = self.mediator().turn.fetch_add(1, Ordering::Relaxed);
+                    route::round_robin_order(turn, &nodes)
+                }
+                Routing::LeastLoaded => {
+                    let nodes = self.candidates();
+                    let loads = self.mediator().loads.lock().clone();
+                    route::least_loaded_order(&nodes, &loads, Instant::now(), |n| {
+                        rand::random_range(0..n)
+                    })
+                }
+                Routing::Key(key) => {
+                    let Some(m) = msg.as_ref() else { break };
+                    route::hrw_order(key(m), &self.candidates())
+                }
+            };
+            let order: Vec<u64> = order.into_iter().filter(|n| !tried.contains(n)).collect();
+            if order.is_empty() {
+                break;
+            }
+            for id in order {
+                if id == me {
+                    let m = match msg.take() {
+                        Some(m) => m,
+                        None => crate::__private::decode_message::<M>(&payload)?,
+                    };
+                    let start = Instant::now();
+                    let r = self.run_here(m, consistency).await;
+                    if matches!(routing, Routing::LeastLoaded) {
+                        self.mediator()
+                            .loads
+                            .lock()
+                            .entry(me)
+                            .or_default()
+                            .observe(start.elapsed(), Instant::now());
+                    }
+                    return r;
+                }
+                tried.push(id);
+                match self
+                    .query_on(id, M::NAME, payload.clone(), consistency, deadline)
+                    .await
+                {
+                    Ok(bytes) => return Ok(decode(&bytes)?),
+                    Err(e @ Error::NodeUnavailable { .. }) => {
+                        tracing::debug!(node = id, error = %e, "routed query: trying the next node");
+                        last = Some(e);
+                        if matches!(routing, Routing::Leader) {
+                            break;
+                        }
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            if !matches!(routing, Routing::Leader) {
+                break;
+            }
+        }
+        Err(last.unwrap_or_else(|| Error::Timeout {
+            waited: self.request_timeout(),
+            reason: format!("no member could answer `{}`", M::NAME),
+        }))
+    }
+
+    /// Runs `event`'s handlers on every member this node knows of (see
+    /// [`members`](Node::members); suspect ones too) now, without the log: a
+    /// best-effort fan-out that returns each member's outcome (how many
+    /// handlers ran there, or why it could not run them). A member that is
+    /// down misses the event for good; nothing is retried or stored.
+    ///
+    /// Compare [`publish`](Node::publish): durable (through the Raft log),
+    /// delivered at least once to every node, including nodes that are down
+    /// now (when they come back). Use `publish` for what must happen
+    /// everywhere (and deduplicate with [`EventContext::log_index`](crate::EventContext::log_index));
+    /// use `broadcast` for what only matters now (invalidate a cache, reload
+    /// a setting) or when you need to know who got it. Handlers run by a
+    /// broadcast see `ctx.log_index() == 0`.
+    ///
+    /// The outer error is for the event itself (it does not encode).
+    pub fn broadcast<E: Publishable>(&self, event: E) -> BoxFuture<'_, Result<Vec<Delivery>>> {
+        Box::pin(async move {
+            let payload = crate::codec::encode_user(E::NAME, &event)?;
+            let me = self.id();
+            let deadline = Instant::now() + self.request_timeout();
+            let mut targets: Vec<u64> = self.raft().member_addrs().into_keys().collect();
+            if !targets.contains(&me) {
+                targets.push(me);
+            }
+            let req = Request::Event {
+                name: E::NAME.to_string(),
+                payload: serde_bytes::ByteBuf::from(payload.clone()),
+            };
+            let calls = targets.into_iter().map(|id| {
+                let req = &req;
+                let payload = &payload;
+                async move {
+                    let result = if id == me {
+                        let _busy = self.mediator().busy();
+                        service::run_event(self, E::NAME, payload)
+                            .await
+                            .map_err(|f| from_failure(id, f))
+                    } else {
+                        match self.call_node(id, req, deadline).await {
+                            Ok(Reply::Delivered(Ok(n))) => Ok(n),
+                            Ok(Reply::Delivered(Err(f))) => Err(from_failure(id, f)),
+                            Ok(_) => Err(unavailable(id, "it answered something else")),
+                            Err(e) => Err(e),
+                        }
+                    };
+                    Delivery { node: id, result }
+                }
+            });
+            let mut out = futures::future::join_all(calls).await;
+            out.sort_by_key(|d| d.node);
+            Ok(out)
+        })
+    }
+}

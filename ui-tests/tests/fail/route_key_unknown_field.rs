@@ -1,0 +1,8 @@
+use catga::prelude::*;
+
+#[query(route = key(skuu))]
+pub struct GetStock {
+    pub sku: String,
+}
+
+fn main() {}

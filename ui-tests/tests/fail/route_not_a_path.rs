@@ -1,0 +1,6 @@
+use catga::prelude::*;
+
+#[query(route = "leader")]
+pub struct CountOrders;
+
+fn main() {}

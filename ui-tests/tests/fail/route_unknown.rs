@@ -1,0 +1,6 @@
+use catga::prelude::*;
+
+#[query(route = random)]
+pub struct Pick;
+
+fn main() {}
