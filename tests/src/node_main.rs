@@ -57,7 +57,7 @@
 //!   - `hold-key K` → `ok <id>`: a key-routed `Hold` query
 //!   - `broadcast` → `ok <id>:ok:<handlers> | <id>:err:<kind> ...`
 //!   - `hellos` → `ok <n>`: broadcast `Hello` events handled here
-//!   - `members` → `ok <id>:<role>:<liveness> ...`
+//!   - `mediator-members` → `ok <id>:<role>:<liveness> ...` (`node.members()`)
 //! - anything the binary's `extra` hook answers (both binaries: `abort`,
 //!   the command `tests.Abort`, whose handler the current version has abort
 //!   the process and v2 has fixed)
@@ -381,7 +381,7 @@ async fn mediator_command(node: &Node, words: &[&str]) -> Option<Result<String, 
             "ok {}",
             HELLOS.load(std::sync::atomic::Ordering::SeqCst)
         )),
-        "members" => Ok(format!(
+        "mediator-members" => Ok(format!(
             "ok {}",
             node.members()
                 .iter()

@@ -27,7 +27,7 @@ async fn three() -> (tempfile::TempDir, Vec<Option<Proc>>) {
         p.wait_health(T, |f| f.len() == 5 && f[2] != "none" && f[4] == "true")
             .await
             .unwrap();
-        p.wait_for("members", T, |m| {
+        p.wait_for("mediator-members", T, |m| {
             m.split_whitespace()
                 .filter(|x| x.ends_with(":alive"))
                 .count()
