@@ -758,3 +758,50 @@ async fn discovery_events_are_counted_in_metrics() {
         n.shutdown().await;
     }
 }
+
+/// With discovery, `members()` reports what the store says: every member
+/// alive with the metadata it registered (`catga.cluster` is published only
+/// through discovery), and a member whose lease expired as suspect, still a
+/// member.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_take_liveness_and_metadata_from_discovery() {
+    let store = MemoryStore::new();
+    let name = unique("members");
+    let dir = tempfile::tempdir().unwrap();
+    let mut nodes = Vec::new();
+    for id in 1..=3 {
+        nodes.push(start_mem(&store, &name, id, dir.path(), 3).await.unwrap());
+    }
+    wait_formed(&nodes, 3).await.unwrap();
+    let deadline = tokio::time::Instant::now() + LONG;
+    loop {
+        let ms = nodes[0].members();
+        let ok = ms.len() == 3
+            && ms.iter().all(|m| m.liveness == catga::Liveness::Alive)
+            && ms
+                .iter()
+                .filter(|m| m.id != 1)
+                .all(|m| m.metadata.contains_key("catga.cluster"));
+        if ok {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{ms:#?}");
+        nodes[0].health_changed(Duration::from_millis(100)).await;
+    }
+    // node 3 stops (no `leave`): its lease expires, it stays a member
+    let gone = nodes.pop().unwrap();
+    gone.shutdown().await;
+    store.expire(&name, 3);
+    loop {
+        let ms = nodes[0].members();
+        let three = ms.iter().find(|m| m.id == 3).map(|m| m.liveness);
+        if three == Some(catga::Liveness::Suspect) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{ms:#?}");
+        nodes[0].health_changed(Duration::from_millis(100)).await;
+    }
+    for n in nodes {
+        n.shutdown().await;
+    }
+}

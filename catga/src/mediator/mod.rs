@@ -285,9 +285,15 @@ impl Node {
     /// role, liveness, load and metadata, sorted by id; members removed
     /// lately are listed as [`Liveness::Left`].
     ///
-    /// Liveness comes from the mediator's own heartbeat (each node pings
-    /// every member four times a second) and from calls that failed; load
-    /// and metadata from the last ping's answer.
+    /// On a node started with [`discovery`](crate::ClusterBuilder::discovery),
+    /// liveness comes from discovery too: suspect once its lease expired or
+    /// it unregistered (a member is only suspect: the membership decides
+    /// when it is removed), alive while its entry is in the store and it
+    /// answers pings; load and metadata are what it registered (plus its
+    /// pings' metadata).
+    /// Otherwise liveness comes from the mediator's own heartbeat (each node
+    /// pings every member four times a second) and from calls that failed;
+    /// load and metadata from the last ping's answer.
     pub fn members(&self) -> Vec<Member> {
         let health = self.health();
         let addrs = self.raft().member_addrs();
@@ -322,11 +328,25 @@ impl Node {
                 }
             })
             .collect();
+        let discovered = self.discovery_view();
         for m in &mut out {
             if m.id != me {
                 m.liveness = med.liveness(m.id, now);
                 if m.liveness == Liveness::Left {
                     m.liveness = Liveness::Alive;
+                }
+                match discovered.as_ref().map(|d| d.get(&m.id)) {
+                    // not using discovery, or the store has not said yet
+                    None | Some(None) => {}
+                    // alive while its entry is in the store, unless its
+                    // pings fail (a crash shows before the lease runs out)
+                    Some(Some(Some(info))) => {
+                        m.load = info.load.max(0.0) as u64;
+                        for (k, v) in &info.metadata {
+                            m.metadata.entry(k.clone()).or_insert_with(|| v.clone());
+                        }
+                    }
+                    Some(Some(None)) => m.liveness = Liveness::Suspect,
                 }
             }
         }

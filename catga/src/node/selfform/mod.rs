@@ -74,6 +74,10 @@ pub(crate) struct SelfForming {
     tasks: Mutex<JoinSet<()>>,
     stop: CancellationToken,
     cluster_name: String,
+    /// What the membership watch last said of each node: its entry, or
+    /// `None` once it left (lease expired or unregistered). The liveness,
+    /// load and metadata `Node::members` reports.
+    seen: Mutex<std::collections::BTreeMap<u64, Option<NodeInfo>>>,
 }
 
 impl std::fmt::Debug for SelfForming {
@@ -226,6 +230,7 @@ pub(crate) async fn start(
         tasks: Mutex::new(tasks),
         stop,
         cluster_name: name,
+        seen: Mutex::default(),
     })
 }
 
@@ -268,6 +273,22 @@ async fn held_by_this_data_dir(discovery: &Arc<dyn Discovery>, info: &NodeInfo) 
             && n.metadata.contains_key(META_INCARNATION)
             && n.metadata.get(META_INCARNATION) == info.metadata.get(META_INCARNATION)
     })
+}
+
+impl Node {
+    /// Notes what the membership watch said of node `id` (`None`: left).
+    pub(crate) fn discovery_saw(&self, id: u64, info: Option<NodeInfo>) {
+        if let Some(sf) = self.inner.selfform.get() {
+            sf.seen.lock().insert(id, info);
+        }
+    }
+
+    /// What discovery last said of each node, if this node uses discovery.
+    pub(crate) fn discovery_view(
+        &self,
+    ) -> Option<std::collections::BTreeMap<u64, Option<NodeInfo>>> {
+        self.inner.selfform.get().map(|sf| sf.seen.lock().clone())
+    }
 }
 
 impl SelfForming {

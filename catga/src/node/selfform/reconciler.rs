@@ -124,6 +124,7 @@ pub(super) async fn run(
                     };
                     if let Some(me) = node.upgrade() {
                         me.raft().count_discovery(usize::from(updated));
+                        me.discovery_saw(n.id, Some(n.clone()));
                     }
                     seen.left.remove(&n.id);
                     seen.alive.insert(n.id, n);
@@ -131,6 +132,7 @@ pub(super) async fn run(
                 Some(MemberEvent::Left { id, reason, .. }) => {
                     if let Some(me) = node.upgrade() {
                         me.raft().count_discovery(2);
+                        me.discovery_saw(id, None);
                     }
                     seen.alive.remove(&id);
                     seen.left.insert(id, (Instant::now(), reason));
