@@ -262,6 +262,15 @@ async fn ready_follows_a_partition_and_metrics_parse_and_move() {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    // a write through a follower is acknowledged once the leader applied
+    // it: wait until this node has too before reading its applied index
+    let leader = c.leader().await;
+    let applied = c
+        .node(leader)
+        .health()
+        .applied_index
+        .expect("the leader applied");
+    c.node(f).wait_applied(applied, T).await.unwrap();
     let m1 = scrape().await;
     assert_eq!(m1.get(restocks), Some(&3.0), "{m1:#?}");
     assert!(m1["catga_applied_index"] > m0["catga_applied_index"]);
