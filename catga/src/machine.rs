@@ -55,6 +55,16 @@ pub struct Applied {
     pub response: Result<Vec<u8>, ApplyError>,
     /// Events published while applying (empty when the entry was a repeat).
     pub events: Vec<PublishedEvent>,
+    /// The log index of the entry, set by the leader in its answer (0 when
+    /// unknown, e.g. from a leader of an older version): a follower that
+    /// forwarded the write waits until it has applied this index itself,
+    /// so a local query after the write sees it.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub index: u64,
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
 }
 
 /// The head of a snapshot (rmp-serde, named fields).
@@ -145,6 +155,7 @@ impl Machine {
                 return Applied {
                     response,
                     events: Vec::new(),
+                    index,
                 };
             }
             Check::Apply => {}
@@ -155,6 +166,7 @@ impl Machine {
             return Applied {
                 response,
                 events: Vec::new(),
+                index,
             };
         }
         let applied = self.apply_fresh(index, env);
@@ -186,6 +198,7 @@ impl Machine {
                             name: env.name.clone(),
                         }),
                         events: Vec::new(),
+                        index,
                     };
                 }
                 Applied {
@@ -194,6 +207,7 @@ impl Machine {
                         name: env.name.clone(),
                         payload: env.payload.clone(),
                     }],
+                    index,
                 }
             }
             EntryKind::Command => {
@@ -203,6 +217,7 @@ impl Machine {
                             name: env.name.clone(),
                         }),
                         events: Vec::new(),
+                        index,
                     };
                 };
                 let mut ctx = CommandContext::new(index, env.time_ms, env.client, env.seq);
@@ -216,15 +231,18 @@ impl Machine {
                         None => Applied {
                             response: Ok(bytes),
                             events: ctx.events,
+                            index,
                         },
                         Some(e) => Applied {
                             response: Err(e),
                             events: Vec::new(),
+                            index,
                         },
                     },
                     Ok(Err(e)) => Applied {
                         response: Err(e),
                         events: Vec::new(),
+                        index,
                     },
                     Err(panic) => Applied {
                         response: Err(ApplyError::Panicked {
@@ -232,6 +250,7 @@ impl Machine {
                             message: panic_message(&*panic),
                         }),
                         events: Vec::new(),
+                        index,
                     },
                 }
             }

@@ -33,7 +33,9 @@ impl std::fmt::Display for MessageKind {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Consistency {
     /// Answer from this node's state, with no network trip. On a follower
-    /// the answer may lag the leader by the entries not yet applied here.
+    /// the answer may lag the leader by the entries not yet applied here,
+    /// but it includes every write that a `send` or `publish` through this
+    /// node has returned `Ok` for (read your writes).
     #[default]
     Local,
     /// Answer only after this node has applied everything the leader had

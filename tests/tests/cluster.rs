@@ -639,3 +639,31 @@ async fn concurrent_callers_on_one_handle_are_never_refused_as_stale() {
     c.assert_replicas_equal().await;
     c.shutdown().await;
 }
+
+/// Read your writes on the node that took them: once `send` of a command
+/// returns on a follower, a local query on that follower sees it (the write
+/// was forwarded and applied on the leader; the follower waits until it has
+/// applied the entry too before it answers).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_local_query_after_a_write_on_the_same_follower_sees_it() {
+    let c = Cluster::start(3).await;
+    let f = c.follower().await;
+    let node = c.node(f);
+    for i in 1..=300u32 {
+        let left = node
+            .send(Restock {
+                sku: "ryw".into(),
+                qty: 1,
+            })
+            .await
+            .unwrap();
+        assert_eq!(left, i);
+        let seen = node.send(GetStock { sku: "ryw".into() }).await.unwrap();
+        assert_eq!(
+            seen,
+            Some(i),
+            "write {i} through follower {f} was acknowledged, but a local query there did not see it"
+        );
+    }
+    c.shutdown().await;
+}

@@ -582,7 +582,43 @@ impl RaftHandle {
 
     /// Replicates `env` through the leader; retried (with the same client id
     /// and sequence number, so it applies once) until `timeout`.
+    ///
+    /// Returns once this node has applied the entry too (read your writes:
+    /// a local query here after the write sees it), or when `timeout` has
+    /// passed since the call if this node lags: the write is committed
+    /// either way, so it is never reported as failed.
     pub(crate) async fn write(&self, env: Envelope, timeout: Duration) -> Result<Applied> {
+        let deadline = Instant::now() + timeout;
+        let applied = self.write_at_leader(env, timeout).await?;
+        self.wait_applied_until(applied.index, deadline).await;
+        Ok(applied)
+    }
+
+    /// Waits until this node has applied `index` (0: nothing to wait for),
+    /// `deadline` passes, or the node stops.
+    async fn wait_applied_until(&self, index: u64, deadline: Instant) {
+        let mut rx = self.sm.shared.applied.subscribe();
+        if *rx.borrow() >= index {
+            return;
+        }
+        let stopped = async {
+            let mut m = self.raft.metrics();
+            while m.borrow_watched().running_state.is_ok() {
+                if m.changed().await.is_err() {
+                    return;
+                }
+            }
+        };
+        tokio::select! {
+            _ = rx.wait_for(|a| *a >= index) => {}
+            _ = tokio::time::sleep_until(deadline) => {
+                tracing::debug!(index, "a write is committed but this node has not applied it yet");
+            }
+            _ = stopped => {}
+        }
+    }
+
+    async fn write_at_leader(&self, env: Envelope, timeout: Duration) -> Result<Applied> {
         self.route(
             timeout,
             |l, addr, ttl| {

@@ -352,6 +352,7 @@ fn apply_batch(shared: &Shared, items: Vec<EntryResponder<TC>>) -> Batch {
             let applied = applied.unwrap_or(Applied {
                 response: Ok(Vec::new()),
                 events: Vec::new(),
+                index,
             });
             done.push((index, applied, responder));
         }
