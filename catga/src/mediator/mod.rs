@@ -36,10 +36,11 @@ const HEARTBEAT: Duration = Duration::from_millis(250);
 /// A member that has not answered a ping for this long is suspect.
 const SUSPECT_AFTER: Duration = Duration::from_millis(1_000);
 /// How long a ping may take: longer than the pool's longest reconnect
-/// backoff (1 s) plus a whole handshake (2 s), so that a ping that waits
-/// for the backoff still has time to reconnect (a shorter one gave up
-/// mid-handshake, counted a failure, and the backoff started over). A ping
-/// that hangs still makes its node suspect after `SUSPECT_AFTER`.
+/// backoff (1 s) plus a typical handshake, so that a ping that waits for
+/// the backoff usually sees the reconnect through (a connect attempt runs
+/// on its own time either way: one that outlasts the ping serves the next
+/// one). A ping that hangs still makes its node suspect after
+/// `SUSPECT_AFTER`.
 const PING_TIMEOUT: Duration = Duration::from_millis(3_500);
 /// How long a member removed from the cluster is still listed (as left).
 const LEFT_KEPT: Duration = Duration::from_secs(300);

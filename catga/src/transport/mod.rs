@@ -76,7 +76,11 @@ pub(crate) struct TransportConfig {
     pub secret: Vec<u8>,
     /// The largest frame read or written (default 64 MiB).
     pub max_frame_bytes: usize,
-    /// How long a TCP connect may take.
+    /// How long a TCP connect may take (default 3 s: longer than the
+    /// kernel's first SYN retransmission, 1 s, so one dropped SYN, e.g. a
+    /// full accept queue, is not a failed connect). A connect runs on its
+    /// own time, not its callers': a caller with a shorter deadline gives
+    /// up waiting, the attempt goes on for the callers after it.
     pub connect_timeout: Duration,
     /// How long the whole handshake may take, on either side.
     pub handshake_timeout: Duration,
@@ -113,7 +117,7 @@ impl Default for TransportConfig {
             node_id: 0,
             secret: Vec::new(),
             max_frame_bytes: 64 * 1024 * 1024,
-            connect_timeout: Duration::from_secs(1),
+            connect_timeout: Duration::from_secs(3),
             handshake_timeout: Duration::from_secs(2),
             max_in_flight_per_conn: 256,
             write_queue: 1024,

@@ -10,7 +10,7 @@ use futures::StreamExt;
 use parking_lot::Mutex;
 use tokio::net::TcpStream;
 use tokio::net::tcp::OwnedReadHalf;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::codec::{FramedRead, LengthDelimitedCodec};
@@ -42,15 +42,29 @@ struct Inner {
 struct Peer {
     /// The current connection, if any (possibly dead: check before use).
     conn: Mutex<Option<Arc<Conn>>>,
-    /// Held while connecting, so concurrent callers share one attempt.
-    connect: tokio::sync::Mutex<Backoff>,
+    /// Failures so far and the connect attempt under way, if any.
+    connect: Mutex<Connecting>,
 }
 
 #[derive(Default)]
-struct Backoff {
+struct Connecting {
     failures: u32,
     last_failure: Option<Instant>,
     last_error: String,
+    /// The attempt under way: callers that come meanwhile wait for it
+    /// (each up to its own deadline) instead of starting another.
+    attempt: Option<Attempt>,
+}
+
+/// A connect attempt running in its own task, on its own time (the connect
+/// and handshake timeouts), whatever its callers' deadlines: a caller that
+/// gives up does not cut the handshake short, so a peer whose handshake
+/// takes longer than one call's deadline is still reached.
+struct Attempt {
+    addr: String,
+    /// When it connects (after the backoff); `None`: at once.
+    ready: Option<Instant>,
+    done: watch::Receiver<Option<Result<(), TransportError>>>,
 }
 
 type Reply = oneshot::Sender<Result<Bytes, TransportError>>;
@@ -228,59 +242,145 @@ impl Pool {
             .or_insert_with(|| {
                 Arc::new(Peer {
                     conn: Mutex::new(None),
-                    connect: tokio::sync::Mutex::new(Backoff::default()),
+                    connect: Mutex::new(Connecting::default()),
                 })
             })
             .clone();
-        if let Some(c) = live(&slot, addr) {
-            return Ok(c);
-        }
-        let mut backoff = slot.connect.lock().await;
-        if let Some(c) = live(&slot, addr) {
-            return Ok(c);
-        }
-        if self.inner.stop.is_cancelled() {
-            return Err(TransportError::Closed);
-        }
-        if let Some(last) = backoff.last_failure {
-            let wait = self.backoff(backoff.failures);
-            match last.checked_add(wait) {
-                // Wait for the next attempt if it comes before our deadline.
-                Some(ready) if ready <= until => tokio::time::sleep_until(ready).await,
-                ready => {
-                    let left = ready.map_or(wait, |r| r.saturating_duration_since(Instant::now()));
+        // at most twice: an attempt to another (older) address of the peer
+        // may be under way; after it, one of our own
+        for _ in 0..2 {
+            if let Some(c) = live(&slot, addr) {
+                return Ok(c);
+            }
+            if self.inner.stop.is_cancelled() {
+                return Err(TransportError::Closed);
+            }
+            let (mut done, same_addr) = {
+                let mut state = slot.connect.lock();
+                let (done, same_addr, ready) = match &state.attempt {
+                    Some(a) => (a.done.clone(), a.addr == addr, a.ready),
+                    None => {
+                        let ready = state.last_failure.and_then(|last| {
+                            last.checked_add(self.backoff(state.failures))
+                                .filter(|r| *r > Instant::now())
+                        });
+                        let rx = self.start_attempt(&slot, &mut state, peer, addr, ready)?;
+                        (rx, true, ready)
+                    }
+                };
+                if let Some(ready) = ready.filter(|r| *r > until) {
+                    // the next attempt comes after our deadline: it is
+                    // started (and serves later callers); we fail now
+                    let left = ready.saturating_duration_since(Instant::now());
                     return Err(TransportError::Unreachable(format!(
                         "{} (next attempt in {left:?})",
-                        backoff.last_error
+                        state.last_error
                     )));
                 }
+                (done, same_addr)
+            };
+            let waited = tokio::time::timeout_at(until, done.wait_for(Option::is_some))
+                .await
+                .map(|r| r.map(|v| v.clone()));
+            let outcome = match waited {
+                Ok(Ok(v)) => v,
+                Ok(Err(_)) => {
+                    // its task ended without an answer (the runtime is
+                    // going away): forget it, so it is not waited for again
+                    let mut state = slot.connect.lock();
+                    if state
+                        .attempt
+                        .as_ref()
+                        .is_some_and(|a| a.done.same_channel(&done))
+                    {
+                        state.attempt = None;
+                    }
+                    None
+                }
+                Err(_) => return Err(TransportError::Timeout),
+            };
+            match outcome {
+                Some(Err(e)) if same_addr => return Err(e),
+                _ => {}
             }
         }
-        match self.connect(peer, addr, until).await {
-            Ok(conn) => {
-                *backoff = Backoff::default();
-                let old = slot.conn.lock().replace(conn.clone());
-                if let Some(old) = old {
-                    // A connection to the peer's previous address.
-                    old.close(TransportError::Unreachable(format!(
-                        "node {peer} moved to {addr}"
-                    )));
-                }
-                Ok(conn)
-            }
-            Err(e) => {
-                if e != TransportError::Closed {
-                    backoff.failures = backoff.failures.saturating_add(1);
-                    backoff.last_failure = Some(Instant::now());
-                    // the bare reason: it is wrapped in `Unreachable` again
-                    backoff.last_error = match &e {
-                        TransportError::Unreachable(m) => m.clone(),
-                        other => other.to_string(),
-                    };
-                }
-                Err(e)
-            }
+        live(&slot, addr).ok_or_else(|| {
+            TransportError::Unreachable(format!("the connection to node {peer} keeps closing"))
+        })
+    }
+
+    /// Starts a connect attempt to `peer` at `addr` (after `ready`, if
+    /// set) in a task of its own; `state` is the peer's, locked.
+    fn start_attempt(
+        &self,
+        slot: &Arc<Peer>,
+        state: &mut Connecting,
+        peer: u64,
+        addr: &str,
+        ready: Option<Instant>,
+    ) -> Result<watch::Receiver<Option<Result<(), TransportError>>>, TransportError> {
+        let (tx, rx) = watch::channel(None);
+        let pool = self.clone();
+        let slot2 = slot.clone();
+        let addr2 = addr.to_owned();
+        let stop = self.inner.stop.clone();
+        let mut tasks = self.inner.tasks.lock();
+        if stop.is_cancelled() {
+            return Err(TransportError::Closed);
         }
+        while tasks.try_join_next().is_some() {}
+        tasks.spawn(async move {
+            let result = tokio::select! {
+                biased;
+                _ = stop.cancelled() => Err(TransportError::Closed),
+                r = async {
+                    if let Some(ready) = ready {
+                        tokio::time::sleep_until(ready).await;
+                    }
+                    let cfg = &pool.inner.cfg;
+                    let own = after(cfg.connect_timeout.saturating_add(cfg.handshake_timeout));
+                    pool.connect(peer, &addr2, own).await
+                } => r,
+            };
+            let outcome = {
+                let mut state = slot2.connect.lock();
+                state.attempt = None;
+                match result {
+                    Ok(conn) => {
+                        state.failures = 0;
+                        state.last_failure = None;
+                        state.last_error.clear();
+                        let old = slot2.conn.lock().replace(conn);
+                        if let Some(old) = old.filter(|o| o.addr != addr2) {
+                            // a connection to the peer's previous address
+                            old.close(TransportError::Unreachable(format!(
+                                "node {peer} moved to {addr2}"
+                            )));
+                        }
+                        Ok(())
+                    }
+                    Err(e) => {
+                        if e != TransportError::Closed {
+                            state.failures = state.failures.saturating_add(1);
+                            state.last_failure = Some(Instant::now());
+                            // the bare reason: it is wrapped in `Unreachable` again
+                            state.last_error = match &e {
+                                TransportError::Unreachable(m) => m.clone(),
+                                other => other.to_string(),
+                            };
+                        }
+                        Err(e)
+                    }
+                }
+            };
+            let _ = tx.send(Some(outcome));
+        });
+        state.attempt = Some(Attempt {
+            addr: addr.to_owned(),
+            ready,
+            done: rx.clone(),
+        });
+        Ok(rx)
     }
 
     /// The wait after `failures` failed connects in a row.

@@ -963,3 +963,61 @@ proptest! {
         let _ = decode_frame(Bytes::from(bytes[4..].to_vec()));
     }
 }
+
+/// A TCP proxy to `to` that holds each new connection for `hold` before it
+/// relays anything: a link whose handshake takes longer than a short call's
+/// deadline (a far-away peer, or one busy starting up).
+async fn slow_handshake_proxy(
+    to: SocketAddr,
+    hold: Duration,
+) -> (String, tokio::task::JoinHandle<()>) {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap().to_string();
+    let task = tokio::spawn(async move {
+        while let Ok((mut inbound, _)) = l.accept().await {
+            tokio::spawn(async move {
+                tokio::time::sleep(hold).await;
+                if let Ok(mut out) = TcpStream::connect(to).await {
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut out).await;
+                }
+            });
+        }
+    });
+    (addr, task)
+}
+
+/// Raft's replication calls a peer every heartbeat with a deadline of one
+/// heartbeat (50 ms). A connection that takes longer than that to set up
+/// must still come up: an attempt, once started, finishes on its own time
+/// (its connect and handshake timeouts), not the caller's, and is shared by
+/// the callers that come meanwhile. Before, every call cut its own attempt
+/// off mid-handshake, counted it a failure and backed off: the peer was
+/// never reached.
+#[tokio::test]
+async fn a_handshake_slower_than_every_call_deadline_still_connects() {
+    let f = fixture().await;
+    let (proxy, proxy_task) =
+        slow_handshake_proxy(f.server_addr(), Duration::from_millis(150)).await;
+    let deadline = Duration::from_millis(50);
+    let mut tick = tokio::time::interval(deadline);
+    let mut answered = None;
+    for n in 0..100 {
+        tick.tick().await;
+        let got = f
+            .pool
+            .call(SERVER_ID, &proxy, Bytes::from_static(b"ping"), deadline)
+            .await;
+        if got == Ok(echo(CLIENT_ID, b"ping")) {
+            answered = Some(n);
+            break;
+        }
+    }
+    assert!(
+        answered.is_some(),
+        "100 calls with a 50 ms deadline never reached a peer whose handshake takes 150 ms"
+    );
+    // one connection, shared by the callers that waited for it
+    assert_eq!(f.pool.connects(), 1);
+    proxy_task.abort();
+    f.stop().await;
+}
