@@ -667,3 +667,21 @@ async fn a_local_query_after_a_write_on_the_same_follower_sees_it() {
     }
     c.shutdown().await;
 }
+
+/// `send` of a local query returns a future that reads the state when it is
+/// awaited, not when it is made (it is answered on its first poll, with no
+/// allocation, but it is still lazy like every future).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_local_query_reads_the_state_when_awaited() {
+    let c = Cluster::start(3).await;
+    let node = c.node(c.leader().await);
+    let q = node.send(GetStock { sku: "lazy".into() });
+    node.send(Restock {
+        sku: "lazy".into(),
+        qty: 5,
+    })
+    .await
+    .unwrap();
+    assert_eq!(q.await.unwrap(), Some(5));
+    c.shutdown().await;
+}

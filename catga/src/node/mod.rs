@@ -4,6 +4,7 @@
 mod builder;
 mod health;
 mod leave;
+mod reply;
 mod selfform;
 
 use std::collections::BTreeSet;
@@ -17,6 +18,7 @@ use parking_lot::Mutex;
 pub use builder::{ClusterBuilder, cluster};
 pub use health::{Health, Role};
 pub(crate) use leave::WeakNode;
+pub use reply::Reply;
 
 use crate::error::{Error, Result};
 use crate::machine::{Applied, EntryKind, Envelope};
@@ -140,10 +142,18 @@ impl Node {
     /// route to other nodes (`#[query(route = ...)]`, see "Across nodes" in
     /// the README and [`Node::send_to`]).
     ///
-    /// (A boxed future, not an `async fn`: a type that cannot be sent is then
-    /// one compile error at the call, not one per use of the future.)
-    pub fn send<M: Handled>(&self, msg: M) -> BoxFuture<'_, Result<M::Output>> {
-        Box::pin(async move {
+    /// A local query is answered on the [`Reply`]'s first poll, with no
+    /// allocation; everything else is one boxed future.
+    pub fn send<M: Handled>(&self, msg: M) -> Reply<'_, M, M::Output> {
+        if let Route::Query {
+            consistency: Consistency::Local,
+            ..
+        } = M::ROUTE
+            && !crate::mediator::is_routed::<M>()
+        {
+            return Reply::local(self, msg);
+        }
+        Reply::boxed(Box::pin(async move {
             match M::ROUTE {
                 Route::Command { decode } => {
                     let payload = crate::codec::encode_user(M::NAME, &msg)?;
@@ -155,7 +165,7 @@ impl Node {
                 Route::Query { consistency, .. } => self.run_query(msg, consistency).await,
                 Route::StatelessQuery { .. } => self.run_query(msg, Consistency::Local).await,
             }
-        })
+        }))
     }
 
     /// Sends a command with an idempotency key chosen by the caller: the
@@ -208,12 +218,26 @@ impl Node {
     /// (so the answer reflects every write acknowledged before the call); it
     /// works on followers too.
     /// A #[command] is not a query: `node.query(command, ..)` does not compile.
-    pub fn query<M: Queryable>(
-        &self,
-        msg: M,
-        consistency: Consistency,
-    ) -> BoxFuture<'_, Result<M::Output>> {
-        Box::pin(self.run_query(msg, consistency))
+    pub fn query<M: Queryable>(&self, msg: M, consistency: Consistency) -> Reply<'_, M, M::Output> {
+        if consistency == Consistency::Local
+            && matches!(M::ROUTE, Route::Query { .. })
+            && !crate::mediator::is_routed::<M>()
+        {
+            return Reply::local(self, msg);
+        }
+        Reply::boxed(Box::pin(self.run_query(msg, consistency)))
+    }
+
+    /// Answers a stateful query from this node's state, now.
+    pub(super) fn read_local<M: Handled>(&self, msg: M) -> Result<M::Output> {
+        if let Some(e) = self.inner.raft.failure() {
+            // its state no longer follows the log: stale for good
+            return Err(Error::Raft(format!(
+                "this node stopped ({e}); it answers no reads because its state is no \
+                 longer kept up to date: restart it"
+            )));
+        }
+        self.inner.raft.read(|m| m.query(msg))
     }
 
     async fn run_query<M: Handled>(&self, msg: M, consistency: Consistency) -> Result<M::Output> {
@@ -231,20 +255,16 @@ impl Node {
     ) -> Result<M::Output> {
         match M::ROUTE {
             Route::Query { .. } => {
-                if let Some(e) = self.inner.raft.failure() {
-                    // its state no longer follows the log: stale for good
-                    return Err(Error::Raft(format!(
-                        "this node stopped ({e}); it answers no reads because its state is no \
-                         longer kept up to date: restart it"
-                    )));
-                }
                 if consistency == Consistency::Linearizable {
+                    if let Some(e) = self.inner.raft.failure() {
+                        return Err(Error::Raft(format!("this node stopped: {e}")));
+                    }
                     self.inner
                         .raft
                         .read_barrier(self.inner.request_timeout)
                         .await?;
                 }
-                self.inner.raft.read(|m| m.query(msg))
+                self.read_local(msg)
             }
             Route::StatelessQuery { run, .. } => Ok(run(msg).await),
             Route::Command { .. } => Err(Error::WrongKind {
