@@ -149,7 +149,7 @@ pub trait Handled: Message {
     const ROUTE: Route<Self, Self::Output>;
 }
 
-/// A #[query] with a #[handler]: what `Node::query` takes.
+/// A `#[query]` with a `#[handler]`: what `Node::query` takes.
 #[diagnostic::on_unimplemented(
     message = "`{Self}` cannot be queried: `query` takes a #[query] that has a #[handler]",
     label = "not a #[query] with a #[handler]",
@@ -159,7 +159,7 @@ pub trait Queryable: Handled {}
 #[diagnostic::do_not_recommend]
 impl<M: Query + Handled> Queryable for M {}
 
-/// An #[event]: what `publish` takes.
+/// An `#[event]`: what `publish` takes.
 #[diagnostic::on_unimplemented(
     message = "`{Self}` cannot be published: `publish` takes an #[event]",
     label = "not an #[event]",

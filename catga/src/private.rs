@@ -45,7 +45,7 @@ use serde::de::DeserializeOwned;
 // to a never-run stand-in when the bound does not hold.
 
 /// Encoding and decoding of a command handler's output, built once by
-/// [`output_codec`] (where the `CommandOutput` bound is checked).
+/// [`Output`]`::<O>::CODEC` (where the `CommandOutput` bound is checked).
 pub struct OutputCodec<O> {
     pub encode: fn(&O) -> Result<Vec<u8>, ApplyError>,
     pub decode: fn(&[u8]) -> Result<O, ApplyError>,

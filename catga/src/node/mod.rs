@@ -217,7 +217,7 @@ impl Node {
     /// leader for its commit index and waits until this node has applied it
     /// (so the answer reflects every write acknowledged before the call); it
     /// works on followers too.
-    /// A #[command] is not a query: `node.query(command, ..)` does not compile.
+    /// A `#[command]` is not a query: `node.query(command, ..)` does not compile.
     pub fn query<M: Queryable>(&self, msg: M, consistency: Consistency) -> Reply<'_, M, M::Output> {
         if consistency == Consistency::Local
             && matches!(M::ROUTE, Route::Query { .. })
