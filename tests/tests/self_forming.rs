@@ -805,3 +805,62 @@ async fn members_take_liveness_and_metadata_from_discovery() {
         n.shutdown().await;
     }
 }
+
+/// A member restarted while the discovery store is down comes back: it
+/// has Raft state, so it needs no store to resume; it serves (and catches
+/// up) at once, and registers when the store returns (an empty store: its
+/// records are put back). Before, `start()` failed while the store was
+/// unreachable, so a cluster could not come back from a restart (a deploy,
+/// a power cut) during a store outage.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_restarted_while_the_store_is_down_resumes_and_registers_later() {
+    let mut server = ServerProcess::redis_volatile();
+    let url = server.url();
+    let name = unique("sf_resume");
+    let dir = tempfile::tempdir().unwrap();
+    let specs: Vec<Spec> = (1..=3)
+        .map(|id| spec(id, &url, &name, dir.path(), &[]))
+        .collect();
+    let mut procs = start_all(specs.clone(), 5).await;
+    for p in procs.values() {
+        p.wait_members(LONG, |m| m.voters == [1, 2, 3] && m.leader.is_some())
+            .await
+            .unwrap();
+    }
+    let leader = leader_of(&procs).await;
+    let victim = if leader == 3 { 2 } else { 3 };
+    procs[&leader].ok("restock before 1").await.unwrap();
+    procs.remove(&victim).unwrap().kill9().await;
+    server.kill();
+    let vspec = specs.iter().find(|s| s.id == victim).unwrap();
+    let restarted = Proc::start(vspec).await.unwrap_or_else(|e| {
+        panic!("node {victim} did not come back while the store was down: {e}")
+    });
+    procs[&leader].ok("restock during 1").await.unwrap();
+    restarted
+        .wait_for("stock during", LONG, |s| s == "1")
+        .await
+        .unwrap();
+    restarted
+        .wait_members(LONG, |m| m.voters == [1, 2, 3] && m.leader.is_some())
+        .await
+        .unwrap();
+    // the store returns empty: the node registers, its record is put back
+    server.start();
+    let deadline = Instant::now() + LONG;
+    loop {
+        let rec = redis_record(&url, &name, &format!("node-{victim}")).await;
+        if rec.is_some() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node {victim} never registered after the store came back"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    restarted.kill9().await;
+    for (_, p) in procs {
+        p.kill9().await;
+    }
+}

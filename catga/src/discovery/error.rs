@@ -20,7 +20,7 @@ pub enum DiscoveryError {
     /// The store could not be reached when connecting.
     #[error(
         "cannot reach the discovery store at {url}; check that the server runs and the URL \
-         is right (the store must be up when the node starts)"
+         is right (a new node needs it to form or join a cluster; a member resumes without it)"
     )]
     Unreachable {
         /// The URL that was tried.

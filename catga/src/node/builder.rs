@@ -512,15 +512,35 @@ impl ClusterBuilder {
             let raft = RaftHandle::start(settings).await?;
             return Ok(Node::new(raft, max_in_flight, request_timeout));
         };
-        let discovery = selfform::connect(source, &sf).await?;
+        let discovery = selfform::connect(source.clone(), &sf).await;
+        if let Err(e) = &discovery
+            && !selfform::store_unreachable(e)
+        {
+            return Err(discovery.err().unwrap_or(Error::ShutDown));
+        }
         let raft = RaftHandle::start(settings).await?;
         if sf.advertise.ends_with(":0") {
             sf.advertise = raft.local_addr().to_string();
         }
         let node = Node::new(raft, max_in_flight, request_timeout);
-        match selfform::start(&node, discovery, sf).await {
+        let started = match discovery {
+            Ok(d) => selfform::start(&node, d, sf.clone()).await,
+            Err(e) => Err(e),
+        };
+        match started {
             Ok(running) => {
                 node.set_selfform(running);
+                Ok(node)
+            }
+            // a member (it has Raft state) needs no store to resume: it
+            // serves now and registers when the store is back
+            Err(e) if selfform::store_unreachable(&e) && !node.raft().pristine().await? => {
+                tracing::warn!(
+                    error = %e,
+                    "the discovery store is unreachable; this node is a member (it has Raft \
+                     state), so it resumes without it and registers when the store is back"
+                );
+                selfform::register_later(&node, source, sf);
                 Ok(node)
             }
             Err(e) => {

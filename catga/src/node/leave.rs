@@ -34,6 +34,30 @@ impl Node {
         let _ = self.inner.selfform.set(sf);
     }
 
+    /// Marks this node as waiting for its discovery store (a member that
+    /// started while the store was down); the token stops the wait.
+    pub(super) fn set_selfform_pending(&self) -> tokio_util::sync::CancellationToken {
+        let token = tokio_util::sync::CancellationToken::new();
+        *self.inner.selfform_pending.lock() = Some(token.clone());
+        token
+    }
+
+    /// The late registration's end: sets `sf` unless the node was shut down
+    /// meanwhile (then `sf` is handed back, to be stopped).
+    pub(super) fn finish_selfform(
+        &self,
+        sf: selfform::SelfForming,
+    ) -> Option<selfform::SelfForming> {
+        let mut pending = self.inner.selfform_pending.lock();
+        match pending.take() {
+            Some(token) if !token.is_cancelled() => {
+                let _ = self.inner.selfform.set(sf);
+                None
+            }
+            _ => Some(sf),
+        }
+    }
+
     /// Leaves the cluster for good: records the id as removed (a node
     /// started with `.discovery(..)`), removes it from the membership
     /// through the leader (a leader removing itself steps down once the
@@ -53,6 +77,14 @@ impl Node {
         let me = raft.id();
         if let Some(sf) = self.inner.selfform.get() {
             sf.mark_removed(me).await?;
+        } else if self.inner.selfform_pending.lock().is_some() {
+            // the removal must be recorded, so the id is never re-added
+            return Err(Error::Discovery(crate::discovery::DiscoveryError::Store {
+                op: "record the removal",
+                source: "the discovery store has been unreachable since this node started; \
+                         leave once it is back"
+                    .into(),
+            }));
         }
         let mut backoff = Duration::from_millis(20);
         loop {

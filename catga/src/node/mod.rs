@@ -39,6 +39,9 @@ struct NodeInner {
     request_timeout: Duration,
     /// The discovery side of a node started with `.discovery(..)`.
     selfform: std::sync::OnceLock<selfform::SelfForming>,
+    /// Set while a member that started with its discovery store down
+    /// waits for the store (cancelled by `shutdown`).
+    selfform_pending: Mutex<Option<tokio_util::sync::CancellationToken>>,
     mediator: crate::mediator::Mediator,
 }
 
@@ -91,6 +94,7 @@ impl Node {
                 slots: tokio::sync::Semaphore::new(max_in_flight),
                 request_timeout,
                 selfform: std::sync::OnceLock::new(),
+                selfform_pending: Mutex::new(None),
                 mediator: Default::default(),
             }),
         };
@@ -451,6 +455,11 @@ impl Node {
     /// closes its log. Other clones of this handle fail with
     /// [`Error::ShutDown`] afterwards.
     pub async fn shutdown(&self) {
+        // under the lock that the late registration sets `selfform` under:
+        // either it is set now (and stopped below) or it never will be
+        if let Some(pending) = self.inner.selfform_pending.lock().take() {
+            pending.cancel();
+        }
         if let Some(sf) = self.inner.selfform.get() {
             // heartbeats stop: the lease expires as after a crash (`leave`
             // is the graceful exit)

@@ -117,7 +117,63 @@ fn removed_record(id: u64) -> String {
     format!("removed-{id}")
 }
 
-/// Connects the discovery store (before the node opens its data dir).
+/// Whether `e` only says that the discovery store cannot be reached now
+/// (a member resumes without it).
+pub(crate) fn store_unreachable(e: &Error) -> bool {
+    matches!(
+        e,
+        Error::Discovery(DiscoveryError::Unreachable { .. } | DiscoveryError::Store { .. })
+    )
+}
+
+/// For a member that started while its store was down: connects, checks
+/// and registers in the background, retrying until the store is back (or
+/// the node shuts down). A check that fails then (another cluster, a
+/// replaced data dir, a removed id) stops the node, as it would have at
+/// start.
+pub(crate) fn register_later(node: &Node, source: DiscoverySource, settings: Settings) {
+    let stop = node.set_selfform_pending();
+    let weak = node.downgrade();
+    tokio::spawn(async move {
+        let mut delay = Duration::from_millis(250);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(delay) => {}
+            }
+            delay = (delay * 2).min(Duration::from_secs(5));
+            let Some(node) = weak.upgrade() else { return };
+            let attempt = async {
+                let discovery = connect(source.clone(), &settings).await?;
+                start(&node, discovery, settings.clone()).await
+            };
+            let result = tokio::select! {
+                _ = stop.cancelled() => return,
+                r = attempt => r,
+            };
+            match result {
+                Ok(running) => {
+                    if let Some(running) = node.finish_selfform(running) {
+                        let _ = running.stop(false).await;
+                    } else {
+                        tracing::info!("the discovery store is back: this node is registered");
+                    }
+                    return;
+                }
+                Err(e) if store_unreachable(&e) => {
+                    tracing::debug!(error = %e, "the discovery store is still unreachable");
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "this node's discovery checks failed once the store was back: stopping it");
+                    node.shutdown().await;
+                    return;
+                }
+            }
+        }
+    });
+}
+
+/// Connects the discovery store.
 pub(crate) async fn connect(
     source: DiscoverySource,
     settings: &Settings,
