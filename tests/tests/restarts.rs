@@ -82,3 +82,51 @@ async fn restarting_a_follower_never_deposes_the_leader() {
         p.quit().await;
     }
 }
+
+/// A leader that shuts down gracefully (a rolling restart) hands its
+/// leadership to a caught-up voter first. With election timeouts of 3-4 s,
+/// no follower can take over by itself before 3 s: a new leader sooner than
+/// that came from the hand-over. Before, the followers waited out their
+/// election timeout, and writes stopped for as long.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_that_shuts_down_hands_over_before_any_election_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let addrs: Vec<String> = (0..3).map(|_| free_addr()).collect();
+    let specs: Vec<Spec> = (1..=3)
+        .map(|i| Spec {
+            election_ms: Some((3000, 4000)),
+            ..Spec::member(i, &addrs, dir.path())
+        })
+        .collect();
+    let mut procs: Vec<Option<Proc>> = Vec::new();
+    for s in &specs {
+        procs.push(Some(Proc::start(s).await.unwrap()));
+    }
+    let leader = procs[0].as_ref().unwrap().wait_leader(T).await.unwrap();
+    let follower = leader % 3 + 1;
+    let lp = procs[leader - 1].take().unwrap();
+    let f = procs[follower - 1].as_ref().unwrap();
+    f.ok("restock before 1").await.unwrap();
+    let old = leader.to_string();
+    let began = Instant::now();
+    assert!(lp.quit().await, "the leader did not exit");
+    let h = f
+        .wait_health(T, |x| {
+            x.len() == 5 && x[2] != "none" && x[2] != old && x[4] == "true"
+        })
+        .await
+        .unwrap();
+    let took = began.elapsed();
+    let new = field(&h, 2);
+    println!("graceful shutdown of leader {leader}: node {new} leads {took:?} after it began");
+    assert!(
+        took < Duration::from_secs(3),
+        "a new leader came {took:?} after the leader's graceful shutdown began: only an \
+         election timeout (3-4 s) made one, the leader did not hand over"
+    );
+    f.ok("restock after 1").await.unwrap();
+    assert_eq!(f.ok("stock! after").await.unwrap(), "1");
+    for p in procs.into_iter().flatten() {
+        p.kill9().await;
+    }
+}
