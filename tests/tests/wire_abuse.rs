@@ -415,8 +415,6 @@ fn harmless(body: &[u8]) -> bool {
         Ok(Rpc::AddNode { .. } | Rpc::RemoveNode { .. }) => false,
         // a pre-vote changes nothing on the node, whatever it asks
         Ok(Rpc::PreVote(_)) => true,
-        // a hand-over of a current leader resets leases and elects
-        Ok(Rpc::TransferLeader(r)) => stale(r.from_leader()),
         Ok(Rpc::Write(env)) => harmless_write(&env),
         Ok(Rpc::WriteMany(envs)) => envs.iter().all(harmless_write),
     }

@@ -86,11 +86,6 @@ impl Node {
                     .into(),
             }));
         }
-        // a leader hands over first: the new leader removes it, and the
-        // cluster never waits out an election timeout
-        if raft.membership().voters.len() > 1 {
-            raft.hand_over(super::HAND_OVER).await;
-        }
         let mut backoff = Duration::from_millis(20);
         loop {
             let view = raft.membership();

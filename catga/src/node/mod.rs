@@ -45,10 +45,6 @@ struct NodeInner {
     mediator: crate::mediator::Mediator,
 }
 
-/// The longest a leader that shuts down or leaves waits for its hand-over
-/// (it takes a round trip when a caught-up voter answers).
-const HAND_OVER: Duration = Duration::from_secs(1);
-
 /// The longest `add_node` waits for the leader's answer (the leader gives
 /// up sooner on a node that does not progress).
 const ADD_NODE_TIMEOUT: Duration = Duration::from_secs(600);
@@ -458,20 +454,12 @@ impl Node {
     /// Stops every task of this node (Raft, transport, event delivery) and
     /// closes its log. Other clones of this handle fail with
     /// [`Error::ShutDown`] afterwards.
-    ///
-    /// A leader first hands its leadership to the most caught-up voter that
-    /// answers (at most a second): in a rolling restart, writes pause for a
-    /// round trip instead of an election timeout. A crash (`kill -9`) still
-    /// costs an election timeout.
     pub async fn shutdown(&self) {
         // under the lock that the late registration sets `selfform` under:
         // either it is set now (and stopped below) or it never will be
         if let Some(pending) = self.inner.selfform_pending.lock().take() {
             pending.cancel();
         }
-        // a leader hands over first: the others have a leader within a
-        // round trip instead of after an election timeout
-        self.inner.raft.hand_over(HAND_OVER).await;
         if let Some(sf) = self.inner.selfform.get() {
             // heartbeats stop: the lease expires as after a crash (`leave`
             // is the graceful exit)

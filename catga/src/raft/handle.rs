@@ -813,64 +813,6 @@ impl RaftHandle {
     }
 
     /// Stops every task this node started.
-    /// If this node leads, hands the leadership to the most caught-up
-    /// other voter and waits (up to `max`) until a node other than this one
-    /// leads: the cluster then has a leader within a round trip instead of
-    /// after an election timeout. Returns the new leader, if one came.
-    pub(crate) async fn hand_over(&self, max: Duration) -> Option<u64> {
-        let to = {
-            let m = self.raft.metrics();
-            let m = m.borrow_watched();
-            if m.current_leader != Some(self.id) || m.running_state.is_err() {
-                return None;
-            }
-            let matched = |id: &u64| {
-                m.replication
-                    .as_ref()
-                    .and_then(|r| r.get(id).cloned().flatten())
-                    .map(|l| l.index)
-            };
-            // only a voter that answered lately: one that is down could not
-            // take over, and the hand-over would only wait out `max`
-            let recent = Duration::from_millis(self.raft.config().election_timeout_min.max(1));
-            let alive = |id: &u64| {
-                use openraft::Instant as _;
-                m.heartbeat
-                    .as_ref()
-                    .and_then(|h| h.get(id).cloned().flatten())
-                    .is_some_and(|t| t.elapsed() < recent)
-            };
-            m.membership_config
-                .membership()
-                .voter_ids()
-                .filter(|v| *v != self.id && alive(v))
-                .max_by_key(|v| (matched(v), std::cmp::Reverse(*v)))?
-        };
-        if self.raft.trigger().transfer_leader(to).await.is_err() {
-            return None;
-        }
-        let mut rx = self.raft.metrics();
-        let wait = async {
-            loop {
-                if let Some(l) = rx.borrow_watched().current_leader.filter(|l| *l != self.id) {
-                    return Some(l);
-                }
-                if rx.changed().await.is_err() {
-                    return None;
-                }
-            }
-        };
-        let new = tokio::time::timeout(max, wait).await.ok().flatten();
-        match new {
-            Some(l) => tracing::info!(to = l, "handed the leadership over"),
-            None => tracing::warn!(
-                to,
-                "the leadership hand-over did not complete in time; the others elect a leader"
-            ),
-        }
-        new
-    }
-
     pub(crate) async fn shutdown(&self) {
         // stop taking requests first, so nothing reaches a stopped Raft
         let server = self.server.lock().take();

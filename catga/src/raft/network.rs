@@ -11,8 +11,7 @@ use openraft::errors::{
 };
 use openraft::network::{RPCOption, RaftNetworkFactory, RaftNetworkV2};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest,
-    TransferLeaderResponse, VoteRequest, VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
 };
 use openraft::{BasicNode, OptionalSend};
 use parking_lot::Mutex;
@@ -202,18 +201,6 @@ impl RaftNetworkV2<TC> for PeerConn {
     ) -> Result<VoteResponse<TC>, RPCError<TC>> {
         let r: Result<VoteResponse<TC>, RaftError<TC>> =
             self.call(&Rpc::PreVote(rpc), option.hard_ttl()).await?;
-        r.map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))
-    }
-
-    /// Hands the leadership to the target (see `RaftHandle::hand_over`).
-    async fn transfer_leader(
-        &mut self,
-        req: TransferLeaderRequest<TC>,
-        option: RPCOption,
-    ) -> Result<TransferLeaderResponse<TC>, RPCError<TC>> {
-        let r: Result<TransferLeaderResponse<TC>, openraft::errors::Fatal<TC>> = self
-            .call(&Rpc::TransferLeader(req), option.hard_ttl())
-            .await?;
         r.map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))
     }
 

@@ -240,7 +240,6 @@ async fn handle(
     match &rpc {
         Rpc::Append(req) => sane_vote(&req.vote)?,
         Rpc::Vote(req) | Rpc::PreVote(req) => sane_vote(&req.vote)?,
-        Rpc::TransferLeader(req) => sane_vote(req.from_leader())?,
         Rpc::Snapshot { vote, .. }
         | Rpc::SnapshotChunk { vote, .. }
         | Rpc::SnapshotDone { vote, .. } => sane_vote(vote)?,
@@ -284,7 +283,6 @@ async fn handle(
         Rpc::AddNode { id, addr } => encode(&leader::add_node(&raft, &peers, id, addr).await),
         Rpc::RemoveNode { id } => encode(&leader::remove_node(&raft, id).await),
         Rpc::Capabilities => encode(&compat::answer()),
-        Rpc::TransferLeader(req) => encode(&raft.handle_transfer_leader(req).await),
     }
 }
 

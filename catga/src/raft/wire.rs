@@ -77,12 +77,6 @@ pub enum Rpc {
         /// What the snapshot covers.
         meta: openraft::alias::SnapshotMetaOf<TC>,
     },
-    /// The leader hands its leadership to this node (it is leaving or
-    /// shutting down): the node campaigns at once instead of after an
-    /// election timeout. Answered with
-    /// `Result<TransferLeaderResponse, Fatal>`; an older node answers "bad
-    /// request" and the others elect a leader as after a crash.
-    TransferLeader(openraft::raft::TransferLeaderRequest<TC>),
 }
 
 /// The leader's answer to [`Rpc::Write`], [`Rpc::ReadIndex`] and the
