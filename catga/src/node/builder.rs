@@ -259,8 +259,9 @@ impl ClusterBuilder {
     }
 
     /// How many voters the cluster keeps (odd, default 3): the leader
-    /// promotes caught-up learners up to it; nodes beyond it stay learners
-    /// (they serve local queries and take over when a voter is removed).
+    /// promotes caught-up learners up to it, two at once from an odd count
+    /// so that the count stays odd; nodes beyond it stay learners (they
+    /// serve local queries and take over when a voter is removed).
     ///
     /// ```
     /// use std::time::Duration;

@@ -388,8 +388,8 @@ impl RaftHandle {
     }
 
     /// On the leader: makes learner `id` a voter.
-    pub(crate) async fn promote_here(&self, id: u64) -> Result<()> {
-        redirect_result(leader::promote(&self.raft, id).await)
+    pub(crate) async fn promote_here(&self, ids: Vec<u64>) -> Result<()> {
+        redirect_result(leader::promote(&self.raft, ids).await)
     }
 
     /// On the leader: removes `id` from the membership.

@@ -304,8 +304,8 @@ pub(crate) async fn add_learner(raft: &Raft, id: u64, addr: String) -> Redirect<
 }
 
 /// Makes a learner a voter.
-pub(crate) async fn promote(raft: &Raft, id: u64) -> Redirect<()> {
-    membership_change(raft, ChangeMembers::AddVoterIds([id].into())).await
+pub(crate) async fn promote(raft: &Raft, ids: Vec<u64>) -> Redirect<()> {
+    membership_change(raft, ChangeMembers::AddVoterIds(ids.into_iter().collect())).await
 }
 
 async fn membership_change(

@@ -5,8 +5,10 @@
 //! One change at a time, in this order: remove a node that is gone for
 //! good (a learner that left gracefully or whose lease passed
 //! `remove_learners_after` ago; a voter only after `remove_dead_after`, if
-//! set), promote a caught-up learner while there are fewer voters than the
-//! target, add a seen node as a learner. A node whose lease passed is only
+//! set), promote caught-up learners while there are fewer voters than the
+//! target (two at once from an odd count, so the count stays odd: four
+//! voters tolerate no more failures than three and need one more ack), add
+//! a seen node as a learner. A node whose lease passed is only
 //! *suspect* until then. Removed ids are recorded in the store first and
 //! never added again.
 
@@ -33,7 +35,9 @@ const RETRY_AFTER: Duration = Duration::from_millis(500);
 #[derive(Debug, PartialEq, Eq)]
 pub(super) enum Step {
     Remove(u64),
-    Promote(u64),
+    /// One learner (from an even voter count) or two (from an odd one), in
+    /// one membership change.
+    Promote(Vec<u64>),
     AddLearner(u64, String),
 }
 
@@ -76,12 +80,20 @@ pub(super) fn next_step(
         }
     }
     if view.voters.len() < s.voters {
-        let ready = view.learners.keys().find(|id| {
-            seen.alive.contains_key(id)
-                && view.lag.get(id).is_some_and(|lag| *lag <= s.catch_up_lag)
-        });
-        if let Some(id) = ready {
-            return Some(Step::Promote(*id));
+        let ready: Vec<u64> = view
+            .learners
+            .keys()
+            .filter(|id| {
+                seen.alive.contains_key(id)
+                    && view.lag.get(id).is_some_and(|lag| *lag <= s.catch_up_lag)
+            })
+            .copied()
+            .collect();
+        // keep the voter count odd: from an odd count promote two or none
+        // (the target is odd, so there is room for two)
+        let n = if view.voters.len() % 2 == 1 { 2 } else { 1 };
+        if ready.len() >= n && view.voters.len() + n <= s.voters {
+            return Some(Step::Promote(ready[..n].to_vec()));
         }
     }
     seen.alive
@@ -202,10 +214,10 @@ pub(super) async fn run(
                     }
                 }
             }
-            Step::Promote(id) => {
-                tracing::info!(node = id, "promoting caught-up learner to voter");
-                if let Err(e) = raft.promote_here(id).await {
-                    tracing::warn!(node = id, error = %e, "promotion failed; retrying");
+            Step::Promote(ids) => {
+                tracing::info!(nodes = ?ids, "promoting caught-up learners to voters");
+                if let Err(e) = raft.promote_here(ids.clone()).await {
+                    tracing::warn!(nodes = ?ids, error = %e, "promotion failed; retrying");
                     retry_at = Instant::now() + RETRY_AFTER;
                 }
             }
@@ -300,11 +312,61 @@ mod tests {
         );
         assert_eq!(
             next_step(1, 7, &view(&[1, 2], &[4], &[(4, 3)]), &seen, &s, now),
-            Some(Step::Promote(4))
+            Some(Step::Promote(vec![4]))
         );
         let mut follower = view(&[1, 2], &[4], &[(4, 3)]);
         follower.leader = false;
         assert_eq!(next_step(1, 7, &follower, &seen, &s, now), None);
+    }
+
+    #[test]
+    fn voters_stay_odd_two_learners_are_promoted_together() {
+        let mut s = settings();
+        s.voters = 5;
+        let now = Instant::now();
+        let seen = alive(&[1, 2, 3, 4, 5]);
+        // three voters, one caught-up learner: four voters would tolerate
+        // no more failures than three, so it waits for a second one
+        assert_eq!(
+            next_step(
+                1,
+                7,
+                &view(&[1, 2, 3], &[4, 5], &[(4, 0), (5, 90)]),
+                &seen,
+                &s,
+                now
+            ),
+            None
+        );
+        assert_eq!(
+            next_step(
+                1,
+                7,
+                &view(&[1, 2, 3], &[4, 5], &[(4, 0), (5, 2)]),
+                &seen,
+                &s,
+                now
+            ),
+            Some(Step::Promote(vec![4, 5]))
+        );
+        let seen = alive(&[1, 2, 3, 4, 5, 6]);
+        // four voters (one was removed): one learner makes five
+        assert_eq!(
+            next_step(1, 7, &view(&[1, 2, 3, 4], &[6], &[(6, 0)]), &seen, &s, now),
+            Some(Step::Promote(vec![6]))
+        );
+        // at the target: nobody is promoted
+        assert_eq!(
+            next_step(
+                1,
+                7,
+                &view(&[1, 2, 3, 4, 5], &[6], &[(6, 0)]),
+                &seen,
+                &s,
+                now
+            ),
+            None
+        );
     }
 
     #[test]
