@@ -629,7 +629,7 @@ async fn answer(
             let h = node.health();
             let opt = |v: Option<u64>| v.map(|v| v.to_string()).unwrap_or("none".into());
             Ok(format!(
-                "ok role={:?} term={} leader={} applied={} snapshot={} leader_commit={} events_delivered={} event_lag={} failed={} ready={} not_ready={}",
+                "ok role={:?} term={} leader={} applied={} snapshot={} leader_commit={} events_delivered={} event_lag={} failed={} ready={} unregistered={} not_ready={}",
                 h.role,
                 h.term,
                 opt(h.leader),
@@ -640,6 +640,7 @@ async fn answer(
                 h.event_lag,
                 h.failed.is_some(),
                 h.ready,
+                h.unregistered.is_some(),
                 h.not_ready.as_deref().unwrap_or("none")
             ))
         }

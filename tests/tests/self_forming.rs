@@ -808,13 +808,11 @@ async fn members_take_liveness_and_metadata_from_discovery() {
 
 /// A member restarted while the discovery store is down comes back: it
 /// has Raft state, so it needs no store to resume; it serves (and catches
-/// up) at once, and registers when the store returns (an empty store: its
-/// records are put back). Before, `start()` failed while the store was
+/// up) at once, says so in its health (`unregistered`), and registers when
+/// the store returns. Before, `start()` failed while the store was
 /// unreachable, so a cluster could not come back from a restart (a deploy,
 /// a power cut) during a store outage.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_member_restarted_while_the_store_is_down_resumes_and_registers_later() {
-    let mut server = ServerProcess::redis_volatile();
+async fn member_restarts_while_the_store_is_down(mut server: ServerProcess, redis: bool) {
     let url = server.url();
     let name = unique("sf_resume");
     let dir = tempfile::tempdir().unwrap();
@@ -845,22 +843,36 @@ async fn a_member_restarted_while_the_store_is_down_resumes_and_registers_later(
         .wait_members(LONG, |m| m.voters == [1, 2, 3] && m.leader.is_some())
         .await
         .unwrap();
-    // the store returns empty: the node registers, its record is put back
+    let st = restarted.ok("status").await.unwrap();
+    assert!(st.contains("unregistered=true"), "{st}");
+    // the store returns (Redis: empty; NATS: with its records): the node
+    // runs its checks and registers
     server.start();
-    let deadline = Instant::now() + LONG;
-    loop {
-        let rec = redis_record(&url, &name, &format!("node-{victim}")).await;
-        if rec.is_some() {
-            break;
-        }
+    restarted
+        .wait_for("status", LONG, |s| s.contains("unregistered=false"))
+        .await
+        .unwrap();
+    if redis {
+        // the records an empty store lost are back
         assert!(
-            Instant::now() < deadline,
-            "node {victim} never registered after the store came back"
+            redis_record(&url, &name, &format!("node-{victim}"))
+                .await
+                .is_some(),
+            "node {victim} registered without putting its record back"
         );
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     restarted.kill9().await;
     for (_, p) in procs {
         p.kill9().await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_restarted_while_redis_is_down_resumes_and_registers_later() {
+    member_restarts_while_the_store_is_down(ServerProcess::redis_volatile(), true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_restarted_while_nats_is_down_resumes_and_registers_later() {
+    member_restarts_while_the_store_is_down(ServerProcess::nats(), false).await;
 }

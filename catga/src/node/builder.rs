@@ -541,7 +541,7 @@ impl ClusterBuilder {
                     "the discovery store is unreachable; this node is a member (it has Raft \
                      state), so it resumes without it and registers when the store is back"
                 );
-                selfform::register_later(&node, source, sf);
+                selfform::register_later(&node, source, sf, &e);
                 Ok(node)
             }
             Err(e) => {

@@ -69,6 +69,13 @@ pub struct Health {
     /// full disk, a disk error) and its Raft stopped. It answers no reads or
     /// writes any more; restart it (see [`crate::Node::stopped`]).
     pub failed: Option<String>,
+    /// Why this node is not registered with its discovery store, if it is
+    /// not: a member (it has Raft state) started with `.discovery(..)`
+    /// while its store was unreachable. It serves; it runs its store checks
+    /// and registers once the store is back (see "Restarts while the store
+    /// is down" in the README).
+    #[serde(default)]
+    pub unregistered: Option<String>,
 }
 
 impl From<Status> for Health {
@@ -97,6 +104,7 @@ impl From<Status> for Health {
             not_ready: s.not_ready,
             stalled: s.stalled,
             failed: s.failed,
+            unregistered: None,
         }
     }
 }

@@ -36,9 +36,9 @@ impl Node {
 
     /// Marks this node as waiting for its discovery store (a member that
     /// started while the store was down); the token stops the wait.
-    pub(super) fn set_selfform_pending(&self) -> tokio_util::sync::CancellationToken {
+    pub(super) fn set_selfform_pending(&self, why: String) -> tokio_util::sync::CancellationToken {
         let token = tokio_util::sync::CancellationToken::new();
-        *self.inner.selfform_pending.lock() = Some(token.clone());
+        *self.inner.selfform_pending.lock() = Some((token.clone(), why));
         token
     }
 
@@ -50,7 +50,7 @@ impl Node {
     ) -> Option<selfform::SelfForming> {
         let mut pending = self.inner.selfform_pending.lock();
         match pending.take() {
-            Some(token) if !token.is_cancelled() => {
+            Some((token, _)) if !token.is_cancelled() => {
                 let _ = self.inner.selfform.set(sf);
                 None
             }

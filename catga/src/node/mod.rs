@@ -40,8 +40,9 @@ struct NodeInner {
     /// The discovery side of a node started with `.discovery(..)`.
     selfform: std::sync::OnceLock<selfform::SelfForming>,
     /// Set while a member that started with its discovery store down
-    /// waits for the store (cancelled by `shutdown`).
-    selfform_pending: Mutex<Option<tokio_util::sync::CancellationToken>>,
+    /// waits for the store: the wait's token (cancelled by `shutdown`) and
+    /// why it waits (for `Health::unregistered`).
+    selfform_pending: Mutex<Option<(tokio_util::sync::CancellationToken, String)>>,
     mediator: crate::mediator::Mediator,
 }
 
@@ -333,7 +334,14 @@ impl Node {
 
     /// Role, term, leader, members, indexes, replication lag and readiness.
     pub fn health(&self) -> Health {
-        Health::from(self.inner.raft.status())
+        let mut h = Health::from(self.inner.raft.status());
+        h.unregistered = self
+            .inner
+            .selfform_pending
+            .lock()
+            .as_ref()
+            .map(|(_, why)| why.clone());
+        h
     }
 
     /// Resolves when this node stops serving for good: with the error that
@@ -457,7 +465,7 @@ impl Node {
     pub async fn shutdown(&self) {
         // under the lock that the late registration sets `selfform` under:
         // either it is set now (and stopped below) or it never will be
-        if let Some(pending) = self.inner.selfform_pending.lock().take() {
+        if let Some((pending, _)) = self.inner.selfform_pending.lock().take() {
             pending.cancel();
         }
         if let Some(sf) = self.inner.selfform.get() {

@@ -131,8 +131,16 @@ pub(crate) fn store_unreachable(e: &Error) -> bool {
 /// the node shuts down). A check that fails then (another cluster, a
 /// replaced data dir, a removed id) stops the node, as it would have at
 /// start.
-pub(crate) fn register_later(node: &Node, source: DiscoverySource, settings: Settings) {
-    let stop = node.set_selfform_pending();
+pub(crate) fn register_later(
+    node: &Node,
+    source: DiscoverySource,
+    settings: Settings,
+    cause: &Error,
+) {
+    let stop = node.set_selfform_pending(format!(
+        "the discovery store has been unreachable since this node started ({cause}); it \
+         serves as a member and registers when the store is back"
+    ));
     let weak = node.downgrade();
     tokio::spawn(async move {
         let mut delay = Duration::from_millis(250);
