@@ -267,21 +267,25 @@ fn route(meta: &Meta, args: &mut Args, errors: &mut Errors) {
                     "`key(...)` takes exactly one field of the query, e.g. `route = key(sku)`",
                 ))
             } else {
-                match &call.args[0] {
-                    Expr::Path(p) if p.path.get_ident().is_some() && p.qself.is_none() => {
-                        let id = p.path.get_ident().cloned();
-                        Ok(Route::Key(syn::Member::Named(id.expect("checked above"))))
-                    }
-                    Expr::Lit(ExprLit {
-                        lit: Lit::Int(i), ..
-                    }) => match i.base10_parse::<u32>() {
+                let field = match &call.args[0] {
+                    Expr::Path(p) if p.qself.is_none() => p.path.get_ident().cloned(),
+                    _ => None,
+                };
+                match (&call.args[0], field) {
+                    (_, Some(id)) => Ok(Route::Key(syn::Member::Named(id))),
+                    (
+                        Expr::Lit(ExprLit {
+                            lit: Lit::Int(i), ..
+                        }),
+                        None,
+                    ) => match i.base10_parse::<u32>() {
                         Ok(n) => Ok(Route::Key(syn::Member::Unnamed(syn::Index {
                             index: n,
                             span: i.span(),
                         }))),
                         Err(e) => Err(e),
                     },
-                    other => Err(syn::Error::new_spanned(
+                    (other, None) => Err(syn::Error::new_spanned(
                         other,
                         "`key(...)` takes the name of a field of the query (or its index in a tuple struct), e.g. `route = key(sku)`",
                     )),
