@@ -6,9 +6,10 @@
 // The module map. Arrows run down this list, never up:
 //
 //   http/        axum routes over a `Node` (feature `http`)
-//   node/        the builder, the `Node` handle, health; `node/selfform`:
-//                a cluster that forms and grows by itself (store records,
-//                safe bootstrap, the leader's membership reconciler)
+//   node/        the builder, the `Node` handle and its `Reply` future,
+//                health; `node/selfform`: a cluster that forms and grows
+//                by itself (store records, safe bootstrap, the leader's
+//                membership reconciler)
 //   mediator/    members, send_to, routes declared on query types, broadcast:
 //                its own RPC service beside Raft's on the transport
 //   discovery/   NodeInfo, the Discovery trait, static / Redis / NATS backends;

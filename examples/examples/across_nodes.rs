@@ -274,13 +274,26 @@ async fn main() -> std::process::ExitCode {
         )
         .init();
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let bench_mode = args.iter().any(|a| a == "--bench");
-    let seconds: f64 = args
-        .iter()
-        .position(|a| a == "--seconds")
-        .and_then(|i| args.get(i + 1))
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(5.0);
+    let usage = "usage: across_nodes [--bench [--seconds D]]";
+    let mut bench_mode = false;
+    let mut seconds = 5.0_f64;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--bench" => bench_mode = true,
+            "--seconds" => match it.next().and_then(|s| s.parse::<f64>().ok()) {
+                Some(s) if s > 0.0 && s.is_finite() => seconds = s,
+                _ => {
+                    eprintln!("--seconds takes a positive number; {usage}");
+                    return std::process::ExitCode::from(2);
+                }
+            },
+            other => {
+                eprintln!("unknown argument `{other}`; {usage}");
+                return std::process::ExitCode::from(2);
+            }
+        }
+    }
     let run = async {
         let dir = tempfile::tempdir()?;
         let nodes = start(dir.path()).await?;
