@@ -225,11 +225,17 @@ async fn read_json<M: DeserializeOwned + Handled>(
     headers: &HeaderMap,
     body: Body,
 ) -> Result<M, Response> {
+    // the rest of the body is never read, so the connection cannot carry
+    // another request: say so, or a pooling client sends its next request
+    // on a connection the server is closing and sees it fail
     let too_large = || {
-        problem(
+        let mut resp = problem(
             StatusCode::PAYLOAD_TOO_LARGE,
             format!("the body exceeds {MAX_BODY} bytes"),
-        )
+        );
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        resp
     };
     let declared = headers
         .get(header::CONTENT_LENGTH)
