@@ -845,6 +845,17 @@ async fn member_restarts_while_the_store_is_down(mut server: ServerProcess, redi
         .unwrap();
     let st = restarted.ok("status").await.unwrap();
     assert!(st.contains("unregistered=true"), "{st}");
+    // leaving now would leave no removal record behind, so the id could be
+    // re-added later with an empty log: refused, and the node stays a voter
+    let refused = restarted
+        .ok("leave")
+        .await
+        .expect_err("leave while the store has been down since start");
+    assert!(refused.contains("once the store is back"), "{refused}");
+    restarted
+        .wait_members(LONG, |m| m.voters == [1, 2, 3])
+        .await
+        .unwrap();
     // the store returns (Redis: empty; NATS: with its records): the node
     // runs its checks and registers
     server.start();

@@ -32,7 +32,10 @@ pub enum DiscoveryError {
 
     /// A store operation failed (usually a lost connection); the caller may
     /// retry, [`HeartbeatService`](super::HeartbeatService) and watches do.
-    #[error("discovery store operation `{op}` failed; it is retried while the store is down")]
+    #[error(
+        "discovery store operation `{op}` failed: the store is down or the connection was lost \
+         (heartbeats and watches retry by themselves; a call that returned this can be made again)"
+    )]
     Store {
         /// The operation.
         op: &'static str,

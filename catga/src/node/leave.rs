@@ -79,12 +79,13 @@ impl Node {
             sf.mark_removed(me).await?;
         } else if self.inner.selfform_pending.lock().is_some() {
             // the removal must be recorded, so the id is never re-added
-            return Err(Error::Discovery(crate::discovery::DiscoveryError::Store {
-                op: "record the removal",
-                source: "the discovery store has been unreachable since this node started; \
-                         leave once it is back"
+            return Err(Error::Membership(
+                "cannot leave yet: the discovery store has been unreachable since this node \
+                 started, and the removal must be recorded there (or this id could be re-added \
+                 later with an empty log); the node stays a member, call leave again once the \
+                 store is back"
                     .into(),
-            }));
+            ));
         }
         let mut backoff = Duration::from_millis(20);
         loop {
