@@ -7,8 +7,12 @@
 //!
 //! Policy for what the leader cannot know:
 //! - a member it never reached (down since before this leader started) is
-//!   asked at the moment of the write (with a short deadline); if it still
-//!   cannot be reached, the write goes on: a majority may be up, and a
+//!   asked at the moment of the write (with a short deadline) if Raft has
+//!   heard from it lately; if it still cannot be reached, or Raft has not
+//!   heard from it (down, stalled, cut off: a stopped process accepts the
+//!   connection and never answers, which would hold the write for the whole
+//!   deadline), the write goes on and the member is asked in the background
+//!   every [`REASK_AFTER`] until it answers: a majority may be up, and a
 //!   member that later finds an entry it cannot apply stops before it and
 //!   says so (`raft/stall.rs`), so replicas never differ;
 //! - a member that answers the exchange with "bad request" runs a catga
@@ -37,7 +41,7 @@ const ASK_TIMEOUT: Duration = Duration::from_millis(500);
 /// most this often: a member that is down must not add a round trip to
 /// every write. One that answers is asked again by every write it would
 /// refuse (it may have just been upgraded).
-const REASK_AFTER: Duration = Duration::from_millis(250);
+pub(crate) const REASK_AFTER: Duration = Duration::from_millis(250);
 
 #[derive(Debug, Clone)]
 enum Known {
@@ -56,6 +60,19 @@ pub(crate) struct Compat {
     /// When each member was last asked, and whether it answered.
     asked: Mutex<HashMap<u64, (Instant, bool)>>,
     warned: Mutex<HashSet<(u64, u64)>>,
+}
+
+/// Whether this node, leading, has had an answer from `id` to a heartbeat
+/// or a replication within the longest election timeout.
+fn heard_lately(raft: &Raft, id: u64) -> bool {
+    use openraft::Instant as _;
+    let within = Duration::from_millis(raft.config().election_timeout_max);
+    let m = raft.metrics();
+    let m = m.borrow_watched();
+    m.heartbeat
+        .as_ref()
+        .and_then(|h| h.get(&id).cloned().flatten())
+        .is_some_and(|t| t.elapsed() < within)
 }
 
 /// This node's answer to [`Rpc::Capabilities`].
@@ -171,6 +188,24 @@ impl Compat {
         futures::future::join_all(others.iter().map(|(id, addr)| self.ask(*id, addr))).await;
     }
 
+    /// Asks the members that never answered (run every [`REASK_AFTER`] by
+    /// the node): a write does not wait for one Raft has not heard from,
+    /// so this is how the leader learns what it runs once it is back.
+    pub(crate) async fn ask_unanswered(&self, raft: &Raft) {
+        let others = self.others(raft);
+        let ids = self.never_answered(&others);
+        self.ask_now(&others, ids).await;
+    }
+
+    fn never_answered(&self, others: &BTreeMap<u64, String>) -> Vec<u64> {
+        let peers = self.peers.lock();
+        others
+            .keys()
+            .filter(|id| !peers.contains_key(id))
+            .copied()
+            .collect()
+    }
+
     /// The members known not to apply `name` (this node included).
     fn lacking(&self, others: &BTreeMap<u64, String>, name: &str, event: bool) -> Vec<u64> {
         let mut out = Vec::new();
@@ -198,14 +233,10 @@ impl Compat {
         event: bool,
     ) -> std::result::Result<(), Vec<u64>> {
         let others = self.others(raft);
-        let never_answered: Vec<u64> = {
-            let peers = self.peers.lock();
-            others
-                .keys()
-                .filter(|id| !peers.contains_key(id))
-                .copied()
-                .collect()
-        };
+        // only those Raft hears from: asking one that is stopped would hold
+        // this write for the whole ASK_TIMEOUT (the background loop asks it)
+        let mut never_answered = self.never_answered(&others);
+        never_answered.retain(|id| heard_lately(raft, *id));
         self.ask_now(&others, never_answered).await;
         let lacking = self.lacking(&others, name, event);
         if lacking.is_empty() {

@@ -873,10 +873,18 @@ fn redirect_result(r: Redirect<()>) -> Result<()> {
 /// loop is stopped (`raft/stall.rs`), hands leadership to another voter:
 /// a leader that cannot apply cannot answer writes.
 async fn capabilities_loop(id: u64, raft: Raft, compat: Arc<Compat>, sm: SmStore) {
-    let mut tick = tokio::time::interval(compat::REFRESH);
+    // a member that never answered is asked every REASK_AFTER (writes do
+    // not wait for one that Raft does not hear from), everyone every REFRESH
+    let mut tick = tokio::time::interval(compat::REASK_AFTER);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_refresh: Option<std::time::Instant> = None;
     loop {
         tick.tick().await;
+        if last_refresh.is_some_and(|t| t.elapsed() < compat::REFRESH) {
+            compat.ask_unanswered(&raft).await;
+            continue;
+        }
+        last_refresh = Some(std::time::Instant::now());
         compat.refresh(&raft).await;
         if !sm.shared.stall.apply_stopped() {
             continue;
