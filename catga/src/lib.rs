@@ -18,7 +18,8 @@
 //   transport/   authenticated, multiplexed TCP between nodes
 //   machine, dispatch, dedup    the deterministic core: no I/O, no clocks
 //   registry, message, state, context    what users' types and the macros touch
-//   codec, error                leaves: the one codec, the error types
+//   codec, error, probe         leaves: the one codec, the error types, the
+//                               write path's stage timings (benchmarks)
 //
 // `testing` (TestApp and the cluster-test hooks) and `__private` (support for
 // generated code, and the wire types for catga's own tests) sit beside the
@@ -38,6 +39,7 @@ mod machine;
 mod mediator;
 mod message;
 mod node;
+mod probe;
 mod raft;
 mod registry;
 mod state;

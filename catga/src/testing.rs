@@ -230,3 +230,27 @@ pub async fn campaign(node: &Node) -> Result<()> {
 pub fn state_fingerprint(node: &Node) -> Result<(u64, Vec<u8>)> {
     node.raft().read(|m| Ok((m.last_applied(), m.snapshot()?)))
 }
+
+/// Where writes spend their time, stage by stage, for benchmarks
+/// (`examples/bench --stages`): turn it on, run load, read the figures.
+/// Off by default, where each probe point costs one relaxed atomic load.
+/// Process-wide: with several nodes in one process the storage and apply
+/// stages count every node's work.
+pub mod stages {
+    pub use crate::probe::StageFigures;
+
+    /// Starts (or stops) recording.
+    pub fn enable(on: bool) {
+        crate::probe::enable(on)
+    }
+
+    /// Forgets what was recorded.
+    pub fn reset() {
+        crate::probe::reset()
+    }
+
+    /// Every stage recorded so far, in the order a write meets them.
+    pub fn report() -> Vec<StageFigures> {
+        crate::probe::report()
+    }
+}

@@ -1,11 +1,18 @@
 //! Load generator: a 3-node cluster on 127.0.0.1 with the durable log.
 //!
-//! `cargo run --release --example bench -- --clients 64 --seconds 10 [--via-follower] [--nodes 3]`
+//! `cargo run --release --example bench -- --clients 64 --seconds 10 [--via-follower] [--nodes 3] [--stages]`
 //!
 //! N clients send commands for D seconds (to the leader, or through a
 //! follower with `--via-follower`), then N clients run local queries for
 //! D/2 seconds. The last line is
 //! `bench: nodes=3 clients=N writes_per_s=X write_p50_us=X write_p99_us=X reads_per_s=X`.
+//!
+//! `--stages` also records where the writes spent their time (see
+//! `catga::testing::stages`) and prints one line per stage before it:
+//! `stage: NAME count=N p50_us=X p99_us=X mean_us=X`. The three nodes run in
+//! this one process, so the log, fsync, replication and apply stages count
+//! the work of all three; recording costs a little, so compare throughput
+//! figures only between runs that both have it on or both off.
 
 use std::time::{Duration, Instant};
 
@@ -17,6 +24,7 @@ struct Args {
     clients: usize,
     seconds: f64,
     via_follower: bool,
+    stages: bool,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -25,6 +33,7 @@ fn parse_args() -> Result<Args, String> {
         clients: 64,
         seconds: 10.0,
         via_follower: false,
+        stages: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -44,6 +53,7 @@ fn parse_args() -> Result<Args, String> {
                     .ok_or("--seconds takes a positive number")?
             }
             "--via-follower" => a.via_follower = true,
+            "--stages" => a.stages = true,
             "--nodes" => {
                 a.nodes = it
                     .next()
@@ -53,7 +63,7 @@ fn parse_args() -> Result<Args, String> {
             }
             other => {
                 return Err(format!(
-                    "unknown argument `{other}`; usage: bench [--clients N] [--seconds D] [--via-follower]"
+                    "unknown argument `{other}`; usage: bench [--clients N] [--seconds D] [--via-follower] [--nodes N] [--stages]"
                 ));
             }
         }
@@ -184,6 +194,10 @@ async fn run(args: Args) -> Result<String, Box<dyn std::error::Error>> {
     );
 
     let rss_start = rss_kib();
+    if args.stages {
+        catga::testing::stages::reset();
+        catga::testing::stages::enable(true);
+    }
     let dur = Duration::from_secs_f64(args.seconds);
     let start = Instant::now();
     let mut tasks = Vec::new();
@@ -211,6 +225,15 @@ async fn run(args: Args) -> Result<String, Box<dyn std::error::Error>> {
     }
     let elapsed = start.elapsed().as_secs_f64();
     let writes_per_s = lat.total as f64 / elapsed;
+    if args.stages {
+        catga::testing::stages::enable(false);
+        for s in catga::testing::stages::report() {
+            println!(
+                "stage: {:<16} count={} p50_us={} p99_us={} mean_us={:.1}",
+                s.name, s.count, s.p50_us, s.p99_us, s.mean_us
+            );
+        }
+    }
 
     let read_dur = dur / 2;
     let start = Instant::now();

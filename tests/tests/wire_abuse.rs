@@ -406,6 +406,7 @@ fn harmless(body: &[u8]) -> bool {
     match rmp_serde::from_slice::<Rpc>(body) {
         Err(_) => true,
         Ok(Rpc::Append(r)) => stale(&r.vote),
+        Ok(Rpc::AppendPipe { req, .. }) => stale(&req.vote),
         Ok(Rpc::Vote(r)) => stale(&r.vote),
         Ok(Rpc::Snapshot { vote, .. } | Rpc::SnapshotDone { vote, .. }) => stale(&vote),
         // a chunk only goes to the receiving file; nothing installs it

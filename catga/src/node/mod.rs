@@ -161,10 +161,13 @@ impl Node {
         Reply::boxed(Box::pin(async move {
             match M::ROUTE {
                 Route::Command { decode } => {
+                    let t = crate::probe::start();
                     let payload = crate::codec::encode_user(M::NAME, &msg)?;
+                    crate::probe::since(crate::probe::Stage::Encode, t);
                     let applied = self
-                        .submit(EntryKind::Command, M::NAME, payload, None)
+                        .submit(EntryKind::Command, M::NAME, payload, None, t)
                         .await?;
+                    crate::probe::since(crate::probe::Stage::Total, t);
                     Ok(decode(&applied.response?)?)
                 }
                 Route::Query { consistency, .. } => self.run_query(msg, consistency).await,
@@ -207,7 +210,7 @@ impl Node {
             Route::Command { decode } => {
                 let payload = crate::codec::encode_user(M::NAME, &msg)?;
                 let applied = self
-                    .submit(EntryKind::Command, M::NAME, payload, Some(key))
+                    .submit(EntryKind::Command, M::NAME, payload, Some(key), None)
                     .await?;
                 Ok(decode(&applied.response?)?)
             }
@@ -284,7 +287,7 @@ impl Node {
     pub fn publish<E: Publishable>(&self, event: E) -> BoxFuture<'_, Result<()>> {
         Box::pin(async move {
             let payload = crate::codec::encode_user(E::NAME, &event)?;
-            self.submit(EntryKind::Event, E::NAME, payload, None)
+            self.submit(EntryKind::Event, E::NAME, payload, None, None)
                 .await?
                 .response?;
             Ok(())
@@ -297,12 +300,21 @@ impl Node {
         name: &str,
         payload: Vec<u8>,
         key: Option<String>,
+        // when the caller's `send` began, if probing (`crate::probe`)
+        admitted: Option<std::time::Instant>,
     ) -> Result<Applied> {
         let inner = &self.inner;
-        let _slot = match tokio::time::timeout(inner.request_timeout, inner.slots.acquire()).await {
-            Ok(Ok(permit)) => permit,
-            Ok(Err(_)) => return Err(Error::ShutDown),
-            Err(_) => return Err(Error::Overloaded),
+        // a free slot is taken without arming a timer
+        let _slot = match inner.slots.try_acquire() {
+            Ok(permit) => permit,
+            Err(tokio::sync::TryAcquireError::Closed) => return Err(Error::ShutDown),
+            Err(tokio::sync::TryAcquireError::NoPermits) => {
+                match tokio::time::timeout(inner.request_timeout, inner.slots.acquire()).await {
+                    Ok(Ok(permit)) => permit,
+                    Ok(Err(_)) => return Err(Error::ShutDown),
+                    Err(_) => return Err(Error::Overloaded),
+                }
+            }
         };
         // The sequence number is taken under the lock that computes the
         // acknowledgement floor: taken outside it, a later number could
@@ -329,7 +341,7 @@ impl Node {
             time_ms: 0,
             key,
         };
-        inner.raft.write(env, inner.request_timeout).await
+        inner.raft.write(env, inner.request_timeout, admitted).await
     }
 
     /// Role, term, leader, members, indexes, replication lag and readiness.

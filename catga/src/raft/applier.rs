@@ -2,16 +2,18 @@
 //! stack, so deep recursion in a handler (or in decoding deeply nested user
 //! data) does not overflow a 2 MiB async worker stack and abort the process.
 //! And the marker that makes what cannot be guarded visible: before each
-//! entry is applied, "applying N name" is written to `<data dir>/applying`
-//! (one positioned write into the page cache: it survives the process
-//! aborting, which is the fault it is for; no fsync); after each batch,
-//! "idle". A node that restarts and finds a marker says, at ERROR, which
-//! entry it died inside.
+//! entry is applied, "applying N name" is written to `<data dir>/applying`;
+//! after each batch, "idle". A node that restarts and finds a marker says,
+//! at ERROR, which entry it died inside. The file is mapped into memory, so
+//! a record is a 256-byte copy into the page cache, not a system call per
+//! entry: the page belongs to the kernel and survives the process aborting,
+//! which is the fault it is for (no fsync: a machine crash is not).
 
-use std::fs::File;
-use std::io;
+use std::io::{self, Write as _};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
+
+use memmap2::MmapMut;
 
 use parking_lot::Mutex;
 
@@ -72,9 +74,9 @@ impl Applier {
 /// offset 0 so a shorter record never leaves the tail of a longer one.
 const RECORD: usize = 256;
 
-/// `<data dir>/applying`.
+/// `<data dir>/applying`, mapped.
 pub(crate) struct Marker {
-    file: Mutex<File>,
+    map: Mutex<MmapMut>,
 }
 
 /// What a previous run left in the marker: the entry it was applying.
@@ -99,11 +101,18 @@ impl Marker {
         let file = std::fs::OpenOptions::new()
             .create(true)
             .truncate(false)
+            .read(true)
             .write(true)
             .open(path(dir))?;
+        file.set_len(RECORD as u64)?;
+        // SAFETY: the mapping is only ever written through this `Marker`,
+        // and catga never truncates the file while it is mapped. Another
+        // process shrinking it would fault this one, but a data dir serves
+        // one node process: two on one dir would corrupt its log anyway.
+        let map = unsafe { MmapMut::map_mut(&file)? };
         Ok((
             Marker {
-                file: Mutex::new(file),
+                map: Mutex::new(map),
             },
             previous,
         ))
@@ -111,33 +120,28 @@ impl Marker {
 
     /// Records that entry `index` (`name`) is about to be applied.
     pub(crate) fn applying(&self, index: u64, name: &str) -> io::Result<()> {
-        self.write(&format!("applying {index} {name}"))
+        self.write(|w| write!(w, "applying {index} {name}"))
     }
 
     /// Records that no entry is being applied.
     pub(crate) fn idle(&self) -> io::Result<()> {
-        self.write("idle")
+        self.write(|w| w.write_all(b"idle"))
     }
 
-    fn write(&self, line: &str) -> io::Result<()> {
+    /// One record, padded with spaces, written whole at offset 0 (a long
+    /// name is cut; the record always ends in a newline).
+    fn write(&self, line: impl FnOnce(&mut &mut [u8]) -> io::Result<()>) -> io::Result<()> {
         let mut rec = [b' '; RECORD];
-        let n = line.len().min(RECORD - 1);
-        rec[..n].copy_from_slice(&line.as_bytes()[..n]);
+        {
+            let mut w: &mut [u8] = &mut rec[..RECORD - 1];
+            // a line longer than the record is cut ("failed to write
+            // whole buffer" once the slice is full): what fits is kept
+            let _ = line(&mut w);
+        }
         rec[RECORD - 1] = b'\n';
-        write_at(&self.file.lock(), &rec)
+        self.map.lock()[..RECORD].copy_from_slice(&rec);
+        Ok(())
     }
-}
-
-#[cfg(unix)]
-fn write_at(f: &File, rec: &[u8]) -> io::Result<()> {
-    std::os::unix::fs::FileExt::write_all_at(f, rec, 0)
-}
-
-#[cfg(not(unix))]
-fn write_at(mut f: &File, rec: &[u8]) -> io::Result<()> {
-    use std::io::{Seek, SeekFrom, Write};
-    f.seek(SeekFrom::Start(0))?;
-    f.write_all(rec)
 }
 
 fn parse(bytes: &[u8]) -> Option<InProgress> {

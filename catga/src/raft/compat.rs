@@ -60,6 +60,11 @@ pub(crate) struct Compat {
     /// When each member was last asked, and whether it answered.
     asked: Mutex<HashMap<u64, (Instant, bool)>>,
     warned: Mutex<HashSet<(u64, u64)>>,
+    /// The membership (its log id) for which every other member answered
+    /// with this node's own fingerprint: while it is current, a write needs
+    /// no other look (the common case, checked once per membership, not
+    /// once per write). Cleared by any answer that differs.
+    uniform: Mutex<Option<Option<super::LogId>>>,
 }
 
 /// Whether this node, leading, has had an answer from `id` to a heartbeat
@@ -93,6 +98,7 @@ impl Compat {
             peers: Mutex::new(HashMap::new()),
             asked: Mutex::new(HashMap::new()),
             warned: Mutex::new(HashSet::new()),
+            uniform: Mutex::new(None),
         })
     }
 
@@ -139,8 +145,46 @@ impl Compat {
                  (a rolling upgrade in progress?)"
             );
         }
-        self.peers.lock().insert(id, known);
+        let differs = !matches!(&known, Known::Caps(c) if c.fingerprint == self.mine.fingerprint);
+        let mut peers = self.peers.lock();
+        peers.insert(id, known);
+        if differs {
+            // after the insert, under the same lock as `uniform`'s look
+            *self.uniform.lock() = None;
+        }
         true
+    }
+
+    /// Whether every other member of the current membership is known to
+    /// run this node's program (same fingerprint): then each of them
+    /// applies whatever this node applies.
+    fn uniform(&self, raft: &Raft) -> bool {
+        let m = raft.metrics();
+        let (key, others): (Option<super::LogId>, Vec<u64>) = {
+            let m = m.borrow_watched();
+            let key = *m.membership_config.log_id();
+            if *self.uniform.lock() == Some(key) {
+                return true;
+            }
+            let others = m
+                .membership_config
+                .membership()
+                .nodes()
+                .map(|(id, _)| *id)
+                .filter(|id| *id != self.id)
+                .collect();
+            (key, others)
+        };
+        let peers = self.peers.lock();
+        let same = others.iter().all(|id| {
+            matches!(peers.get(id), Some(Known::Caps(c)) if c.fingerprint == self.mine.fingerprint)
+        });
+        if same {
+            // under the peers lock: an answer that differs, inserted after
+            // this look, clears it after this store
+            *self.uniform.lock() = Some(key);
+        }
+        same
     }
 
     /// Asks these members now; one that did not answer its last question,
@@ -232,6 +276,9 @@ impl Compat {
         name: &str,
         event: bool,
     ) -> std::result::Result<(), Vec<u64>> {
+        if self.registry.applies(name, event) && self.uniform(raft) {
+            return Ok(());
+        }
         let others = self.others(raft);
         // only those Raft hears from: asking one that is stopped would hold
         // this write for the whole ASK_TIMEOUT (the background loop asks it)

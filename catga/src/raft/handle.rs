@@ -587,10 +587,20 @@ impl RaftHandle {
     /// a local query here after the write sees it), or when `timeout` has
     /// passed since the call if this node lags: the write is committed
     /// either way, so it is never reported as failed.
-    pub(crate) async fn write(&self, env: Envelope, timeout: Duration) -> Result<Applied> {
+    ///
+    /// `admitted`: when the caller's `send` began, if probing (see
+    /// `crate::probe`).
+    pub(crate) async fn write(
+        &self,
+        env: Envelope,
+        timeout: Duration,
+        admitted: Option<std::time::Instant>,
+    ) -> Result<Applied> {
         let deadline = Instant::now() + timeout;
-        let applied = self.write_at_leader(env, timeout).await?;
+        let applied = self.write_at_leader(env, timeout, admitted).await?;
+        let t = crate::probe::start();
         self.wait_applied_until(applied.index, deadline).await;
+        crate::probe::since(crate::probe::Stage::ReadYourWrites, t);
         Ok(applied)
     }
 
@@ -618,7 +628,12 @@ impl RaftHandle {
         }
     }
 
-    async fn write_at_leader(&self, env: Envelope, timeout: Duration) -> Result<Applied> {
+    async fn write_at_leader(
+        &self,
+        env: Envelope,
+        timeout: Duration,
+        admitted: Option<std::time::Instant>,
+    ) -> Result<Applied> {
         self.route(
             timeout,
             |l, addr, ttl| {
@@ -631,7 +646,16 @@ impl RaftHandle {
                 self.counters.writes_local.fetch_add(1, Ordering::Relaxed);
                 let env = env.clone();
                 let compat = self.compat.clone();
-                async move { leader::write(&raft, &compat, env).await }
+                let sm = self.sm.clone();
+                async move {
+                    let r = leader::write(&raft, &compat, env, admitted).await;
+                    if crate::probe::on()
+                        && let Some(at) = *sm.shared.answered_at.lock()
+                    {
+                        crate::probe::record(crate::probe::Stage::AnswerBack, at.elapsed());
+                    }
+                    r
+                }
             },
         )
         .await

@@ -53,13 +53,23 @@ async fn check_known<T>(raft: &Raft, compat: &Compat, env: &Envelope) -> Result<
         })
 }
 
-/// Proposes one write and waits for its result.
-pub(crate) async fn write(raft: &Raft, compat: &Compat, mut env: Envelope) -> Redirect<Applied> {
+/// Proposes one write and waits for its result. `admitted`: when the
+/// caller's `send` began, if probing (see `crate::probe`).
+pub(crate) async fn write(
+    raft: &Raft,
+    compat: &Compat,
+    mut env: Envelope,
+    admitted: Option<Instant>,
+) -> Redirect<Applied> {
     if let Err(refused) = check_known(raft, compat, &env).await {
         return refused;
     }
     env.time_ms = now_ms();
-    match raft.client_write(env).await {
+    crate::probe::since(crate::probe::Stage::Admit, admitted);
+    let t = crate::probe::start();
+    let r = raft.client_write(env).await;
+    crate::probe::since(crate::probe::Stage::Commit, t);
+    match r {
         Ok(resp) => Redirect::Ok(resp.data),
         Err(RaftError::APIError(e)) => write_error(e),
         Err(RaftError::Fatal(e)) => Redirect::Unknown(format!("leader stopped: {e}")),

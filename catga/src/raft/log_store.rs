@@ -39,7 +39,12 @@ struct Cache {
 }
 
 enum Op {
-    Append(Vec<(u64, Vec<u8>)>, IOFlushed<TC>),
+    /// Entries, who to tell once durable, when queued (if probing).
+    Append(
+        Vec<(u64, Vec<u8>)>,
+        IOFlushed<TC>,
+        Option<std::time::Instant>,
+    ),
     Vote(Vec<u8>, oneshot::Sender<io::Result<()>>),
     Committed(Vec<u8>),
     Truncate(u64),
@@ -148,7 +153,8 @@ fn writer_loop(mut wal: Wal, mut meta: WriterMeta, rx: std_mpsc::Receiver<Op>) {
         let mut purged = None;
         for op in &mut batch {
             match op {
-                Op::Append(entries, _) => {
+                Op::Append(entries, _, queued) => {
+                    crate::probe::since(crate::probe::Stage::WalQueue, *queued);
                     needs_sync = true;
                     for (i, bytes) in entries.drain(..) {
                         records.push(Record::Entry(i, bytes));
@@ -203,7 +209,7 @@ fn writer_loop(mut wal: Wal, mut meta: WriterMeta, rx: std_mpsc::Receiver<Op>) {
                     .map_err(|e| io::Error::other(e.to_string()))
             };
             match op {
-                Op::Append(_, cb) => cb.io_completed(res()),
+                Op::Append(_, cb, _) => cb.io_completed(res()),
                 Op::Vote(_, done) => {
                     let _ = done.send(res());
                 }
@@ -285,7 +291,7 @@ impl RaftLogStorage<TC> for LogStore {
                 c.entries.insert(e.index(), e);
             }
         }
-        self.send(Op::Append(encoded, callback))
+        self.send(Op::Append(encoded, callback, crate::probe::start()))
     }
 
     async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> Result<(), io::Error> {

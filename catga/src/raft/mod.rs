@@ -24,6 +24,7 @@ mod identity;
 mod leader;
 mod log_store;
 mod network;
+mod pipe;
 #[cfg(test)]
 mod proptests;
 mod quiet;

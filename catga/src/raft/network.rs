@@ -1,17 +1,21 @@
 //! openraft's network adapter: how this node's Raft reaches the others
 //! (append, vote, snapshot) over catga's transport pool.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures::StreamExt;
+use futures::stream::FuturesOrdered;
 use openraft::alias::SnapshotOf;
+use openraft::base::{BoxFuture, BoxStream};
 use openraft::errors::{
     NetworkError, RPCError, RaftError, ReplicationClosed, StreamingError, Unreachable,
 };
-use openraft::network::{RPCOption, RaftNetworkFactory, RaftNetworkV2};
+use openraft::network::{RPCOption, RaftNetworkFactory, RaftNetworkV2, stream_append_sequential};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, StreamAppendResult, VoteRequest,
+    VoteResponse,
 };
 use openraft::{BasicNode, OptionalSend};
 use parking_lot::Mutex;
@@ -28,6 +32,9 @@ pub(crate) struct Network {
     pub(crate) pool: Pool,
     refusals: Arc<Mutex<HashMap<u64, Instant>>>,
     peers: Arc<PeerLog>,
+    /// Targets that answered a pipelined append with "bad request" (an
+    /// older catga): replicated one request at a time.
+    unpiped: Arc<Mutex<HashSet<u64>>>,
 }
 
 impl Network {
@@ -36,9 +43,25 @@ impl Network {
             pool,
             refusals: Arc::default(),
             peers,
+            unpiped: Arc::default(),
+        }
+    }
+
+    fn client(&self, target: u64, node: &BasicNode, pipelined: bool) -> PeerConn {
+        PeerConn {
+            pool: self.pool.clone(),
+            target,
+            addr: node.addr.clone(),
+            refusals: self.refusals.clone(),
+            peers: self.peers.clone(),
+            pipelined,
+            unpiped: self.unpiped.clone(),
         }
     }
 }
+
+/// The most pipelined AppendEntries in flight to one follower.
+const PIPELINE_DEPTH: usize = 8;
 
 /// What replication to each peer last did: its last error and when it last
 /// made progress (a snapshot chunk taken). `add_node` waits while a learner
@@ -83,6 +106,10 @@ pub(crate) struct PeerConn {
     /// re-sends it; the cause is logged at most every [`REFUSAL_LOG_EVERY`]).
     refusals: Arc<Mutex<HashMap<u64, Instant>>>,
     peers: Arc<PeerLog>,
+    /// Replication (pipelined appends); heartbeats and snapshots go one
+    /// request at a time.
+    pipelined: bool,
+    unpiped: Arc<Mutex<HashSet<u64>>>,
 }
 
 const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(30);
@@ -133,13 +160,17 @@ impl RaftNetworkFactory<TC> for Network {
     type Network = PeerConn;
 
     async fn new_client(&mut self, target: u64, node: &BasicNode) -> PeerConn {
-        PeerConn {
-            pool: self.pool.clone(),
-            target,
-            addr: node.addr.clone(),
-            refusals: self.refusals.clone(),
-            peers: self.peers.clone(),
-        }
+        self.client(target, node, true)
+    }
+
+    /// Heartbeats never wait behind pipelined appends: one request at a
+    /// time, each served on its own at the follower.
+    async fn new_heartbeat_client(&mut self, target: u64, node: &BasicNode) -> PeerConn {
+        self.client(target, node, false)
+    }
+
+    async fn new_snapshot_client(&mut self, target: u64, node: &BasicNode) -> PeerConn {
+        self.client(target, node, false)
     }
 }
 
@@ -167,16 +198,130 @@ impl PeerConn {
     }
 }
 
+impl PeerConn {
+    /// The pipelined replication stream (see `raft/pipe.rs` for the
+    /// follower's end): up to [`PIPELINE_DEPTH`] requests in flight, each
+    /// numbered in a new lane, answers yielded in order. The first request
+    /// a follower answers with "bad request" (an older catga) marks it for
+    /// one-at-a-time replication and ends this stream; openraft starts the
+    /// next one at once.
+    fn pipelined_stream<S>(
+        &self,
+        input: S,
+        option: RPCOption,
+    ) -> BoxStream<'static, Result<StreamAppendResult<TC>, RPCError<TC>>>
+    where
+        S: futures::Stream<Item = AppendEntriesRequest<TC>> + OptionalSend + Unpin + 'static,
+    {
+        type Answer = Result<StreamAppendResult<TC>, RPCError<TC>>;
+        let pool = self.pool.clone();
+        let (target, addr) = (self.target, self.addr.clone());
+        let peers = self.peers.clone();
+        let unpiped = self.unpiped.clone();
+        let lane = rand::random::<u64>();
+        let ttl = option.hard_ttl();
+        let send = move |seq: u64, req: AppendEntriesRequest<TC>| {
+            let pool = pool.clone();
+            let addr = addr.clone();
+            let peers = peers.clone();
+            let unpiped = unpiped.clone();
+            let stage = match req.entries.is_empty() {
+                false => crate::probe::Stage::Replicate,
+                true => crate::probe::Stage::ReplicateEmpty,
+            };
+            let body = encode(&Rpc::AppendPipe { lane, seq, req });
+            async move {
+                let t = crate::probe::start();
+                let body = body.map_err(|e| RPCError::Network(NetworkError::from_string(e)))?;
+                let reply = pool.call(target, &addr, body, ttl).await.map_err(|e| {
+                    if matches!(&e, TransportError::Remote(m) if m.starts_with("bad request")) {
+                        unpiped.lock().insert(target);
+                    }
+                    peers.failed(target, e.to_string());
+                    rpc_error(e)
+                })?;
+                crate::probe::since(stage, t);
+                let r: Result<StreamAppendResult<TC>, String> =
+                    decode(&reply).map_err(|e| RPCError::Network(NetworkError::from_string(e)))?;
+                r.map_err(|e| RPCError::Network(NetworkError::from_string(e)))
+            }
+        };
+        struct Pipe<S, F: Future> {
+            input: Option<S>,
+            seq: u64,
+            in_flight: FuturesOrdered<F>,
+        }
+        let state = Pipe {
+            input: Some(input),
+            seq: 0,
+            in_flight: FuturesOrdered::new(),
+        };
+        let stream = futures::stream::unfold(Some(state), move |state| {
+            let send = send.clone();
+            async move {
+                let mut p = state?;
+                loop {
+                    let more = p.input.is_some() && p.in_flight.len() < PIPELINE_DEPTH;
+                    if p.in_flight.is_empty() && !more {
+                        return None;
+                    }
+                    tokio::select! {
+                        biased;
+                        answer = p.in_flight.next(), if !p.in_flight.is_empty() => {
+                            let answer: Answer = answer?;
+                            // an error ends the stream (openraft starts anew)
+                            let go_on = matches!(answer, Ok(Ok(_)));
+                            return Some((answer, go_on.then_some(p)));
+                        }
+                        req = async { p.input.as_mut()?.next().await }, if more => match req {
+                            Some(req) => {
+                                p.in_flight.push_back(send(p.seq, req));
+                                p.seq += 1;
+                            }
+                            None => p.input = None,
+                        },
+                    }
+                }
+            }
+        });
+        Box::pin(stream)
+    }
+}
+
 impl RaftNetworkV2<TC> for PeerConn {
     type SnapshotData = SnapFile;
+
+    fn stream_append<'s, S>(
+        &'s mut self,
+        input: S,
+        option: RPCOption,
+    ) -> BoxFuture<
+        's,
+        Result<BoxStream<'s, Result<StreamAppendResult<TC>, RPCError<TC>>>, RPCError<TC>>,
+    >
+    where
+        S: futures::Stream<Item = AppendEntriesRequest<TC>> + OptionalSend + Unpin + 'static,
+    {
+        if !self.pipelined || self.unpiped.lock().contains(&self.target) {
+            return stream_append_sequential(self, input, option);
+        }
+        let stream = self.pipelined_stream(input, option);
+        Box::pin(async move { Ok(stream) })
+    }
 
     async fn append_entries(
         &mut self,
         rpc: AppendEntriesRequest<TC>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<TC>, RPCError<TC>> {
+        let t = crate::probe::start();
+        let stage = match rpc.entries.is_empty() {
+            false => crate::probe::Stage::Replicate,
+            true => crate::probe::Stage::ReplicateEmpty,
+        };
         let r: Result<AppendEntriesResponse<TC>, RaftError<TC>> =
             self.call(&Rpc::Append(rpc), option.hard_ttl()).await?;
+        crate::probe::since(stage, t);
         r.map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))
     }
 

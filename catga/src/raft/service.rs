@@ -14,6 +14,7 @@ use openraft::raft::SnapshotResponse;
 use super::compat::{self, Compat};
 use super::contact::LeaderContact;
 use super::network::PeerLog;
+use super::pipe::{PipeReply, Pipes};
 use super::snapshot_file::{self, SnapFile};
 use super::state_machine::SmStore;
 use super::wire::{Rpc, decode, encode};
@@ -28,6 +29,8 @@ pub(crate) struct RaftService {
     pub(crate) contact: Arc<LeaderContact>,
     /// A chunked snapshot being received.
     receiving: Receiving,
+    /// Pipelined replication's lanes.
+    pipes: Pipes,
 }
 
 /// What the service needs once the node runs.
@@ -46,6 +49,7 @@ impl RaftService {
             raft: OnceLock::new(),
             contact: Arc::default(),
             receiving: Arc::default(),
+            pipes: Pipes::default(),
         })
     }
 }
@@ -247,9 +251,15 @@ async fn handle(
     }
     match rpc {
         Rpc::Append(req) => {
+            let t = crate::probe::start();
+            let stage = match req.entries.is_empty() {
+                false => crate::probe::Stage::FollowerAppend,
+                true => crate::probe::Stage::FollowerAppendEmpty,
+            };
             let (term, leader) = (req.vote.leader_id.term, req.vote.leader_id.node_id);
             let commit = req.leader_commit.map(|l| l.index);
             let r = raft.append_entries(req).await;
+            crate::probe::since(stage, t);
             if matches!(&r, Ok(resp) if !matches!(resp, openraft::raft::AppendEntriesResponse::HigherVote(_)))
             {
                 contact.heard(term, leader, commit);
@@ -277,17 +287,55 @@ async fn handle(
             Ok(snap) => install_snapshot(raft, sm, vote, meta, snap).await,
             Err(e) => encode(&Err::<SnapshotResponse<TC>, String>(e)),
         },
-        Rpc::Write(env) => encode(&leader::write(&raft, &compat, env).await),
+        Rpc::Write(env) => encode(&leader::write(&raft, &compat, env, None).await),
         Rpc::WriteMany(envs) => encode(&leader::write_many(&raft, &compat, envs).await),
         Rpc::ReadIndex => encode(&leader::read_index(&raft).await),
         Rpc::AddNode { id, addr } => encode(&leader::add_node(&raft, &peers, id, addr).await),
         Rpc::RemoveNode { id } => encode(&leader::remove_node(&raft, id).await),
         Rpc::Capabilities => encode(&compat::answer()),
+        // taken in `call`, in order
+        Rpc::AppendPipe { .. } => Err("bad request: misrouted pipelined append".into()),
+    }
+}
+
+impl RaftService {
+    /// Queues a pipelined append on its lane (`raft/pipe.rs`) and answers
+    /// once openraft has.
+    fn pipelined(
+        &self,
+        run: &Running,
+        from: u64,
+        lane: u64,
+        seq: u64,
+        req: openraft::raft::AppendEntriesRequest<TC>,
+    ) -> BoxFuture<'static, Result<Bytes, String>> {
+        if let Err(e) = &run.raft.metrics().borrow_watched().running_state {
+            return futures::future::ready(Err(format!("node stopped: {e}"))).boxed();
+        }
+        if let Err(e) = sane_vote(&req.vote) {
+            return futures::future::ready(Err(e)).boxed();
+        }
+        let t = crate::probe::start();
+        let stage = match req.entries.is_empty() {
+            false => crate::probe::Stage::FollowerAppend,
+            true => crate::probe::Stage::FollowerAppendEmpty,
+        };
+        let rx = self
+            .pipes
+            .submit(&run.raft, &self.contact, from, lane, seq, req);
+        async move {
+            let reply: PipeReply = rx
+                .await
+                .unwrap_or_else(|_| Err("the replication stream ended".into()));
+            crate::probe::since(stage, t);
+            encode(&reply)
+        }
+        .boxed()
     }
 }
 
 impl Service for RaftService {
-    fn call(&self, _from: u64, body: Bytes) -> BoxFuture<'static, Result<Bytes, String>> {
+    fn call(&self, from: u64, body: Bytes) -> BoxFuture<'static, Result<Bytes, String>> {
         let rpc: Rpc = match decode(&body) {
             Ok(r) => r,
             Err(e) => return futures::future::ready(Err(format!("bad request: {e}"))).boxed(),
@@ -295,9 +343,18 @@ impl Service for RaftService {
         if let Rpc::Capabilities = rpc {
             return futures::future::ready(encode(&compat::answer())).boxed();
         }
-        let Some(run) = self.raft.get().cloned() else {
+        let Some(run) = self.raft.get() else {
             return futures::future::ready(Err("node is starting".to_string())).boxed();
         };
-        handle(run, self.contact.clone(), self.receiving.clone(), rpc).boxed()
+        if let Rpc::AppendPipe { lane, seq, req } = rpc {
+            return self.pipelined(run, from, lane, seq, req);
+        }
+        handle(
+            run.clone(),
+            self.contact.clone(),
+            self.receiving.clone(),
+            rpc,
+        )
+        .boxed()
     }
 }

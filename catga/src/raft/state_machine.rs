@@ -59,6 +59,9 @@ pub(crate) struct Shared {
     marker: Marker,
     /// Handler panics applied on this node (for metrics).
     pub(crate) panics: std::sync::atomic::AtomicU64,
+    /// When the last batch's answers left (only while probing, see
+    /// `crate::probe`): the leader's write measures the way back from it.
+    pub(crate) answered_at: Mutex<Option<std::time::Instant>>,
 }
 
 /// What openraft holds; cheap to clone.
@@ -120,6 +123,7 @@ impl SmStore {
                 applier: Applier::start()?,
                 marker,
                 panics: Default::default(),
+                answered_at: Mutex::new(None),
             }),
         })
     }
@@ -195,11 +199,21 @@ impl RaftStateMachine<TC> for SmStore {
         while let Some(chunk) = chunks.next().await {
             let items = chunk.into_iter().collect::<Result<Vec<_>, io::Error>>()?;
             let shared = self.shared.clone();
+            let queued = crate::probe::start();
             let batch = self
                 .shared
                 .applier
-                .run(move || apply_batch(&shared, items))
+                .run(move || {
+                    crate::probe::since(crate::probe::Stage::ApplyQueue, queued);
+                    let t = crate::probe::start();
+                    let b = apply_batch(&shared, items);
+                    crate::probe::since(crate::probe::Stage::ApplyBatch, t);
+                    b
+                })
                 .await?;
+            if crate::probe::on() {
+                *self.shared.answered_at.lock() = Some(std::time::Instant::now());
+            }
             let mut last = None;
             for (index, applied, responder) in batch.done {
                 last = Some(index);

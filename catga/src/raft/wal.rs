@@ -265,10 +265,14 @@ impl Wal {
             }
             encode_record(r, &mut self.buf);
         }
+        let t = crate::probe::start();
         self.file.write_all(&self.buf)?;
+        crate::probe::since(crate::probe::Stage::WalWrite, t);
         self.size += self.buf.len() as u64;
         if sync {
+            let t = crate::probe::start();
             self.file.sync_data()?;
+            crate::probe::since(crate::probe::Stage::Fsync, t);
         }
         if self.buf.capacity() > 4 << 20 {
             self.buf = Vec::with_capacity(1 << 16);

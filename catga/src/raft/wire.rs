@@ -77,6 +77,17 @@ pub enum Rpc {
         /// What the snapshot covers.
         meta: openraft::alias::SnapshotMetaOf<TC>,
     },
+    /// openraft's log replication, pipelined: request `seq` of the leader's
+    /// replication stream `lane` (`raft/pipe.rs`). Answered with
+    /// `Result<StreamAppendResult, String>`, in `seq` order.
+    AppendPipe {
+        /// Names the leader's replication stream; a new one replaces it.
+        lane: u64,
+        /// The request's place in the lane, from 0.
+        seq: u64,
+        /// The request.
+        req: openraft::raft::AppendEntriesRequest<TC>,
+    },
 }
 
 /// The leader's answer to [`Rpc::Write`], [`Rpc::ReadIndex`] and the
