@@ -515,7 +515,22 @@ impl ClusterBuilder {
         let (settings, request_timeout) = this.validate()?;
         crate::registry::Registry::global()?;
         let (Some(source), Some(mut sf)) = (source, selfform) else {
+            let (id, dir) = (settings.node_id, settings.data_dir.clone());
+            let how = if settings.join {
+                "empty until a member calls add_node".to_string()
+            } else if settings.members.len() == 1 {
+                "a cluster of one (no peers)".to_string()
+            } else {
+                format!("members {:?}", settings.members.keys().collect::<Vec<_>>())
+            };
             let raft = RaftHandle::start(settings).await?;
+            // one line that says what this node is, so a first run shows
+            // something without openraft's own INFO lines
+            tracing::info!(
+                "node {id} started on {}, data dir {}: {how}",
+                raft.local_addr(),
+                dir.display()
+            );
             return Ok(Node::new(raft, max_in_flight, request_timeout));
         };
         let discovery = selfform::connect(source.clone(), &sf).await;
