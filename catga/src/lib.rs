@@ -123,13 +123,20 @@ mod readme {
         let root = include_str!("../../README.md");
         let crate_readme = include_str!("../README.md");
         assert_eq!(first_rust_block(root), Some(example), "README.md");
-        assert_eq!(first_rust_block(crate_readme), Some(example), "catga/README.md");
+        assert_eq!(
+            first_rust_block(crate_readme),
+            Some(example),
+            "catga/README.md"
+        );
     }
 
     #[test]
     fn the_readme_is_a_landing_page_of_at_most_300_lines() {
         let lines = include_str!("../../README.md").lines().count();
-        assert!(lines <= 300, "README.md has {lines} lines; move depth to a guide");
+        assert!(
+            lines <= 300,
+            "README.md has {lines} lines; move depth to a guide"
+        );
     }
 }
 
