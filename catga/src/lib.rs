@@ -1,4 +1,5 @@
 #![doc = include_str!("../README.md")]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![warn(missing_docs)]
 #![deny(unreachable_pub)]
 #![warn(missing_debug_implementations)]
@@ -34,6 +35,7 @@ pub mod discovery;
 mod dispatch;
 mod error;
 #[cfg(feature = "http")]
+#[cfg_attr(docsrs, doc(cfg(feature = "http")))]
 pub mod http;
 mod machine;
 mod mediator;
@@ -82,6 +84,63 @@ pub use catga_macros::handler;
 pub use catga_macros::query;
 #[doc = include_str!("../docs/state.md")]
 pub use catga_macros::state;
+
+// The repository's README and the guides are compiled (and run where
+// they can) as doctests: every Rust block a user reads must build. A guide
+// whose blocks need a feature is tested when that feature is on
+// (`cargo test -p catga --doc --all-features`).
+#[cfg(doctest)]
+#[allow(dead_code)]
+mod guides {
+    #[doc = include_str!("../../README.md")]
+    struct Readme;
+    #[doc = include_str!("../docs/guides/running.md")]
+    struct Running;
+    #[cfg(feature = "redis")]
+    #[doc = include_str!("../docs/guides/discovery.md")]
+    struct Discovery;
+    #[cfg(feature = "http")]
+    #[doc = include_str!("../docs/guides/http.md")]
+    struct Http;
+    #[doc = include_str!("../docs/guides/operations.md")]
+    struct Operations;
+    #[doc = include_str!("../docs/guides/exactly-once.md")]
+    struct ExactlyOnce;
+    #[doc = include_str!("../docs/guides/testing.md")]
+    struct Testing;
+    #[doc = include_str!("../docs/guides/benchmarks.md")]
+    struct Benchmarks;
+}
+
+#[cfg(test)]
+mod readme {
+    /// The first Rust block of a markdown file.
+    fn first_rust_block(md: &str) -> Option<&str> {
+        md.split("```rust,no_run\n").nth(1)?.split("```").next()
+    }
+
+    #[test]
+    fn the_quick_start_in_both_readmes_is_the_quickstart_example_as_is() {
+        let example = include_str!("../../examples/examples/quickstart.rs");
+        let root = include_str!("../../README.md");
+        let crate_readme = include_str!("../README.md");
+        assert_eq!(first_rust_block(root), Some(example), "README.md");
+        assert_eq!(
+            first_rust_block(crate_readme),
+            Some(example),
+            "catga/README.md"
+        );
+    }
+
+    #[test]
+    fn the_readme_is_a_landing_page_of_at_most_300_lines() {
+        let lines = include_str!("../../README.md").lines().count();
+        assert!(
+            lines <= 300,
+            "README.md has {lines} lines; move depth to a guide"
+        );
+    }
+}
 
 /// Everything a service needs: `use catga::prelude::*;`.
 pub mod prelude {

@@ -82,6 +82,7 @@ pub enum DiscoveryError {
 }
 
 impl DiscoveryError {
+    #[cfg_attr(not(any(feature = "redis", feature = "nats")), allow(dead_code))] // used by the store backends
     pub(crate) fn store(op: &'static str, source: impl Into<BoxError>) -> Self {
         DiscoveryError::Store {
             op,

@@ -1,7 +1,8 @@
 //! Node discovery: who is in the cluster, with leases and a lossless watch.
 //!
 //! This module owns [`NodeInfo`], the [`Discovery`] trait and its backends
-//! (a static peer list, Redis, NATS JetStream KV). It only *reports*
+//! (a static peer list, an in-process store, Redis behind the cargo feature
+//! `redis`, NATS JetStream KV behind `nats`). It only *reports*
 //! membership (as [`MemberEvent`]s); deciding Raft membership is the node's
 //! job, through the leader. Nothing in `raft/` depends on it.
 //!
@@ -33,10 +34,17 @@
 mod error;
 mod heartbeat;
 pub mod memory;
+#[cfg(feature = "nats")]
+#[cfg_attr(docsrs, doc(cfg(feature = "nats")))]
 pub mod nats;
+#[cfg(feature = "nats")]
 mod nats_watch;
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub mod redis;
+#[cfg(feature = "redis")]
 mod redis_scripts;
+#[cfg(feature = "redis")]
 mod redis_watch;
 mod source;
 mod static_list;
@@ -53,9 +61,19 @@ use serde::{Deserialize, Serialize};
 pub use error::DiscoveryError;
 pub use heartbeat::HeartbeatService;
 pub use memory::{MemoryDiscovery, MemoryStore};
+#[cfg(feature = "nats")]
+#[cfg_attr(docsrs, doc(cfg(feature = "nats")))]
 pub use nats::{NatsDiscovery, NatsOptions};
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use redis::{RedisDiscovery, RedisOptions};
-pub use source::{DiscoverySource, nats, redis};
+pub use source::DiscoverySource;
+#[cfg(feature = "nats")]
+#[cfg_attr(docsrs, doc(cfg(feature = "nats")))]
+pub use source::nats;
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub use source::redis;
 pub use static_list::StaticDiscovery;
 pub use view::MemberWatch;
 
@@ -118,6 +136,7 @@ impl NodeInfo {
 
     /// Whether `other` differs from `self` enough to be worth an `Updated`:
     /// any field but the load, or the load by more than `threshold`.
+    #[cfg_attr(not(any(feature = "redis", feature = "nats")), allow(dead_code))] // used by the store backends
     pub(crate) fn differs_significantly(&self, other: &NodeInfo, threshold: f64) -> bool {
         self.id != other.id
             || self.raft_addr != other.raft_addr
@@ -144,6 +163,7 @@ impl NodeInfo {
 
     /// Decodes a stored entry; `None` (with a log line) for anything that is
     /// too large, not a `NodeInfo`, or from another cluster.
+    #[cfg_attr(not(any(feature = "redis", feature = "nats")), allow(dead_code))] // used by the store backends
     pub(crate) fn decode(bytes: &[u8], cluster: &str, what: &str) -> Option<NodeInfo> {
         if bytes.len() > MAX_ENTRY_BYTES {
             tracing::warn!(

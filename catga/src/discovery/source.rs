@@ -4,17 +4,22 @@
 
 use std::sync::Arc;
 
-use super::{
-    Discovery, DiscoveryConfig, DiscoveryError, MemoryStore, NatsDiscovery, NatsOptions,
-    RedisDiscovery, RedisOptions,
-};
+use super::{Discovery, DiscoveryConfig, DiscoveryError, MemoryStore};
+#[cfg(feature = "nats")]
+use super::{NatsDiscovery, NatsOptions};
+#[cfg(feature = "redis")]
+use super::{RedisDiscovery, RedisOptions};
 
-/// A discovery store to connect to; see [`redis()`] and [`nats()`].
+/// A discovery store to connect to: [`redis()`] (cargo feature `redis`),
+/// [`nats()`] (feature `nats`), a [`MemoryStore`] (one process, for tests)
+/// or your own [`Discovery`] ([`DiscoverySource::custom`]).
 ///
 /// ```
+/// # #[cfg(feature = "redis")] {
 /// let source = catga::discovery::redis("redis://127.0.0.1:6379");
 /// let node = catga::cluster().discovery(source).cluster_name("shop");
 /// # drop(node);
+/// # }
 /// ```
 #[derive(Debug, Clone)]
 pub struct DiscoverySource {
@@ -23,7 +28,9 @@ pub struct DiscoverySource {
 
 #[derive(Debug, Clone)]
 enum Kind {
+    #[cfg(feature = "redis")]
     Redis(RedisOptions),
+    #[cfg(feature = "nats")]
     Nats(NatsOptions),
     Memory(MemoryStore),
     Custom(Arc<dyn Discovery>),
@@ -36,6 +43,8 @@ enum Kind {
 /// let source = catga::discovery::redis("redis://127.0.0.1:6379");
 /// # drop(source);
 /// ```
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub fn redis(url: impl Into<String>) -> DiscoverySource {
     RedisOptions::new(url).into()
 }
@@ -47,10 +56,14 @@ pub fn redis(url: impl Into<String>) -> DiscoverySource {
 /// let source = catga::discovery::nats("nats://127.0.0.1:4222");
 /// # drop(source);
 /// ```
+#[cfg(feature = "nats")]
+#[cfg_attr(docsrs, doc(cfg(feature = "nats")))]
 pub fn nats(url: impl Into<String>) -> DiscoverySource {
     NatsOptions::new(url).into()
 }
 
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 impl From<RedisOptions> for DiscoverySource {
     fn from(o: RedisOptions) -> Self {
         DiscoverySource {
@@ -59,6 +72,8 @@ impl From<RedisOptions> for DiscoverySource {
     }
 }
 
+#[cfg(feature = "nats")]
+#[cfg_attr(docsrs, doc(cfg(feature = "nats")))]
 impl From<NatsOptions> for DiscoverySource {
     fn from(o: NatsOptions) -> Self {
         DiscoverySource {
@@ -95,6 +110,7 @@ impl DiscoverySource {
     /// The cluster name a [`custom`](Self::custom) discovery is bound to.
     ///
     /// ```
+    /// # #[cfg(feature = "redis")]
     /// assert_eq!(catga::discovery::redis("redis://h:1").fixed_cluster(), None);
     /// ```
     pub fn fixed_cluster(&self) -> Option<&str> {
@@ -110,7 +126,9 @@ impl DiscoverySource {
         config: DiscoveryConfig,
     ) -> Result<Arc<dyn Discovery>, DiscoveryError> {
         Ok(match self.kind {
+            #[cfg(feature = "redis")]
             Kind::Redis(o) => Arc::new(RedisDiscovery::connect(o, config).await?),
+            #[cfg(feature = "nats")]
             Kind::Nats(o) => Arc::new(NatsDiscovery::connect(o, config).await?),
             Kind::Memory(s) => Arc::new(s.discovery(config)?),
             Kind::Custom(d) => d,

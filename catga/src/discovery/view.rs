@@ -21,12 +21,14 @@ pub(crate) const WATCH_BUFFER: usize = 256;
 /// consistent: no `Joined` for a node already known with the same
 /// incarnation, no `Left` for a node not known, `Updated` only when the
 /// change is significant.
+#[cfg_attr(not(any(feature = "redis", feature = "nats")), allow(dead_code))] // used by the store backends
 #[derive(Debug)]
 pub(crate) struct View {
     members: BTreeMap<u64, NodeInfo>,
     threshold: f64,
 }
 
+#[cfg_attr(not(any(feature = "redis", feature = "nats")), allow(dead_code))] // used by the store backends
 impl View {
     pub(crate) fn new(threshold: f64) -> Self {
         View {
@@ -35,6 +37,7 @@ impl View {
         }
     }
 
+    #[cfg_attr(not(feature = "nats"), allow(dead_code))] // used by the NATS watch
     pub(crate) fn get(&self, id: u64) -> Option<&NodeInfo> {
         self.members.get(&id)
     }
@@ -94,6 +97,7 @@ impl View {
 
     /// Brings the view to `snapshot`, reporting the differences. Nodes that
     /// vanished are reported `Expired`: the reason is not known any more.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))] // used by the Redis watch
     pub(crate) fn resync(&mut self, snapshot: BTreeMap<u64, NodeInfo>, out: &mut Vec<MemberEvent>) {
         for id in self.ids() {
             if !snapshot.contains_key(&id) {
@@ -114,6 +118,7 @@ pub(crate) struct Emitter {
 
 impl Emitter {
     /// Whether the consumer dropped its watch (the task should just end).
+    #[cfg_attr(not(feature = "nats"), allow(dead_code))] // used by the NATS watch
     pub(crate) fn is_closed(&self) -> bool {
         self.tx.is_closed()
     }

@@ -219,12 +219,15 @@ impl ClusterBuilder {
 
     /// Finds the other nodes through a discovery store instead of a peer
     /// list: `.discovery(catga::discovery::redis("redis://127.0.0.1:6379"))`
-    /// or `catga::discovery::nats("nats://127.0.0.1:4222")`. `start()` then
+    /// (cargo feature `redis`) or `catga::discovery::nats("nats://127.0.0.1:4222")`
+    /// (feature `nats`), or a [`MemoryStore`](crate::discovery::MemoryStore)
+    /// shared by the nodes of one process. `start()` then
     /// registers the node, heartbeats (reporting its in-flight requests as
     /// its load) and bootstraps a new cluster, joins the running one, or
     /// resumes from the data dir. Cannot be combined with `peer(..)`.
     ///
     /// ```no_run
+    /// # #[cfg(feature = "redis")]
     /// # async fn f() -> catga::Result<()> {
     /// let node = catga::cluster()
     ///     .node_id(4)
@@ -264,6 +267,7 @@ impl ClusterBuilder {
     /// serve local queries and take over when a voter is removed).
     ///
     /// ```
+    /// # #[cfg(feature = "nats")] {
     /// use std::time::Duration;
     /// let b = catga::cluster()
     ///     .discovery(catga::discovery::nats("nats://127.0.0.1:4222"))
@@ -272,6 +276,7 @@ impl ClusterBuilder {
     ///     .remove_learners_after(Duration::from_secs(600))
     ///     .discovery_timings(Duration::from_secs(1), Duration::from_secs(3));
     /// # drop(b);
+    /// # }
     /// ```
     pub fn voters(mut self, n: usize) -> Self {
         self.voters = n;
@@ -510,7 +515,22 @@ impl ClusterBuilder {
         let (settings, request_timeout) = this.validate()?;
         crate::registry::Registry::global()?;
         let (Some(source), Some(mut sf)) = (source, selfform) else {
+            let (id, dir) = (settings.node_id, settings.data_dir.clone());
+            let how = if settings.join {
+                "empty until a member calls add_node".to_string()
+            } else if settings.members.len() == 1 {
+                "a cluster of one (no peers)".to_string()
+            } else {
+                format!("members {:?}", settings.members.keys().collect::<Vec<_>>())
+            };
             let raft = RaftHandle::start(settings).await?;
+            // one line that says what this node is, so a first run shows
+            // something without openraft's own INFO lines
+            tracing::info!(
+                "node {id} started on {}, data dir {}: {how}",
+                raft.local_addr(),
+                dir.display()
+            );
             return Ok(Node::new(raft, max_in_flight, request_timeout));
         };
         let discovery = selfform::connect(source.clone(), &sf).await;

@@ -144,8 +144,8 @@ impl Node {
     ///
     /// A query runs on this node's state with no network trip, unless its
     /// type is `#[query(linearizable)]` (see [`Node::query`]) or declares a
-    /// route to other nodes (`#[query(route = ...)]`, see "Across nodes" in
-    /// the README and [`Node::send_to`]).
+    /// route to other nodes (`#[query(route = ...)]`, see [`Routing`](crate::Routing)
+    /// and [`Node::send_to`]).
     ///
     /// A local query is answered on the [`Reply`]'s first poll, with no
     /// allocation; everything else is one boxed future.
@@ -190,7 +190,7 @@ impl Node {
     /// under a used key gets the first command's outcome (decoded as this
     /// command's output, which may fail with [`Error::Apply`]). Every node
     /// must run a version that knows keys (an older node ignores them).
-    /// See "What exactly-once covers" in the README.
+    /// See the exactly-once guide (`catga/docs/guides/exactly-once.md`).
     pub async fn send_keyed<M: Handled>(
         &self,
         key: impl Into<String>,
