@@ -397,6 +397,17 @@ impl RaftHandle {
         redirect_result(leader::remove_node(&self.raft, id).await)
     }
 
+    /// On the leader: makes voter `id` a learner (`retain`: it keeps
+    /// receiving the log, so it can be promoted again at once).
+    pub(crate) async fn demote_here(&self, id: u64) -> Result<()> {
+        let set = [id].into_iter().collect();
+        self.raft
+            .change_membership(openraft::ChangeMembers::RemoveVoters(set), true)
+            .await
+            .map(|_| ())
+            .map_err(|e| Error::Membership(format!("demoting node {id}: {e}")))
+    }
+
     pub(crate) fn local_addr(&self) -> SocketAddr {
         self.local_addr
     }

@@ -7,8 +7,10 @@
 //! `remove_learners_after` ago; a voter only after `remove_dead_after`, if
 //! set), promote caught-up learners while there are fewer voters than the
 //! target (two at once from an odd count, so the count stays odd: four
-//! voters tolerate no more failures than three and need one more ack), add
-//! a seen node as a learner. A node whose lease passed is only
+//! voters tolerate no more failures than three and need one more ack),
+//! make one voter a learner while the count is even and no learner can be
+//! promoted (after a leave or a removal; it is promoted again with the next
+//! node that comes), add a seen node as a learner. A node whose lease passed is only
 //! *suspect* until then. Removed ids are recorded in the store first and
 //! never added again.
 
@@ -39,6 +41,8 @@ pub(super) enum Step {
     /// one membership change.
     Promote(Vec<u64>),
     AddLearner(u64, String),
+    /// A voter becomes a learner (the voter count was even).
+    Demote(u64),
 }
 
 /// What the reconciler knows besides the membership.
@@ -94,6 +98,24 @@ pub(super) fn next_step(
         let n = if view.voters.len() % 2 == 1 { 2 } else { 1 };
         if ready.len() >= n && view.voters.len() + n <= s.voters {
             return Some(Step::Promote(ready[..n].to_vec()));
+        }
+    }
+    // An even count (a voter left or was removed, and no learner could take
+    // its place) tolerates no more failures than one voter less and needs
+    // one more ack per write: make one voter a learner. It keeps the log, so
+    // it is promoted again, together with the next node that comes.
+    if view.voters.len() % 2 == 0 {
+        // not this node (the leader); a voter that is gone first, then the
+        // one furthest behind, then the highest id
+        let pick = view.voters.keys().filter(|id| **id != me).max_by_key(|id| {
+            (
+                !seen.alive.contains_key(id),
+                view.lag.get(id).copied().unwrap_or(u64::MAX),
+                **id,
+            )
+        });
+        if let Some(id) = pick {
+            return Some(Step::Demote(*id));
         }
     }
     seen.alive
@@ -221,6 +243,18 @@ pub(super) async fn run(
                     retry_at = Instant::now() + RETRY_AFTER;
                 }
             }
+            Step::Demote(id) => {
+                tracing::info!(
+                    node = id,
+                    voters = view.voters.len(),
+                    "an even number of voters: node {id} becomes a learner (it is promoted \
+                     again with the next node that joins)"
+                );
+                if let Err(e) = raft.demote_here(id).await {
+                    tracing::warn!(node = id, error = %e, "demotion failed; retrying");
+                    retry_at = Instant::now() + RETRY_AFTER;
+                }
+            }
             Step::AddLearner(id, addr) => {
                 match discovery.read_record(&removed_record(id)).await {
                     Ok(None) => {}
@@ -304,11 +338,12 @@ mod tests {
             next_step(1, 7, &view(&[1, 2, 3], &[4], &[(4, 0)]), &seen, &s, now),
             None
         );
-        // a voter left: the learner takes over once caught up
+        // a voter left: the learner takes over once caught up (until then
+        // the count is even, and one voter steps down)
         let seen = alive(&[1, 2, 4]);
         assert_eq!(
             next_step(1, 7, &view(&[1, 2], &[4], &[(4, 50)]), &seen, &s, now),
-            None
+            Some(Step::Demote(2))
         );
         assert_eq!(
             next_step(1, 7, &view(&[1, 2], &[4], &[(4, 3)]), &seen, &s, now),
@@ -367,6 +402,74 @@ mod tests {
             ),
             None
         );
+    }
+
+    #[test]
+    fn an_even_voter_count_is_made_odd_and_restored_when_a_node_comes() {
+        let mut s = settings();
+        s.voters = 5;
+        let now = Instant::now();
+        // five voters, one left: four, no learner to take its place
+        let seen = alive(&[1, 2, 3, 4]);
+        let four = view(&[1, 2, 3, 4], &[], &[(2, 0), (3, 0), (4, 0)]);
+        assert_eq!(
+            next_step(1, 7, &four, &seen, &s, now),
+            Some(Step::Demote(4))
+        );
+        // never the leader itself, and a voter that is gone goes first
+        let mut seen_gone = alive(&[1, 3, 4]);
+        seen_gone.left.insert(2, (now, LeaveReason::Expired));
+        assert_eq!(
+            next_step(1, 7, &four, &seen_gone, &s, now),
+            Some(Step::Demote(2))
+        );
+        assert_eq!(
+            next_step(4, 7, &four, &seen, &s, now),
+            Some(Step::Demote(3))
+        );
+        // then the one furthest behind
+        let lagging = view(&[1, 2, 3, 4], &[], &[(2, 40), (3, 0), (4, 0)]);
+        assert_eq!(
+            next_step(1, 7, &lagging, &seen, &s, now),
+            Some(Step::Demote(2))
+        );
+        // three voters and the demoted learner: stable (one promotion alone
+        // would make the count even again)
+        let three = view(&[1, 2, 3], &[4], &[(4, 0)]);
+        assert_eq!(next_step(1, 7, &three, &seen, &s, now), None);
+        // a node comes: it becomes a learner, then both are promoted
+        let seen = alive(&[1, 2, 3, 4, 5]);
+        assert_eq!(
+            next_step(1, 7, &three, &seen, &s, now),
+            Some(Step::AddLearner(5, "a:5".into()))
+        );
+        assert_eq!(
+            next_step(
+                1,
+                7,
+                &view(&[1, 2, 3], &[4, 5], &[(4, 0), (5, 1)]),
+                &seen,
+                &s,
+                now
+            ),
+            Some(Step::Promote(vec![4, 5]))
+        );
+        // four voters and a caught-up learner: promoting it beats demoting
+        assert_eq!(
+            next_step(1, 7, &view(&[1, 2, 3, 4], &[5], &[(5, 0)]), &seen, &s, now),
+            Some(Step::Promote(vec![5]))
+        );
+        // two voters (a three-voter cluster lost one): one voter is left
+        let s3 = settings();
+        let seen = alive(&[1, 2]);
+        assert_eq!(
+            next_step(1, 7, &view(&[1, 2], &[], &[(2, 0)]), &seen, &s3, now),
+            Some(Step::Demote(2))
+        );
+        // and a follower decides nothing
+        let mut follower = four.clone();
+        follower.leader = false;
+        assert_eq!(next_step(1, 7, &follower, &seen, &s, now), None);
     }
 
     #[test]
