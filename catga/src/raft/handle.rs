@@ -329,6 +329,11 @@ impl RaftHandle {
         (self.identity.cluster(), self.identity.incarnation())
     }
 
+    /// No other process uses this data dir (see `identity.rs`, `LOCK`).
+    pub(crate) fn data_dir_exclusive(&self) -> bool {
+        self.identity.sole_user()
+    }
+
     /// Records the cluster id this (pristine) data dir joins.
     pub(crate) fn adopt_cluster(&self, cluster: u64) -> Result<()> {
         self.identity.adopt(cluster).map_err(Error::ClusterMismatch)

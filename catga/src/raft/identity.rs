@@ -24,12 +24,18 @@ use crate::transport::{Ident, PeerCheck};
 
 const IDENTITY: &str = "identity";
 const PEERS: &str = "peers";
+/// Locked (`flock`) while a process uses the data dir: the lock goes with
+/// the process, however it dies, so holding it proves that no earlier
+/// process still runs on this dir.
+const LOCK: &str = "lock";
 
 /// This node's identity and its record of its peers.
 pub(crate) struct Identity {
     node_id: u64,
     dir: PathBuf,
     inner: Mutex<Inner>,
+    /// The data dir's lock, if this process could take it (see [`LOCK`]).
+    lock: Option<std::fs::File>,
 }
 
 struct Inner {
@@ -71,6 +77,26 @@ fn write_atomically(dir: &Path, name: &str, text: &str) -> io::Result<()> {
     }
     std::fs::rename(&tmp, dir.join(name))?;
     std::fs::File::open(dir)?.sync_all()
+}
+
+/// Takes the data dir's lock without waiting. Failing to take it is not an
+/// error: the lock only lets a restarted node skip a wait (see
+/// `Identity::sole_user`), so a filesystem without locks, or a second node
+/// on this dir in the same process, just does without.
+fn take_lock(dir: &Path) -> Option<std::fs::File> {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join(LOCK))
+        .ok()?;
+    match file.try_lock() {
+        Ok(()) => Some(file),
+        Err(e) => {
+            tracing::debug!(error = %e, dir = %dir.display(), "the data dir lock is held elsewhere");
+            None
+        }
+    }
 }
 
 fn hex(s: &str, path: &Path) -> io::Result<u64> {
@@ -155,7 +181,14 @@ impl Identity {
                 incarnation,
                 peers,
             }),
+            lock: take_lock(dir),
         })
+    }
+
+    /// Whether this process holds the data dir's lock: no other process
+    /// (a previous life of this node that still runs) uses it.
+    pub(crate) fn sole_user(&self) -> bool {
+        self.lock.is_some()
     }
 
     /// The cluster id this data dir belongs to (0: not known yet).
