@@ -104,7 +104,7 @@ pub(super) fn next_step(
     // its place) tolerates no more failures than one voter less and needs
     // one more ack per write: make one voter a learner. It keeps the log, so
     // it is promoted again, together with the next node that comes.
-    if view.voters.len() % 2 == 0 {
+    if view.voters.len().is_multiple_of(2) {
         // not this node (the leader); a voter that is gone first, then the
         // one furthest behind, then the highest id
         let pick = view.voters.keys().filter(|id| **id != me).max_by_key(|id| {
