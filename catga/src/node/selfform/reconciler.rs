@@ -423,8 +423,9 @@ mod tests {
             next_step(1, 7, &four, &seen_gone, &s, now),
             Some(Step::Demote(2))
         );
+        let led_by_4 = view(&[1, 2, 3, 4], &[], &[(1, 0), (2, 0), (3, 0)]);
         assert_eq!(
-            next_step(4, 7, &four, &seen, &s, now),
+            next_step(4, 7, &led_by_4, &seen, &s, now),
             Some(Step::Demote(3))
         );
         // then the one furthest behind
