@@ -24,6 +24,7 @@
 //! | a body over [`MAX_BODY`] (read and dropped up to [`DRAIN_MAX`], so that the client sees the answer) | 413 + `Connection: close` | `{"error": ...}` |
 //! | no leader within the request timeout (nothing was applied) | 503 + `Retry-After` | `{"error": ...}` |
 //! | overloaded, or the node is shutting down | 503 + `Retry-After` | `{"error": ...}` |
+//! | the node's peers refuse it (wiped data dir, another cluster: [`crate::Health::refused`]); `/health` too | 503 | `{"error": ...}` |
 //! | timeout with an unknown outcome (the command may still apply, once) | 504 | `{"error": ..., "outcome": "unknown..."}` |
 //! | anything else (a handler panicked, a version mismatch) | 500 | `{"error": ...}` |
 //!
@@ -409,6 +410,9 @@ fn status_of(e: &Error, is_command: bool) -> Response {
             .into_response(),
         Error::Timeout { .. } => problem(StatusCode::GATEWAY_TIMEOUT, e.to_string()),
         Error::Overloaded | Error::ShutDown => retry_later(e.to_string()),
+        // a node its peers refuse is no replica: another node answers (no
+        // Retry-After: this one will not, until an operator acts)
+        Error::ClusterMismatch(_) => problem(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
         Error::Apply(ApplyError::Stale { .. }) => problem(StatusCode::CONFLICT, e.to_string()),
         // nothing was written; it can be sent once the rolling upgrade is done
         Error::NotUpgraded { .. } => problem(StatusCode::CONFLICT, e.to_string()),
@@ -417,7 +421,14 @@ fn status_of(e: &Error, is_command: bool) -> Response {
 }
 
 async fn health(State(h): State<Http>) -> Response {
-    Json(h.node.health()).into_response()
+    let health = h.node.health();
+    // a refused node is not a replica: a load balancer must not keep it
+    let status = if health.refused.is_some() {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::OK
+    };
+    (status, Json(health)).into_response()
 }
 
 async fn members(State(h): State<Http>) -> Response {

@@ -334,6 +334,16 @@ impl RaftHandle {
         self.identity.sole_user()
     }
 
+    /// A peer's standing refusal of this node, and a receiver of changes
+    /// (see `identity.rs`).
+    pub(crate) fn refusal(&self) -> Option<super::identity::Refusal> {
+        self.identity.refusal()
+    }
+
+    pub(crate) fn watch_refusals(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.identity.watch_refusals()
+    }
+
     /// Records the cluster id this (pristine) data dir joins.
     pub(crate) fn adopt_cluster(&self, cluster: u64) -> Result<()> {
         self.identity.adopt(cluster).map_err(Error::ClusterMismatch)

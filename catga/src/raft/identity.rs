@@ -16,6 +16,8 @@
 use std::collections::BTreeMap;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use sha2::{Digest, Sha256};
@@ -36,7 +38,36 @@ pub(crate) struct Identity {
     inner: Mutex<Inner>,
     /// The data dir's lock, if this process could take it (see [`LOCK`]).
     lock: Option<std::fs::File>,
+    /// Set while some peer refuses this node: read on every local query,
+    /// so an atomic beside the lock.
+    refused_flag: AtomicBool,
+    refusals: Mutex<Refusals>,
+    /// Bumped whenever `refusals` changes (for `Node::stopped` and writes
+    /// waiting for a leader).
+    refusals_changed: tokio::sync::watch::Sender<u64>,
 }
+
+/// A peer's refusal of this node, as it said it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Refusal {
+    /// The refusing peer.
+    pub(crate) by: u64,
+    /// Its reason (it says what to do).
+    pub(crate) reason: String,
+}
+
+#[derive(Default)]
+struct Refusals {
+    /// The standing refusal of each peer that refused this node (cleared
+    /// when that peer accepts it again).
+    by: BTreeMap<u64, String>,
+    /// When a refusal between this node and each peer (either way) was
+    /// last logged.
+    logged: BTreeMap<u64, Instant>,
+}
+
+/// A refusal that keeps happening is logged at most this often.
+const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(60);
 
 struct Inner {
     /// 0 until known (a node started to join an existing cluster).
@@ -182,7 +213,32 @@ impl Identity {
                 peers,
             }),
             lock: take_lock(dir),
+            refused_flag: AtomicBool::new(false),
+            refusals: Mutex::new(Refusals::default()),
+            refusals_changed: tokio::sync::watch::channel(0).0,
         })
+    }
+
+    /// A standing refusal of this node by a peer, if any (the lowest peer
+    /// id's, so that the answer is stable).
+    pub(crate) fn refusal(&self) -> Option<Refusal> {
+        if !self.refused_flag.load(Ordering::Acquire) {
+            return None;
+        }
+        self.refusals
+            .lock()
+            .by
+            .iter()
+            .next()
+            .map(|(by, reason)| Refusal {
+                by: *by,
+                reason: reason.clone(),
+            })
+    }
+
+    /// A receiver that sees every change of the refusals.
+    pub(crate) fn watch_refusals(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.refusals_changed.subscribe()
     }
 
     /// Whether this process holds the data dir's lock: no other process
@@ -298,6 +354,55 @@ impl PeerCheck for Identity {
             }
         }
     }
+
+    fn refused_by(&self, peer: u64, reason: &str) {
+        let mut g = self.refusals.lock();
+        let new = g.by.get(&peer).map(String::as_str) != Some(reason);
+        if new {
+            g.by.insert(peer, reason.to_string());
+            self.refused_flag.store(true, Ordering::Release);
+        }
+        let log = due(&mut g.logged, peer);
+        drop(g);
+        if log {
+            tracing::error!(
+                peer,
+                "node {peer} refuses this node: {reason} (this node answers no queries and \
+                 takes no writes while its peers refuse it; logged at most once a minute)"
+            );
+        }
+        if new {
+            self.refusals_changed.send_modify(|n| *n += 1);
+        }
+    }
+
+    fn accepted_by(&self, peer: u64) {
+        let mut g = self.refusals.lock();
+        if g.by.remove(&peer).is_none() {
+            return;
+        }
+        self.refused_flag.store(!g.by.is_empty(), Ordering::Release);
+        drop(g);
+        tracing::info!(peer, "node {peer} accepts this node again");
+        self.refusals_changed.send_modify(|n| *n += 1);
+    }
+
+    fn log_refusal_now(&self, peer: u64) -> bool {
+        due(&mut self.refusals.lock().logged, peer)
+    }
+}
+
+/// Whether a line about `peer` is due (none in the last minute); notes it.
+fn due(logged: &mut BTreeMap<u64, Instant>, peer: u64) -> bool {
+    let now = Instant::now();
+    if logged
+        .get(&peer)
+        .is_some_and(|t| now.duration_since(*t) < REFUSAL_LOG_EVERY)
+    {
+        return false;
+    }
+    logged.insert(peer, now);
+    true
 }
 
 #[cfg(test)]
