@@ -32,6 +32,8 @@ use crate::raft::MembershipView;
 const TICK: Duration = Duration::from_millis(100);
 /// How long it waits after a change failed.
 const RETRY_AFTER: Duration = Duration::from_millis(500);
+/// How often each member checks that the store still holds its records.
+const RECORDS_EVERY: Duration = Duration::from_secs(2);
 
 /// One membership change.
 #[derive(Debug, PartialEq, Eq)]
@@ -147,6 +149,8 @@ pub(super) async fn run(
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut retry_at = Instant::now();
+    let mut records_at = Instant::now();
+    let mut records_warned = false;
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
@@ -184,7 +188,11 @@ pub(super) async fn run(
         let Some(node) = node.upgrade() else { return };
         let raft = node.raft();
         let me = raft.id();
-        let (cluster, _) = raft.data_identity();
+        let (cluster, incarnation) = raft.data_identity();
+        if Instant::now() >= records_at {
+            records_at = Instant::now() + RECORDS_EVERY;
+            restore_records(&*discovery, me, cluster, incarnation, &mut records_warned).await;
+        }
         // tell the others which cluster this node belongs to, once known
         if info.metadata.get(META_CLUSTER) != Some(&hex(cluster)) {
             let mut next = info.clone();
@@ -283,6 +291,57 @@ pub(super) async fn run(
                     retry_at = Instant::now() + RETRY_AFTER;
                 }
             }
+        }
+    }
+}
+
+/// Writes this member's records back if the store lost them (a Redis
+/// restarted empty, a purged bucket): the cluster id and this node's data
+/// dir incarnation are what keep a wiped node with this id, or a node of
+/// another cluster, out at start. They live in every member's data dir, so
+/// the members, not the store, are their source of truth. A record that
+/// holds another value is logged once (something else claimed it while the
+/// store was empty); a store that cannot be reached is tried next time.
+async fn restore_records(
+    discovery: &dyn Discovery,
+    me: u64,
+    cluster: u64,
+    incarnation: u64,
+    warned: &mut bool,
+) {
+    if cluster == 0 {
+        return; // not in a cluster yet: the bootstrap writes them
+    }
+    let records = [
+        ("cluster-id".to_string(), hex(cluster)),
+        (node_record(me), hex(incarnation)),
+    ];
+    for (name, ours) in records {
+        match discovery.read_record(&name).await {
+            Ok(Some(held)) if held == ours => continue,
+            Ok(Some(held)) => {
+                if !*warned {
+                    *warned = true;
+                    tracing::error!(
+                        record = %name,
+                        %held,
+                        %ours,
+                        "the discovery store's record `{name}` is {held}, and this member's is \
+                         {ours}: another node claimed it while the store had lost its records. \
+                         Find and stop that node (a wiped or foreign node using a member's id \
+                         or this cluster's name)"
+                    );
+                }
+                continue;
+            }
+            Ok(None) => {}
+            Err(_) => return,
+        }
+        match discovery.create_record(&name, &ours).await {
+            Ok(held) if held == ours => {
+                tracing::warn!(record = %name, "the discovery store had lost record `{name}`: restored it");
+            }
+            Ok(_) | Err(_) => {} // claimed meanwhile (logged next time), or down
         }
     }
 }
