@@ -106,7 +106,15 @@ pub(super) fn next_step(
     // its place) tolerates no more failures than one voter less and needs
     // one more ack per write: make one voter a learner. It keeps the log, so
     // it is promoted again, together with the next node that comes.
-    if view.voters.len().is_multiple_of(2) {
+    // The change commits only with a majority of the current voters (joint
+    // consensus): with too few of them alive (two voters, one gone) it
+    // would block the reconciler until the dead one returns.
+    let alive_voters = view
+        .voters
+        .keys()
+        .filter(|id| **id == me || seen.alive.contains_key(id))
+        .count();
+    if view.voters.len().is_multiple_of(2) && alive_voters > view.voters.len() / 2 {
         // not this node (the leader); a voter that is gone first, then the
         // one furthest behind, then the highest id
         let pick = view.voters.keys().filter(|id| **id != me).max_by_key(|id| {
@@ -525,6 +533,13 @@ mod tests {
         assert_eq!(
             next_step(1, 7, &view(&[1, 2], &[], &[(2, 0)]), &seen, &s3, now),
             Some(Step::Demote(2))
+        );
+        // two voters, the other gone: no demotion (it could not commit)
+        let mut seen_alone = alive(&[1]);
+        seen_alone.left.insert(2, (now, LeaveReason::Expired));
+        assert_eq!(
+            next_step(1, 7, &view(&[1, 2], &[], &[(2, 0)]), &seen_alone, &s3, now),
+            None
         );
         // and a follower decides nothing
         let mut follower = four.clone();
