@@ -344,6 +344,11 @@ impl RaftHandle {
         self.identity.watch_refusals()
     }
 
+    /// Peers refused for coming back with another data dir (`identity.rs`).
+    pub(crate) fn replaced_peers(&self) -> std::collections::BTreeSet<u64> {
+        self.identity.replaced_peers()
+    }
+
     /// Records the cluster id this (pristine) data dir joins.
     pub(crate) fn adopt_cluster(&self, cluster: u64) -> Result<()> {
         self.identity.adopt(cluster).map_err(Error::ClusterMismatch)

@@ -74,6 +74,10 @@ struct Inner {
     cluster: u64,
     incarnation: u64,
     peers: BTreeMap<u64, u64>,
+    /// Peers refused since this process started because they came back
+    /// with another data dir: whatever their id names in the membership is
+    /// gone (not kept on disk: the `peers` file refuses them again).
+    replaced: std::collections::BTreeSet<u64>,
 }
 
 /// The cluster id of a static cluster: the same on every member that is
@@ -211,6 +215,7 @@ impl Identity {
                 cluster,
                 incarnation,
                 peers,
+                replaced: Default::default(),
             }),
             lock: take_lock(dir),
             refused_flag: AtomicBool::new(false),
@@ -234,6 +239,12 @@ impl Identity {
                 by: *by,
                 reason: reason.clone(),
             })
+    }
+
+    /// The peers this node refused since it started because they came
+    /// back with another data dir (see `Inner::replaced`).
+    pub(crate) fn replaced_peers(&self) -> std::collections::BTreeSet<u64> {
+        self.inner.lock().replaced.clone()
     }
 
     /// A receiver that sees every change of the refusals.
@@ -334,16 +345,19 @@ impl PeerCheck for Identity {
             }
             tracing::info!(cluster = %format!("{:016x}", ident.cluster), "joined cluster");
         }
-        match g.peers.get(&peer) {
-            Some(known) if *known == ident.incarnation => Ok(()),
-            Some(known) => Err(format!(
-                "node {peer} was a member with data dir incarnation {known:016x}, and this one is \
+        match g.peers.get(&peer).copied() {
+            Some(known) if known == ident.incarnation => Ok(()),
+            Some(known) => {
+                g.replaced.insert(peer);
+                Err(format!(
+                    "node {peer} was a member with data dir incarnation {known:016x}, and this one is \
                  {:016x}: its data dir was wiped or replaced, so it lost its Raft log and must not \
                  vote. Remove node {peer} (`remove_node({peer})` on a member) and add the new \
                  machine under a new id (`join_existing()` + `add_node`); see \"Replacing a node\" \
                  in the README",
-                ident.incarnation
-            )),
+                    ident.incarnation
+                ))
+            }
             None => {
                 g.peers.insert(peer, ident.incarnation);
                 if let Err(e) = self.persist_peers(&g) {
@@ -417,6 +431,45 @@ mod tests {
     }
 
     #[test]
+    fn refusals_stand_until_the_peer_accepts_and_are_logged_once_a_minute() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = Identity::open(dir.path(), 1, Some(7)).unwrap();
+        assert_eq!(id.refusal(), None);
+        let mut changes = id.watch_refusals();
+        id.refused_by(3, "wiped");
+        id.refused_by(2, "wiped");
+        assert!(changes.has_changed().unwrap());
+        changes.mark_unchanged();
+        let r = id.refusal().unwrap();
+        assert_eq!((r.by, r.reason.as_str()), (2, "wiped"));
+        // the same refusal again changes nothing
+        id.refused_by(2, "wiped");
+        assert!(!changes.has_changed().unwrap());
+        // refused_by logged each peer once: nothing more is due this minute
+        assert!(!id.log_refusal_now(2));
+        assert!(!id.log_refusal_now(3));
+        assert!(id.log_refusal_now(4));
+        assert!(!id.log_refusal_now(4));
+        id.accepted_by(2);
+        assert_eq!(id.refusal().map(|r| r.by), Some(3));
+        id.accepted_by(3);
+        assert_eq!(id.refusal(), None);
+        assert!(changes.has_changed().unwrap());
+    }
+
+    #[test]
+    fn a_second_open_of_a_data_dir_does_not_get_its_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = Identity::open(dir.path(), 1, Some(7)).unwrap();
+        assert!(first.sole_user());
+        let second = Identity::open(dir.path(), 1, Some(7)).unwrap();
+        assert!(!second.sole_user(), "two users of one data dir");
+        drop(second);
+        drop(first);
+        assert!(Identity::open(dir.path(), 1, Some(7)).unwrap().sole_user());
+    }
+
+    #[test]
     fn a_peer_with_a_new_incarnation_is_refused_across_restarts() {
         let dir = tempfile::tempdir().unwrap();
         let id = Identity::open(dir.path(), 1, Some(7)).unwrap();
@@ -424,6 +477,7 @@ mod tests {
         assert!(id.check(2, ident(7, 100)).is_ok());
         let err = id.check(2, ident(7, 101)).unwrap_err();
         assert!(err.contains("wiped"), "{err}");
+        assert_eq!(id.replaced_peers(), [2].into());
         let mine = id.local();
         drop(id);
         // the record survives a restart, and so does this node's incarnation

@@ -56,6 +56,9 @@ pub(super) struct Seen {
     pub(super) left: BTreeMap<u64, (Instant, LeaveReason)>,
     /// Ids never to add (recorded as removed, or of another cluster).
     pub(super) refused: BTreeSet<u64>,
+    /// Ids this node's transport refuses because they came back with
+    /// another data dir: the member of that id is gone.
+    pub(super) replaced: BTreeSet<u64>,
 }
 
 /// The pure rule: the next change, if any.
@@ -69,6 +72,16 @@ pub(super) fn next_step(
 ) -> Option<Step> {
     if !view.leader {
         return None;
+    }
+    // a learner that came back with another data dir (wiped, or another
+    // machine under its id; the store lost its records when it started)
+    // can never catch up: the leader refuses it on every connection
+    if let Some(id) = seen
+        .replaced
+        .iter()
+        .find(|id| view.learners.contains_key(id))
+    {
+        return Some(Step::Remove(*id));
     }
     for (id, (at, reason)) in &seen.left {
         let gone_for = now.saturating_duration_since(*at);
@@ -135,6 +148,7 @@ pub(super) fn next_step(
                 && !view.voters.contains_key(&n.id)
                 && !view.learners.contains_key(&n.id)
                 && !seen.refused.contains(&n.id)
+                && !seen.replaced.contains(&n.id)
                 && (published_cluster(n) == 0 || published_cluster(n) == cluster)
         })
         .map(|n| Step::AddLearner(n.id, n.raft_addr.clone()))
@@ -227,6 +241,7 @@ pub(super) async fn run(
             }
         }
         warned.retain(|id| seen.left.contains_key(id));
+        seen.replaced = raft.replaced_peers();
         let Some(step) = next_step(me, cluster, &view, &seen, &s, Instant::now()) else {
             continue;
         };
@@ -567,6 +582,25 @@ mod tests {
         seen.left.insert(5, (start, LeaveReason::Graceful));
         let v = view(&[1, 2], &[5], &[]);
         assert_eq!(next_step(1, 7, &v, &seen, &s, start), Some(Step::Remove(5)));
+    }
+
+    #[test]
+    fn a_learner_that_came_back_with_another_data_dir_is_removed() {
+        let s = settings();
+        let now = Instant::now();
+        let mut seen = alive(&[1, 2, 3, 4]);
+        seen.replaced.insert(4);
+        seen.replaced.insert(3);
+        // a learner goes; a voter stays (the operator decides, or
+        // remove_dead_after); and one is never added
+        assert_eq!(
+            next_step(1, 7, &view(&[1, 2, 3], &[4], &[(4, 9)]), &seen, &s, now),
+            Some(Step::Remove(4))
+        );
+        assert_eq!(
+            next_step(1, 7, &view(&[1, 2, 3], &[], &[]), &seen, &s, now),
+            None
+        );
     }
 
     #[test]
