@@ -269,8 +269,13 @@ pub(crate) async fn start(
             .map(|n| n.in_flight() as f64)
             .unwrap_or(0.0)
     };
-    if raft.data_dir_exclusive()
-        && let Some(previous) = previous_life(&discovery, &info).await
+    // only a node with Raft state can have a previous process to take
+    // over from (and a first start skips the listing); bounded, so that a
+    // slow store costs at most what waiting for the lease would
+    if !pristine
+        && raft.data_dir_exclusive()
+        && let Ok(Some(previous)) =
+            tokio::time::timeout(settings.lease, previous_life(&discovery, &info)).await
     {
         // A restart within the lease of this node's previous process: the
         // store still holds the id under that process's incarnation. The
