@@ -254,6 +254,12 @@ async fn read_body(headers: &HeaderMap, body: Body) -> Result<Bytes, BodyError> 
     if declared.is_some_and(|n| n > DRAIN_MAX) {
         return Err(BodyError::TooLarge);
     }
+    if declared.is_some_and(|n| n <= MAX_BODY) {
+        // the common case: hyper holds the body to its declared length
+        return axum::body::to_bytes(body, MAX_BODY)
+            .await
+            .map_err(|e| BodyError::Broken(e.to_string()));
+    }
     let mut stream = body.into_data_stream();
     let mut kept = Vec::new();
     let mut seen = 0usize;
