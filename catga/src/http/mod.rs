@@ -21,9 +21,10 @@
 //! | the handler returned `Ok(v)` (or a plain value) | 200 | `v` as JSON |
 //! | the handler returned `Err(e)` | 422 | `e` as JSON |
 //! | malformed JSON, or a query string that does not fit the query | 400 | `{"error": ...}` |
-//! | a body over [`MAX_BODY`] | 413 | `{"error": ...}` |
+//! | a body over [`MAX_BODY`] (read and dropped up to [`DRAIN_MAX`], so that the client sees the answer) | 413 + `Connection: close` | `{"error": ...}` |
 //! | no leader within the request timeout (nothing was applied) | 503 + `Retry-After` | `{"error": ...}` |
 //! | overloaded, or the node is shutting down | 503 + `Retry-After` | `{"error": ...}` |
+//! | the node's peers refuse it (wiped data dir, another cluster: [`crate::Health::refused`]); `/health` too | 503 | `{"error": ...}` |
 //! | timeout with an unknown outcome (the command may still apply, once) | 504 | `{"error": ..., "outcome": "unknown..."}` |
 //! | anything else (a handler panicked, a version mismatch) | 500 | `{"error": ...}` |
 //!
@@ -220,33 +221,100 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Response> {
     }
 }
 
+/// How much of an oversized body is read, and dropped, before the 413 is
+/// sent. A client that writes its whole body before it reads (reqwest,
+/// most clients without `Expect: 100-continue`) sees a connection closed
+/// under an unread body as a reset ("Broken pipe"), never the 413; read to
+/// the end, the 413 reaches it. A larger body is answered at once (its
+/// client may see the reset: reading it all would cost more than it is
+/// worth).
+pub const DRAIN_MAX: usize = 16 * MAX_BODY;
+
+/// The longest an oversized body is read before the 413 is sent anyway (a
+/// slow client must not hold the task).
+const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Why a body was not accepted.
+enum BodyError {
+    /// Over [`MAX_BODY`] (read to its end if it was at most [`DRAIN_MAX`]).
+    TooLarge,
+    /// The client broke off, or the body could not be read.
+    Broken(String),
+}
+
+/// Reads a body of at most [`MAX_BODY`] bytes. An oversized one (by its
+/// `Content-Length`, or by what arrives) is read on and dropped, up to
+/// [`DRAIN_MAX`] bytes and [`DRAIN_TIME`].
+async fn read_body(headers: &HeaderMap, body: Body) -> Result<Bytes, BodyError> {
+    use futures::StreamExt;
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > DRAIN_MAX) {
+        return Err(BodyError::TooLarge);
+    }
+    if declared.is_some_and(|n| n <= MAX_BODY) {
+        // the common case: hyper holds the body to its declared length
+        return axum::body::to_bytes(body, MAX_BODY)
+            .await
+            .map_err(|e| BodyError::Broken(e.to_string()));
+    }
+    let mut stream = body.into_data_stream();
+    let mut kept = Vec::new();
+    let mut seen = 0usize;
+    let oversized = declared.is_some_and(|n| n > MAX_BODY);
+    let read = async {
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| BodyError::Broken(e.to_string()))?;
+            seen = seen.saturating_add(chunk.len());
+            if seen > DRAIN_MAX {
+                return Err(BodyError::TooLarge);
+            }
+            if !oversized && seen <= MAX_BODY {
+                kept.extend_from_slice(&chunk);
+            }
+        }
+        Ok(())
+    };
+    match tokio::time::timeout(DRAIN_TIME, read).await {
+        Ok(Ok(())) if !oversized && seen <= MAX_BODY => Ok(Bytes::from(kept)),
+        Ok(Ok(())) => Err(BodyError::TooLarge),
+        Ok(Err(e)) => Err(e),
+        Err(_) if oversized || seen > MAX_BODY => Err(BodyError::TooLarge),
+        Err(_) => Err(BodyError::Broken(format!(
+            "the body did not arrive within {DRAIN_TIME:?}"
+        ))),
+    }
+}
+
 /// Reads a JSON body of at most [`MAX_BODY`] bytes and decodes it as `M`.
 async fn read_json<M: DeserializeOwned + Handled>(
     headers: &HeaderMap,
     body: Body,
 ) -> Result<M, Response> {
-    // the rest of the body is never read, so the connection cannot carry
-    // another request: say so, or a pooling client sends its next request
-    // on a connection the server is closing and sees it fail
-    let too_large = || {
-        let mut resp = problem(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("the body exceeds {MAX_BODY} bytes"),
-        );
-        resp.headers_mut()
-            .insert(header::CONNECTION, HeaderValue::from_static("close"));
-        resp
+    let bytes = match read_body(headers, body).await {
+        Ok(bytes) => bytes,
+        Err(BodyError::TooLarge) => {
+            let mut resp = problem(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("the body exceeds {MAX_BODY} bytes"),
+            );
+            // the connection is closed after a 413 (an undrained body
+            // leaves it unusable, and a client sending that much is not
+            // worth keeping): say so, or a pooling client sends its next
+            // request on a connection the server is closing
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            return Err(resp);
+        }
+        Err(BodyError::Broken(e)) => {
+            return Err(problem(
+                StatusCode::BAD_REQUEST,
+                format!("the body could not be read: {e}"),
+            ));
+        }
     };
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok());
-    if declared.is_some_and(|n| n > MAX_BODY) {
-        return Err(too_large());
-    }
-    let bytes: Bytes = axum::body::to_bytes(body, MAX_BODY)
-        .await
-        .map_err(|_| too_large())?;
     serde_json::from_slice(&bytes).map_err(|e| {
         problem(
             StatusCode::BAD_REQUEST,
@@ -348,6 +416,9 @@ fn status_of(e: &Error, is_command: bool) -> Response {
             .into_response(),
         Error::Timeout { .. } => problem(StatusCode::GATEWAY_TIMEOUT, e.to_string()),
         Error::Overloaded | Error::ShutDown => retry_later(e.to_string()),
+        // a node its peers refuse is no replica: another node answers (no
+        // Retry-After: this one will not, until an operator acts)
+        Error::ClusterMismatch(_) => problem(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
         Error::Apply(ApplyError::Stale { .. }) => problem(StatusCode::CONFLICT, e.to_string()),
         // nothing was written; it can be sent once the rolling upgrade is done
         Error::NotUpgraded { .. } => problem(StatusCode::CONFLICT, e.to_string()),
@@ -356,7 +427,14 @@ fn status_of(e: &Error, is_command: bool) -> Response {
 }
 
 async fn health(State(h): State<Http>) -> Response {
-    Json(h.node.health()).into_response()
+    let health = h.node.health();
+    // a refused node is not a replica: a load balancer must not keep it
+    let status = if health.refused.is_some() {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::OK
+    };
+    (status, Json(health)).into_response()
 }
 
 async fn members(State(h): State<Http>) -> Response {

@@ -76,6 +76,14 @@ pub struct Health {
     /// is down" in the README).
     #[serde(default)]
     pub unregistered: Option<String>,
+    /// Why this node is no replica, if its peers refuse it: its data dir
+    /// was wiped or replaced, it belongs to another cluster, or it was
+    /// removed (the refusing peer's reason and what to do). It answers no
+    /// queries and takes no writes (both fail at once with
+    /// [`Error::ClusterMismatch`](crate::Error::ClusterMismatch)), and is
+    /// not ready. A node that hears from a leader is never refused.
+    #[serde(default)]
+    pub refused: Option<String>,
 }
 
 impl From<Status> for Health {
@@ -105,6 +113,7 @@ impl From<Status> for Health {
             stalled: s.stalled,
             failed: s.failed,
             unregistered: None,
+            refused: None,
         }
     }
 }

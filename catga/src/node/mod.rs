@@ -245,7 +245,53 @@ impl Node {
                  longer kept up to date: restart it"
             )));
         }
+        if let Some(why) = self.refused() {
+            // its state is not the cluster's (empty, or another cluster's)
+            return Err(Error::ClusterMismatch(why));
+        }
         self.inner.raft.read(|m| m.query(msg))
+    }
+
+    /// Why this node is no replica, if its peers refuse it (see
+    /// `raft/identity.rs`): a peer refused it and no leader accepts it. A
+    /// node that hears from a leader serves, whatever another peer says.
+    /// An atomic load unless a peer refused it.
+    pub(crate) fn refused(&self) -> Option<String> {
+        let refusal = self.inner.raft.refusal()?;
+        self.refused_given(&self.inner.raft.status(), refusal)
+    }
+
+    fn refused_given(&self, s: &crate::raft::Status, r: crate::raft::Refusal) -> Option<String> {
+        if s.leader_confirmed {
+            return None;
+        }
+        let id = self.id();
+        Some(format!(
+            "node {id} is refused by its peers (node {}: {}). It holds no replica of the \
+             cluster's state: it answers no queries and takes no writes. Stop it; remove \
+             id {id} from the cluster (`remove_node({id})` on a member, or the admin route) \
+             and start this machine under a new id with a fresh data dir \
+             (`join_existing()`, then `add_node` on a member)",
+            r.by, r.reason
+        ))
+    }
+
+    /// Resolves once this node is refused (checked again on every change
+    /// of its refusals, and every 200 ms while one stands: a leader that
+    /// accepted it may go away).
+    async fn refused_wait(&self) -> String {
+        let mut changes = self.inner.raft.watch_refusals();
+        loop {
+            if self.inner.raft.refusal().is_some() {
+                if let Some(why) = self.refused() {
+                    return why;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            } else if changes.changed().await.is_err() {
+                // the node is gone: nothing will refuse it any more
+                std::future::pending::<()>().await;
+            }
+        }
     }
 
     async fn run_query<M: Handled>(&self, msg: M, consistency: Consistency) -> Result<M::Output> {
@@ -266,6 +312,9 @@ impl Node {
                 if consistency == Consistency::Linearizable {
                     if let Some(e) = self.inner.raft.failure() {
                         return Err(Error::Raft(format!("this node stopped: {e}")));
+                    }
+                    if let Some(why) = self.refused() {
+                        return Err(Error::ClusterMismatch(why));
                     }
                     self.inner
                         .raft
@@ -341,24 +390,47 @@ impl Node {
             time_ms: 0,
             key,
         };
-        inner.raft.write(env, inner.request_timeout, admitted).await
+        if let Some(why) = self.refused() {
+            return Err(Error::ClusterMismatch(why));
+        }
+        // a refused node knows no leader: without this, a write would wait
+        // its whole timeout and then blame the majority
+        tokio::select! {
+            biased;
+            r = inner.raft.write(env, inner.request_timeout, admitted) => r,
+            why = self.refused_wait() => Err(Error::ClusterMismatch(why)),
+        }
     }
 
     /// Role, term, leader, members, indexes, replication lag and readiness.
     pub fn health(&self) -> Health {
-        let mut h = Health::from(self.inner.raft.status());
+        let status = self.inner.raft.status();
+        let refused = self
+            .inner
+            .raft
+            .refusal()
+            .and_then(|r| self.refused_given(&status, r));
+        let mut h = Health::from(status);
         h.unregistered = self
             .inner
             .selfform_pending
             .lock()
             .as_ref()
             .map(|(_, why)| why.clone());
+        if let Some(why) = refused {
+            h.ready = false;
+            h.not_ready = Some(why.clone());
+            h.refused = Some(why);
+        }
         h
     }
 
     /// Resolves when this node stops serving for good: with the error that
     /// stopped its Raft (its storage failed: a full disk, a disk error) or
-    /// with [`Error::ShutDown`] after [`Node::shutdown`]. A node whose
+    /// with [`Error::ShutDown`] after [`Node::shutdown`], or with
+    /// [`Error::ClusterMismatch`] when its peers refuse it and it holds none
+    /// of the cluster's log (its data dir was wiped, or it belongs to
+    /// another cluster: see [`Health::refused`]). A node whose
     /// storage failed answers no reads or writes any more (reads would be
     /// stale); `main` should exit non-zero so that its supervisor restarts
     /// it (it then recovers from its data dir once the disk has space):
@@ -375,9 +447,28 @@ impl Node {
     /// # }
     /// ```
     pub async fn stopped(&self) -> Error {
-        match self.inner.raft.stopped().await {
-            Some(e) => Error::Raft(format!("this node stopped: {e}")),
-            None => Error::ShutDown,
+        tokio::select! {
+            stopped = self.inner.raft.stopped() => match stopped {
+                Some(e) => Error::Raft(format!("this node stopped: {e}")),
+                None => Error::ShutDown,
+            },
+            why = self.never_serves() => Error::ClusterMismatch(why),
+        }
+    }
+
+    /// Resolves when this node is refused and holds nothing of the
+    /// cluster's log (it never applied an entry past the initial
+    /// membership): a wiped data dir, or a node of another cluster. Nothing
+    /// but an operator can change that, so it can never serve under this id.
+    async fn never_serves(&self) -> String {
+        loop {
+            let why = self.refused_wait().await;
+            let applied = self.inner.raft.status().applied_index.unwrap_or(0);
+            if applied == 0 {
+                return why;
+            }
+            // a refused member with a history: it may be accepted again
+            self.inner.raft.changed(Duration::from_millis(500)).await;
         }
     }
 

@@ -329,6 +329,26 @@ impl RaftHandle {
         (self.identity.cluster(), self.identity.incarnation())
     }
 
+    /// No other process uses this data dir (see `identity.rs`, `LOCK`).
+    pub(crate) fn data_dir_exclusive(&self) -> bool {
+        self.identity.sole_user()
+    }
+
+    /// A peer's standing refusal of this node, and a receiver of changes
+    /// (see `identity.rs`).
+    pub(crate) fn refusal(&self) -> Option<super::identity::Refusal> {
+        self.identity.refusal()
+    }
+
+    pub(crate) fn watch_refusals(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.identity.watch_refusals()
+    }
+
+    /// Peers refused for coming back with another data dir (`identity.rs`).
+    pub(crate) fn replaced_peers(&self) -> std::collections::BTreeSet<u64> {
+        self.identity.replaced_peers()
+    }
+
     /// Records the cluster id this (pristine) data dir joins.
     pub(crate) fn adopt_cluster(&self, cluster: u64) -> Result<()> {
         self.identity.adopt(cluster).map_err(Error::ClusterMismatch)
@@ -395,6 +415,17 @@ impl RaftHandle {
     /// On the leader: removes `id` from the membership.
     pub(crate) async fn remove_here(&self, id: u64) -> Result<()> {
         redirect_result(leader::remove_node(&self.raft, id).await)
+    }
+
+    /// On the leader: makes voter `id` a learner (`retain`: it keeps
+    /// receiving the log, so it can be promoted again at once).
+    pub(crate) async fn demote_here(&self, id: u64) -> Result<()> {
+        let set = [id].into_iter().collect();
+        self.raft
+            .change_membership(openraft::ChangeMembers::RemoveVoters(set), true)
+            .await
+            .map(|_| ())
+            .map_err(|e| Error::Membership(format!("demoting node {id}: {e}")))
     }
 
     pub(crate) fn local_addr(&self) -> SocketAddr {

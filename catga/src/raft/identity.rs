@@ -16,6 +16,8 @@
 use std::collections::BTreeMap;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use sha2::{Digest, Sha256};
@@ -24,19 +26,58 @@ use crate::transport::{Ident, PeerCheck};
 
 const IDENTITY: &str = "identity";
 const PEERS: &str = "peers";
+/// Locked (`flock`) while a process uses the data dir: the lock goes with
+/// the process, however it dies, so holding it proves that no earlier
+/// process still runs on this dir.
+const LOCK: &str = "lock";
 
 /// This node's identity and its record of its peers.
 pub(crate) struct Identity {
     node_id: u64,
     dir: PathBuf,
     inner: Mutex<Inner>,
+    /// The data dir's lock, if this process could take it (see [`LOCK`]).
+    lock: Option<std::fs::File>,
+    /// Set while some peer refuses this node: read on every local query,
+    /// so an atomic beside the lock.
+    refused_flag: AtomicBool,
+    refusals: Mutex<Refusals>,
+    /// Bumped whenever `refusals` changes (for `Node::stopped` and writes
+    /// waiting for a leader).
+    refusals_changed: tokio::sync::watch::Sender<u64>,
 }
+
+/// A peer's refusal of this node, as it said it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Refusal {
+    /// The refusing peer.
+    pub(crate) by: u64,
+    /// Its reason (it says what to do).
+    pub(crate) reason: String,
+}
+
+#[derive(Default)]
+struct Refusals {
+    /// The standing refusal of each peer that refused this node (cleared
+    /// when that peer accepts it again).
+    by: BTreeMap<u64, String>,
+    /// When a refusal between this node and each peer (either way) was
+    /// last logged.
+    logged: BTreeMap<u64, Instant>,
+}
+
+/// A refusal that keeps happening is logged at most this often.
+const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(60);
 
 struct Inner {
     /// 0 until known (a node started to join an existing cluster).
     cluster: u64,
     incarnation: u64,
     peers: BTreeMap<u64, u64>,
+    /// Peers refused since this process started because they came back
+    /// with another data dir: whatever their id names in the membership is
+    /// gone (not kept on disk: the `peers` file refuses them again).
+    replaced: std::collections::BTreeSet<u64>,
 }
 
 /// The cluster id of a static cluster: the same on every member that is
@@ -71,6 +112,26 @@ fn write_atomically(dir: &Path, name: &str, text: &str) -> io::Result<()> {
     }
     std::fs::rename(&tmp, dir.join(name))?;
     std::fs::File::open(dir)?.sync_all()
+}
+
+/// Takes the data dir's lock without waiting. Failing to take it is not an
+/// error: the lock only lets a restarted node skip a wait (see
+/// `Identity::sole_user`), so a filesystem without locks, or a second node
+/// on this dir in the same process, just does without.
+fn take_lock(dir: &Path) -> Option<std::fs::File> {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join(LOCK))
+        .ok()?;
+    match file.try_lock() {
+        Ok(()) => Some(file),
+        Err(e) => {
+            tracing::debug!(error = %e, dir = %dir.display(), "the data dir lock is held elsewhere");
+            None
+        }
+    }
 }
 
 fn hex(s: &str, path: &Path) -> io::Result<u64> {
@@ -154,8 +215,47 @@ impl Identity {
                 cluster,
                 incarnation,
                 peers,
+                replaced: Default::default(),
             }),
+            lock: take_lock(dir),
+            refused_flag: AtomicBool::new(false),
+            refusals: Mutex::new(Refusals::default()),
+            refusals_changed: tokio::sync::watch::channel(0).0,
         })
+    }
+
+    /// A standing refusal of this node by a peer, if any (the lowest peer
+    /// id's, so that the answer is stable).
+    pub(crate) fn refusal(&self) -> Option<Refusal> {
+        if !self.refused_flag.load(Ordering::Acquire) {
+            return None;
+        }
+        self.refusals
+            .lock()
+            .by
+            .iter()
+            .next()
+            .map(|(by, reason)| Refusal {
+                by: *by,
+                reason: reason.clone(),
+            })
+    }
+
+    /// The peers this node refused since it started because they came
+    /// back with another data dir (see `Inner::replaced`).
+    pub(crate) fn replaced_peers(&self) -> std::collections::BTreeSet<u64> {
+        self.inner.lock().replaced.clone()
+    }
+
+    /// A receiver that sees every change of the refusals.
+    pub(crate) fn watch_refusals(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.refusals_changed.subscribe()
+    }
+
+    /// Whether this process holds the data dir's lock: no other process
+    /// (a previous life of this node that still runs) uses it.
+    pub(crate) fn sole_user(&self) -> bool {
+        self.lock.is_some()
     }
 
     /// The cluster id this data dir belongs to (0: not known yet).
@@ -245,16 +345,19 @@ impl PeerCheck for Identity {
             }
             tracing::info!(cluster = %format!("{:016x}", ident.cluster), "joined cluster");
         }
-        match g.peers.get(&peer) {
-            Some(known) if *known == ident.incarnation => Ok(()),
-            Some(known) => Err(format!(
-                "node {peer} was a member with data dir incarnation {known:016x}, and this one is \
+        match g.peers.get(&peer).copied() {
+            Some(known) if known == ident.incarnation => Ok(()),
+            Some(known) => {
+                g.replaced.insert(peer);
+                Err(format!(
+                    "node {peer} was a member with data dir incarnation {known:016x}, and this one is \
                  {:016x}: its data dir was wiped or replaced, so it lost its Raft log and must not \
                  vote. Remove node {peer} (`remove_node({peer})` on a member) and add the new \
                  machine under a new id (`join_existing()` + `add_node`); see \"Replacing a node\" \
                  in the README",
-                ident.incarnation
-            )),
+                    ident.incarnation
+                ))
+            }
             None => {
                 g.peers.insert(peer, ident.incarnation);
                 if let Err(e) = self.persist_peers(&g) {
@@ -265,6 +368,55 @@ impl PeerCheck for Identity {
             }
         }
     }
+
+    fn refused_by(&self, peer: u64, reason: &str) {
+        let mut g = self.refusals.lock();
+        let new = g.by.get(&peer).map(String::as_str) != Some(reason);
+        if new {
+            g.by.insert(peer, reason.to_string());
+            self.refused_flag.store(true, Ordering::Release);
+        }
+        let log = due(&mut g.logged, peer);
+        drop(g);
+        if log {
+            tracing::error!(
+                peer,
+                "node {peer} refuses this node: {reason} (this node answers no queries and \
+                 takes no writes while its peers refuse it; logged at most once a minute)"
+            );
+        }
+        if new {
+            self.refusals_changed.send_modify(|n| *n += 1);
+        }
+    }
+
+    fn accepted_by(&self, peer: u64) {
+        let mut g = self.refusals.lock();
+        if g.by.remove(&peer).is_none() {
+            return;
+        }
+        self.refused_flag.store(!g.by.is_empty(), Ordering::Release);
+        drop(g);
+        tracing::info!(peer, "node {peer} accepts this node again");
+        self.refusals_changed.send_modify(|n| *n += 1);
+    }
+
+    fn log_refusal_now(&self, peer: u64) -> bool {
+        due(&mut self.refusals.lock().logged, peer)
+    }
+}
+
+/// Whether a line about `peer` is due (none in the last minute); notes it.
+fn due(logged: &mut BTreeMap<u64, Instant>, peer: u64) -> bool {
+    let now = Instant::now();
+    if logged
+        .get(&peer)
+        .is_some_and(|t| now.duration_since(*t) < REFUSAL_LOG_EVERY)
+    {
+        return false;
+    }
+    logged.insert(peer, now);
+    true
 }
 
 #[cfg(test)]
@@ -279,6 +431,45 @@ mod tests {
     }
 
     #[test]
+    fn refusals_stand_until_the_peer_accepts_and_are_logged_once_a_minute() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = Identity::open(dir.path(), 1, Some(7)).unwrap();
+        assert_eq!(id.refusal(), None);
+        let mut changes = id.watch_refusals();
+        id.refused_by(3, "wiped");
+        id.refused_by(2, "wiped");
+        assert!(changes.has_changed().unwrap());
+        changes.mark_unchanged();
+        let r = id.refusal().unwrap();
+        assert_eq!((r.by, r.reason.as_str()), (2, "wiped"));
+        // the same refusal again changes nothing
+        id.refused_by(2, "wiped");
+        assert!(!changes.has_changed().unwrap());
+        // refused_by logged each peer once: nothing more is due this minute
+        assert!(!id.log_refusal_now(2));
+        assert!(!id.log_refusal_now(3));
+        assert!(id.log_refusal_now(4));
+        assert!(!id.log_refusal_now(4));
+        id.accepted_by(2);
+        assert_eq!(id.refusal().map(|r| r.by), Some(3));
+        id.accepted_by(3);
+        assert_eq!(id.refusal(), None);
+        assert!(changes.has_changed().unwrap());
+    }
+
+    #[test]
+    fn a_second_open_of_a_data_dir_does_not_get_its_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = Identity::open(dir.path(), 1, Some(7)).unwrap();
+        assert!(first.sole_user());
+        let second = Identity::open(dir.path(), 1, Some(7)).unwrap();
+        assert!(!second.sole_user(), "two users of one data dir");
+        drop(second);
+        drop(first);
+        assert!(Identity::open(dir.path(), 1, Some(7)).unwrap().sole_user());
+    }
+
+    #[test]
     fn a_peer_with_a_new_incarnation_is_refused_across_restarts() {
         let dir = tempfile::tempdir().unwrap();
         let id = Identity::open(dir.path(), 1, Some(7)).unwrap();
@@ -286,6 +477,7 @@ mod tests {
         assert!(id.check(2, ident(7, 100)).is_ok());
         let err = id.check(2, ident(7, 101)).unwrap_err();
         assert!(err.contains("wiped"), "{err}");
+        assert_eq!(id.replaced_peers(), [2].into());
         let mine = id.local();
         drop(id);
         // the record survives a restart, and so does this node's incarnation

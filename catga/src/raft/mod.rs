@@ -38,6 +38,7 @@ pub(crate) mod wire;
 
 pub(crate) use events::DeliverySettings;
 pub(crate) use handle::{MembershipView, RaftHandle, RaftSettings};
+pub(crate) use identity::Refusal;
 
 impl fmt::Display for Envelope {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -78,19 +78,41 @@ pub(crate) async fn client(
              is the same secret configured on every node?"
         )));
     }
-    if let Some(check) = &cfg.identity {
-        check.check(server, is).map_err(|e| {
-            TransportError::Refused(format!("node {server} is refused by this node: {e}"))
-        })?;
-    }
+    let refusal = match &cfg.identity {
+        Some(check) => check.check(server, is).err(),
+        None => None,
+    };
     let proof =
         prove(&cfg.secret, CLIENT, cfg.node_id, server, &nc, &ns, ids).map_err(handshake)?;
     send(&mut framed, &Frame::Proof { proof })
         .await
         .map_err(lost)?;
+    if let Some(reason) = refusal {
+        // Tell the refused node why, after our proof (so it can trust
+        // the refusal): otherwise a node that only ever hears from the
+        // leader (a wiped follower) would never learn it is refused.
+        // Best effort: the refusal stands whatever happens to the message.
+        let _ = send(
+            &mut framed,
+            &Frame::Refused {
+                reason: reason.clone(),
+            },
+        )
+        .await;
+        return Err(TransportError::Refused(format!(
+            "node {server} is refused by this node: {reason}"
+        )));
+    }
     match recv(&mut framed).await {
-        Ok(Frame::Welcome) => {}
+        Ok(Frame::Welcome) => {
+            if let Some(check) = &cfg.identity {
+                check.accepted_by(server);
+            }
+        }
         Ok(Frame::Refused { reason }) => {
+            if let Some(check) = &cfg.identity {
+                check.refused_by(server, &reason);
+            }
             return Err(TransportError::Refused(format!(
                 "node {server} refuses this node: {reason}"
             )));
@@ -109,13 +131,38 @@ pub(crate) async fn client(
     })
 }
 
+/// Why the server side of a handshake failed.
+pub(crate) enum ServerError {
+    /// The handshake broke (a sentence for the log).
+    Failed(String),
+    /// This node refused `peer`, an authenticated node (told why).
+    Refused {
+        /// The refused node.
+        peer: u64,
+        /// Why.
+        reason: String,
+    },
+}
+
+impl From<String> for ServerError {
+    fn from(e: String) -> ServerError {
+        ServerError::Failed(e)
+    }
+}
+
+impl From<Recv> for ServerError {
+    fn from(r: Recv) -> ServerError {
+        ServerError::Failed(r.into())
+    }
+}
+
 /// The server's side: returns the client's node id once it has proved it
-/// knows the secret. Errors are sentences for the log.
+/// knows the secret.
 pub(crate) async fn server(
     stream: TcpStream,
     cfg: &TransportConfig,
     faults: &Faults,
-) -> Result<(u64, Authenticated), String> {
+) -> Result<(u64, Authenticated), ServerError> {
     let mut framed = Framed::new(stream, frame::codec(HANDSHAKE_MAX_FRAME));
     let (client, nc, ic) = match recv(&mut framed).await? {
         Frame::Hello {
@@ -123,10 +170,10 @@ pub(crate) async fn server(
             nonce,
             ident,
         } => (node_id, nonce, ident),
-        other => return Err(unexpected(&other, "Hello")),
+        other => return Err(unexpected(&other, "Hello").into()),
     };
     if faults.is_blocked(client) {
-        return Err(format!("node {client} is cut off (fault injection)"));
+        return Err(format!("node {client} is cut off (fault injection)").into());
     }
     let ns: Nonce = rand::random();
     let is = cfg.identity.as_ref().and_then(|i| i.local());
@@ -144,7 +191,7 @@ pub(crate) async fn server(
     .await?;
     let proof = match recv(&mut framed).await? {
         Frame::Proof { proof } => proof,
-        other => return Err(unexpected(&other, "Proof")),
+        other => return Err(unexpected(&other, "Proof").into()),
     };
     if !verify(
         &cfg.secret,
@@ -158,7 +205,8 @@ pub(crate) async fn server(
     ) {
         return Err(format!(
             "the peer claiming to be node {client} could not prove it knows the cluster secret"
-        ));
+        )
+        .into());
     }
     if let Some(check) = &cfg.identity
         && let Err(reason) = check.check(client, ic)
@@ -170,7 +218,10 @@ pub(crate) async fn server(
             },
         )
         .await;
-        return Err(format!("node {client} refused: {reason}"));
+        return Err(ServerError::Refused {
+            peer: client,
+            reason,
+        });
     }
     send(&mut framed, &Frame::Welcome).await?;
     let parts = framed.into_parts();

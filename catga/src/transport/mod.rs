@@ -21,6 +21,7 @@
 //! server → client  Challenge { node: s, nonce: Ns, ident: Is, proof: HMAC(secret, "server" c s Nc Ns Ic Is) }
 //! client → server  Proof     { proof: HMAC(secret, "client" c s Nc Ns Ic Is) }
 //! server → client  Welcome   (or Refused { reason })
+//! client → server  Refused { reason }   (only when the client refuses the server)
 //! ```
 //!
 //! `ident` (optional) is the sender's cluster id and the incarnation of its
@@ -29,7 +30,11 @@
 //! whose data dir was wiped comes back with a new incarnation and is kept
 //! out instead of voting with no history. The client checks the server's
 //! before sending its proof; the server checks the client's after verifying
-//! the proof and answers `Refused` with the reason.
+//! the proof and answers `Refused` with the reason. A client that refuses
+//! the server still sends its proof, then `Refused` as its first frame after
+//! `Welcome`: either way the refused node hears why from a peer that proved
+//! the secret, and knows it is refused (`PeerCheck::refused_by`), instead
+//! of passing for a replica.
 //!
 //! Nonces are 32 fresh random bytes per connection, so a recorded proof is
 //! useless on another connection; the role label keeps one side's proof from
@@ -65,6 +70,16 @@ pub(crate) trait PeerCheck: Send + Sync {
     fn local(&self) -> Option<Ident>;
     /// `Err(reason)` refuses the connection.
     fn check(&self, peer: u64, ident: Option<Ident>) -> Result<(), String>;
+    /// `peer` (authenticated) refused this node, saying `reason`.
+    fn refused_by(&self, _peer: u64, _reason: &str) {}
+    /// `peer` (authenticated) accepted this node.
+    fn accepted_by(&self, _peer: u64) {}
+    /// Whether a refusal between this node and `peer` (either way) is worth
+    /// a log line now: the first, then at most one a minute, so that a peer
+    /// that keeps retrying does not flood the log.
+    fn log_refusal_now(&self, _peer: u64) -> bool {
+        true
+    }
 }
 
 /// Settings shared by a node's server and pool.

@@ -424,7 +424,13 @@ impl Pool {
                         TransportError::Handshake(_) => {
                             tracing::warn!(peer, %addr, reason = %e, "transport: handshake failed")
                         }
-                        TransportError::Refused(_) => {
+                        // retried for as long as it lasts: once, then once a minute
+                        TransportError::Refused(_)
+                            if cfg
+                                .identity
+                                .as_ref()
+                                .is_none_or(|c| c.log_refusal_now(peer)) =>
+                        {
                             tracing::error!(peer, %addr, reason = %e, "transport: peer refused")
                         }
                         _ => {}

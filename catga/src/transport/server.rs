@@ -148,8 +148,21 @@ async fn serve(
     };
     let (from, conn) = match handshake {
         Ok(Ok(ok)) => ok,
-        Ok(Err(e)) => {
+        Ok(Err(auth::ServerError::Failed(e))) => {
             tracing::warn!(%addr, reason = %e, "transport: refused a connection: handshake failed");
+            return;
+        }
+        Ok(Err(auth::ServerError::Refused { peer, reason })) => {
+            // a refused node retries for as long as it runs: say it once,
+            // then at most once a minute
+            if cfg
+                .identity
+                .as_ref()
+                .is_none_or(|c| c.log_refusal_now(peer))
+            {
+                tracing::error!(peer, %addr, %reason,
+                    "transport: refused node {peer} (logged at most once a minute)");
+            }
             return;
         }
         Err(_) => {
@@ -179,6 +192,7 @@ async fn serve(
         })
     };
 
+    let mut accepted = false;
     let permits = Arc::new(Semaphore::new(cfg.max_in_flight_per_conn.max(1)));
     let max_body = cfg.max_body();
     let mut requests = JoinSet::new();
@@ -212,7 +226,24 @@ async fn serve(
                 break;
             }
             Some(Ok(payload)) => match decode_frame(payload.freeze()) {
-                Ok(Frame::Request { id, body }) => (id, body),
+                Ok(Frame::Request { id, body }) => {
+                    if !accepted {
+                        // a peer that sends requests accepted this node
+                        accepted = true;
+                        if let Some(check) = &cfg.identity {
+                            check.accepted_by(from);
+                        }
+                    }
+                    (id, body)
+                }
+                Ok(Frame::Refused { reason }) if !accepted => {
+                    // the client refused this node after proving the
+                    // secret (see `auth::client`)
+                    if let Some(check) = &cfg.identity {
+                        check.refused_by(from, &reason);
+                    }
+                    break;
+                }
                 Ok(other) => {
                     tracing::warn!(peer = from, %addr, frame = other.kind(),
                         "transport: closing connection: unexpected frame");

@@ -258,7 +258,7 @@ pub(crate) async fn start(
         None => {}
     }
 
-    let info = NodeInfo::new(name.clone(), id, settings.advertise.clone())
+    let mut info = NodeInfo::new(name.clone(), id, settings.advertise.clone())
         .with_metadata(META_CLUSTER, hex(cluster))
         .with_metadata(META_INCARNATION, hex(incarnation));
     let weak = node.downgrade();
@@ -269,6 +269,25 @@ pub(crate) async fn start(
             .map(|n| n.in_flight() as f64)
             .unwrap_or(0.0)
     };
+    // only a node with Raft state can have a previous process to take
+    // over from (and a first start skips the listing); bounded, so that a
+    // slow store costs at most what waiting for the lease would
+    if !pristine
+        && raft.data_dir_exclusive()
+        && let Ok(Some(previous)) =
+            tokio::time::timeout(settings.lease, previous_life(&discovery, &info)).await
+    {
+        // A restart within the lease of this node's previous process: the
+        // store still holds the id under that process's incarnation. The
+        // holder announced this data dir, and this process holds the dir's
+        // lock, so that process is gone (the lock dies with it): this is
+        // the same node, and it takes the registration over at once.
+        tracing::info!(
+            "this node restarted within its previous process's discovery lease: \
+             taking its registration over"
+        );
+        info.incarnation = previous;
+    }
     let heartbeats = register(&discovery, info.clone(), load, settings.lease).await?;
 
     let stop = CancellationToken::new();
@@ -324,6 +343,20 @@ async fn register(
             Err(e) => return Err(e.into()),
         }
     }
+}
+
+/// The discovery incarnation of this node's previous process, if the store
+/// still holds the id for a process that announced this same data dir.
+async fn previous_life(discovery: &Arc<dyn Discovery>, info: &NodeInfo) -> Option<u64> {
+    let nodes = discovery.list().await.ok()?;
+    nodes
+        .iter()
+        .find(|n| {
+            n.id == info.id
+                && n.metadata.contains_key(META_INCARNATION)
+                && n.metadata.get(META_INCARNATION) == info.metadata.get(META_INCARNATION)
+        })
+        .map(|n| n.incarnation)
 }
 
 /// Whether the registered holder of this node's id announced the same data

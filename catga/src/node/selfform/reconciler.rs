@@ -7,8 +7,10 @@
 //! `remove_learners_after` ago; a voter only after `remove_dead_after`, if
 //! set), promote caught-up learners while there are fewer voters than the
 //! target (two at once from an odd count, so the count stays odd: four
-//! voters tolerate no more failures than three and need one more ack), add
-//! a seen node as a learner. A node whose lease passed is only
+//! voters tolerate no more failures than three and need one more ack),
+//! make one voter a learner while the count is even and no learner can be
+//! promoted (after a leave or a removal; it is promoted again with the next
+//! node that comes), add a seen node as a learner. A node whose lease passed is only
 //! *suspect* until then. Removed ids are recorded in the store first and
 //! never added again.
 
@@ -30,6 +32,8 @@ use crate::raft::MembershipView;
 const TICK: Duration = Duration::from_millis(100);
 /// How long it waits after a change failed.
 const RETRY_AFTER: Duration = Duration::from_millis(500);
+/// How often each member checks that the store still holds its records.
+const RECORDS_EVERY: Duration = Duration::from_secs(2);
 
 /// One membership change.
 #[derive(Debug, PartialEq, Eq)]
@@ -39,6 +43,8 @@ pub(super) enum Step {
     /// one membership change.
     Promote(Vec<u64>),
     AddLearner(u64, String),
+    /// A voter becomes a learner (the voter count was even).
+    Demote(u64),
 }
 
 /// What the reconciler knows besides the membership.
@@ -50,6 +56,9 @@ pub(super) struct Seen {
     pub(super) left: BTreeMap<u64, (Instant, LeaveReason)>,
     /// Ids never to add (recorded as removed, or of another cluster).
     pub(super) refused: BTreeSet<u64>,
+    /// Ids this node's transport refuses because they came back with
+    /// another data dir: the member of that id is gone.
+    pub(super) replaced: BTreeSet<u64>,
 }
 
 /// The pure rule: the next change, if any.
@@ -63,6 +72,16 @@ pub(super) fn next_step(
 ) -> Option<Step> {
     if !view.leader {
         return None;
+    }
+    // a learner that came back with another data dir (wiped, or another
+    // machine under its id; the store lost its records when it started)
+    // can never catch up: the leader refuses it on every connection
+    if let Some(id) = seen
+        .replaced
+        .iter()
+        .find(|id| view.learners.contains_key(id))
+    {
+        return Some(Step::Remove(*id));
     }
     for (id, (at, reason)) in &seen.left {
         let gone_for = now.saturating_duration_since(*at);
@@ -96,6 +115,32 @@ pub(super) fn next_step(
             return Some(Step::Promote(ready[..n].to_vec()));
         }
     }
+    // An even count (a voter left or was removed, and no learner could take
+    // its place) tolerates no more failures than one voter less and needs
+    // one more ack per write: make one voter a learner. It keeps the log, so
+    // it is promoted again, together with the next node that comes.
+    // The change commits only with a majority of the current voters (joint
+    // consensus): with too few of them alive (two voters, one gone) it
+    // would block the reconciler until the dead one returns.
+    let alive_voters = view
+        .voters
+        .keys()
+        .filter(|id| **id == me || seen.alive.contains_key(id))
+        .count();
+    if view.voters.len().is_multiple_of(2) && alive_voters > view.voters.len() / 2 {
+        // not this node (the leader); a voter that is gone first, then the
+        // one furthest behind, then the highest id
+        let pick = view.voters.keys().filter(|id| **id != me).max_by_key(|id| {
+            (
+                !seen.alive.contains_key(id),
+                view.lag.get(id).copied().unwrap_or(u64::MAX),
+                **id,
+            )
+        });
+        if let Some(id) = pick {
+            return Some(Step::Demote(*id));
+        }
+    }
     seen.alive
         .values()
         .find(|n| {
@@ -103,6 +148,7 @@ pub(super) fn next_step(
                 && !view.voters.contains_key(&n.id)
                 && !view.learners.contains_key(&n.id)
                 && !seen.refused.contains(&n.id)
+                && !seen.replaced.contains(&n.id)
                 && (published_cluster(n) == 0 || published_cluster(n) == cluster)
         })
         .map(|n| Step::AddLearner(n.id, n.raft_addr.clone()))
@@ -125,6 +171,8 @@ pub(super) async fn run(
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut retry_at = Instant::now();
+    let mut records_at = Instant::now();
+    let mut records_warned = false;
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
@@ -162,7 +210,11 @@ pub(super) async fn run(
         let Some(node) = node.upgrade() else { return };
         let raft = node.raft();
         let me = raft.id();
-        let (cluster, _) = raft.data_identity();
+        let (cluster, incarnation) = raft.data_identity();
+        if Instant::now() >= records_at {
+            records_at = Instant::now() + RECORDS_EVERY;
+            restore_records(&*discovery, me, cluster, incarnation, &mut records_warned).await;
+        }
         // tell the others which cluster this node belongs to, once known
         if info.metadata.get(META_CLUSTER) != Some(&hex(cluster)) {
             let mut next = info.clone();
@@ -189,6 +241,7 @@ pub(super) async fn run(
             }
         }
         warned.retain(|id| seen.left.contains_key(id));
+        seen.replaced = raft.replaced_peers();
         let Some(step) = next_step(me, cluster, &view, &seen, &s, Instant::now()) else {
             continue;
         };
@@ -221,6 +274,18 @@ pub(super) async fn run(
                     retry_at = Instant::now() + RETRY_AFTER;
                 }
             }
+            Step::Demote(id) => {
+                tracing::info!(
+                    node = id,
+                    voters = view.voters.len(),
+                    "an even number of voters: node {id} becomes a learner (it is promoted \
+                     again with the next node that joins)"
+                );
+                if let Err(e) = raft.demote_here(id).await {
+                    tracing::warn!(node = id, error = %e, "demotion failed; retrying");
+                    retry_at = Instant::now() + RETRY_AFTER;
+                }
+            }
             Step::AddLearner(id, addr) => {
                 match discovery.read_record(&removed_record(id)).await {
                     Ok(None) => {}
@@ -249,6 +314,57 @@ pub(super) async fn run(
                     retry_at = Instant::now() + RETRY_AFTER;
                 }
             }
+        }
+    }
+}
+
+/// Writes this member's records back if the store lost them (a Redis
+/// restarted empty, a purged bucket): the cluster id and this node's data
+/// dir incarnation are what keep a wiped node with this id, or a node of
+/// another cluster, out at start. They live in every member's data dir, so
+/// the members, not the store, are their source of truth. A record that
+/// holds another value is logged once (something else claimed it while the
+/// store was empty); a store that cannot be reached is tried next time.
+async fn restore_records(
+    discovery: &dyn Discovery,
+    me: u64,
+    cluster: u64,
+    incarnation: u64,
+    warned: &mut bool,
+) {
+    if cluster == 0 {
+        return; // not in a cluster yet: the bootstrap writes them
+    }
+    let records = [
+        ("cluster-id".to_string(), hex(cluster)),
+        (node_record(me), hex(incarnation)),
+    ];
+    for (name, ours) in records {
+        match discovery.read_record(&name).await {
+            Ok(Some(held)) if held == ours => continue,
+            Ok(Some(held)) => {
+                if !*warned {
+                    *warned = true;
+                    tracing::error!(
+                        record = %name,
+                        %held,
+                        %ours,
+                        "the discovery store's record `{name}` is {held}, and this member's is \
+                         {ours}: another node claimed it while the store had lost its records. \
+                         Find and stop that node (a wiped or foreign node using a member's id \
+                         or this cluster's name)"
+                    );
+                }
+                continue;
+            }
+            Ok(None) => {}
+            Err(_) => return,
+        }
+        match discovery.create_record(&name, &ours).await {
+            Ok(held) if held == ours => {
+                tracing::warn!(record = %name, "the discovery store had lost record `{name}`: restored it");
+            }
+            Ok(_) | Err(_) => {} // claimed meanwhile (logged next time), or down
         }
     }
 }
@@ -304,11 +420,12 @@ mod tests {
             next_step(1, 7, &view(&[1, 2, 3], &[4], &[(4, 0)]), &seen, &s, now),
             None
         );
-        // a voter left: the learner takes over once caught up
+        // a voter left: the learner takes over once caught up (until then
+        // the count is even, and one voter steps down)
         let seen = alive(&[1, 2, 4]);
         assert_eq!(
             next_step(1, 7, &view(&[1, 2], &[4], &[(4, 50)]), &seen, &s, now),
-            None
+            Some(Step::Demote(2))
         );
         assert_eq!(
             next_step(1, 7, &view(&[1, 2], &[4], &[(4, 3)]), &seen, &s, now),
@@ -370,6 +487,82 @@ mod tests {
     }
 
     #[test]
+    fn an_even_voter_count_is_made_odd_and_restored_when_a_node_comes() {
+        let mut s = settings();
+        s.voters = 5;
+        let now = Instant::now();
+        // five voters, one left: four, no learner to take its place
+        let seen = alive(&[1, 2, 3, 4]);
+        let four = view(&[1, 2, 3, 4], &[], &[(2, 0), (3, 0), (4, 0)]);
+        assert_eq!(
+            next_step(1, 7, &four, &seen, &s, now),
+            Some(Step::Demote(4))
+        );
+        // never the leader itself, and a voter that is gone goes first
+        let mut seen_gone = alive(&[1, 3, 4]);
+        seen_gone.left.insert(2, (now, LeaveReason::Expired));
+        assert_eq!(
+            next_step(1, 7, &four, &seen_gone, &s, now),
+            Some(Step::Demote(2))
+        );
+        let led_by_4 = view(&[1, 2, 3, 4], &[], &[(1, 0), (2, 0), (3, 0)]);
+        assert_eq!(
+            next_step(4, 7, &led_by_4, &seen, &s, now),
+            Some(Step::Demote(3))
+        );
+        // then the one furthest behind
+        let lagging = view(&[1, 2, 3, 4], &[], &[(2, 40), (3, 0), (4, 0)]);
+        assert_eq!(
+            next_step(1, 7, &lagging, &seen, &s, now),
+            Some(Step::Demote(2))
+        );
+        // three voters and the demoted learner: stable (one promotion alone
+        // would make the count even again)
+        let three = view(&[1, 2, 3], &[4], &[(4, 0)]);
+        assert_eq!(next_step(1, 7, &three, &seen, &s, now), None);
+        // a node comes: it becomes a learner, then both are promoted
+        let seen = alive(&[1, 2, 3, 4, 5]);
+        assert_eq!(
+            next_step(1, 7, &three, &seen, &s, now),
+            Some(Step::AddLearner(5, "a:5".into()))
+        );
+        assert_eq!(
+            next_step(
+                1,
+                7,
+                &view(&[1, 2, 3], &[4, 5], &[(4, 0), (5, 1)]),
+                &seen,
+                &s,
+                now
+            ),
+            Some(Step::Promote(vec![4, 5]))
+        );
+        // four voters and a caught-up learner: promoting it beats demoting
+        assert_eq!(
+            next_step(1, 7, &view(&[1, 2, 3, 4], &[5], &[(5, 0)]), &seen, &s, now),
+            Some(Step::Promote(vec![5]))
+        );
+        // two voters (a three-voter cluster lost one): one voter is left
+        let s3 = settings();
+        let seen = alive(&[1, 2]);
+        assert_eq!(
+            next_step(1, 7, &view(&[1, 2], &[], &[(2, 0)]), &seen, &s3, now),
+            Some(Step::Demote(2))
+        );
+        // two voters, the other gone: no demotion (it could not commit)
+        let mut seen_alone = alive(&[1]);
+        seen_alone.left.insert(2, (now, LeaveReason::Expired));
+        assert_eq!(
+            next_step(1, 7, &view(&[1, 2], &[], &[(2, 0)]), &seen_alone, &s3, now),
+            None
+        );
+        // and a follower decides nothing
+        let mut follower = four.clone();
+        follower.leader = false;
+        assert_eq!(next_step(1, 7, &follower, &seen, &s, now), None);
+    }
+
+    #[test]
     fn dead_voters_stay_unless_asked_and_learners_go_after_their_timeout() {
         let mut s = settings();
         let start = Instant::now();
@@ -389,6 +582,25 @@ mod tests {
         seen.left.insert(5, (start, LeaveReason::Graceful));
         let v = view(&[1, 2], &[5], &[]);
         assert_eq!(next_step(1, 7, &v, &seen, &s, start), Some(Step::Remove(5)));
+    }
+
+    #[test]
+    fn a_learner_that_came_back_with_another_data_dir_is_removed() {
+        let s = settings();
+        let now = Instant::now();
+        let mut seen = alive(&[1, 2, 3, 4]);
+        seen.replaced.insert(4);
+        seen.replaced.insert(3);
+        // a learner goes; a voter stays (the operator decides, or
+        // remove_dead_after); and one is never added
+        assert_eq!(
+            next_step(1, 7, &view(&[1, 2, 3], &[4], &[(4, 9)]), &seen, &s, now),
+            Some(Step::Remove(4))
+        );
+        assert_eq!(
+            next_step(1, 7, &view(&[1, 2, 3], &[], &[]), &seen, &s, now),
+            None
+        );
     }
 
     #[test]
