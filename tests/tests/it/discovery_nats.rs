@@ -1,6 +1,7 @@
-//! Discovery on a real NATS (JetStream KV, nats-server 2.9): the shared
-//! server (`NATS_URL`) for the scenarios, a private `nats-server -js` child
-//! for the restart. Every test uses its own bucket and deletes it.
+//! Discovery on a real NATS (JetStream KV, nats-server 2.9): the server
+//! this test process shares (`servers::shared_nats`: its own `nats-server
+//! -js` child, or `NATS_URL`) for the scenarios, a private `nats-server -js`
+//! child for the restart. Every test uses its own bucket and deletes it.
 
 use std::sync::Arc;
 use std::time::Duration;

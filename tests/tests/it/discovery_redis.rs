@@ -1,5 +1,7 @@
-//! Discovery on a real Redis: the shared server (`REDIS_URL`) for the
-//! scenarios, private `redis-server` children for restarts and trimming.
+//! Discovery on a real Redis: the server this test process shares
+//! (`servers::shared_redis`: its own `redis-server` child, or `REDIS_URL`)
+//! for the scenarios, private `redis-server` children for restarts and
+//! trimming.
 //! Every test uses its own cluster name (so its own keys) and deletes them.
 
 use std::collections::BTreeMap;
