@@ -146,8 +146,12 @@ pub fn need_root(why: &str) -> bool {
     // SAFETY: geteuid has no preconditions and cannot fail.
     let root = unsafe { libc::geteuid() } == 0;
     if !root {
+        use std::io::Write;
         let thread = std::thread::current();
-        eprintln!(
+        // to the real stderr, not `eprintln!`: the test harness captures
+        // that and shows it only when a test fails
+        let _ = writeln!(
+            std::io::stderr(),
             "SKIPPED {}: needs root ({why}); run the suite as root to run it",
             thread.name().unwrap_or("this test")
         );
