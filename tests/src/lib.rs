@@ -133,6 +133,32 @@ pub async fn on_ping(e: Ping, ctx: EventContext) {
     PINGS_SEEN.fetch_add(e.n, Ordering::SeqCst);
 }
 
+/// Whether this test may run: it needs root (`why` says for what). When
+/// not root, prints one line saying so and returns `false` (the test then
+/// returns early: skipped); as root (as CI runs) it returns `true` and the
+/// test runs.
+///
+/// ```ignore
+/// if !catga_tests::need_root("it mounts a tmpfs") { return; }
+/// ```
+#[must_use]
+pub fn need_root(why: &str) -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let root = unsafe { libc::geteuid() } == 0;
+    if !root {
+        use std::io::Write;
+        let thread = std::thread::current();
+        // to the real stderr, not `eprintln!`: the test harness captures
+        // that and shows it only when a test fails
+        let _ = writeln!(
+            std::io::stderr(),
+            "SKIPPED {}: needs root ({why}); run the suite as root to run it",
+            thread.name().unwrap_or("this test")
+        );
+    }
+    root
+}
+
 pub mod harness {
     //! Starting real multi-node clusters on 127.0.0.1 with ephemeral ports
     //! and temporary data dirs.

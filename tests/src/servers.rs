@@ -1,21 +1,117 @@
-//! Store servers for the discovery tests: the shared Redis / NATS named by
-//! `REDIS_URL` / `NATS_URL`, and private `redis-server` / `nats-server -js`
-//! children on free ports with temporary directories, which a test can kill
-//! and restart (the child is killed when the guard drops).
+//! Store servers for the discovery tests, started by the tests themselves:
+//! one shared Redis / NATS per test process ([`shared_redis`],
+//! [`shared_nats`]; or the servers named by `REDIS_URL` / `NATS_URL`), and
+//! private `redis-server` / `nats-server -js` children on free ports with
+//! temporary directories, which a test can kill and restart (the child is
+//! killed when the guard drops). Only the binaries are needed on PATH
+//! (Debian packages `redis-server` and `nats-server`); no service has to run.
 
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, Once, OnceLock, mpsc};
 use std::time::Duration;
 
-/// The shared Redis URL (`REDIS_URL`, default `redis://127.0.0.1:6379`).
-pub fn redis_url() -> String {
-    std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+/// The Redis every test of this process shares: `REDIS_URL` when it is
+/// set, else one `redis-server` child (no persistence) on a free port,
+/// started on first use and killed when the process exits. Tests on it use
+/// their own keys ([`unique`]); a test that stops or restarts its server
+/// starts a private one ([`ServerProcess::redis`]).
+pub fn shared_redis() -> String {
+    if let Some(url) = env_url("REDIS_URL") {
+        return url;
+    }
+    static SHARED: OnceLock<String> = OnceLock::new();
+    SHARED
+        .get_or_init(|| keep_until_exit(ServerProcess::redis_volatile()))
+        .clone()
 }
 
-/// The shared NATS URL (`NATS_URL`, default `nats://127.0.0.1:4222`).
-pub fn nats_url() -> String {
-    std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
+/// The NATS every test of this process shares: `NATS_URL` when it is set,
+/// else one `nats-server -js` child on a free port with its store in a temp
+/// dir, started on first use and killed when the process exits. Tests on it
+/// use their own buckets / subjects ([`unique`]).
+pub fn shared_nats() -> String {
+    if let Some(url) = env_url("NATS_URL") {
+        return url;
+    }
+    static SHARED: OnceLock<String> = OnceLock::new();
+    SHARED
+        .get_or_init(|| keep_until_exit(ServerProcess::nats()))
+        .clone()
+}
+
+fn env_url(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+}
+
+/// The servers [`keep_until_exit`] keeps; killed (and their dirs removed)
+/// by an `atexit` hook. A test process that dies without running it (a
+/// signal) still takes them along: see [`spawn`].
+static KEPT: Mutex<Vec<ServerProcess>> = Mutex::new(Vec::new());
+
+fn keep_until_exit(server: ServerProcess) -> String {
+    extern "C" fn stop_kept() {
+        // take the list out so no lock is held while the servers stop
+        let kept = std::mem::take(&mut *KEPT.lock().unwrap_or_else(|e| e.into_inner()));
+        drop(kept);
+    }
+    static HOOK: Once = Once::new();
+    HOOK.call_once(|| {
+        // SAFETY: registers a plain `extern "C" fn()`; atexit has no other
+        // precondition.
+        let rc = unsafe { libc::atexit(stop_kept) };
+        assert_eq!(rc, 0, "atexit failed");
+    });
+    let url = server.url();
+    KEPT.lock().unwrap_or_else(|e| e.into_inner()).push(server);
+    url
+}
+
+/// Spawns `cmd` from one thread that lives as long as the process, with
+/// `PR_SET_PDEATHSIG = SIGKILL`: the kernel kills the server when this
+/// process ends in any way (Linux sends the signal when the thread that
+/// spawned the child exits, hence the one long-lived spawner thread).
+fn spawn(mut cmd: Command) -> std::io::Result<Child> {
+    type Job = (Command, mpsc::Sender<std::io::Result<Child>>);
+    static SPAWNER: OnceLock<Mutex<mpsc::Sender<Job>>> = OnceLock::new();
+    let spawner = SPAWNER.get_or_init(|| {
+        let (tx, rx) = mpsc::channel::<Job>();
+        std::thread::Builder::new()
+            .name("test-server-spawner".into())
+            .spawn(move || {
+                for (mut cmd, reply) in rx {
+                    let _ = reply.send(cmd.spawn());
+                }
+                // every sender is gone only when the process exits: park
+                // so that the children keep their parent thread
+                loop {
+                    std::thread::park();
+                }
+            })
+            .expect("spawn the server spawner thread");
+        Mutex::new(tx)
+    });
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::unix::process::CommandExt;
+        // SAFETY: prctl is async-signal-safe and touches no memory of ours.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
+    let (tx, rx) = mpsc::channel();
+    spawner
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .send((cmd, tx))
+        .expect("server spawner thread is gone");
+    rx.recv().expect("server spawner thread is gone")
 }
 
 /// A name no other test (or run) uses: for key prefixes, clusters, buckets.
@@ -31,32 +127,6 @@ pub fn unique(tag: &str) -> String {
         std::process::id(),
         N.fetch_add(1, Ordering::Relaxed)
     )
-}
-
-/// Whether the shared server at `url` (`scheme://host:port...`) accepts
-/// connections. When it does not: panics if `CI` is set (a missing server
-/// is a failure there), else returns `false` so the test can skip loudly.
-pub fn shared_server_up(url: &str) -> bool {
-    let addr = url
-        .split("://")
-        .nth(1)
-        .unwrap_or(url)
-        .split(['/', '?'])
-        .next()
-        .unwrap_or_default()
-        .rsplit('@')
-        .next()
-        .unwrap_or_default()
-        .to_string();
-    let up = TcpStream::connect(&addr).is_ok();
-    if !up {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI is set but no server answers at {url}"
-        );
-        eprintln!("SKIPPED: no server at {url} (set CI=1 to make this a failure)");
-    }
-    up
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -147,10 +217,20 @@ impl ServerProcess {
     /// accepts connections.
     pub fn start(&mut self) {
         assert!(self.child.is_none(), "server already running");
-        let mut child = self
-            .command(self.dir.path())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {:?}: {e}", self.kind));
+        let mut child = spawn(self.command(self.dir.path())).unwrap_or_else(|e| {
+            // (program, the Debian package that ships it)
+            let (program, package) = match self.kind {
+                Kind::Redis { .. } => ("redis-server", "redis-server"),
+                Kind::Nats => ("nats-server", "nats-server"),
+            };
+            if e.kind() == std::io::ErrorKind::NotFound {
+                panic!(
+                    "`{program}` is not on PATH: this test starts its own {program}; \
+                     install it (Debian/Ubuntu: `apt-get install {package}`)"
+                )
+            }
+            panic!("cannot start {program}: {e}")
+        });
         let (tx, rx) = std::sync::mpsc::channel::<()>();
         for out in [
             child

@@ -38,11 +38,18 @@ pub enum Changed {
 fn main() {
     let old = catga::__private::rmp_serde::to_vec_named(&PlaceOrderV1 { qty: 3 }).unwrap();
     let new: PlaceOrder = catga::__private::rmp_serde::from_slice(&old).unwrap();
-    assert_eq!((new.qty, new.note, new.coupon, new.limit), (3, None, None, 10));
+    assert_eq!(
+        (new.qty, new.note, new.coupon, new.limit),
+        (3, None, None, 10)
+    );
     assert!(new.seen.is_none() && new.next.is_none());
-    let bytes = catga::__private::rmp_serde::to_vec_named(&Changed::Cancelled { reason: None }).unwrap();
+    let bytes =
+        catga::__private::rmp_serde::to_vec_named(&Changed::Cancelled { reason: None }).unwrap();
     let back: Changed = catga::__private::rmp_serde::from_slice(&bytes).unwrap();
     assert!(matches!(back, Changed::Cancelled { reason: None }));
     let bytes = catga::__private::rmp_serde::to_vec_named(&Changed::Placed(4)).unwrap();
-    assert!(matches!(catga::__private::rmp_serde::from_slice(&bytes).unwrap(), Changed::Placed(4)));
+    assert!(matches!(
+        catga::__private::rmp_serde::from_slice(&bytes).unwrap(),
+        Changed::Placed(4)
+    ));
 }

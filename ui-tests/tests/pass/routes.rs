@@ -69,8 +69,14 @@ async fn calls(node: catga::Node) -> catga::Result<()> {
 pub struct Ping;
 
 fn main() {
-    assert!(matches!(<BySku as catga::Query>::ROUTING, catga::Routing::Key(_)));
-    assert!(matches!(<Here as catga::Query>::ROUTING, catga::Routing::Local));
+    assert!(matches!(
+        <BySku as catga::Query>::ROUTING,
+        catga::Routing::Key(_)
+    ));
+    assert!(matches!(
+        <Here as catga::Query>::ROUTING,
+        catga::Routing::Local
+    ));
     if let catga::Routing::Key(k) = <BySku as catga::Query>::ROUTING {
         // the same key for the same value, every time
         assert_eq!(k(&BySku { sku: "a".into() }), k(&BySku { sku: "a".into() }));

@@ -1,5 +1,7 @@
-//! Discovery on a real Redis: the shared server (`REDIS_URL`) for the
-//! scenarios, private `redis-server` children for restarts and trimming.
+//! Discovery on a real Redis: the server this test process shares
+//! (`servers::shared_redis`: its own `redis-server` child, or `REDIS_URL`)
+//! for the scenarios, private `redis-server` children for restarts and
+//! trimming.
 //! Every test uses its own cluster name (so its own keys) and deletes them.
 
 use std::collections::BTreeMap;
@@ -11,7 +13,7 @@ use catga::discovery::{
     NodeInfo, RedisDiscovery, RedisOptions,
 };
 use catga_tests::discovery::*;
-use catga_tests::servers::{ServerProcess, redis_url, shared_server_up, unique};
+use catga_tests::servers::{ServerProcess, shared_redis, unique};
 
 /// One test's cluster on one Redis; deletes the cluster's keys on drop.
 struct Env {
@@ -33,9 +35,9 @@ impl Env {
         }
     }
 
-    /// The shared server, or `None` (skip) when it is down and `CI` is unset.
-    fn shared(tag: &str) -> Option<Env> {
-        shared_server_up(&redis_url()).then(|| Env::new(redis_url(), tag))
+    /// On the shared server of this test process.
+    fn shared(tag: &str) -> Env {
+        Env::new(shared_redis(), tag)
     }
 
     async fn redis(&self) -> RedisDiscovery {
@@ -80,10 +82,7 @@ impl Drop for Env {
 
 macro_rules! env {
     ($tag:expr) => {
-        match Env::shared($tag) {
-            Some(env) => env,
-            None => return,
-        }
+        Env::shared($tag)
     };
 }
 

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use catga::discovery::{Discovery, DiscoveryConfig, MemoryStore};
 use catga::{Consistency, Node};
 use catga_tests::process::{Members, Proc, Spec};
-use catga_tests::servers::{ServerProcess, nats_url, redis_url, shared_server_up, unique};
+use catga_tests::servers::{ServerProcess, shared_nats, shared_redis, unique};
 use catga_tests::{GetStock, Restock};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -271,10 +271,7 @@ async fn start_all(specs: Vec<Spec>, seed: u64) -> BTreeMap<u64, Proc> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_processes_bootstrap_join_kill_and_leave() {
-    let url = redis_url();
-    if !shared_server_up(&url) {
-        return;
-    }
+    let url = shared_redis();
     let name = unique("sf_redis");
     let dir = tempfile::tempdir().unwrap();
     for seed in 0..3u64 {
@@ -376,10 +373,7 @@ async fn redis_processes_bootstrap_join_kill_and_leave() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wiped_initializer_does_not_start_a_second_cluster_and_loses_nothing() {
-    let url = redis_url();
-    if !shared_server_up(&url) {
-        return;
-    }
+    let url = shared_redis();
     let name = unique("sf_wiped");
     let dir = tempfile::tempdir().unwrap();
     let specs: Vec<Spec> = (1..=3)
@@ -580,10 +574,7 @@ async fn grow_3_5_3_under_load_with_a_kill_and_the_store_stopped() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nats_processes_bootstrap_and_a_fourth_node_joins_as_learner() {
-    let url = nats_url();
-    if !shared_server_up(&url) {
-        return;
-    }
+    let url = shared_nats();
     let name = unique("sf_nats");
     let dir = tempfile::tempdir().unwrap();
     let t0 = Instant::now();

@@ -1,6 +1,7 @@
-//! Discovery on a real NATS (JetStream KV, nats-server 2.9): the shared
-//! server (`NATS_URL`) for the scenarios, a private `nats-server -js` child
-//! for the restart. Every test uses its own bucket and deletes it.
+//! Discovery on a real NATS (JetStream KV, nats-server 2.9): the server
+//! this test process shares (`servers::shared_nats`: its own `nats-server
+//! -js` child, or `NATS_URL`) for the scenarios, a private `nats-server -js`
+//! child for the restart. Every test uses its own bucket and deletes it.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,7 +11,7 @@ use catga::discovery::{
     NatsOptions, NodeInfo,
 };
 use catga_tests::discovery::*;
-use catga_tests::servers::{ServerProcess, nats_url, shared_server_up, unique};
+use catga_tests::servers::{ServerProcess, shared_nats, unique};
 
 /// One test's cluster in its own bucket; deletes the bucket on drop.
 struct Env {
@@ -32,8 +33,9 @@ impl Env {
         }
     }
 
-    fn shared(tag: &str) -> Option<Env> {
-        shared_server_up(&nats_url()).then(|| Env::new(nats_url(), tag))
+    /// On the shared server of this test process.
+    fn shared(tag: &str) -> Env {
+        Env::new(shared_nats(), tag)
     }
 
     fn options(&self) -> NatsOptions {
@@ -88,10 +90,7 @@ impl Drop for Env {
 
 macro_rules! env {
     ($tag:expr) => {
-        match Env::shared($tag) {
-            Some(env) => env,
-            None => return,
-        }
+        Env::shared($tag)
     };
 }
 
