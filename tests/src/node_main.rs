@@ -629,12 +629,13 @@ async fn answer(
             let h = node.health();
             let opt = |v: Option<u64>| v.map(|v| v.to_string()).unwrap_or("none".into());
             Ok(format!(
-                "ok role={:?} term={} leader={} applied={} snapshot={} leader_commit={} events_delivered={} event_lag={} failed={} ready={} unregistered={} not_ready={}",
+                "ok role={:?} term={} leader={} applied={} snapshot={} purged={} leader_commit={} events_delivered={} event_lag={} failed={} ready={} unregistered={} not_ready={}",
                 h.role,
                 h.term,
                 opt(h.leader),
                 opt(h.applied_index),
                 opt(h.snapshot_index),
+                opt(h.purged_index),
                 opt(h.leader_commit_index),
                 h.events_delivered_index,
                 h.event_lag,

@@ -40,6 +40,9 @@ pub struct Health {
     pub applied_index: Option<u64>,
     /// The last log index covered by this node's latest snapshot.
     pub snapshot_index: Option<u64>,
+    /// The last log index purged from this node's log (the log starts after
+    /// it): a node behind it can only catch up from a snapshot.
+    pub purged_index: Option<u64>,
     /// On the leader: for each other member, how many entries it is behind.
     pub replication_lag: BTreeMap<u64, u64>,
     /// The commit index of the leader this node follows (its own on the
@@ -104,6 +107,7 @@ impl From<Status> for Health {
             last_log_index: s.last_log_index,
             applied_index: s.applied_index,
             snapshot_index: s.snapshot_index,
+            purged_index: s.purged_index,
             replication_lag: s.replication_lag,
             leader_commit_index: s.leader_commit,
             events_delivered_index: s.events_delivered,

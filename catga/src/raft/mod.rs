@@ -77,6 +77,7 @@ pub(crate) struct Status {
     pub(crate) last_log_index: Option<u64>,
     pub(crate) applied_index: Option<u64>,
     pub(crate) snapshot_index: Option<u64>,
+    pub(crate) purged_index: Option<u64>,
     pub(crate) replication_lag: BTreeMap<u64, u64>,
     /// The commit index of the leader this node follows (its own when it
     /// leads), as last heard in the current term.

@@ -172,6 +172,7 @@ impl Readiness {
             last_log_index: last_log,
             applied_index: applied,
             snapshot_index: m.snapshot.map(|l| l.index),
+            purged_index: m.purged.map(|l| l.index),
             replication_lag,
             leader_commit,
             events_delivered: events.delivered,

@@ -168,18 +168,16 @@ async fn a_snapshot_with_a_state_a_node_does_not_know_is_refused_visibly_until_i
     // up from a snapshot, which holds the new state
     p1.ok("snapshot").await.unwrap();
     p2.ok("snapshot").await.unwrap();
-    // `snapshot` only triggers one (as the other snapshot tests know): wait
-    // until both have built it past the new command. Necessary, not enough:
-    // the purge of the log behind it may still be pending when node 3
-    // connects, and then node 3 is sent the entries and stops at
-    // `tests.v2.Note` instead of refusing the snapshot (about 1 run in 2 on
-    // a loaded 2-core machine; `Health` shows no purged index to wait for)
+    // `snapshot` only triggers one: wait until both have built it past the
+    // new command AND purged the log behind it. Without the purge, node 3
+    // may be sent the entries and stop at `tests.v2.Note` instead of
+    // refusing the snapshot (about 1 run in 2 on a loaded 2-core machine)
     for p in [&p1, &p2] {
         p.wait_status(T, |s| {
-            s.num("snapshot") >= 3 && s.num("snapshot") >= s.num("applied")
+            s.num("snapshot") >= 3 && s.num("snapshot") >= s.num("applied") && s.num("purged") >= 3
         })
         .await
-        .expect("the snapshot is built");
+        .expect("the snapshot is built and the log behind it purged");
     }
 
     let p3 = Proc::start(&specs[2]).await.unwrap();

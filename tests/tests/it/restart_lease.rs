@@ -8,7 +8,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use catga_tests::process::{Proc, Spec};
-use catga_tests::servers::{nats_url, redis_url, shared_server_up, unique};
+use catga_tests::servers::{shared_nats, shared_redis, unique};
 
 const LONG: Duration = Duration::from_secs(30);
 /// A lease much longer than a restart takes, so that waiting for it shows.
@@ -71,10 +71,7 @@ async fn restart_within_the_lease(url: &str, name: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_restarted_within_its_redis_lease_registers_at_once_without_an_error() {
-    let url = redis_url();
-    if !shared_server_up(&url) {
-        return;
-    }
+    let url = shared_redis();
     let name = unique("restart_redis");
     restart_within_the_lease(&url, &name).await;
     cleanup_redis(&url, &format!("catga:{{{name}}}")).await;
@@ -82,10 +79,7 @@ async fn a_node_restarted_within_its_redis_lease_registers_at_once_without_an_er
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_restarted_within_its_nats_lease_registers_at_once_without_an_error() {
-    let url = nats_url();
-    if !shared_server_up(&url) {
-        return;
-    }
+    let url = shared_nats();
     let name = unique("restart_nats");
     restart_within_the_lease(&url, &name).await;
     cleanup_nats(&url, &name).await;

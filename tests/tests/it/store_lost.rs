@@ -7,12 +7,12 @@
 use std::time::Duration;
 
 use catga_tests::process::{Proc, Spec};
-use catga_tests::servers::{redis_url, shared_server_up, unique};
+use catga_tests::servers::{shared_redis, unique};
 
 const LONG: Duration = Duration::from_secs(30);
 
 async fn redis() -> Option<redis::aio::MultiplexedConnection> {
-    let client = redis::Client::open(redis_url()).ok()?;
+    let client = redis::Client::open(shared_redis()).ok()?;
     client.get_multiplexed_async_connection().await.ok()
 }
 
@@ -47,10 +47,7 @@ async fn record(name: &str, record: &str) -> Option<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_the_store_lost_its_records_a_wiped_member_is_still_refused_at_start() {
-    let url = redis_url();
-    if !shared_server_up(&url) {
-        return;
-    }
+    let url = shared_redis();
     let name = unique("store_lost");
     let prefix = format!("catga:{{{name}}}");
     let dir = tempfile::tempdir().expect("temp dir");
