@@ -194,7 +194,14 @@ async fn admin_routes_are_absent_unless_enabled_and_refuse_requests_without_the_
         body["error"].as_str().unwrap_or("").contains("last voter"),
         "{body}"
     );
+    // nor be removed
+    let r = with_token(client.delete(format!("{on}/admin/members/1")))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(r.status(), StatusCode::CONFLICT);
     node.wait_ready(T).await.expect("still serving");
+    assert_eq!(node.health().members, vec![1]);
     c.shutdown().await;
 }
 
