@@ -110,9 +110,21 @@ async fn run_node(a: NodeArgs) -> Result<(), String> {
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", a.http))?;
     tracing::info!(node = a.id, http = %a.http, "serving");
-    catga::http::serve(listener, app)
+    // serves until the node stops (after `POST /admin/leave`, or a failed
+    // disk), then exits with the reason once the last answer is sent
+    let stopped = {
+        let node = node.clone();
+        async move {
+            let _ = node.stopped().await;
+        }
+    };
+    catga::http::serve_with_shutdown(listener, app, stopped)
         .await
-        .map_err(|e| e.to_string())
+        .map_err(|e| e.to_string())?;
+    match node.stopped().await {
+        catga::Error::ShutDown => Ok(()),
+        e => Err(e.to_string()),
+    }
 }
 
 fn free_addr() -> String {

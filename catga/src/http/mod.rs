@@ -86,6 +86,38 @@ pub async fn serve(listener: tokio::net::TcpListener, app: Router) -> std::io::R
     axum::serve(listener, app).await
 }
 
+/// [`serve`] until `signal` resolves, then stops accepting connections and
+/// returns once the requests in flight are answered. With
+/// `node.stopped()` as the signal, the process can exit after an admin
+/// `POST /admin/leave` (the leave's answer still reaches its client):
+///
+/// ```no_run
+/// # async fn f(node: catga::Node, app: catga::http::axum::Router) -> std::io::Result<()> {
+/// let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
+/// let stopped = {
+///     let node = node.clone();
+///     async move {
+///         let why = node.stopped().await;
+///         tracing::info!("node stopped ({why}): closing the HTTP server");
+///     }
+/// };
+/// catga::http::serve_with_shutdown(listener, app, stopped).await?;
+/// # Ok(()) }
+/// ```
+pub async fn serve_with_shutdown(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    signal: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    use axum::serve::ListenerExt;
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    axum::serve(listener, app)
+        .with_graceful_shutdown(signal)
+        .await
+}
+
 /// The largest request body accepted (1 MiB); larger ones get 413.
 pub const MAX_BODY: usize = 1 << 20;
 

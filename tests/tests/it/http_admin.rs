@@ -16,8 +16,13 @@ use serde_json::{Value, json};
 const TOKEN: &str = "admin-test-token-0123456789abcdef";
 
 /// Serves `node` on `listener`: the message routes, and the admin routes
-/// when `admin` is set. The server task ends with the test's runtime.
-fn serve_on(node: &catga::Node, listener: tokio::net::TcpListener, admin: bool) -> String {
+/// when `admin` is set. The server ends when the node stops (or with the
+/// test's runtime); the handle says when.
+fn serve_on(
+    node: &catga::Node,
+    listener: tokio::net::TcpListener,
+    admin: bool,
+) -> (String, tokio::task::JoinHandle<std::io::Result<()>>) {
     let mut http = Http::new(node.clone());
     if admin {
         http = http.admin(Admin::bearer(TOKEN).expect("a valid token"));
@@ -28,22 +33,31 @@ fn serve_on(node: &catga::Node, listener: tokio::net::TcpListener, admin: bool) 
         .route("/stock", catga::http::query::<GetStock>())
         .with_state(http);
     let base = format!("http://{}", listener.local_addr().expect("addr"));
-    tokio::spawn(async move {
-        let _ = catga::http::serve(listener, app).await;
-    });
-    base
+    let stopped = {
+        let node = node.clone();
+        async move {
+            let _ = node.stopped().await;
+        }
+    };
+    let server = tokio::spawn(catga::http::serve_with_shutdown(listener, app, stopped));
+    (base, server)
 }
 
 async fn serve(node: &catga::Node, admin: bool) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
-    serve_on(node, listener, admin)
+    serve_on(node, listener, admin).0
 }
 
 /// Three nodes, each told its HTTP address with `api_addr` and serving the
-/// admin routes there; returns the cluster and each node's base URL.
-async fn cluster_with_api_addrs() -> (Cluster, Vec<String>) {
+/// admin routes there; returns the cluster, each node's base URL and its
+/// server task.
+async fn cluster_with_api_addrs() -> (
+    Cluster,
+    Vec<String>,
+    Vec<tokio::task::JoinHandle<std::io::Result<()>>>,
+) {
     catga_tests::harness::init_tracing();
     let raft: Vec<std::net::TcpListener> = (0..3)
         .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind"))
@@ -67,6 +81,7 @@ async fn cluster_with_api_addrs() -> (Cluster, Vec<String>) {
         request_timeout: Duration::from_secs(10),
     };
     let mut bases = Vec::new();
+    let mut servers = Vec::new();
     for (i, (r, h)) in raft.into_iter().zip(http).enumerate() {
         let api = h.local_addr().expect("addr").to_string();
         let node = c
@@ -76,10 +91,12 @@ async fn cluster_with_api_addrs() -> (Cluster, Vec<String>) {
             .start()
             .await
             .expect("start");
-        bases.push(serve_on(&node, h, true));
+        let (base, server) = serve_on(&node, h, true);
+        bases.push(base);
+        servers.push(server);
         c.nodes.push(Some(node));
     }
-    (c, bases)
+    (c, bases, servers)
 }
 
 fn with_token(r: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
@@ -249,7 +266,7 @@ async fn a_snapshot_through_the_admin_route_covers_what_was_applied() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn members_show_api_addrs_and_nodes_are_removed_and_leave_through_the_admin_routes() {
-    let (mut c, bases) = cluster_with_api_addrs().await;
+    let (mut c, bases, mut servers) = cluster_with_api_addrs().await;
     let leader = c.leader().await;
     let client = reqwest::Client::new();
 
@@ -356,6 +373,13 @@ async fn members_show_api_addrs_and_nodes_are_removed_and_leave_through_the_admi
     let body: Value = r.json().await.expect("json");
     assert_eq!(body["left"], json!(via));
     assert_eq!(c.node(via).health().role, catga::Role::Shutdown);
+    // its HTTP server, told to stop with the node, closed after answering
+    let server = servers.remove(via as usize - 1);
+    tokio::time::timeout(T, server)
+        .await
+        .expect("the server of the node that left stops")
+        .expect("the server task")
+        .expect("the server ends cleanly");
     wait_voters(&[c.node(leader)], &[leader]).await;
     // the cluster of one goes on
     let lbase = &bases[leader as usize - 1];
