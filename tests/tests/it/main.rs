@@ -30,6 +30,7 @@ mod discovery_redis;
 mod faults;
 mod full_disk;
 mod http;
+mod http_admin;
 mod http_limit;
 mod http_processes;
 mod mediator;
