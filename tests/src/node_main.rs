@@ -65,6 +65,7 @@
 //! More flags: `--event-deadline-ms N` (event handler deadline),
 //! `--slow-event-ms N` (slow event handler threshold),
 //! `--keep-logs N` (log entries kept behind a snapshot),
+//! `--heartbeat-ms N` (the heartbeat interval, default 50),
 //! `--max-frame-bytes N` (the transport's frame limit),
 //! `--http ADDR` (serves `catga::http` there: `/health`, `/ready`,
 //! `/metrics`, `POST /restock`, `POST /orders`, `GET /stock`).
@@ -405,6 +406,7 @@ struct Args {
     join: bool,
     snapshot_every: u64,
     election_ms: (u64, u64),
+    heartbeat_ms: u64,
     event_deadline_ms: Option<u64>,
     slow_event_ms: Option<u64>,
     keep_logs: Option<u64>,
@@ -429,6 +431,7 @@ fn parse() -> Result<Args, String> {
         join: false,
         snapshot_every: 10_000,
         election_ms: (300, 600),
+        heartbeat_ms: 50,
         event_deadline_ms: None,
         slow_event_ms: None,
         keep_logs: None,
@@ -467,6 +470,11 @@ fn parse() -> Result<Args, String> {
                     lo.parse().map_err(|e| format!("--election-ms: {e}"))?,
                     hi.parse().map_err(|e| format!("--election-ms: {e}"))?,
                 );
+            }
+            "--heartbeat-ms" => {
+                a.heartbeat_ms = value()?
+                    .parse()
+                    .map_err(|e| format!("--heartbeat-ms: {e}"))?
             }
             "--keep-logs" => {
                 a.keep_logs = Some(value()?.parse().map_err(|e| format!("--keep-logs: {e}"))?)
@@ -816,7 +824,7 @@ pub async fn run(extra: Extra) {
         .listen(args.listen)
         .data_dir(args.data_dir)
         .secret("test-secret")
-        .heartbeat_interval(Duration::from_millis(50))
+        .heartbeat_interval(Duration::from_millis(args.heartbeat_ms))
         .election_timeout(
             Duration::from_millis(args.election_ms.0),
             Duration::from_millis(args.election_ms.1),
