@@ -7,7 +7,8 @@
 //! `leader`, `network`, `service` → `wire`; `service` → `leader`,
 //! `contact`; `status` (readiness) → `contact`, `events`; the storage pair
 //! `log_store` → `wal` and `state_machine` → `events` know nothing of the
-//! network. `quiet` is openraft's runtime (rate-limited logs).
+//! network. `quiet` is openraft's runtime (rate-limited logs, timeouts
+//! no shorter than the slowest link).
 
 use std::collections::BTreeMap;
 use std::fmt;

@@ -28,7 +28,18 @@ struct NetCluster {
     net: Net,
     specs: Vec<Spec>,
     procs: Vec<Option<Arc<Proc>>>,
-    _dir: tempfile::TempDir,
+    dir: Option<tempfile::TempDir>,
+}
+
+impl Drop for NetCluster {
+    /// A failed test keeps its data dirs and the nodes' logs.
+    fn drop(&mut self) {
+        if std::thread::panicking()
+            && let Some(d) = self.dir.take()
+        {
+            println!("kept the nodes' data and logs in {:?}", d.keep());
+        }
+    }
 }
 
 impl NetCluster {
@@ -60,7 +71,7 @@ impl NetCluster {
             net,
             specs,
             procs,
-            _dir: dir,
+            dir: Some(dir),
         }
     }
 
@@ -69,7 +80,10 @@ impl NetCluster {
     }
 
     fn logs(&self) -> &Path {
-        self._dir.path()
+        self.dir
+            .as_ref()
+            .map(|d| d.path())
+            .unwrap_or(Path::new("?"))
     }
 
     /// Waits until some node names a leader that says it is ready.
