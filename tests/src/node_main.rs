@@ -21,7 +21,8 @@
 //! - `first-ready` → `ok <role> <term> <leader> <applied>`: the health at the
 //!   first moment this process reported `ready` (or `ok none` if never)
 //! - `status` → `ok role=R term=T leader=L applied=A snapshot=S leader_commit=C
-//!   events_delivered=D event_lag=N failed=B ready=B not_ready=<reason or none>`
+//!   events_delivered=D event_lag=N failed=B ready=B unregistered=B lost_quorum=B
+//!   not_ready=<reason or none>`
 //!   (`not_ready` last: its value has spaces)
 //! - `quit` → shuts down gracefully and exits 0
 //!
@@ -637,7 +638,7 @@ async fn answer(
             let h = node.health();
             let opt = |v: Option<u64>| v.map(|v| v.to_string()).unwrap_or("none".into());
             Ok(format!(
-                "ok role={:?} term={} leader={} applied={} snapshot={} purged={} leader_commit={} events_delivered={} event_lag={} failed={} ready={} unregistered={} not_ready={}",
+                "ok role={:?} term={} leader={} applied={} snapshot={} purged={} leader_commit={} events_delivered={} event_lag={} failed={} ready={} unregistered={} lost_quorum={} not_ready={}",
                 h.role,
                 h.term,
                 opt(h.leader),
@@ -650,6 +651,7 @@ async fn answer(
                 h.failed.is_some(),
                 h.ready,
                 h.unregistered.is_some(),
+                h.lost_quorum,
                 h.not_ready.as_deref().unwrap_or("none")
             ))
         }

@@ -230,6 +230,7 @@ impl RaftHandle {
                 service.contact.clone(),
                 s.ready_max_lag,
                 Duration::from_millis(s.election_max_ms.saturating_mul(2)),
+                Duration::from_millis(s.election_max_ms),
             ),
             compat,
             peers,

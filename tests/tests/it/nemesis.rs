@@ -204,3 +204,89 @@ async fn slow_lossy_link_keeps_committing() {
     );
     println!("router: {:?}", c.net.counts());
 }
+
+/// The binary's election timeout (`Spec`'s default, 300..600 ms).
+const ELECTION_MAX: Duration = Duration::from_millis(600);
+
+/// Issue 24 item 3: a leader cut off from the others says, within an
+/// election timeout, that it lost its quorum: `Health` (not ready, no
+/// leader named, `lost_quorum`) and `/ready` (503).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cut_off_leader_says_it_lost_its_quorum() {
+    if !Net::available("nemesis::cut_off_leader_says_it_lost_its_quorum") {
+        return;
+    }
+    let c = NetCluster::start(3, &[]).await;
+    let leader = c.wait_leader(Duration::from_secs(20)).await;
+    let lp = c.proc(leader).expect("leader runs");
+    let (code, _) = c
+        .net
+        .http_get(leader, HTTP, "/ready")
+        .await
+        .expect("GET /ready");
+    assert_eq!(code, 200, "the leader is ready before the cut");
+
+    c.net.isolate(leader);
+    let cut = Instant::now();
+    let st = lp
+        .wait_status(Duration::from_secs(10), |s| {
+            s.get("ready") == "false" && s.get("lost_quorum") == "true"
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e}; logs in {:?}", c.logs()));
+    let said = cut.elapsed();
+    let (code, body) = c
+        .net
+        .http_get(leader, HTTP, "/ready")
+        .await
+        .expect("GET /ready");
+    println!(
+        "cut-off leader {leader}: said it lost its quorum {said:?} after the cut; /ready {code}; {}",
+        st.get("not_ready")
+    );
+    assert_eq!(code, 503, "/ready of a leader without a quorum: {body}");
+    assert_eq!(st.get("leader"), "none", "it names no leader: {}", st.0);
+    // the lease counts from the last acknowledged heartbeat, at most a
+    // heartbeat or two before the cut; the polling adds ~50 ms
+    assert!(
+        said <= ELECTION_MAX + Duration::from_millis(300),
+        "a cut-off leader took {said:?} to say it lost its quorum (election timeout {ELECTION_MAX:?})"
+    );
+
+    // the others elect a leader; after the heal the old one follows it
+    let others: Vec<u64> = (1..=3).filter(|i| *i != leader).collect();
+    let other = c.proc(others[0]).expect("runs");
+    other
+        .wait_status(Duration::from_secs(20), |s| {
+            s.get("ready") == "true"
+                && s.get("leader") != "none"
+                && s.get("leader") != leader.to_string()
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e}; logs in {:?}", c.logs()));
+    c.net.heal_all();
+    let healed = Instant::now();
+    let t = write_again(&lp, "cutoff", Duration::from_secs(30)).await;
+    println!(
+        "old leader {leader} after a {:?} cut: writes again {t:?} after the heal",
+        healed.duration_since(cut)
+    );
+}
+
+/// Writes through `p` until one is acknowledged; how long that took.
+async fn write_again(p: &Proc, key: &str, timeout: Duration) -> Duration {
+    let t = Instant::now();
+    while t.elapsed() < timeout {
+        if let Some(s) = p
+            .call(&format!("restock {key} 1"), Duration::from_secs(2))
+            .await
+            && s.starts_with("ok")
+        {
+            return t.elapsed();
+        }
+    }
+    panic!(
+        "node {} did not write again within {timeout:?} of the heal",
+        p.id
+    );
+}
