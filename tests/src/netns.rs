@@ -32,6 +32,9 @@ use tokio::io::unix::AsyncFd;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+/// A link direction's queue of packets and when each is due.
+type Queue = mpsc::UnboundedSender<(Instant, Vec<u8>)>;
+
 /// The subnet every node's TUN is on (each test's namespaces are its own,
 /// so tests running at once may all use it).
 const SUBNET: [u8; 3] = [10, 77, 0];
@@ -439,8 +442,7 @@ fn route(
         }
         // one ordered queue per link direction, so a delayed packet never
         // overtakes an earlier one on the same link
-        let mut queues: HashMap<(u64, u64), mpsc::UnboundedSender<(Instant, Vec<u8>)>> =
-            HashMap::new();
+        let mut queues: HashMap<(u64, u64), Queue> = HashMap::new();
         let mut tasks = tokio::task::JoinSet::new();
         for &from in fds.keys() {
             for (&to, out) in &fds {
@@ -468,7 +470,7 @@ fn route(
 async fn read_loop(
     from: u64,
     fd: Arc<AsyncFd<OwnedFd>>,
-    queues: HashMap<u64, mpsc::UnboundedSender<(Instant, Vec<u8>)>>,
+    queues: HashMap<u64, Queue>,
     rules: Arc<Mutex<Rules>>,
 ) {
     let mut buf = vec![0u8; 65_536];

@@ -14,6 +14,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use catga_tests::linearizability::{self, Failure, Outcome, RegOp, RegOperation, RegOut, Register};
 use catga_tests::netns::Net;
 use catga_tests::process::{Proc, Spec};
 use tokio::time::Instant;
@@ -289,4 +290,323 @@ async fn write_again(p: &Proc, key: &str, timeout: Duration) -> Duration {
         "node {} did not write again within {timeout:?} of the heal",
         p.id
     );
+}
+
+/// One client's recorded operations on the counters.
+type History = Vec<RegOperation>;
+
+/// The nemesis's clients: each picks a live node, increments a counter
+/// (`restock`, which answers the new value) or reads it linearizably
+/// (`stock!`), and records what it saw, until `stop`.
+async fn clients(
+    procs: Arc<std::sync::Mutex<Vec<Option<Arc<Proc>>>>>,
+    n: usize,
+    epoch: Instant,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> History {
+    let workers = (0..n).map(|w| {
+        let procs = procs.clone();
+        let stop = stop.clone();
+        async move {
+            let mut h = History::new();
+            let mut i = 0u64;
+            while !*stop.borrow() {
+                i += 1;
+                let p = {
+                    let g = procs.lock().expect("procs");
+                    let live: Vec<_> = g.iter().flatten().cloned().collect();
+                    live.get((w + i as usize) % live.len().max(1)).cloned()
+                };
+                let Some(p) = p else {
+                    tokio::task::yield_now().await;
+                    continue;
+                };
+                let key = format!("k{}", i % 3);
+                let read = i.is_multiple_of(5);
+                let cmd = match read {
+                    true => format!("stock! {key}"),
+                    false => format!("restock {key} 1"),
+                };
+                let invoke = epoch.elapsed().as_nanos() as u64;
+                let answer = p.call(&cmd, Duration::from_secs(12)).await;
+                let complete = epoch.elapsed().as_nanos() as u64;
+                let value = answer
+                    .as_deref()
+                    .and_then(|a| a.strip_prefix("ok "))
+                    .map(|v| v.trim().to_string());
+                let outcome = match (read, value) {
+                    (true, Some(v)) if v == "none" => Outcome::Ok(RegOut::Get(None)),
+                    (true, Some(v)) => match v.parse() {
+                        Ok(n) => Outcome::Ok(RegOut::Get(Some(n))),
+                        Err(_) => Outcome::Unknown,
+                    },
+                    (false, Some(v)) => match v.parse() {
+                        Ok(n) => Outcome::Ok(RegOut::Incr(n)),
+                        Err(_) => Outcome::Unknown,
+                    },
+                    (_, None) => Outcome::Unknown,
+                };
+                h.push(RegOperation {
+                    client: w as u64,
+                    key,
+                    input: if read { RegOp::Get } else { RegOp::Incr(1) },
+                    invoke,
+                    complete,
+                    outcome,
+                    tag: i,
+                });
+            }
+            h
+        }
+    });
+    futures::future::join_all(workers)
+        .await
+        .into_iter()
+        .flatten()
+        .collect()
+}
+
+/// Issue 20 item 6: links cut and healed (a follower, the leader, a bridge,
+/// the old leader in the minority, a flapping link, a slow lossy network),
+/// `kill -9` and SIGSTOP, with clients writing and reading throughout.
+/// Asserts safety: every counter's history linearizable, nothing
+/// acknowledged lost, nothing applied twice, replicas equal at the end.
+/// Prints the time until a node cut off silently for 10 s writes again
+/// after the heal (issue 24 item 2's figure; not asserted).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nemesis() {
+    if !Net::available("nemesis::nemesis") {
+        return;
+    }
+    let soak: u64 = std::env::var("NEMESIS_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let mut c = NetCluster::start(3, &[]).await;
+    c.wait_leader(Duration::from_secs(20)).await;
+    let epoch = Instant::now();
+    let shared = Arc::new(std::sync::Mutex::new(c.procs.clone()));
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let history = tokio::spawn(clients(shared.clone(), 6, epoch, stop_rx));
+    let ms = Duration::from_millis;
+    let mut heals: Vec<String> = Vec::new();
+
+    let end = Instant::now() + Duration::from_secs(soak);
+    let mut round = 0;
+    loop {
+        round += 1;
+        let leader = c.wait_leader(Duration::from_secs(30)).await;
+        let follower = (1..=3).find(|i| *i != leader).unwrap_or(1);
+
+        // a follower cut off, healed
+        step(&format!("round {round}: follower {follower} cut off"));
+        c.net.isolate(follower);
+        tokio::time::sleep(ms(3000)).await;
+        c.net.heal_all();
+
+        // the leader cut off: the majority elects another
+        let leader = c.wait_leader(Duration::from_secs(30)).await;
+        step(&format!("round {round}: leader {leader} in the minority"));
+        c.net.partition(&[&[leader], &other_two(leader)]);
+        tokio::time::sleep(ms(3000)).await;
+        c.net.heal_all();
+
+        // a bridge: the two others cannot reach each other
+        let leader = c.wait_leader(Duration::from_secs(30)).await;
+        let [a, b] = other_two(leader);
+        step(&format!(
+            "round {round}: {a} and {b} apart, {leader} the bridge"
+        ));
+        c.net.cut(a, b);
+        tokio::time::sleep(ms(3000)).await;
+        c.net.heal_all();
+
+        // a flapping link between the leader and a follower
+        let leader = c.wait_leader(Duration::from_secs(30)).await;
+        let f = other_two(leader)[0];
+        step(&format!("round {round}: link {leader}-{f} flapping"));
+        for i in 0..10 {
+            if i.is_multiple_of(2) {
+                c.net.cut(leader, f);
+            } else {
+                c.net.heal(leader, f);
+            }
+            tokio::time::sleep(ms(300)).await;
+        }
+        c.net.heal_all();
+
+        // a slow, lossy network
+        step(&format!("round {round}: every link 40-60 ms, 2% loss"));
+        c.net.slow_all(ms(40), ms(20), 0.02);
+        tokio::time::sleep(ms(4000)).await;
+        c.net.slow_all(ms(0), ms(0), 0.0);
+
+        // kill -9 a node, restart it from its data dir
+        c.wait_leader(Duration::from_secs(30)).await;
+        let victim = 1 + (round as u64 % 3);
+        step(&format!("round {round}: kill -9 node {victim}, restart"));
+        let p = shared.lock().expect("procs")[victim as usize - 1].take();
+        c.procs[victim as usize - 1] = None;
+        if let Some(p) = p.and_then(|p| Arc::try_unwrap(p).ok()) {
+            p.kill9().await;
+        } else {
+            // a client still holds it for a call in flight: kill by pid
+            kill_ns_processes(&c.net.ns(victim));
+        }
+        tokio::time::sleep(ms(1500)).await;
+        let p = Arc::new(
+            Proc::start_in(&c.specs[victim as usize - 1], &c.net.ns(victim))
+                .await
+                .expect("restart"),
+        );
+        c.procs[victim as usize - 1] = Some(p.clone());
+        shared.lock().expect("procs")[victim as usize - 1] = Some(p);
+
+        // SIGSTOP the leader, SIGCONT
+        let leader = c.wait_leader(Duration::from_secs(30)).await;
+        step(&format!("round {round}: SIGSTOP leader {leader} for 2 s"));
+        if let Some(p) = c.proc(leader) {
+            p.stop();
+            tokio::time::sleep(ms(2000)).await;
+            p.resume();
+        }
+
+        // a silent cut of 10 s, then the time until the node writes again
+        let leader = c.wait_leader(Duration::from_secs(30)).await;
+        for (who, id) in [("follower", other_two(leader)[0]), ("leader", leader)] {
+            step(&format!(
+                "round {round}: {who} {id} cut off silently for 10 s"
+            ));
+            c.net.isolate(id);
+            tokio::time::sleep(Duration::from_secs(10)).await;
+            c.net.heal_all();
+            let healed = Instant::now();
+            let p = c.proc(id).expect("runs");
+            let t = write_again(&p, "heal", Duration::from_secs(60)).await;
+            let line = format!(
+                "{who} {id} cut off silently for 10 s: writes again {t:?} after the heal ({:?} by now)",
+                healed.elapsed()
+            );
+            println!("{line}");
+            heals.push(line);
+        }
+        if Instant::now() >= end {
+            break;
+        }
+    }
+
+    // the end: every link clean, every node up; wait until all agree
+    c.net.heal_all();
+    let _ = stop_tx.send(true);
+    let history = history.await.expect("clients");
+    c.wait_leader(Duration::from_secs(30)).await;
+    let procs: Vec<Arc<Proc>> = c.procs.iter().flatten().cloned().collect();
+    // a final write through every node: each has applied everything before
+    for p in &procs {
+        write_again(p, "final", Duration::from_secs(30)).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let prints = loop {
+        let mut prints = Vec::new();
+        for p in &procs {
+            prints.push(p.ok("fingerprint").await.unwrap_or_default());
+        }
+        if prints.windows(2).all(|w| w[0] == w[1]) || Instant::now() > deadline {
+            break prints;
+        }
+        let _ = procs[0].call("changed 200", Duration::from_secs(2)).await;
+    };
+    assert!(
+        prints.windows(2).all(|w| w[0] == w[1]),
+        "replicas differ at the end: {prints:?}; logs in {:?}",
+        c.logs()
+    );
+
+    // nothing acknowledged lost, nothing applied twice
+    for key in ["k0", "k1", "k2"] {
+        let ops: Vec<&RegOperation> = history.iter().filter(|o| o.key == key).collect();
+        let incr = |o: &&&RegOperation| o.input == RegOp::Incr(1);
+        let acked: Vec<i64> = ops
+            .iter()
+            .filter(incr)
+            .filter_map(|o| match o.outcome {
+                Outcome::Ok(RegOut::Incr(v)) => Some(v),
+                _ => None,
+            })
+            .collect();
+        let unknown = ops.iter().filter(incr).filter(|o| !o.is_ok()).count() as i64;
+        let mut distinct = acked.clone();
+        distinct.sort();
+        distinct.dedup();
+        assert_eq!(
+            distinct.len(),
+            acked.len(),
+            "{key}: two acknowledged increments returned the same value"
+        );
+        let fin: i64 = procs[0]
+            .ok(&format!("stock {key}"))
+            .await
+            .expect("stock")
+            .parse()
+            .unwrap_or(0);
+        println!(
+            "{key}: {} increments acknowledged, {unknown} unknown, final value {fin}",
+            acked.len()
+        );
+        assert!(
+            fin >= acked.len() as i64 && distinct.last().is_none_or(|m| *m <= fin),
+            "{key}: an acknowledged increment is lost (final {fin})"
+        );
+        assert!(
+            fin <= acked.len() as i64 + unknown,
+            "{key}: applied more increments ({fin}) than were sent and not refused"
+        );
+    }
+    match linearizability::check(&Register, &history) {
+        Ok(stats) => println!("linearizable: {stats:?}"),
+        Err(Failure::GaveUp { key, ops, steps }) => {
+            println!("linearizability of {key} not decided ({ops} ops, {steps} steps)")
+        }
+        Err(e) => panic!("not linearizable: {e}; logs in {:?}", c.logs()),
+    }
+    let (ok, unknown) =
+        history.iter().fold(
+            (0, 0),
+            |(a, b), o| {
+                if o.is_ok() { (a + 1, b) } else { (a, b + 1) }
+            },
+        );
+    println!(
+        "nemesis: {} operations ({ok} ok, {unknown} unknown) in {:?}; router {:?}",
+        history.len(),
+        epoch.elapsed(),
+        c.net.counts()
+    );
+    for h in heals {
+        println!("{h}");
+    }
+}
+
+fn other_two(id: u64) -> [u64; 2] {
+    let v: Vec<u64> = (1..=3).filter(|i| *i != id).collect();
+    [v[0], v[1]]
+}
+
+fn step(what: &str) {
+    println!("nemesis: {what}");
+}
+
+/// SIGKILL every process in the namespace `ns` (the node, when the test
+/// cannot take its `Proc` back).
+fn kill_ns_processes(ns: &str) {
+    let out = std::process::Command::new("ip")
+        .args(["netns", "pids", ns])
+        .output();
+    if let Ok(out) = out {
+        for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+            let _ = std::process::Command::new("kill")
+                .args(["-9", pid])
+                .status();
+        }
+    }
 }
