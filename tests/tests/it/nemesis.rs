@@ -425,7 +425,7 @@ async fn nemesis() {
         let leader = c.wait_leader(Duration::from_secs(30)).await;
         let f = other_two(leader)[0];
         step(&format!("round {round}: link {leader}-{f} flapping"));
-        for i in 0..10 {
+        for i in 0u32..10 {
             if i.is_multiple_of(2) {
                 c.net.cut(leader, f);
             } else {
