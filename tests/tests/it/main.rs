@@ -35,6 +35,7 @@ mod http_limit;
 mod http_processes;
 mod mediator;
 mod mediator_processes;
+mod nemesis;
 mod odd_voters;
 mod outcomes;
 mod poison;
