@@ -31,6 +31,7 @@ pub(super) struct Metrics {
     applied: Gauge,
     snapshot: Gauge,
     ready: Gauge,
+    lost_quorum: Gauge,
     failed: Gauge,
     commit: Gauge,
     lag: Family<Labels, Gauge>,
@@ -61,6 +62,7 @@ impl Metrics {
             applied: Gauge::default(),
             snapshot: Gauge::default(),
             ready: Gauge::default(),
+            lost_quorum: Gauge::default(),
             failed: Gauge::default(),
             commit: Gauge::default(),
             lag: Family::default(),
@@ -105,6 +107,12 @@ impl Metrics {
                 m.snapshot.clone(),
             );
             r.register("ready", "1 when this node is ready", m.ready.clone());
+            r.register(
+                "lost_quorum",
+                "1 when this node leads but has not heard from a majority within an election \
+                 timeout (cut off: it acknowledges no write)",
+                m.lost_quorum.clone(),
+            );
             r.register(
                 "replication_lag",
                 "on the leader: entries each follower is behind",
@@ -207,6 +215,7 @@ impl Metrics {
         self.applied.set(n(h.applied_index));
         self.snapshot.set(n(h.snapshot_index));
         self.ready.set(i64::from(h.ready));
+        self.lost_quorum.set(i64::from(h.lost_quorum));
         self.failed.set(i64::from(h.failed.is_some()));
         self.commit.set(n(h.leader_commit_index));
         self.event_lag.set(h.event_lag as i64);

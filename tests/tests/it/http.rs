@@ -286,6 +286,7 @@ async fn ready_follows_a_partition_and_metrics_parse_and_move() {
         r#"catga_http_requests_total{message="tests.Restock",kind="command",status="200"}"#;
     let m0 = scrape().await;
     assert_eq!(m0.get("catga_ready"), Some(&1.0));
+    assert_eq!(m0.get("catga_lost_quorum"), Some(&0.0));
     // after the heal the node may be follower or (rarely) leader: one role
     let roles: f64 = m0
         .iter()
