@@ -50,6 +50,8 @@ pub(crate) struct RaftSettings {
     pub(crate) max_frame_bytes: usize,
     pub(crate) events: DeliverySettings,
     pub(crate) ready_max_lag: u64,
+    /// Who quarantines a poison pill (`raft/poison.rs`).
+    pub(crate) quarantine: super::QuarantineMode,
 }
 
 /// The longest a single attempt (one RPC to the leader, or one local
@@ -106,7 +108,7 @@ impl RaftHandle {
             log.close();
             storage(e)
         })?;
-        let sm = SmStore::open(s.data_dir.clone(), events.clone()).map_err(|e| {
+        let sm = SmStore::open(s.data_dir.clone(), events.clone(), log.clone()).map_err(|e| {
             log.close();
             storage(e)
         })?;
@@ -206,6 +208,13 @@ impl RaftHandle {
             raft.clone(),
             compat.clone(),
             sm.clone(),
+        ));
+        background.spawn(super::poison::watch(
+            s.node_id,
+            raft.clone(),
+            sm.clone(),
+            pool.clone(),
+            s.quarantine,
         ));
         let failed = Arc::new(std::sync::atomic::AtomicBool::new(false));
         background.spawn(watch_failure(raft.clone(), failed.clone()));
@@ -863,8 +872,57 @@ impl RaftHandle {
     /// `raft/status.rs` for what `ready` means).
     pub(crate) fn status(&self) -> Status {
         let stalled = self.sm.shared.stall.reason();
-        self.readiness
-            .status(self.id, &self.raft, &self.sm.shared.events, stalled)
+        let mut st = self
+            .readiness
+            .status(self.id, &self.raft, &self.sm.shared.events, stalled);
+        if let Some(p) = self.sm.shared.poison.stop() {
+            if st.failed.is_none() {
+                st.not_ready = Some(format!(
+                    "poisoned: stopped before log entry {} (`{}`), which crashed this node {} \
+                     times",
+                    p.index, p.name, p.died
+                ));
+            }
+            st.ready = false;
+            st.poisoned = Some(p);
+        }
+        st
+    }
+
+    /// Quarantines log entry `index`, which every member stops before
+    /// (`raft/poison.rs`): asks each for its promise, then has the leader
+    /// commit the decision.
+    pub(crate) async fn skip_poisoned(&self, index: u64, timeout: Duration) -> Result<()> {
+        let (name, members) =
+            super::poison::gather(self.id, &self.raft, &self.sm, &self.pool, index)
+                .await
+                .map_err(Error::Quarantine)?;
+        let sm = self.sm.clone();
+        let id = self.id;
+        self.route(
+            timeout,
+            |l, a, ttl| {
+                self.call_leader(
+                    l,
+                    a,
+                    Rpc::Quarantine {
+                        index,
+                        name: name.clone(),
+                        members: members.clone(),
+                    },
+                    ttl,
+                )
+            },
+            |raft| {
+                let (sm, name, members) = (sm.clone(), name.clone(), members.clone());
+                async move { super::poison::propose(id, &raft, &sm, index, name, members).await }
+            },
+        )
+        .await
+        .map_err(|e| match e {
+            Error::Membership(e) => Error::Quarantine(e),
+            e => e,
+        })
     }
 
     /// Stops every task this node started.

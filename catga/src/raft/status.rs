@@ -181,6 +181,7 @@ impl Readiness {
             not_ready,
             stalled,
             failed,
+            poisoned: None,
         }
     }
 }

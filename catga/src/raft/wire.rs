@@ -88,6 +88,26 @@ pub enum Rpc {
         /// The request.
         req: openraft::raft::AppendEntriesRequest<TC>,
     },
+    /// What did you do with log entry `index` (`raft/poison.rs`)? Answered
+    /// with `Result<poison::Report, String>`. With `promise`, a node that
+    /// stops before that entry promises never to run it on its own.
+    PoisonReport {
+        /// The entry asked about.
+        index: u64,
+        /// Ask for the promise.
+        promise: bool,
+    },
+    /// To the leader: quarantine log entry `index`, which every one of
+    /// `members` promised not to run (an operator's skip; `raft/poison.rs`).
+    /// Answered with `Redirect<()>` once the decision is committed.
+    Quarantine {
+        /// The entry.
+        index: u64,
+        /// Its message's wire name.
+        name: String,
+        /// The members that were asked and promised.
+        members: Vec<u64>,
+    },
 }
 
 /// The leader's answer to [`Rpc::Write`], [`Rpc::ReadIndex`] and the
