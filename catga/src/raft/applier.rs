@@ -174,9 +174,20 @@ impl Marker {
     /// Records that this run stopped before entry `index` after `died`
     /// runs died inside it; `promised`: it must not run the entry again on
     /// its own, and the record is synced to disk before this returns.
-    pub(crate) fn stalled(&self, index: u64, name: &str, died: u32, promised: bool) -> io::Result<()> {
+    pub(crate) fn stalled(
+        &self,
+        index: u64,
+        name: &str,
+        died: u32,
+        promised: bool,
+    ) -> io::Result<()> {
         let (exe, p) = (self.exe, promised as u8);
-        self.write(|w| write!(w, "stalled {index} died={died} exe={exe:x} promised={p} {name}"))?;
+        self.write(|w| {
+            write!(
+                w,
+                "stalled {index} died={died} exe={exe:x} promised={p} {name}"
+            )
+        })?;
         if promised {
             self.map.lock().flush()?;
         }
@@ -276,7 +287,10 @@ mod tests {
     #[test]
     fn a_record_of_an_older_version_still_names_the_entry() {
         let p = parse(b"applying 9 shop.Restock            \n").unwrap();
-        assert_eq!((p.index, p.name.as_str(), p.died, p.exe), (9, "shop.Restock", 0, 0));
+        assert_eq!(
+            (p.index, p.name.as_str(), p.died, p.exe),
+            (9, "shop.Restock", 0, 0)
+        );
         assert!(!p.stalled);
     }
 

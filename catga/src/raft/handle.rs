@@ -890,32 +890,17 @@ impl RaftHandle {
     }
 
     /// Quarantines log entry `index`, which every member stops before
-    /// (`raft/poison.rs`): asks each for its promise, then has the leader
-    /// commit the decision.
+    /// (`raft/poison.rs`): the leader asks each for its promise, then
+    /// commits the decision.
     pub(crate) async fn skip_poisoned(&self, index: u64, timeout: Duration) -> Result<()> {
-        let (name, members) =
-            super::poison::gather(self.id, &self.raft, &self.sm, &self.pool, index)
-                .await
-                .map_err(Error::Quarantine)?;
         let sm = self.sm.clone();
         let id = self.id;
         self.route(
             timeout,
-            |l, a, ttl| {
-                self.call_leader(
-                    l,
-                    a,
-                    Rpc::Quarantine {
-                        index,
-                        name: name.clone(),
-                        members: members.clone(),
-                    },
-                    ttl,
-                )
-            },
+            |l, a, ttl| self.call_leader(l, a, Rpc::Quarantine { index }, ttl),
             |raft| {
-                let (sm, name, members) = (sm.clone(), name.clone(), members.clone());
-                async move { super::poison::propose(id, &raft, &sm, index, name, members).await }
+                let sm = sm.clone();
+                async move { super::poison::propose(id, &raft, &sm, index).await }
             },
         )
         .await

@@ -116,7 +116,7 @@ impl LogStore {
     /// if this log holds one (`raft/poison.rs`).
     pub(super) fn decision_for(&self, index: u64) -> Option<u64> {
         let c = self.cache.lock();
-        let committed = c.committed.map(|l| l.index)?;
+        let committed = c.committed.map(|l| l.index).filter(|c| *c > index)?;
         c.decisions
             .range(index + 1..=committed)
             .find(|(_, named)| **named == index)

@@ -151,6 +151,8 @@ pub(crate) struct Stop {
 /// This node's poison state (in the state machine's shared part).
 #[derive(Default)]
 pub(crate) struct Poison {
+    /// Raft's connection pool, to ask the members (set once the node runs).
+    pool: std::sync::OnceLock<Pool>,
     stop: Mutex<Option<Stop>>,
     /// The entry run again after deaths, and how many runs died in it.
     retry: Mutex<Option<(u64, u32)>>,
@@ -212,6 +214,11 @@ impl Poison {
             }
         }
         p
+    }
+
+    /// Gives the pool to ask the members with (once, at start).
+    pub(crate) fn set_pool(&self, pool: Pool) {
+        let _ = self.pool.set(pool);
     }
 
     /// The entry this node stalls before, if any.
@@ -388,8 +395,9 @@ impl Round {
 }
 
 /// Asks every member (this node locally) what it did with `index`.
-async fn ask(id: u64, raft: &Raft, sm: &SmStore, pool: &Pool, index: u64, promise: bool) -> Round {
+async fn ask(id: u64, raft: &Raft, sm: &SmStore, index: u64, promise: bool) -> Round {
     let (members, _) = members(raft);
+    let pool = sm.shared.poison.pool.get();
     let body = encode(&Rpc::PoisonReport { index, promise });
     let calls = members.iter().map(|(peer, addr)| {
         let body = body.clone();
@@ -397,9 +405,10 @@ async fn ask(id: u64, raft: &Raft, sm: &SmStore, pool: &Pool, index: u64, promis
             if *peer == id {
                 return (*peer, Ok(answer(sm, index, promise)));
             }
-            let body = match body {
-                Ok(b) => b,
-                Err(e) => return (*peer, Err(e)),
+            let (body, pool) = match (body, pool) {
+                (Ok(b), Some(p)) => (b, p),
+                (Err(e), _) => return (*peer, Err(e)),
+                (_, None) => return (*peer, Err("this node is starting".to_string())),
             };
             let r = match pool.call(*peer, addr, body, ASK_TIMEOUT).await {
                 Ok(bytes) => decode::<Result<Report, String>>(&bytes).and_then(|r| r),
@@ -413,13 +422,12 @@ async fn ask(id: u64, raft: &Raft, sm: &SmStore, pool: &Pool, index: u64, promis
 }
 
 /// Asks every member with a promise; `Ok((name, members))` when every
-/// member stalls before the same `index` and promised (none applied it):
-/// what to send the leader (an operator's skip, in manual mode).
-pub(crate) async fn gather(
+/// member stalls before the same `index` and promised (none applied it),
+/// and the membership did not change meanwhile.
+async fn gather(
     id: u64,
     raft: &Raft,
     sm: &SmStore,
-    pool: &Pool,
     index: u64,
 ) -> Result<(String, Vec<u64>), String> {
     let name = sm
@@ -428,9 +436,9 @@ pub(crate) async fn gather(
         .stop()
         .filter(|s| s.index == index)
         .map(|s| s.name)
-        .ok_or_else(|| format!("this node does not stop before log entry {index}"))?;
+        .ok_or_else(|| format!("the leader does not stop before log entry {index}"))?;
     let (_, before) = members(raft);
-    let round = ask(id, raft, sm, pool, index, true).await;
+    let round = ask(id, raft, sm, index, true).await;
     let (_, after) = members(raft);
     if before != after {
         return Err("the membership changed while the members were asked; try again".into());
@@ -441,43 +449,46 @@ pub(crate) async fn gather(
     }
 }
 
-/// On the leader: proposes the decision to quarantine `index`, which every
-/// member in `asked` promised not to run, and waits until it commits here.
-pub(crate) async fn propose(
-    id: u64,
-    raft: &Raft,
-    sm: &SmStore,
-    index: u64,
-    name: String,
-    asked: Vec<u64>,
-) -> Redirect<()> {
-    {
+/// On the leader: asks every member to promise not to run `index`, and if
+/// each stops before it and promised, proposes the decision to quarantine
+/// it and waits until it commits here.
+pub(crate) async fn propose(id: u64, raft: &Raft, sm: &SmStore, index: u64) -> Redirect<()> {
+    let leads = || {
         let m = raft.metrics();
         let m = m.borrow_watched();
-        if m.current_leader != Some(id) || m.state != openraft::ServerState::Leader {
-            return Redirect::NotLeader(m.current_leader);
+        match m.current_leader == Some(id) && m.state == openraft::ServerState::Leader {
+            true => None,
+            false => Some(m.current_leader),
         }
-    }
-    let (members, _) = members(raft);
-    let now: BTreeSet<u64> = members.keys().copied().collect();
-    if now != asked.iter().copied().collect() {
-        return Redirect::Failed(format!(
-            "the members are {now:?} now, not the {asked:?} that were asked; try again"
-        ));
-    }
-    // this node is one of them: its own promise, made in the same round
-    let me = answer(sm, index, true);
-    if me.stalled.as_ref().map(|(i, _)| *i) != Some(index) || !me.promised {
-        return Redirect::Failed(format!(
-            "the leader does not stop before log entry {index}"
-        ));
+    };
+    if let Some(l) = leads() {
+        return Redirect::NotLeader(l);
     }
     if sm.shared.log.decision_for(index).is_none() {
+        let (name, asked) = match gather(id, raft, sm, index).await {
+            Ok(g) => g,
+            Err(why) => return Redirect::Failed(why),
+        };
+        let (members, _) = members(raft);
+        let now: BTreeSet<u64> = members.keys().copied().collect();
+        if now != asked.iter().copied().collect() {
+            return Redirect::Failed(format!(
+                "the members are {now:?} now, not the {asked:?} that were asked; try again"
+            ));
+        }
+        if let Some(l) = leads() {
+            return Redirect::NotLeader(l);
+        }
         let time_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)
             .unwrap_or(0);
-        let env = match (Quarantine { index, name: name.clone() }).envelope(time_ms) {
+        let env = match (Quarantine {
+            index,
+            name: name.clone(),
+        })
+        .envelope(time_ms)
+        {
             Ok(e) => e,
             Err(e) => return Redirect::Failed(e.to_string()),
         };
@@ -517,6 +528,7 @@ pub(crate) async fn propose(
 /// in automatic mode on the leader, quarantines it once every member
 /// promised.
 pub(crate) async fn watch(id: u64, raft: Raft, sm: SmStore, pool: Pool, mode: Mode) {
+    sm.shared.poison.set_pool(pool);
     let mut tick = tokio::time::interval(POLL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut refused: Option<String> = None;
@@ -530,8 +542,7 @@ pub(crate) async fn watch(id: u64, raft: Raft, sm: SmStore, pool: Pool, mode: Mo
             let m = m.borrow_watched();
             m.current_leader == Some(id) && m.state == openraft::ServerState::Leader
         };
-        let promise = leads && mode == Mode::Automatic && stop.applied_on.is_empty();
-        let round = ask(id, &raft, &sm, &pool, stop.index, promise).await;
+        let round = ask(id, &raft, &sm, stop.index, false).await;
         let ran = round.ran(stop.index);
         if !ran.is_empty() {
             sm.shared
@@ -548,32 +559,23 @@ pub(crate) async fn watch(id: u64, raft: Raft, sm: SmStore, pool: Pool, mode: Mo
             }
             continue;
         }
-        if !promise {
+        if !leads || mode != Mode::Automatic {
             continue;
         }
-        let (_, before) = members(&raft);
-        let why = round.refusal(stop.index, &stop.name);
-        if let Some(why) = why {
-            if refused.as_deref() != Some(why.as_str()) {
-                tracing::warn!(
-                    index = stop.index,
-                    "log entry {} (`{}`) is not quarantined yet: {why}",
-                    stop.index,
-                    stop.name
-                );
-                refused = Some(why);
+        match propose(id, &raft, &sm, stop.index).await {
+            Redirect::Ok(()) => refused = None,
+            Redirect::Unknown(why) | Redirect::Failed(why) => {
+                if refused.as_deref() != Some(why.as_str()) {
+                    tracing::warn!(
+                        index = stop.index,
+                        "log entry {} (`{}`) is not quarantined yet: {why}",
+                        stop.index,
+                        stop.name
+                    );
+                    refused = Some(why);
+                }
             }
-            continue;
-        }
-        let asked: Vec<u64> = round.members.keys().copied().collect();
-        let (_, after) = members(&raft);
-        if before != after {
-            continue;
-        }
-        if let Redirect::Unknown(e) | Redirect::Failed(e) =
-            propose(id, &raft, &sm, stop.index, stop.name.clone(), asked).await
-        {
-            tracing::warn!(index = stop.index, "quarantine: {e}");
+            Redirect::NotLeader(_) | Redirect::NotUpgraded { .. } => {}
         }
     }
 }
@@ -595,9 +597,15 @@ mod tests {
 
     #[test]
     fn a_node_that_died_once_in_an_entry_runs_it_again() {
-        assert_eq!(start_rule(&prev(0, 5, false, false), 5), Start::Retry { died: 1 });
+        assert_eq!(
+            start_rule(&prev(0, 5, false, false), 5),
+            Start::Retry { died: 1 }
+        );
         // an older record (no program id) counts the same
-        assert_eq!(start_rule(&prev(0, 0, false, false), 5), Start::Retry { died: 1 });
+        assert_eq!(
+            start_rule(&prev(0, 0, false, false), 5),
+            Start::Retry { died: 1 }
+        );
     }
 
     #[test]
@@ -620,8 +628,14 @@ mod tests {
 
     #[test]
     fn a_new_program_gets_one_more_try_unless_the_node_promised() {
-        assert_eq!(start_rule(&prev(1, 5, false, false), 6), Start::Retry { died: 2 });
-        assert_eq!(start_rule(&prev(2, 5, true, false), 6), Start::Retry { died: 2 });
+        assert_eq!(
+            start_rule(&prev(1, 5, false, false), 6),
+            Start::Retry { died: 2 }
+        );
+        assert_eq!(
+            start_rule(&prev(2, 5, true, false), 6),
+            Start::Retry { died: 2 }
+        );
         assert_eq!(
             start_rule(&prev(2, 5, true, true), 6),
             Start::Stall {
@@ -633,7 +647,10 @@ mod tests {
 
     #[test]
     fn a_node_restarted_while_stalled_tries_once_more_unless_it_promised() {
-        assert_eq!(start_rule(&prev(2, 5, true, false), 5), Start::Retry { died: 2 });
+        assert_eq!(
+            start_rule(&prev(2, 5, true, false), 5),
+            Start::Retry { died: 2 }
+        );
         assert_eq!(
             start_rule(&prev(2, 5, true, true), 5),
             Start::Stall {

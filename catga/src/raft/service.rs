@@ -296,13 +296,9 @@ async fn handle(
         Rpc::PoisonReport { index, promise } => {
             encode(&Ok::<_, String>(poison::answer(&sm, index, promise)))
         }
-        Rpc::Quarantine {
-            index,
-            name,
-            members,
-        } => {
+        Rpc::Quarantine { index } => {
             let id = raft.metrics().borrow_watched().id;
-            encode(&poison::propose(id, &raft, &sm, index, name, members).await)
+            encode(&poison::propose(id, &raft, &sm, index).await)
         }
         // taken in `call`, in order
         Rpc::AppendPipe { .. } => Err("bad request: misrouted pipelined append".into()),

@@ -97,16 +97,13 @@ pub enum Rpc {
         /// Ask for the promise.
         promise: bool,
     },
-    /// To the leader: quarantine log entry `index`, which every one of
-    /// `members` promised not to run (an operator's skip; `raft/poison.rs`).
-    /// Answered with `Redirect<()>` once the decision is committed.
+    /// To the leader: quarantine log entry `index` if every member stops
+    /// before it and promises not to run it (an operator's skip;
+    /// `raft/poison.rs`). Answered with `Redirect<()>` once the decision is
+    /// committed.
     Quarantine {
         /// The entry.
         index: u64,
-        /// Its message's wire name.
-        name: String,
-        /// The members that were asked and promised.
-        members: Vec<u64>,
     },
 }
 
