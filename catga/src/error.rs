@@ -39,6 +39,23 @@ pub enum ApplyError {
         /// The panic message.
         message: String,
     },
+    /// The command's handler killed the process (an abort, a stack overflow,
+    /// a failed allocation) on every replica that ran it, twice each, so the
+    /// cluster quarantined its log entry: it was applied as this failure on
+    /// every replica, and its handler changed nothing anywhere. The same
+    /// answer is kept for a retry of the same request or idempotency key.
+    /// Sending the command again (a new request) runs the handler again:
+    /// fix the handler first (see "Poison pills" in the operations guide).
+    #[error(
+        "`{name}` (log entry {index}) crashed every replica that applied it and was quarantined: \
+         it changed nothing; fix its handler before sending it again"
+    )]
+    Poisoned {
+        /// The log index of the quarantined entry.
+        index: u64,
+        /// The command's wire name.
+        name: String,
+    },
     /// The client already acknowledged this sequence number, so its response
     /// is gone; the request was not applied again.
     #[error("request {seq} of client {client} was already acknowledged; it was not applied again")]
@@ -140,6 +157,12 @@ pub enum Error {
     /// removed. The message says what to do. Nothing was merged.
     #[error("refused by the cluster: {0}")]
     ClusterMismatch(String),
+    /// A poisoned log entry was not quarantined
+    /// ([`Node::skip_poisoned`](crate::Node::skip_poisoned)): not every
+    /// member stops before it, one applied it, or one did not answer. The
+    /// message names them. Nothing was written.
+    #[error("quarantine refused: {0}")]
+    Quarantine(String),
     /// The node a query was sent to ([`Node::send_to`](crate::Node::send_to))
     /// is not a member, has left, or could not be reached (or died) before
     /// it answered. The call was not sent to another node; a query changes
@@ -175,8 +198,10 @@ impl Error {
     /// | error | outcome |
     /// |---|---|
     /// | `Registry`, `WrongKind`, `UnknownState`, `Config`, `Snapshot`, `Overloaded`, `Membership` (refused by the leader), `NotUpgraded` (refused before proposing) | `NotApplied` |
+    /// | `Quarantine` (nothing was written) | `NotApplied` |
     /// | `NodeUnavailable` (only queries and broadcasts cross nodes this way: nothing reaches the log) | `NotApplied` |
     /// | `Apply(UnknownMessage)` (no handler on the replicas) | `NotApplied` |
+    /// | `Apply(Poisoned)` (quarantined: its handler never completed anywhere) | `NotApplied` |
     /// | `Timeout`, `ShutDown`, `Io`, `Raft` (no answer: it may be in the log) | `Unknown` |
     /// | `Apply(Panicked)` (its changes before the panic stay), `Apply(Stale)` (an earlier send of it may have applied), `Apply(Decode / Encode)` | `Unknown` |
     ///
@@ -195,7 +220,9 @@ impl Error {
             | Error::Discovery(_)
             | Error::ClusterMismatch(_)
             | Error::NodeUnavailable { .. }
-            | Error::Apply(ApplyError::UnknownMessage { .. }) => Outcome::NotApplied,
+            | Error::Quarantine(_)
+            | Error::Apply(ApplyError::UnknownMessage { .. })
+            | Error::Apply(ApplyError::Poisoned { .. }) => Outcome::NotApplied,
             Error::Timeout { .. }
             | Error::ShutDown
             | Error::Io { .. }

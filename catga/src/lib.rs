@@ -67,7 +67,7 @@ pub use __private::{
 };
 #[doc(hidden)]
 pub use message::{Publishable, Queryable};
-pub use node::{ClusterBuilder, Health, Node, Reply, Role, cluster};
+pub use node::{ClusterBuilder, Health, Node, Poisoned, Quarantine, Reply, Role, cluster};
 pub use state::State;
 
 /// serde, re-exported so that your own types can derive `Serialize` and

@@ -3,6 +3,7 @@
 //! nothing of Raft: the Raft layer feeds it entries in log order.
 
 use std::any::Any;
+use std::collections::BTreeMap;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use serde::{Deserialize, Serialize};
@@ -48,6 +49,46 @@ pub struct Envelope {
     pub key: Option<String>,
 }
 
+/// The wire name of a quarantine decision (see `raft/poison.rs`): an entry
+/// whose payload is a [`Quarantine`]. Written by the leader only; a program
+/// that does not know it stops before it (as before any name it lacks).
+pub(crate) const QUARANTINE: &str = "catga.Quarantine";
+
+/// The payload of a [`QUARANTINE`] entry: the earlier entry that every
+/// replica applies as [`ApplyError::Poisoned`] instead of running it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Quarantine {
+    /// The quarantined entry's log index.
+    pub(crate) index: u64,
+    /// Its message's wire name (for the answer and the logs).
+    pub(crate) name: String,
+}
+
+impl Quarantine {
+    /// The decision named by `env`, if it is one (a payload that does not
+    /// decode is no decision: the same on every replica).
+    pub(crate) fn of(env: &Envelope) -> Option<Quarantine> {
+        if env.kind != EntryKind::Command || env.name != QUARANTINE {
+            return None;
+        }
+        crate::codec::decode(&env.payload, crate::codec::INTERNAL_DEPTH).ok()
+    }
+
+    /// The entry that carries this decision.
+    pub(crate) fn envelope(&self, time_ms: u64) -> Result<Envelope> {
+        Ok(Envelope {
+            kind: EntryKind::Command,
+            name: QUARANTINE.to_string(),
+            payload: crate::codec::encode(self).map_err(|e| Error::Raft(e.to_string()))?,
+            client: 0,
+            seq: 0,
+            ack_below: 0,
+            time_ms,
+            key: None,
+        })
+    }
+}
+
 /// The outcome of applying one entry.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Applied {
@@ -83,6 +124,9 @@ struct SnapshotHead {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     states: Vec<(String, serde_bytes::ByteBuf)>,
     dedup: Dedup,
+    /// Entries applied as [`ApplyError::Poisoned`] (index → wire name).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    quarantined: BTreeMap<u64, String>,
 }
 
 const SNAPSHOT_FORMAT: u32 = 2;
@@ -100,6 +144,9 @@ pub struct Machine {
     touched: Vec<bool>,
     dedup: Dedup,
     last_applied: u64,
+    /// Entries applied as [`ApplyError::Poisoned`] (index → wire name),
+    /// so a node can tell a quarantined entry from one it ran.
+    quarantined: BTreeMap<u64, String>,
 }
 
 impl std::fmt::Debug for Machine {
@@ -122,6 +169,7 @@ impl Machine {
             touched: vec![false; registry.states.len()],
             dedup: Dedup::default(),
             last_applied: 0,
+            quarantined: BTreeMap::new(),
         })
     }
 
@@ -139,13 +187,46 @@ impl Machine {
     /// or an event). An entry it cannot apply must not be applied at all:
     /// skipping it would make this replica differ from the others.
     pub fn can_apply(&self, env: &Envelope) -> bool {
-        self.registry
-            .applies(&env.name, env.kind == EntryKind::Event)
+        (env.kind == EntryKind::Command && env.name == QUARANTINE)
+            || self
+                .registry
+                .applies(&env.name, env.kind == EntryKind::Event)
+    }
+
+    /// Applies the entry at `index` as quarantined: its handler does not
+    /// run; the request's answer is [`ApplyError::Poisoned`], recorded like
+    /// any answer (a retry of the request, or of its idempotency key, gets
+    /// it). Deterministic: the same on every replica.
+    pub(crate) fn poison(&mut self, index: u64, env: &Envelope) -> Applied {
+        self.quarantined.insert(index, env.name.clone());
+        self.apply_with(index, env, |_, index, env| Applied {
+            response: Err(ApplyError::Poisoned {
+                index,
+                name: env.name.clone(),
+            }),
+            events: Vec::new(),
+            index,
+        })
+    }
+
+    /// Whether the entry at `index` was applied as quarantined here.
+    pub(crate) fn was_quarantined(&self, index: u64) -> bool {
+        self.quarantined.contains_key(&index)
     }
 
     /// Applies the entry at `index`. Never panics because of the entry or the
     /// handler: every failure is an [`ApplyError`] in the result.
     pub fn apply(&mut self, index: u64, env: &Envelope) -> Applied {
+        self.apply_with(index, env, Machine::apply_fresh)
+    }
+
+    /// [`Machine::apply`] with `fresh` for a request that is not a repeat.
+    fn apply_with(
+        &mut self,
+        index: u64,
+        env: &Envelope,
+        fresh: impl FnOnce(&mut Machine, u64, &Envelope) -> Applied,
+    ) -> Applied {
         self.last_applied = self.last_applied.max(index);
         match self
             .dedup
@@ -169,7 +250,7 @@ impl Machine {
                 index,
             };
         }
-        let applied = self.apply_fresh(index, env);
+        let applied = fresh(self, index, env);
         self.dedup
             .record(env.client, env.seq, applied.response.clone());
         if let Some(k) = &env.key {
@@ -330,6 +411,7 @@ impl Machine {
             names: touched().map(|(_, info)| info.name.clone()).collect(),
             states: Vec::new(),
             dedup: self.dedup.clone(),
+            quarantined: self.quarantined.clone(),
         };
         crate::codec::encode_into(&mut *w, &head).map_err(|e| Error::Snapshot(e.to_string()))?;
         for (slot, info) in touched() {
@@ -408,6 +490,7 @@ impl Machine {
         self.touched = touched;
         self.dedup = dedup;
         self.last_applied = head.last_applied;
+        self.quarantined = head.quarantined;
         Ok(())
     }
 }

@@ -36,6 +36,9 @@
 //! - `seen` → `ok <n>`: `OrderPlaced` events handled in this process
 //! - `snapshot` → `ok`: asks for a snapshot now (see `snapshot=` in `status`)
 //! - `stalled` → `ok <why this node cannot apply, or none>`
+//! - `poisoned` → `ok <index> <message> crashes=N promised=B applied_on=1,2`
+//!   (`applied_on=-` when none) or `ok none`: `Health::poisoned`
+//! - `skip N` → `ok`: `Node::skip_poisoned(N)`
 //! - `deep KIB` → `ok <n>`: a command whose handler recurses through about
 //!   KIB KiB of stack
 //! - `fill MIB SEED` → `ok <MiB of bulk state>`: grows a state by MIB MiB
@@ -64,6 +67,9 @@
 //!   the process and v2 has fixed)
 //!
 //! More flags: `--event-deadline-ms N` (event handler deadline),
+//! `--survive-abort` (this process's `tests.Abort` handler returns instead
+//! of aborting: a host where the entry does not crash),
+//! `--quarantine manual` (`ClusterBuilder::quarantine`),
 //! `--slow-event-ms N` (slow event handler threshold),
 //! `--keep-logs N` (log entries kept behind a snapshot),
 //! `--heartbeat-ms N` (the heartbeat interval, default 50),
@@ -151,6 +157,18 @@ pub fn deep(cmd: Deep, shop: &mut Shop) -> u64 {
     n
 }
 
+/// The answer to a send of `tests.Abort`: `ok <n>`, `poisoned <index>` when
+/// it was quarantined (`ApplyError::Poisoned`), or an error.
+pub fn abort_answer(r: catga::Result<u32>) -> Result<String, String> {
+    match r {
+        Ok(n) => Ok(format!("ok {n}")),
+        Err(catga::Error::Apply(catga::ApplyError::Poisoned { index, .. })) => {
+            Ok(format!("poisoned {index}"))
+        }
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 /// A binary's own stdin commands: `Some(answer)` for a line it handles.
 pub type Extra =
     fn(Node, Vec<String>) -> Option<Pin<Box<dyn Future<Output = Result<String, String>> + Send>>>;
@@ -178,6 +196,10 @@ async fn wait_at_gate(_e: Gate) {
 }
 
 // ---- mediator test messages (issue 13) ------------------------------------
+
+/// Set by `--survive-abort`: the binaries' `tests.Abort` handler returns
+/// instead of aborting the process.
+pub static SURVIVE_ABORT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// This process's node id (one node per process).
 static NODE_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
@@ -421,6 +443,7 @@ struct Args {
     remove_dead_after_ms: Option<u64>,
     /// Discovery heartbeat and lease in ms (default 200:1000 here).
     discovery_ms: (u64, u64),
+    manual_quarantine: bool,
 }
 
 fn parse() -> Result<Args, String> {
@@ -444,6 +467,7 @@ fn parse() -> Result<Args, String> {
         voters: None,
         remove_dead_after_ms: None,
         discovery_ms: (200, 1000),
+        manual_quarantine: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -527,6 +551,8 @@ fn parse() -> Result<Args, String> {
                     lease.parse().map_err(|e| format!("--discovery-ms: {e}"))?,
                 );
             }
+            "--survive-abort" => SURVIVE_ABORT.store(true, std::sync::atomic::Ordering::SeqCst),
+            "--quarantine" => a.manual_quarantine = value()? == "manual",
             other => return Err(format!("unknown flag {other}")),
         }
     }
@@ -716,6 +742,34 @@ async fn answer(
             "ok {}",
             node.health().stalled.unwrap_or_else(|| "none".into())
         )),
+        Some("poisoned") => Ok(match node.health().poisoned {
+            None => "ok none".into(),
+            Some(p) => format!(
+                "ok {} {} crashes={} promised={} applied_on={}",
+                p.index,
+                p.message,
+                p.crashes,
+                p.promised,
+                if p.applied_on.is_empty() {
+                    "-".to_string()
+                } else {
+                    p.applied_on
+                        .iter()
+                        .map(|i| i.to_string())
+                        .collect::<Vec<_>>()
+                        .join(",")
+                }
+            ),
+        }),
+        Some("skip") => {
+            let index: u64 = words
+                .get(1)
+                .ok_or("missing index")?
+                .parse()
+                .map_err(|e| format!("index: {e}"))?;
+            node.skip_poisoned(index).await.map_err(e)?;
+            Ok("ok".into())
+        }
         Some("members") => {
             let h = node.health();
             let list = |v: &[u64]| {
@@ -836,6 +890,9 @@ pub async fn run(extra: Extra) {
         .peers(args.peers);
     if args.join {
         b = b.join_existing();
+    }
+    if args.manual_quarantine {
+        b = b.quarantine(catga::Quarantine::Manual);
     }
     if let Some(ms) = args.event_deadline_ms {
         b = b.event_handler_timeout(Duration::from_millis(ms));

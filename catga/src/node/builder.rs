@@ -46,6 +46,7 @@ pub struct ClusterBuilder {
     remove_dead_after: Option<Duration>,
     remove_learners_after: Duration,
     discovery_timings: (Duration, Duration),
+    quarantine: super::Quarantine,
 }
 
 impl Default for ClusterBuilder {
@@ -77,6 +78,7 @@ impl Default for ClusterBuilder {
             remove_dead_after: None,
             remove_learners_after: Duration::from_secs(600),
             discovery_timings: (Duration::from_secs(1), Duration::from_secs(3)),
+            quarantine: super::Quarantine::Automatic,
         }
     }
 }
@@ -231,6 +233,15 @@ impl ClusterBuilder {
     /// Writes never wait for event handlers.
     pub fn slow_event_handler(mut self, d: Duration) -> Self {
         self.slow_event_handler = d;
+        self
+    }
+
+    /// Who quarantines a poison pill, a log entry whose handler crashed
+    /// every node that ran it: the leader at once (default,
+    /// [`Quarantine::Automatic`](crate::Quarantine)) or an operator with
+    /// [`Node::skip_poisoned`] ([`Quarantine::Manual`](crate::Quarantine)).
+    pub fn quarantine(mut self, who: super::Quarantine) -> Self {
+        self.quarantine = who;
         self
     }
 
@@ -510,6 +521,7 @@ impl ClusterBuilder {
                     slow_after: self.slow_event_handler,
                 },
                 ready_max_lag: self.ready_max_lag,
+                quarantine: self.quarantine.into(),
             },
             self.request_timeout,
         ))
@@ -662,6 +674,7 @@ impl std::fmt::Debug for ClusterBuilder {
             .field("heartbeat", &self.heartbeat)
             .field("election", &self.election)
             .field("snapshot_every", &self.snapshot_every)
+            .field("quarantine", &self.quarantine)
             .field("keep_logs", &self.keep_logs)
             .field("request_timeout", &self.request_timeout)
             .field("secret", &self.secret.as_ref().map(|_| "<redacted>"))

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::raft::{RaftState, Status};
+use crate::raft::{PoisonStop, QuarantineMode, RaftState, Status};
 
 /// The Raft role of a node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -17,6 +17,64 @@ pub enum Role {
     Learner,
     /// Shut down.
     Shutdown,
+}
+
+/// Who quarantines a poison pill: a log entry whose handler crashed every
+/// node that ran it (see "Poison pills" in the operations guide). Set with
+/// [`ClusterBuilder::quarantine`](crate::ClusterBuilder::quarantine).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Quarantine {
+    /// The leader, as soon as every member stops before the entry and none
+    /// applied it (the default).
+    #[default]
+    Automatic,
+    /// An operator, with [`Node::skip_poisoned`](crate::Node::skip_poisoned);
+    /// until then the members stay stopped before the entry (a fixed
+    /// program deployed meanwhile runs it).
+    Manual,
+}
+
+impl From<Quarantine> for QuarantineMode {
+    fn from(q: Quarantine) -> QuarantineMode {
+        match q {
+            Quarantine::Automatic => QuarantineMode::Automatic,
+            Quarantine::Manual => QuarantineMode::Manual,
+        }
+    }
+}
+
+/// The log entry a node stops before because its handler crashed the node
+/// twice in a row ([`Health::poisoned`]).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Poisoned {
+    /// The entry's log index.
+    pub index: u64,
+    /// The wire name of its message.
+    pub message: String,
+    /// How many runs of this node died inside it in a row.
+    pub crashes: u32,
+    /// This node promised the cluster not to run it on its own: it waits
+    /// for the quarantine decision (only a snapshot or the decision moves
+    /// it on).
+    pub promised: bool,
+    /// Members that applied it: the crashes here were local (this host's
+    /// memory, disk, ...). The entry is not skipped here: fix the cause
+    /// and restart this node, which runs it again. Empty while no member
+    /// is known to have applied it.
+    pub applied_on: Vec<u64>,
+}
+
+impl From<PoisonStop> for Poisoned {
+    fn from(p: PoisonStop) -> Poisoned {
+        Poisoned {
+            index: p.index,
+            message: p.name,
+            crashes: p.died,
+            promised: p.promised,
+            applied_on: p.applied_on,
+        }
+    }
 }
 
 /// What [`crate::Node::health`] reports.
@@ -96,6 +154,15 @@ pub struct Health {
     /// follows.
     #[serde(default)]
     pub lost_quorum: bool,
+    /// The log entry this node stops before because its handler crashed
+    /// this node twice in a row (a poison pill), if any. The node keeps its
+    /// Raft role and serves local reads (of the state before the entry) but
+    /// applies nothing from that entry on, and is not ready, until the
+    /// cluster quarantines the entry (every member stops before it; see
+    /// [`Quarantine`]) or, if another member applied it, this node is
+    /// restarted and runs it again.
+    #[serde(default)]
+    pub poisoned: Option<Poisoned>,
 }
 
 impl From<Status> for Health {
@@ -128,6 +195,7 @@ impl From<Status> for Health {
             unregistered: None,
             refused: None,
             lost_quorum: s.quorum_lost,
+            poisoned: s.poisoned.map(Poisoned::from),
         }
     }
 }

@@ -16,7 +16,7 @@ use std::time::Duration;
 use parking_lot::Mutex;
 
 pub use builder::{ClusterBuilder, cluster};
-pub use health::{Health, Role};
+pub use health::{Health, Poisoned, Quarantine, Role};
 pub(crate) use leave::WeakNode;
 pub use reply::Reply;
 
@@ -555,6 +555,21 @@ impl Node {
     /// Reads a state of this node directly.
     pub fn read_state<S: crate::state::State, R>(&self, f: impl FnOnce(&S) -> R) -> Option<R> {
         self.inner.raft.read(|m| m.state::<S>().map(f))
+    }
+
+    /// Quarantines log entry `index`, a poison pill (see "Poison pills" in
+    /// the operations guide; the lever of [`Quarantine::Manual`]): every
+    /// member must stop before it ([`Health::poisoned`]) and none may have
+    /// applied it. Each member is asked to promise never to run it on its
+    /// own, then the leader commits the decision, and every replica applies
+    /// the entry as [`ApplyError::Poisoned`](crate::ApplyError::Poisoned),
+    /// so their states stay equal. Fails with [`Error::Quarantine`], naming
+    /// the members that stand in the way, and writes nothing, otherwise.
+    pub async fn skip_poisoned(&self, index: u64) -> Result<()> {
+        self.inner
+            .raft
+            .skip_poisoned(index, self.inner.request_timeout)
+            .await
     }
 
     /// Takes a snapshot now (and purges the log behind it).

@@ -2,12 +2,15 @@
 //! stack, so deep recursion in a handler (or in decoding deeply nested user
 //! data) does not overflow a 2 MiB async worker stack and abort the process.
 //! And the marker that makes what cannot be guarded visible: before each
-//! entry is applied, "applying N name" is written to `<data dir>/applying`;
-//! after each batch, "idle". A node that restarts and finds a marker says,
-//! at ERROR, which entry it died inside. The file is mapped into memory, so
-//! a record is a 256-byte copy into the page cache, not a system call per
-//! entry: the page belongs to the kernel and survives the process aborting,
-//! which is the fault it is for (no fsync: a machine crash is not).
+//! entry is applied, "applying N ..." is written to `<data dir>/applying`;
+//! after each batch, "idle". A node that restarts and finds a marker knows
+//! which entry it died inside, and how many times in a row (`died=`), which
+//! is what the poison-pill rule reads (`raft/poison.rs`); a node that stops
+//! before such an entry records "stalled N ..." there. The file is mapped
+//! into memory, so a record is a 256-byte copy into the page cache, not a
+//! system call per entry: the page belongs to the kernel and survives the
+//! process aborting, which is the fault it is for (no fsync, except for a
+//! promise not to run an entry again: a machine crash loses the rest).
 
 use std::io::{self, Write as _};
 use std::path::{Path, PathBuf};
@@ -77,13 +80,50 @@ const RECORD: usize = 256;
 /// `<data dir>/applying`, mapped.
 pub(crate) struct Marker {
     map: Mutex<MmapMut>,
+    /// Names this program (see [`program_id`]).
+    exe: u64,
 }
 
-/// What a previous run left in the marker: the entry it was applying.
+/// What a previous run left in the marker: the entry it was applying when
+/// it died, or the entry it was stopped before.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct InProgress {
     pub(crate) index: u64,
     pub(crate) name: String,
+    /// How many runs had died inside this entry before the one that wrote
+    /// the record.
+    pub(crate) died: u32,
+    /// The program that wrote it (0: unknown, an older record).
+    pub(crate) exe: u64,
+    /// The run was stopped before the entry (it did not die inside it).
+    pub(crate) stalled: bool,
+    /// That run promised not to run the entry again (`raft/poison.rs`).
+    pub(crate) promised: bool,
+}
+
+/// Names the program that runs: its path, size and modification time,
+/// hashed (a new build deployed over the old one differs). 0 if unknown.
+fn program_id() -> u64 {
+    let Ok(exe) = std::env::current_exe() else {
+        return 0;
+    };
+    let Ok(meta) = std::fs::metadata(&exe) else {
+        return 0;
+    };
+    let mtime = meta
+        .modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let text = format!("{} {} {mtime}", exe.display(), meta.len());
+    // FNV-1a: stable, and 0 is left for "unknown"
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in text.bytes() {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h.max(1)
 }
 
 fn path(dir: &Path) -> PathBuf {
@@ -113,14 +153,45 @@ impl Marker {
         Ok((
             Marker {
                 map: Mutex::new(map),
+                exe: program_id(),
             },
             previous,
         ))
     }
 
-    /// Records that entry `index` (`name`) is about to be applied.
-    pub(crate) fn applying(&self, index: u64, name: &str) -> io::Result<()> {
-        self.write(|w| write!(w, "applying {index} {name}"))
+    /// Names the program that runs (see [`program_id`]).
+    pub(crate) fn exe(&self) -> u64 {
+        self.exe
+    }
+
+    /// Records that entry `index` (`name`) is about to be applied, after
+    /// `died` runs died inside it.
+    pub(crate) fn applying(&self, index: u64, name: &str, died: u32) -> io::Result<()> {
+        let exe = self.exe;
+        self.write(|w| write!(w, "applying {index} died={died} exe={exe:x} {name}"))
+    }
+
+    /// Records that this run stopped before entry `index` after `died`
+    /// runs died inside it; `promised`: it must not run the entry again on
+    /// its own, and the record is synced to disk before this returns.
+    pub(crate) fn stalled(
+        &self,
+        index: u64,
+        name: &str,
+        died: u32,
+        promised: bool,
+    ) -> io::Result<()> {
+        let (exe, p) = (self.exe, promised as u8);
+        self.write(|w| {
+            write!(
+                w,
+                "stalled {index} died={died} exe={exe:x} promised={p} {name}"
+            )
+        })?;
+        if promised {
+            self.map.lock().flush()?;
+        }
+        Ok(())
     }
 
     /// Records that no entry is being applied.
@@ -147,12 +218,33 @@ impl Marker {
 fn parse(bytes: &[u8]) -> Option<InProgress> {
     let text = std::str::from_utf8(bytes).ok()?;
     let mut words = text.split_whitespace();
-    if words.next()? != "applying" {
-        return None;
-    }
+    let stalled = match words.next()? {
+        "applying" => false,
+        "stalled" => true,
+        _ => return None,
+    };
     let index = words.next()?.parse().ok()?;
-    let name = words.next()?.to_string();
-    Some(InProgress { index, name })
+    let mut p = InProgress {
+        index,
+        name: String::new(),
+        died: 0,
+        exe: 0,
+        stalled,
+        promised: false,
+    };
+    // `key=value` fields, then the name (older records: the name only)
+    for w in words {
+        match w.split_once('=') {
+            Some(("died", v)) => p.died = v.parse().ok()?,
+            Some(("exe", v)) => p.exe = u64::from_str_radix(v, 16).ok()?,
+            Some(("promised", v)) => p.promised = v == "1",
+            _ => {
+                p.name = w.to_string();
+                break;
+            }
+        }
+    }
+    (!p.name.is_empty()).then_some(p)
 }
 
 #[cfg(test)]
@@ -164,22 +256,42 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (m, prev) = Marker::open(dir.path()).unwrap();
         assert_eq!(prev, None);
-        m.applying(12345, "shop.PlaceOrderWithAVeryLongName")
+        m.applying(12345, "shop.PlaceOrderWithAVeryLongName", 0)
             .unwrap();
-        m.applying(7, "shop.Restock").unwrap();
+        m.applying(7, "shop.Restock", 1).unwrap();
+        let exe = m.exe();
         drop(m);
         let (m, prev) = Marker::open(dir.path()).unwrap();
         assert_eq!(
             prev,
             Some(InProgress {
                 index: 7,
-                name: "shop.Restock".into()
+                name: "shop.Restock".into(),
+                died: 1,
+                exe,
+                stalled: false,
+                promised: false,
             })
         );
+        m.stalled(7, "shop.Restock", 2, true).unwrap();
+        drop(m);
+        let (m, prev) = Marker::open(dir.path()).unwrap();
+        let prev = prev.unwrap();
+        assert!(prev.stalled && prev.promised && prev.died == 2 && prev.index == 7);
         m.idle().unwrap();
         drop(m);
         let (_, prev) = Marker::open(dir.path()).unwrap();
         assert_eq!(prev, None);
+    }
+
+    #[test]
+    fn a_record_of_an_older_version_still_names_the_entry() {
+        let p = parse(b"applying 9 shop.Restock            \n").unwrap();
+        assert_eq!(
+            (p.index, p.name.as_str(), p.died, p.exe),
+            (9, "shop.Restock", 0, 0)
+        );
+        assert!(!p.stalled);
     }
 
     #[tokio::test]

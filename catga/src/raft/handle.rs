@@ -51,6 +51,8 @@ pub(crate) struct RaftSettings {
     pub(crate) max_frame_bytes: usize,
     pub(crate) events: DeliverySettings,
     pub(crate) ready_max_lag: u64,
+    /// Who quarantines a poison pill (`raft/poison.rs`).
+    pub(crate) quarantine: super::QuarantineMode,
 }
 
 /// The longest a single attempt (one RPC to the leader, or one local
@@ -107,7 +109,7 @@ impl RaftHandle {
             log.close();
             storage(e)
         })?;
-        let sm = SmStore::open(s.data_dir.clone(), events.clone()).map_err(|e| {
+        let sm = SmStore::open(s.data_dir.clone(), events.clone(), log.clone()).map_err(|e| {
             log.close();
             storage(e)
         })?;
@@ -210,6 +212,13 @@ impl RaftHandle {
             raft.clone(),
             compat.clone(),
             sm.clone(),
+        ));
+        background.spawn(super::poison::watch(
+            s.node_id,
+            raft.clone(),
+            sm.clone(),
+            pool.clone(),
+            s.quarantine,
         ));
         let failed = Arc::new(std::sync::atomic::AtomicBool::new(false));
         background.spawn(watch_failure(raft.clone(), failed.clone()));
@@ -868,8 +877,42 @@ impl RaftHandle {
     /// `raft/status.rs` for what `ready` means).
     pub(crate) fn status(&self) -> Status {
         let stalled = self.sm.shared.stall.reason();
-        self.readiness
-            .status(self.id, &self.raft, &self.sm.shared.events, stalled)
+        let mut st = self
+            .readiness
+            .status(self.id, &self.raft, &self.sm.shared.events, stalled);
+        if let Some(p) = self.sm.shared.poison.stop() {
+            if st.failed.is_none() {
+                st.not_ready = Some(format!(
+                    "poisoned: stopped before log entry {} (`{}`), which crashed this node {} \
+                     times",
+                    p.index, p.name, p.died
+                ));
+            }
+            st.ready = false;
+            st.poisoned = Some(p);
+        }
+        st
+    }
+
+    /// Quarantines log entry `index`, which every member stops before
+    /// (`raft/poison.rs`): the leader asks each for its promise, then
+    /// commits the decision.
+    pub(crate) async fn skip_poisoned(&self, index: u64, timeout: Duration) -> Result<()> {
+        let sm = self.sm.clone();
+        let id = self.id;
+        self.route(
+            timeout,
+            |l, a, ttl| self.call_leader(l, a, Rpc::Quarantine { index }, ttl),
+            |raft| {
+                let sm = sm.clone();
+                async move { super::poison::propose(id, &raft, &sm, index).await }
+            },
+        )
+        .await
+        .map_err(|e| match e {
+            Error::Membership(e) => Error::Quarantine(e),
+            e => e,
+        })
     }
 
     /// Stops every task this node started.

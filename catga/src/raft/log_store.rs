@@ -36,6 +36,20 @@ struct Cache {
     last_purged: Option<LogId>,
     vote: Option<Vote>,
     committed: Option<LogId>,
+    /// Quarantine decisions in the log (`raft/poison.rs`): the index of
+    /// the decision → the index it names. Rare: usually empty.
+    decisions: BTreeMap<u64, u64>,
+}
+
+impl Cache {
+    fn insert(&mut self, index: u64, e: Entry) {
+        if let openraft::EntryPayload::Normal(env) = &e.payload
+            && let Some(q) = crate::machine::Quarantine::of(env)
+        {
+            self.decisions.insert(index, q.index);
+        }
+        self.entries.insert(index, e);
+    }
 }
 
 enum Op {
@@ -59,6 +73,8 @@ pub(crate) struct LogStore {
     writer: std_mpsc::Sender<Op>,
     // keeps the writer thread's handle for shutdown
     thread: Arc<Mutex<Option<std::thread::JoinHandle<()>>>>,
+    /// The committed index, for a stalled apply loop to wait on.
+    committed: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 impl LogStore {
@@ -81,8 +97,9 @@ impl LogStore {
         }
         for (i, bytes) in replayed.entries {
             let entry: Entry = decode(&bytes, INTERNAL_DEPTH).map_err(other)?;
-            cache.entries.insert(i, entry);
+            cache.insert(i, entry);
         }
+        let committed = cache.committed.map(|c| c.index).unwrap_or(0);
         let (tx, rx) = std_mpsc::channel();
         let thread = std::thread::Builder::new()
             .name("catga-log-writer".into())
@@ -91,7 +108,48 @@ impl LogStore {
             cache: Arc::new(Mutex::new(cache)),
             writer: tx,
             thread: Arc::new(Mutex::new(Some(thread))),
+            committed: Arc::new(tokio::sync::watch::Sender::new(committed)),
         })
+    }
+
+    /// The index of a committed quarantine decision naming entry `index`,
+    /// if this log holds one (`raft/poison.rs`).
+    pub(super) fn decision_for(&self, index: u64) -> Option<u64> {
+        let c = self.cache.lock();
+        let committed = c.committed.map(|l| l.index).filter(|c| *c > index)?;
+        c.decisions
+            .range(index + 1..=committed)
+            .find(|(_, named)| **named == index)
+            .map(|(at, _)| *at)
+    }
+
+    /// Whether this log holds any quarantine decision (cheap).
+    pub(super) fn has_decisions(&self) -> bool {
+        !self.cache.lock().decisions.is_empty()
+    }
+
+    /// The committed index, watched (changes as openraft saves it).
+    pub(super) fn watch_committed(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.committed.subscribe()
+    }
+
+    /// Before Raft starts: lowers the committed index this run starts from
+    /// to below `index`, in memory only, so that openraft's replay at start
+    /// stops before an entry this node will not run (`raft/poison.rs`);
+    /// the leader tells it the real one. Knowing less is committed is
+    /// always safe.
+    pub(super) fn start_committed_below(&self, index: u64) {
+        let mut c = self.cache.lock();
+        if c.committed.is_none_or(|l| l.index < index) {
+            return;
+        }
+        let below = index.checked_sub(1).and_then(|i| {
+            c.entries
+                .get(&i)
+                .map(|e| e.log_id)
+                .or(c.last_purged.filter(|p| p.index == i))
+        });
+        c.committed = below;
     }
 
     /// Stops the writer thread after it has written everything queued.
@@ -269,6 +327,11 @@ impl RaftLogStorage<TC> for LogStore {
         // the leader says what is committed.
         self.cache.lock().committed = committed;
         if let Some(c) = committed {
+            self.committed.send_if_modified(|v| {
+                let grew = c.index > *v;
+                *v = (*v).max(c.index);
+                grew
+            });
             self.send(Op::Committed(encode(&c).map_err(other)?))?;
         }
         Ok(())
@@ -288,7 +351,7 @@ impl RaftLogStorage<TC> for LogStore {
             let mut c = self.cache.lock();
             for e in entries {
                 encoded.push((e.index(), encode(&e).map_err(other)?));
-                c.entries.insert(e.index(), e);
+                c.insert(e.index(), e);
             }
         }
         self.send(Op::Append(encoded, callback, crate::probe::start()))
@@ -296,7 +359,11 @@ impl RaftLogStorage<TC> for LogStore {
 
     async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> Result<(), io::Error> {
         let from = last_log_id.map(|l| l.index() + 1).unwrap_or(0);
-        self.cache.lock().entries.split_off(&from);
+        {
+            let mut c = self.cache.lock();
+            c.entries.split_off(&from);
+            c.decisions.split_off(&from);
+        }
         self.send(Op::Truncate(from))
     }
 

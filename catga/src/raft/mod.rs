@@ -26,6 +26,7 @@ mod leader;
 mod log_store;
 mod network;
 mod pipe;
+mod poison;
 #[cfg(test)]
 mod proptests;
 mod quiet;
@@ -40,6 +41,7 @@ pub(crate) mod wire;
 pub(crate) use events::DeliverySettings;
 pub(crate) use handle::{MembershipView, RaftHandle, RaftSettings};
 pub(crate) use identity::Refusal;
+pub(crate) use poison::{Mode as QuarantineMode, Stop as PoisonStop};
 
 impl fmt::Display for Envelope {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -97,6 +99,9 @@ pub(crate) struct Status {
     pub(crate) stalled: Option<String>,
     /// Why this node's Raft stopped for good (storage failed), if it did.
     pub(crate) failed: Option<String>,
+    /// The entry this node stops before because it crashed in it
+    /// (`raft/poison.rs`).
+    pub(crate) poisoned: Option<PoisonStop>,
 }
 
 /// openraft's server state, without openraft.

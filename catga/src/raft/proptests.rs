@@ -435,7 +435,8 @@ mod tests {
 
     fn open_store(dir: &std::path::Path) -> std::io::Result<SmStore> {
         let events = crate::raft::events::EventLog::open(dir)?;
-        SmStore::open(dir.to_path_buf(), events)
+        let log = crate::raft::log_store::LogStore::open(dir)?;
+        SmStore::open(dir.to_path_buf(), events, log)
     }
 
     /// A genuine `snapshot.bin` (as a node writes it) after `envs`.

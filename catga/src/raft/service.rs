@@ -18,7 +18,7 @@ use super::pipe::{PipeReply, Pipes};
 use super::snapshot_file::{self, SnapFile};
 use super::state_machine::SmStore;
 use super::wire::{Rpc, decode, encode};
-use super::{Raft, TC, Vote, leader};
+use super::{Raft, TC, Vote, leader, poison};
 use crate::transport::Service;
 
 /// Answers RPCs from other nodes. The Raft instance is set once it exists
@@ -293,6 +293,13 @@ async fn handle(
         Rpc::AddNode { id, addr } => encode(&leader::add_node(&raft, &peers, id, addr).await),
         Rpc::RemoveNode { id } => encode(&leader::remove_node(&raft, id).await),
         Rpc::Capabilities => encode(&compat::answer()),
+        Rpc::PoisonReport { index, promise } => {
+            encode(&Ok::<_, String>(poison::answer(&sm, index, promise)))
+        }
+        Rpc::Quarantine { index } => {
+            let id = raft.metrics().borrow_watched().id;
+            encode(&poison::propose(id, &raft, &sm, index).await)
+        }
         // taken in `call`, in order
         Rpc::AppendPipe { .. } => Err("bad request: misrouted pipelined append".into()),
     }

@@ -3,6 +3,10 @@
 //! hands each entry's events, in log order, to the event log
 //! (`raft/events.rs`) without ever waiting for their handlers.
 //!
+//! An entry that crashed this node twice (a poison pill) is not run again:
+//! the apply loop stops before it and waits for the cluster's decision, a
+//! later entry in the log (`raft/poison.rs`).
+//!
 //! An entry this program cannot apply (a message of a newer version) is
 //! never skipped: the apply loop stops before it, says why (`raft/stall.rs`)
 //! and waits for shutdown, so nothing after it is applied either. openraft
@@ -22,10 +26,12 @@ use tokio::sync::watch;
 
 use super::applier::{Applier, Marker};
 use super::events::EventLog;
+use super::log_store::LogStore;
+use super::poison::Poison;
 use super::snapshot_file::{self, SnapFile};
 use super::stall::Stall;
 use super::{LogId, TC};
-use crate::machine::{Applied, Machine};
+use crate::machine::{Applied, Machine, Quarantine};
 
 /// Most entries handed to the apply thread at once (those already read).
 const APPLY_BATCH: usize = 512;
@@ -56,7 +62,11 @@ pub(crate) struct Shared {
     /// Set when the node shuts down: a stalled apply loop returns.
     halt: watch::Sender<bool>,
     applier: Applier,
-    marker: Marker,
+    pub(crate) marker: Marker,
+    /// The entry this node stops before, if it crashed in it (`raft/poison.rs`).
+    pub(crate) poison: Poison,
+    /// The log, where a stalled apply loop looks for a quarantine decision.
+    pub(crate) log: LogStore,
     /// Handler panics applied on this node (for metrics).
     pub(crate) panics: std::sync::atomic::AtomicU64,
     /// When the last batch's answers left (only while probing, see
@@ -76,7 +86,7 @@ fn other<E: std::fmt::Display>(e: E) -> io::Error {
 
 impl SmStore {
     /// Opens the state machine, restoring the snapshot in `dir` if any.
-    pub(crate) fn open(dir: PathBuf, events: Arc<EventLog>) -> io::Result<SmStore> {
+    pub(crate) fn open(dir: PathBuf, events: Arc<EventLog>, log: LogStore) -> io::Result<SmStore> {
         let mut machine = Machine::new().map_err(other)?;
         let mut last_applied = None;
         let mut membership = Membership::default();
@@ -92,19 +102,13 @@ impl SmStore {
         let _ = std::fs::remove_file(dir.join(snapshot_file::INCOMING));
         let idx = last_applied.map(|l| l.index).unwrap_or(0);
         let (marker, previous) = Marker::open(&dir)?;
-        if let Some(p) = previous.filter(|p| p.index > idx) {
-            tracing::error!(
-                index = p.index,
-                message = %p.name,
-                "the previous run of this node stopped while applying log entry {} (`{}`). If \
-                 it crashed there (stack overflow, allocation failure, abort), replaying the \
-                 entry crashes it again, and every node that applies it: fix the handler of \
-                 `{}`, deploy the fix to every node, restart them. Do not skip or delete the \
-                 entry on one node: replicas would differ",
-                p.index,
-                p.name,
-                p.name
-            );
+        // a decision already in the log settles the entry: no stall
+        let previous = previous.filter(|p| log.decision_for(p.index).is_none());
+        let poison = Poison::open(previous, idx, &marker);
+        if let Some(stop) = poison.stop() {
+            // openraft replays the committed log before the node runs:
+            // start below the entry, so that replay does not wait for it
+            log.start_committed_below(stop.index);
         }
         Ok(SmStore {
             shared: Arc::new(Shared {
@@ -122,6 +126,8 @@ impl SmStore {
                 halt: watch::Sender::new(false),
                 applier: Applier::start()?,
                 marker,
+                poison,
+                log,
                 panics: Default::default(),
                 answered_at: Mutex::new(None),
             }),
@@ -137,6 +143,32 @@ impl SmStore {
     /// Shutdown, last step: the apply thread ends.
     pub(crate) fn stop_applier(&self) {
         self.shared.applier.stop();
+    }
+}
+
+impl SmStore {
+    /// Waits until the log holds a committed decision quarantining
+    /// `index`, or the node shuts down (an error, as openraft expects).
+    async fn wait_for_decision(&self, index: u64, name: &str) -> io::Result<()> {
+        let mut committed = self.shared.log.watch_committed();
+        let mut halt = self.shared.halt.subscribe();
+        loop {
+            if self.shared.log.decision_for(index).is_some() {
+                return Ok(());
+            }
+            tokio::select! {
+                r = committed.changed() => {
+                    if r.is_err() {
+                        return Err(io::Error::other("the log is closed"));
+                    }
+                }
+                _ = halt.wait_for(|h| *h) => {
+                    return Err(io::Error::other(format!(
+                        "shut down while stopped before log entry {index} (`{name}`), a poison pill"
+                    )));
+                }
+            }
+        }
     }
 }
 
@@ -197,34 +229,43 @@ impl RaftStateMachine<TC> for SmStore {
     {
         let mut chunks = entries.ready_chunks(APPLY_BATCH);
         while let Some(chunk) = chunks.next().await {
-            let items = chunk.into_iter().collect::<Result<Vec<_>, io::Error>>()?;
-            let shared = self.shared.clone();
-            let queued = crate::probe::start();
-            let batch = self
-                .shared
-                .applier
-                .run(move || {
-                    crate::probe::since(crate::probe::Stage::ApplyQueue, queued);
-                    let t = crate::probe::start();
-                    let b = apply_batch(&shared, items);
-                    crate::probe::since(crate::probe::Stage::ApplyBatch, t);
-                    b
-                })
-                .await?;
-            if crate::probe::on() {
-                *self.shared.answered_at.lock() = Some(std::time::Instant::now());
-            }
-            let mut last = None;
-            for (index, applied, responder) in batch.done {
-                last = Some(index);
-                if let Some(r) = responder {
-                    r.send(applied);
+            let mut items = chunk.into_iter().collect::<Result<Vec<_>, io::Error>>()?;
+            loop {
+                let shared = self.shared.clone();
+                let queued = crate::probe::start();
+                let batch = self
+                    .shared
+                    .applier
+                    .run(move || {
+                        crate::probe::since(crate::probe::Stage::ApplyQueue, queued);
+                        let t = crate::probe::start();
+                        let b = apply_batch(&shared, items);
+                        crate::probe::since(crate::probe::Stage::ApplyBatch, t);
+                        b
+                    })
+                    .await?;
+                if crate::probe::on() {
+                    *self.shared.answered_at.lock() = Some(std::time::Instant::now());
                 }
-            }
-            if let Some(i) = last {
-                self.shared.applied.send_replace(i);
-            }
-            if let Some(stop) = batch.stalled {
+                let mut last = None;
+                for (index, applied, responder) in batch.done {
+                    last = Some(index);
+                    if let Some(r) = responder {
+                        r.send(applied);
+                    }
+                }
+                if let Some(i) = last {
+                    self.shared.applied.send_replace(i);
+                }
+                let Some(stop) = batch.stalled else { break };
+                if stop.poisoned {
+                    // Before a poison pill: wait for the decision naming
+                    // it (committed after it in the log), then go on with
+                    // the same entries; Raft goes on meanwhile.
+                    self.wait_for_decision(stop.index, &stop.name).await?;
+                    items = stop.rest;
+                    continue;
+                }
                 self.shared.stall.cannot_apply(stop.index, &stop.name);
                 // Not applied, not answered: the callers' requests stay
                 // pending (and time out) rather than failing as if refused.
@@ -286,6 +327,8 @@ impl RaftStateMachine<TC> for SmStore {
         *self.shared.current.lock() = Some((meta.clone(), file));
         self.shared.applied.send_replace(idx);
         self.shared.stall.snapshot_restored();
+        // the leader's state covers the entry this node stopped before
+        self.shared.poison.applied(idx);
         Ok(())
     }
 
@@ -310,6 +353,9 @@ struct Batch {
 struct Stalled {
     index: u64,
     name: String,
+    /// Stopped before a poison pill (`raft/poison.rs`), not a message this
+    /// program lacks.
+    poisoned: bool,
     /// That entry and the ones after it in the batch: not applied.
     rest: Vec<EntryResponder<TC>>,
 }
@@ -321,18 +367,28 @@ fn apply_batch(shared: &Shared, items: Vec<EntryResponder<TC>>) -> Batch {
     let mut done = Vec::with_capacity(items.len());
     let mut stalled = None;
     let mut marked = false;
+    // quarantine decisions are rare: look them up only when the log has one
+    let decisions = shared.log.has_decisions();
     {
         let mut g = shared.inner.write();
         let mut items = items.into_iter();
         while let Some((entry, responder)) = items.next() {
             let index = entry.log_id.index;
+            let quarantined = decisions && shared.log.decision_for(index).is_some();
             if let EntryPayload::Normal(env) = &entry.payload
-                && !g.machine.can_apply(env)
+                && !quarantined
+                && (shared.poison.stops_before(index) || !g.machine.can_apply(env))
             {
                 let name = env.name.clone();
+                let poisoned = shared.poison.stops_before(index);
                 let mut rest = vec![(entry, responder)];
                 rest.extend(items);
-                stalled = Some(Stalled { index, name, rest });
+                stalled = Some(Stalled {
+                    index,
+                    name,
+                    poisoned,
+                    rest,
+                });
                 break;
             }
             g.last_applied = Some(entry.log_id);
@@ -341,22 +397,54 @@ fn apply_batch(shared: &Shared, items: Vec<EntryResponder<TC>>) -> Batch {
                     g.machine.skip(index);
                     None
                 }
-                EntryPayload::Normal(env) => {
-                    // best effort: a data dir that cannot take this write
-                    // fails the log's next write anyway
-                    let _ = shared.marker.applying(index, &env.name);
-                    marked = true;
-                    let a = g.machine.apply(index, &env);
-                    if let Err(crate::error::ApplyError::Panicked { .. }) = &a.response {
-                        shared
-                            .panics
-                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    }
-                    // under the same lock as the apply, so a snapshot and
-                    // the event log agree; never waits for the handlers
-                    shared.events.push(index, a.events.clone());
-                    Some(a)
+                EntryPayload::Normal(env) if quarantined => {
+                    tracing::warn!(
+                        index,
+                        message = %env.name,
+                        "log entry {index} (`{}`) is quarantined: applied as `Poisoned`, its \
+                         handler not run",
+                        env.name
+                    );
+                    shared.poison.applied(index);
+                    Some(g.machine.poison(index, &env))
                 }
+                EntryPayload::Normal(env) => match Quarantine::of(&env) {
+                    Some(q) => {
+                        // the decision itself changes nothing: the entry it
+                        // names was applied as quarantined before it
+                        if !g.machine.was_quarantined(q.index) {
+                            tracing::error!(
+                                index,
+                                named = q.index,
+                                "a quarantine decision names log entry {}, which this node had \
+                                 applied by running it: this replica may differ from the others",
+                                q.index
+                            );
+                        }
+                        g.machine.skip(index);
+                        None
+                    }
+                    None => {
+                        // best effort: a data dir that cannot take this write
+                        // fails the log's next write anyway
+                        let died = shared.poison.died_in(index);
+                        let _ = shared.marker.applying(index, &env.name, died);
+                        marked = true;
+                        let a = g.machine.apply(index, &env);
+                        if died > 0 {
+                            shared.poison.applied(index);
+                        }
+                        if let Err(crate::error::ApplyError::Panicked { .. }) = &a.response {
+                            shared
+                                .panics
+                                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        }
+                        // under the same lock as the apply, so a snapshot and
+                        // the event log agree; never waits for the handlers
+                        shared.events.push(index, a.events.clone());
+                        Some(a)
+                    }
+                },
                 EntryPayload::Membership(m) => {
                     g.membership = Membership::new(Some(entry.log_id), m);
                     g.machine.skip(index);
@@ -371,7 +459,8 @@ fn apply_batch(shared: &Shared, items: Vec<EntryResponder<TC>>) -> Batch {
             done.push((index, applied, responder));
         }
     }
-    if marked {
+    // a node that stops before an entry keeps saying so in the marker
+    if !shared.poison.keep_marker(&shared.marker) && marked {
         let _ = shared.marker.idle();
     }
     Batch { done, stalled }

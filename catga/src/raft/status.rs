@@ -198,6 +198,7 @@ impl Readiness {
             not_ready,
             stalled,
             failed,
+            poisoned: None,
         }
     }
 }

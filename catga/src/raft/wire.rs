@@ -88,6 +88,23 @@ pub enum Rpc {
         /// The request.
         req: openraft::raft::AppendEntriesRequest<TC>,
     },
+    /// What did you do with log entry `index` (`raft/poison.rs`)? Answered
+    /// with `Result<poison::Report, String>`. With `promise`, a node that
+    /// stops before that entry promises never to run it on its own.
+    PoisonReport {
+        /// The entry asked about.
+        index: u64,
+        /// Ask for the promise.
+        promise: bool,
+    },
+    /// To the leader: quarantine log entry `index` if every member stops
+    /// before it and promises not to run it (an operator's skip;
+    /// `raft/poison.rs`). Answered with `Redirect<()>` once the decision is
+    /// committed.
+    Quarantine {
+        /// The entry.
+        index: u64,
+    },
 }
 
 /// The leader's answer to [`Rpc::Write`], [`Rpc::ReadIndex`] and the

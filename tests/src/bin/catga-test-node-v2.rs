@@ -1,7 +1,8 @@
 //! A "newer version" of `catga-test-node` for rolling-upgrade tests: the
 //! same program plus a command (`tests.v2.Note`) on a new state
 //! (`tests.v2.Notes`), and a fixed handler for `tests.Abort`. Extra stdin
-//! commands: `note TEXT` → `ok <number of notes>`, `abort` → `ok 0`.
+//! commands: `note TEXT` → `ok <number of notes>`, `abort` and
+//! `abort-keyed KEY` → `ok 0` (or `poisoned <index>`, quarantined before).
 
 use catga::prelude::*;
 use catga_tests::Shop;
@@ -42,8 +43,11 @@ async fn main() {
             Ok(format!("ok {n}"))
         })),
         Some("abort") => Some(Box::pin(async move {
-            let n = node.send(Abort).await.map_err(|e| e.to_string())?;
-            Ok(format!("ok {n}"))
+            catga_tests::node_main::abort_answer(node.send(Abort).await)
+        })),
+        Some("abort-keyed") => Some(Box::pin(async move {
+            let key = words.get(1).cloned().ok_or("abort-keyed KEY")?;
+            catga_tests::node_main::abort_answer(node.send_keyed(key, Abort).await)
         })),
         _ => None,
     })

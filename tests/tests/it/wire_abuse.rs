@@ -418,6 +418,10 @@ fn harmless(body: &[u8]) -> bool {
         Ok(Rpc::PreVote(_)) => true,
         Ok(Rpc::Write(env)) => harmless_write(&env),
         Ok(Rpc::WriteMany(envs)) => envs.iter().all(harmless_write),
+        // a question changes nothing; a promise only binds a node that
+        // stops before a poison pill, and a quarantine needs every promise
+        Ok(Rpc::PoisonReport { promise, .. }) => !promise,
+        Ok(Rpc::Quarantine { .. }) => false,
     }
 }
 
