@@ -146,6 +146,7 @@ pub(super) fn routes(http: &Http) -> Router<Http> {
         .route("/admin/members/{id}", delete(remove))
         .route("/admin/leave", post(leave))
         .route("/admin/snapshot", post(snapshot))
+        .route("/admin/poisoned/{index}/skip", post(skip_poisoned))
         .route_layer(axum::middleware::from_fn_with_state(http.clone(), guard))
 }
 
@@ -237,8 +238,37 @@ fn admin_error(e: &Error) -> Response {
         // refused by the leader (another change in progress, the last
         // voter): the cluster's state forbids it now
         Error::Membership(_) => problem(StatusCode::CONFLICT, e.to_string()),
+        // a member applied the entry, or has not stopped before it: skipping
+        // it would make the replicas differ
+        Error::Quarantine(_) => problem(StatusCode::CONFLICT, e.to_string()),
         Error::Config { .. } => problem(StatusCode::BAD_REQUEST, e.to_string()),
         _ => problem(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+/// The manual lever for a poison pill (`Quarantine::Manual`): quarantines
+/// log entry `index` once every member has stopped before it and none
+/// applied it (see `Node::skip_poisoned`).
+async fn skip_poisoned(State(h): State<Http>, Path(index): Path<String>) -> Response {
+    let Ok(index) = index.parse::<u64>() else {
+        return problem(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "`{index}` is not a log index (a number, as `poisoned.index` in `GET /health` \
+                 shows it)"
+            ),
+        );
+    };
+    tracing::warn!(
+        index,
+        "admin: quarantining log entry {index} (a poison pill)"
+    );
+    match h.node.skip_poisoned(index).await {
+        Ok(()) => Json(serde_json::json!({ "quarantined": index })).into_response(),
+        Err(e) => {
+            tracing::warn!(index, error = %e, "admin: quarantining entry {index} failed");
+            admin_error(&e)
+        }
     }
 }
 

@@ -501,6 +501,11 @@ fn status_of(e: &Error, is_command: bool) -> Response {
         // Retry-After: this one will not, until an operator acts)
         Error::ClusterMismatch(_) => problem(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
         Error::Apply(ApplyError::Stale { .. }) => problem(StatusCode::CONFLICT, e.to_string()),
+        // the command is a quarantined poison pill: it was never applied and
+        // never will be, on any replica; retrying it gets the same answer
+        Error::Apply(ApplyError::Poisoned { .. }) => {
+            problem(StatusCode::UNPROCESSABLE_ENTITY, e.to_string())
+        }
         // nothing was written; it can be sent once the rolling upgrade is done
         Error::NotUpgraded { .. } => problem(StatusCode::CONFLICT, e.to_string()),
         _ => problem(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),

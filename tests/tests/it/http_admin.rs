@@ -136,6 +136,7 @@ async fn admin_routes_are_absent_unless_enabled_and_refuse_requests_without_the_
         (reqwest::Method::DELETE, "/admin/members/1"),
         (reqwest::Method::POST, "/admin/leave"),
         (reqwest::Method::POST, "/admin/snapshot"),
+        (reqwest::Method::POST, "/admin/poisoned/3/skip"),
     ] {
         let r = with_token(client.request(method.clone(), format!("{off}{path}")))
             .send()
@@ -175,6 +176,7 @@ async fn admin_routes_are_absent_unless_enabled_and_refuse_requests_without_the_
             (reqwest::Method::POST, "/admin/snapshot"),
             (reqwest::Method::POST, "/admin/leave"),
             (reqwest::Method::DELETE, "/admin/members/1"),
+            (reqwest::Method::POST, "/admin/poisoned/3/skip"),
         ] {
             let mut req = client.request(method.clone(), format!("{on}{path}"));
             if let Some(a) = &auth {
@@ -217,6 +219,22 @@ async fn admin_routes_are_absent_unless_enabled_and_refuse_requests_without_the_
         .await
         .expect("request");
     assert_eq!(r.status(), StatusCode::CONFLICT);
+    // nothing is poisoned: quarantining an entry is refused, and says why
+    let r = with_token(client.post(format!("{on}/admin/poisoned/2/skip")))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(r.status(), StatusCode::CONFLICT);
+    let body: Value = r.json().await.expect("json");
+    assert!(
+        body["error"].as_str().is_some_and(|e| !e.is_empty()),
+        "{body}"
+    );
+    let r = with_token(client.post(format!("{on}/admin/poisoned/x/skip")))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
     node.wait_ready(T).await.expect("still serving");
     assert_eq!(node.health().members, vec![1]);
     c.shutdown().await;
