@@ -102,8 +102,9 @@ pub(crate) struct TransportConfig {
     /// How many requests a server handles at once on one connection; further
     /// requests wait in the socket (backpressure).
     pub max_in_flight_per_conn: usize,
-    /// Capacity of each connection's outgoing frame queue.
-    pub write_queue: usize,
+    /// Bytes a connection's writer holds that the socket has not taken yet
+    /// beyond which senders wait (backpressure; default 8 MiB).
+    pub write_buffer: usize,
     /// How many connections a server holds at once (more are refused).
     pub max_connections: usize,
     /// The wait after the first failed connect to a peer; it doubles with
@@ -135,7 +136,7 @@ impl Default for TransportConfig {
             connect_timeout: Duration::from_secs(3),
             handshake_timeout: Duration::from_secs(2),
             max_in_flight_per_conn: 256,
-            write_queue: 1024,
+            write_buffer: 8 * 1024 * 1024,
             max_connections: 4096,
             reconnect_backoff_min: Duration::from_millis(10),
             reconnect_backoff_max: Duration::from_secs(1),
@@ -159,6 +160,13 @@ pub(crate) trait Service: Send + Sync + 'static {
         from: u64,
         body: bytes::Bytes,
     ) -> futures::future::BoxFuture<'static, Result<bytes::Bytes, String>>;
+
+    /// Whether the request is served on the connection's own task (no
+    /// hand-off to another task): true for requests that never block and
+    /// answer soon, as Raft's do; false for those that run user code.
+    fn inline(&self, _body: &bytes::Bytes) -> bool {
+        true
+    }
 }
 
 /// Why a call through the pool failed.

@@ -10,13 +10,13 @@ use futures::StreamExt;
 use parking_lot::Mutex;
 use tokio::net::TcpStream;
 use tokio::net::tcp::OwnedReadHalf;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{oneshot, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::codec::{FramedRead, LengthDelimitedCodec};
 use tokio_util::sync::CancellationToken;
 
-use super::conn::write_loop;
+use super::conn::{SendError, Writer};
 use super::frame::{self, Frame, decode_frame};
 use super::{Faults, TransportConfig, TransportError, auth};
 
@@ -72,7 +72,7 @@ type Reply = oneshot::Sender<Result<Bytes, TransportError>>;
 struct Conn {
     peer: u64,
     addr: String,
-    tx: mpsc::Sender<Frame>,
+    writer: Arc<Writer>,
     pending: Mutex<Pending>,
     /// Cancelled when the connection is closed, for whatever reason.
     dead: CancellationToken,
@@ -114,6 +114,7 @@ impl Conn {
     /// Closes the connection and fails every pending call with `err`.
     fn close(&self, err: TransportError) {
         self.dead.cancel();
+        self.writer.close(&err.to_string());
         let calls = {
             let mut p = self.pending.lock();
             p.open = false;
@@ -216,8 +217,11 @@ impl Pool {
             id,
             armed: true,
         };
-        if conn.tx.send(Frame::Request { id, body }).await.is_err() {
-            return Err(lost(peer));
+        conn.writer.ready().await;
+        match conn.writer.send(&Frame::Request { id, body }) {
+            Ok(()) => {}
+            Err(SendError::Frame(e)) => return Err(TransportError::Unreachable(e.to_string())),
+            Err(SendError::Closed(_)) => return Err(lost(peer)),
         }
         let result = rx.await;
         guard.armed = false;
@@ -448,11 +452,11 @@ impl Pool {
         let (r, w) = authed.stream.into_split();
         let mut reader = FramedRead::new(r, frame::codec(cfg.max_frame_bytes));
         *reader.read_buffer_mut() = authed.read_buf;
-        let (tx, rx) = mpsc::channel(cfg.write_queue.max(1));
+        let writer = Writer::new(w, cfg.max_frame_bytes, cfg.write_buffer);
         let conn = Arc::new(Conn {
             peer,
             addr: addr.to_owned(),
-            tx,
+            writer,
             pending: Mutex::new(Pending {
                 open: true,
                 next_id: 1,
@@ -472,15 +476,9 @@ impl Pool {
             self.inner.faults.clone(),
             self.inner.stop.clone(),
         ));
-        let (c, max) = (conn.clone(), cfg.max_frame_bytes);
+        let c = conn.clone();
         tasks.spawn(async move {
-            let r = write_loop(rx, w, max, &c.dead, |f, e| {
-                if let Frame::Request { id, .. } = f {
-                    c.complete(id, Err(TransportError::Unreachable(e.to_string())));
-                }
-            })
-            .await;
-            if let Err(e) = r {
+            if let Err(e) = c.writer.flush_loop(&c.dead).await {
                 c.close(TransportError::Unreachable(format!(
                     "writing to node {} failed: {e}",
                     c.peer

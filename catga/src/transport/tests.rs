@@ -216,7 +216,7 @@ async fn a_thousand_concurrent_calls_share_one_connection() {
         ..(*config(SERVER_ID, SECRET)).clone()
     });
     let client_cfg = Arc::new(TransportConfig {
-        write_queue: 8,
+        write_buffer: 64,
         ..(*config(CLIENT_ID, SECRET)).clone()
     });
     let f = fixture_with(server_cfg, client_cfg).await;
