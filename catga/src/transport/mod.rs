@@ -112,6 +112,12 @@ pub(crate) struct TransportConfig {
     pub reconnect_backoff_min: Duration,
     /// The longest wait between failed connects.
     pub reconnect_backoff_max: Duration,
+    /// A connection with calls waiting that has read nothing for this long
+    /// is pinged (default 500 ms).
+    pub probe_after: Duration,
+    /// ... and closed as dead once it has read nothing for this long
+    /// (default 2 s): see `pool::read_loop`.
+    pub dead_after: Duration,
     /// Checks peers' identities; none: any peer that knows the secret.
     pub identity: Option<std::sync::Arc<dyn PeerCheck>>,
 }
@@ -140,9 +146,24 @@ impl Default for TransportConfig {
             max_connections: 4096,
             reconnect_backoff_min: Duration::from_millis(10),
             reconnect_backoff_max: Duration::from_secs(1),
+            probe_after: Duration::from_millis(500),
+            dead_after: Duration::from_secs(2),
             identity: None,
         }
     }
+}
+
+/// Socket options of every node-to-node connection: no Nagle delay, and
+/// TCP keepalive so the kernel ends a connection whose peer vanished even
+/// when nothing is sent on it (the pool's own watch covers the busy ones).
+fn tune(stream: &tokio::net::TcpStream) {
+    let _ = stream.set_nodelay(true);
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(Duration::from_secs(10))
+        .with_interval(Duration::from_secs(2));
+    #[cfg(any(target_os = "linux", target_os = "macos", target_os = "freebsd"))]
+    let keepalive = keepalive.with_retries(3);
+    let _ = socket2::SockRef::from(stream).set_tcp_keepalive(&keepalive);
 }
 
 impl TransportConfig {

@@ -418,7 +418,7 @@ impl Pool {
                 )));
             }
         };
-        let _ = stream.set_nodelay(true);
+        super::tune(&stream);
         let handshake_until = until.min(after(cfg.handshake_timeout));
         let authed =
             match tokio::time::timeout_at(handshake_until, auth::client(stream, cfg, peer)).await {
@@ -475,6 +475,7 @@ impl Pool {
             reader,
             self.inner.faults.clone(),
             self.inner.stop.clone(),
+            (cfg.probe_after, cfg.dead_after),
         ));
         let c = conn.clone();
         tasks.spawn(async move {
@@ -531,13 +532,28 @@ fn live(slot: &Peer, addr: &str) -> Option<Arc<Conn>> {
 }
 
 /// Reads responses and completes the calls waiting for them.
+///
+/// It also notices a connection that went silent: a network cut that drops
+/// packets without a reset leaves the socket open, and what is written to
+/// it waits in the kernel for retransmissions that back off to many seconds.
+/// While calls wait and nothing has been read for `probe_after`, it sends a
+/// ping (an empty request, which every catga version answers at once, if
+/// only with an error); when still nothing has come after `dead_after`, it
+/// closes the connection, failing the calls, and the next call connects
+/// afresh, so a healed link carries traffic again as soon as a new
+/// connection gets through instead of after the kernel gives up.
 async fn read_loop(
     conn: Arc<Conn>,
     mut reader: FramedRead<OwnedReadHalf, LengthDelimitedCodec>,
     faults: Faults,
     stop: CancellationToken,
+    (probe_after, dead_after): (Duration, Duration),
 ) {
     let peer = conn.peer;
+    let mut last_read = Instant::now();
+    let mut pinged = false;
+    let mut watch = tokio::time::interval(probe_after.min(dead_after) / 2);
+    watch.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let err = loop {
         let next = tokio::select! {
             biased;
@@ -547,7 +563,35 @@ async fn read_loop(
                 lost(peer)
             },
             next = reader.next() => next,
+            _ = watch.tick() => {
+                let waiting = !conn.pending.lock().calls.is_empty();
+                let silent = last_read.elapsed();
+                if !waiting {
+                    // nothing owed: silence is no sign of anything
+                    last_read = Instant::now();
+                    pinged = false;
+                } else if silent >= dead_after {
+                    tracing::warn!(peer, silent = ?silent,
+                        "transport: no answer on a connection with calls waiting; closing it \
+                         (a silent network cut?) and reconnecting");
+                    break TransportError::Unreachable(format!(
+                        "node {peer} sent nothing for {silent:?} while calls waited: \
+                         the connection is presumed dead"
+                    ));
+                } else if silent >= probe_after && !pinged {
+                    pinged = true;
+                    if let Some((id, _answer)) = conn.register() {
+                        let ping = Frame::Request { id, body: Bytes::new() };
+                        if let Err(SendError::Closed(_)) = conn.writer.send(&ping) {
+                            break lost(peer);
+                        }
+                    }
+                }
+                continue;
+            }
         };
+        last_read = Instant::now();
+        pinged = false;
         match next {
             None => break lost(peer),
             Some(Err(e)) if super::frame::is_disconnect(&e) => {

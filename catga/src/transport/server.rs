@@ -140,7 +140,7 @@ async fn serve(
     faults: Faults,
     stop: CancellationToken,
 ) {
-    let _ = stream.set_nodelay(true);
+    super::tune(&stream);
     let handshake = tokio::select! {
         biased;
         _ = stop.cancelled() => return,
