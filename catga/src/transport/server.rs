@@ -218,7 +218,6 @@ async fn serve(
                 continue;
             }
             Some(_) = spawned.join_next(), if !spawned.is_empty() => continue,
-            () = writer.ready(), if !room => continue,
             next = reader.next(), if room => next,
         };
         let (id, body) = match next {
