@@ -5,6 +5,21 @@
 //! answers requests concurrently, at most `max_in_flight_per_conn` at a time
 //! per connection.
 //!
+//! A round trip costs as few task hand-offs as it can: a caller writes its
+//! request to the socket itself (`conn::Writer`: a non-blocking write under
+//! a lock; only what the socket does not take at once goes to the
+//! connection's flush task), and the server serves Raft's requests on the
+//! connection's own task, writing each answer the same way; only the
+//! mediator's requests, which run user handlers, get a task each. On a
+//! busy 2-core machine each hand-off costs tens of microseconds, and a
+//! round trip used to take six.
+//!
+//! A connection that goes silent while calls wait (a network cut that drops
+//! packets leaves the TCP connection open, and the kernel's retransmissions
+//! back off to many seconds) is pinged and then closed after `dead_after`,
+//! so the next call connects afresh (`pool::read_loop`); TCP keepalive ends
+//! idle ones whose peer vanished.
+//!
 //! # Wire format
 //!
 //! Every frame is a 4-byte big-endian length followed by that many bytes of an
