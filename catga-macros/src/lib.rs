@@ -9,8 +9,6 @@
 //! - [`attr`]: the attribute arguments (`name`, `linearizable`, `route`, `crate`);
 //! - [`ast`]: the item, parsed into a small model (a data type, a handler);
 //! - [`valid`]: the checks that need no types, one function per rule;
-//! - [`source`]: what rustc does not tell a macro (is this `fn` inside an
-//!   `impl` block? did a `#[derive]` run before us?), read from the source;
 //! - [`expand`]: code generation only; what depends on types is emitted as
 //!   spanned assertions on the runtime's traits;
 //! - [`fallback`]: with errors, the user's item plus stub impls plus the
@@ -23,7 +21,6 @@ mod ast;
 mod attr;
 mod expand;
 mod fallback;
-mod source;
 mod valid;
 
 use ast::DataItem;
@@ -69,9 +66,8 @@ fn data(attr: Attr, args: TokenStream2, item: TokenStream2) -> TokenStream2 {
         Ok(DataItem::Data(d)) => {
             valid::data(&d, attr, &mut errors);
             valid::route_key(&d, &mut args, &mut errors);
-            let derived_above = source::no_derive_above(attr, &mut errors);
             if d.input.generics.params.is_empty() {
-                Ok(expand::data::expand(attr, &args, d, derived_above))
+                Ok(expand::data::expand(attr, &args, d))
             } else {
                 Err((item, TokenStream2::new()))
             }
@@ -111,24 +107,15 @@ fn handler_fn(args: TokenStream2, item: TokenStream2) -> TokenStream2 {
     let args = attr::parse(args, Attr::Handler, &mut errors);
     let expansion = match ast::handler_item(item.clone()) {
         Ok(Ok(h)) => {
-            if let Some(e) = source::not_in_impl_block(&h.func.sig) {
-                // A method: re-emit it as is (it is valid there), with the
-                // one error; no stub can be emitted inside an impl block.
-                errors.push(e);
-                Err((item, TokenStream2::new()))
+            let before = errors.len();
+            valid::handler(&h, &mut errors);
+            if errors.len() > before {
+                // Re-emit the function (without its foreign ABI, refused
+                // above, so that rustc adds no warning about it), with the
+                // stubs inside its body: valid wherever the function is.
+                Err((expand::handler::refused(&args, &h), TokenStream2::new()))
             } else {
-                let before = errors.len();
-                valid::handler(&h, &mut errors);
-                if errors.len() > before {
-                    // Re-emit the function without its foreign ABI (refused
-                    // above), so that rustc adds no warning about it.
-                    let mut func = h.func.clone();
-                    func.sig.abi = None;
-                    let func = quote::ToTokens::into_token_stream(func);
-                    Err((func, expand::handler::stubs(&args, &h)))
-                } else {
-                    Ok(expand::handler::expand(&args, &h))
-                }
+                Ok(expand::handler::expand(&args, &h))
             }
         }
         Ok(Err(o)) => {

@@ -6,7 +6,7 @@
 
 use quote::ToTokens;
 use syn::punctuated::Punctuated;
-use syn::{Attribute, GenericParam, Path, Token, Type};
+use syn::{Attribute, GenericParam, Meta, Path, Token, Type};
 
 use crate::ast::{DataType, Handler, Shape, strip};
 use crate::attr::{Args, Attr, Route};
@@ -15,9 +15,143 @@ use crate::fallback::Errors;
 // ---- data types -----------------------------------------------------------
 
 pub fn data(data: &DataType, attr: Attr, errors: &mut Errors) {
-    not_generic(data, attr, errors);
+    one_kind(&data.input.attrs, attr, errors);
+    if borrows_through_lifetimes(data, attr, errors) {
+        // the one error about borrowing; each field would say it again
+    } else {
+        not_generic(data, attr, errors);
+        owned_fields(data, errors);
+    }
     no_serde_derive(&data.input.attrs, attr, errors);
-    owned_fields(data, errors);
+    derived_above(&data.input.attrs, attr, errors);
+}
+
+/// The message attributes: a type is one kind of message.
+const KINDS: [Attr; 3] = [Attr::Command, Attr::Query, Attr::Event];
+
+/// Which message attribute `a` is, if it is one (`#[query]`,
+/// `#[catga::query]`, by its last segment, as written above the item).
+pub fn message_attr(a: &Attribute) -> Option<Attr> {
+    let last = a.path().segments.last()?;
+    KINDS.into_iter().find(|k| last.ident == k.name())
+}
+
+/// `#[command] #[query] struct X`: the first attribute sees the second
+/// (rustc expands them top to bottom). One error, on the second; the
+/// expansion drops it (see `expand::data`), so it adds nothing more.
+fn one_kind(attrs: &[Attribute], attr: Attr, errors: &mut Errors) {
+    if !KINDS.contains(&attr) {
+        return;
+    }
+    for a in attrs {
+        let Some(other) = message_attr(a) else {
+            continue;
+        };
+        let both = if other == attr {
+            format!("#[{}] is written twice: write it once", attr.name())
+        } else {
+            format!(
+                "a type is one kind of message, not both #[{}] and #[{}]: keep one (a #[command] changes state, a #[query] reads it, an #[event] tells every node)",
+                attr.name(),
+                other.name()
+            )
+        };
+        errors.push(syn::Error::new_spanned(a, both));
+    }
+}
+
+/// A message or state with lifetime parameters only, whose fields borrow
+/// through them (`struct Rename<'a> { name: &'a str }`): one error, on the
+/// lifetimes, that says what to change. Returns whether it reported it.
+fn borrows_through_lifetimes(data: &DataType, attr: Attr, errors: &mut Errors) -> bool {
+    let generics = &data.input.generics;
+    if generics.params.is_empty()
+        || !generics
+            .params
+            .iter()
+            .all(|p| matches!(p, GenericParam::Lifetime(_)))
+    {
+        return false;
+    }
+    let borrowed: Vec<String> = fields(data)
+        .into_iter()
+        .filter(|f| borrows(&f.ty) || mentions_lifetime(&f.ty))
+        .map(|f| format!("`{}`", pretty(&f.ty)))
+        .collect();
+    if borrowed.is_empty() {
+        return false;
+    }
+    let what = if attr == Attr::State {
+        "a state"
+    } else {
+        "a message"
+    };
+    errors.push(syn::Error::new_spanned(
+        generics,
+        format!(
+            "#[{}] types cannot borrow: {what} is decoded on every replica from bytes that do not outlive the decoding; \
+             remove the lifetime and give its fields owned types ({} borrows; use `String` for `&str`, `Vec<T>` for `&[T]`)",
+            attr.name(),
+            borrowed.join(", ")
+        ),
+    ));
+    true
+}
+
+/// Whether `ty` names a lifetime (`Cow<'a, str>`, `&'static str`).
+pub fn mentions_lifetime(ty: &Type) -> bool {
+    struct Finder(bool);
+    impl<'a> syn::visit::Visit<'a> for Finder {
+        fn visit_lifetime(&mut self, _: &'a syn::Lifetime) {
+            self.0 = true;
+        }
+    }
+    let mut f = Finder(false);
+    syn::visit::Visit::visit_type(&mut f, ty);
+    f.0
+}
+
+fn fields(data: &DataType) -> Vec<&syn::Field> {
+    match &data.input.data {
+        syn::Data::Struct(s) => s.fields.iter().collect(),
+        syn::Data::Enum(e) => e.variants.iter().flat_map(|v| v.fields.iter()).collect(),
+        syn::Data::Union(_) => Vec::new(),
+    }
+}
+
+/// `#[derive(Serialize)] #[serde(crate = "...")] #[command] struct X`: the
+/// derive above the attribute has already run (rustc hands us the item
+/// without it), so the item carries `crate = "..."` and no serde derive.
+/// Its impls are then kept (see `expand::data`) and this is the one error.
+/// (Without `crate = "..."` that derive fails on its own, naming the
+/// `serde` crate the user does not depend on; nothing of it reaches us.)
+fn derived_above(attrs: &[Attribute], attr: Attr, errors: &mut Errors) {
+    if attrs.iter().any(|a| serde_derives(a).is_some()) {
+        return;
+    }
+    if let Some(krate) = serde_crate(attrs) {
+        errors.push(syn::Error::new_spanned(
+            krate,
+            format!(
+                "#[{}] derives Serialize and Deserialize itself (through catga's own serde): remove the `#[derive(..)]` of `Serialize` and `Deserialize` above #[{}], and this `crate = ..`",
+                attr.name(),
+                attr.name()
+            ),
+        ));
+    }
+}
+
+/// The `crate = "..."` of a `#[serde(...)]` among `attrs`.
+pub fn serde_crate(attrs: &[Attribute]) -> Option<Meta> {
+    attrs
+        .iter()
+        .filter(|a| a.path().is_ident("serde"))
+        .filter_map(|a| {
+            a.parse_args_with(Punctuated::<Meta, Token![,]>::parse_terminated)
+                .ok()
+        })
+        .flatten()
+        .find(|m| m.path().is_ident("crate"))
 }
 
 /// `route = key(field)` names a field of the query (a struct's): otherwise
@@ -77,12 +211,7 @@ pub fn borrows(ty: &Type) -> bool {
 /// A field that borrows cannot be decoded from the log (the bytes do not
 /// outlive the decoding), even as `&'static`.
 fn owned_fields(data: &DataType, errors: &mut Errors) {
-    let fields: Vec<&syn::Field> = match &data.input.data {
-        syn::Data::Struct(s) => s.fields.iter().collect(),
-        syn::Data::Enum(e) => e.variants.iter().flat_map(|v| v.fields.iter()).collect(),
-        syn::Data::Union(_) => Vec::new(),
-    };
-    for f in fields {
+    for f in fields(data) {
         if borrows(&f.ty) {
             errors.push(syn::Error::new_spanned(
                 &f.ty,
@@ -240,12 +369,19 @@ fn message_first_by_value(h: &Handler, errors: &mut Errors) {
         }
         return;
     };
-    let Type::Reference(r) = strip(&msg.ty) else {
-        return;
+    // A context (by its name: this is only a hint) or a reference first: the
+    // message is not there.
+    let context_first = is_context_name(&msg.ty);
+    let reference = match strip(&msg.ty) {
+        Type::Reference(r) => Some(r),
+        _ => None,
     };
+    if reference.is_none() && !context_first {
+        return;
+    }
     // `fn f(shop: &mut Shop, cmd: PlaceOrder)`: the message is there, in the
     // wrong place. Say so once, on the message. (A by-value parameter named
-    // like a context is not taken for the message: this is only a hint.)
+    // like a context is not taken for the message.)
     let misplaced = h
         .params
         .iter()
@@ -258,15 +394,15 @@ fn message_first_by_value(h: &Handler, errors: &mut Errors) {
                 pretty(m)
             ),
         ));
-    } else if r.mutability.is_some() || is_context_name(&msg.ty) {
+    } else if context_first || reference.is_some_and(|r| r.mutability.is_some()) {
         errors.push(syn::Error::new_spanned(
-            r,
+            &msg.ty,
             format!(
                 "a handler's first parameter is the message it handles, by value: add it before `{}`, e.g. `fn place_order(cmd: PlaceOrder, shop: &mut Shop)`",
                 pretty(msg)
             ),
         ));
-    } else {
+    } else if let Some(r) = reference {
         errors.push(syn::Error::new_spanned(
             r,
             "take the message by value, e.g. `cmd: PlaceOrder`, not by reference",

@@ -4,9 +4,16 @@
 //! `cargo run --example http_service` launches three node processes on
 //! 127.0.0.1 (this same program with `--node`), drives them over real HTTP
 //! (a restock through a follower, an order, a refused order, stock queries
-//! on every node, `/ready`, `/metrics`), kills the leader with SIGKILL,
-//! orders again through a survivor, and prints a checked summary line. It
-//! exits non-zero if a check fails.
+//! on every node, `/ready`, `/metrics`, the admin routes: the members with
+//! every node's HTTP address, a snapshot, a 401 without the token), kills
+//! the leader with SIGKILL, orders again through a survivor, and prints a
+//! checked summary line. It exits non-zero if a check fails.
+//!
+//! A node serves the admin routes (`/admin/members`, `/admin/leave`,
+//! `DELETE /admin/members/{id}`, `/admin/snapshot`) when the environment
+//! variable `CATGA_ADMIN_TOKEN` holds a token (16 or more visible ASCII
+//! characters); the demo gives its nodes a random one. `examples/catga_ctl`
+//! is a command line over those routes.
 //!
 //! Load over real HTTP from another process (the nodes are children):
 //! `cargo run --release --example http_service -- --bench --connections 64 --seconds 10 [--via-follower]`
@@ -21,12 +28,14 @@
 //! curl -s 'localhost:8081/stock?sku=apple'
 //! curl -s -i localhost:8081/ready
 //! curl -s localhost:8081/metrics
+//! # with CATGA_ADMIN_TOKEN set for the node:
+//! curl -s -H "Authorization: Bearer $CATGA_ADMIN_TOKEN" localhost:8081/admin/members
 //! ```
 
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
-use catga::http::Http;
+use catga::http::{Admin, Http};
 use catga_examples::{GetStock, PlaceOrder, Restock};
 use serde_json::{Value, json};
 
@@ -64,18 +73,33 @@ fn parse_node(mut args: impl Iterator<Item = String>) -> Result<NodeArgs, String
     Ok(n)
 }
 
+/// The environment variable holding the admin token.
+const TOKEN_VAR: &str = "CATGA_ADMIN_TOKEN";
+
 /// One node: the cluster member and its HTTP server, until killed.
 async fn run_node(a: NodeArgs) -> Result<(), String> {
+    // the admin routes only with a token (a bad one stops the node here,
+    // before it joins anything)
+    let admin = match std::env::var_os(TOKEN_VAR) {
+        Some(_) => Some(Admin::bearer_from_env(TOKEN_VAR).map_err(|e| e.to_string())?),
+        None => None,
+    };
     let node = catga::cluster()
         .node_id(a.id)
         .listen(a.raft)
         .peers(a.peers)
         .data_dir(a.data_dir)
         .secret("http-demo-secret")
+        // advertised to the others: `/admin/members` links every node
+        .api_addr(&a.http)
         .start()
         .await
         .map_err(|e| e.to_string())?;
-    let http = Http::new(node.clone());
+    let mut http = Http::new(node.clone());
+    match admin {
+        Some(admin) => http = http.admin(admin),
+        None => tracing::info!("{TOKEN_VAR} is not set: no admin routes"),
+    }
     let app = http
         .routes()
         .route("/restock", catga::http::command::<Restock>())
@@ -86,9 +110,21 @@ async fn run_node(a: NodeArgs) -> Result<(), String> {
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", a.http))?;
     tracing::info!(node = a.id, http = %a.http, "serving");
-    catga::http::serve(listener, app)
+    // serves until the node stops (after `POST /admin/leave`, or a failed
+    // disk), then exits with the reason once the last answer is sent
+    let stopped = {
+        let node = node.clone();
+        async move {
+            let _ = node.stopped().await;
+        }
+    };
+    catga::http::serve_with_shutdown(listener, app, stopped)
         .await
-        .map_err(|e| e.to_string())
+        .map_err(|e| e.to_string())?;
+    match node.stopped().await {
+        catga::Error::ShutDown => Ok(()),
+        e => Err(e.to_string()),
+    }
 }
 
 fn free_addr() -> String {
@@ -101,6 +137,16 @@ fn free_addr() -> String {
 struct Launched {
     children: Vec<Option<Child>>,
     http: Vec<String>,
+    /// The admin token the nodes were given.
+    token: String,
+}
+
+/// A random token of 32 hex digits (from the standard library's per-process
+/// random hash keys: no extra dependency for a demo).
+fn random_token() -> String {
+    use std::hash::{BuildHasher, RandomState};
+    let half = || RandomState::new().hash_one(Instant::now());
+    format!("{:016x}{:016x}", half(), half())
 }
 
 impl Drop for Launched {
@@ -129,6 +175,7 @@ async fn launch(dir: &std::path::Path) -> Result<(Launched, usize, u128), String
     let mut launched = Launched {
         children: Vec::new(),
         http: http.iter().map(|h| format!("http://{h}")).collect(),
+        token: random_token(),
     };
     for i in 0..3usize {
         let mut cmd = Command::new(&exe);
@@ -149,6 +196,7 @@ async fn launch(dir: &std::path::Path) -> Result<(Launched, usize, u128), String
         let level = std::env::var("RUST_LOG").unwrap_or_else(|_| "error".into());
         let child = cmd
             .env("RUST_LOG", level)
+            .env(TOKEN_VAR, &launched.token)
             .stdin(Stdio::null())
             .spawn()
             .map_err(|e| e.to_string())?;
@@ -243,6 +291,55 @@ async fn demo() -> Result<String, String> {
         "/metrics counts the refused order",
     )?;
 
+    // the admin routes: 401 without the token; with it, every member and
+    // its HTTP address (they arrive with the nodes' pings, within a
+    // second), and a snapshot on demand
+    let admin_url = |i: usize, path: &str| format!("{}/admin/{path}", base(i));
+    let r = client
+        .get(admin_url(follower, "members"))
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    check(r.status() == 401, "/admin/members without the token is 401")?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let linked = loop {
+        let members: Vec<Value> = client
+            .get(admin_url(follower, "members"))
+            .bearer_auth(&launched.token)
+            .send()
+            .await
+            .map_err(|e| e.to_string())?
+            .json()
+            .await
+            .map_err(|e| e.to_string())?;
+        let linked = members
+            .iter()
+            .filter(|m| {
+                let id = m["id"].as_u64().unwrap_or(0) as usize;
+                let api = m["api_addr"].as_str().map(|a| format!("http://{a}"));
+                id >= 1 && api.as_deref() == launched.http.get(id - 1).map(String::as_str)
+            })
+            .count();
+        if linked == 3 {
+            break linked;
+        }
+        check(
+            Instant::now() < deadline,
+            "/admin/members shows every node's api_addr",
+        )?;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let r = client
+        .post(admin_url(follower, "snapshot"))
+        .bearer_auth(&launched.token)
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    check(r.status() == 200, "/admin/snapshot answers 200")?;
+    let snap: Value = r.json().await.map_err(|e| e.to_string())?;
+    let snapshot_index = snap["snapshot_index"].as_u64().unwrap_or(0);
+    check(snapshot_index > 0, "the snapshot covers the orders")?;
+
     // SIGKILL the leader; order again through a survivor
     let killed = Instant::now();
     if let Some(mut c) = launched.children[leader - 1].take() {
@@ -269,7 +366,8 @@ async fn demo() -> Result<String, String> {
         "the stock is 5 - 2 - 1 on the survivors",
     )?;
     Ok(format!(
-        "http demo ok: formed_ms={formed_ms} failover_write_ms={failover_ms} stock_on_survivors={}",
+        "http demo ok: formed_ms={formed_ms} failover_write_ms={failover_ms} stock_on_survivors={} \
+         admin_members_linked={linked} admin_snapshot_index={snapshot_index}",
         stocks.join(",")
     ))
 }

@@ -9,6 +9,7 @@ use catga::prelude::*;
 pub mod discovery;
 pub mod kv;
 pub mod linearizability;
+pub mod netns;
 pub mod node_main;
 pub mod process;
 pub mod servers;

@@ -21,7 +21,8 @@
 //! - `first-ready` → `ok <role> <term> <leader> <applied>`: the health at the
 //!   first moment this process reported `ready` (or `ok none` if never)
 //! - `status` → `ok role=R term=T leader=L applied=A snapshot=S leader_commit=C
-//!   events_delivered=D event_lag=N failed=B ready=B not_ready=<reason or none>`
+//!   events_delivered=D event_lag=N failed=B ready=B unregistered=B lost_quorum=B
+//!   not_ready=<reason or none>`
 //!   (`not_ready` last: its value has spaces)
 //! - `quit` → shuts down gracefully and exits 0
 //!
@@ -65,6 +66,7 @@
 //! More flags: `--event-deadline-ms N` (event handler deadline),
 //! `--slow-event-ms N` (slow event handler threshold),
 //! `--keep-logs N` (log entries kept behind a snapshot),
+//! `--heartbeat-ms N` (the heartbeat interval, default 50),
 //! `--max-frame-bytes N` (the transport's frame limit),
 //! `--http ADDR` (serves `catga::http` there: `/health`, `/ready`,
 //! `/metrics`, `POST /restock`, `POST /orders`, `GET /stock`).
@@ -405,6 +407,7 @@ struct Args {
     join: bool,
     snapshot_every: u64,
     election_ms: (u64, u64),
+    heartbeat_ms: u64,
     event_deadline_ms: Option<u64>,
     slow_event_ms: Option<u64>,
     keep_logs: Option<u64>,
@@ -429,6 +432,7 @@ fn parse() -> Result<Args, String> {
         join: false,
         snapshot_every: 10_000,
         election_ms: (300, 600),
+        heartbeat_ms: 50,
         event_deadline_ms: None,
         slow_event_ms: None,
         keep_logs: None,
@@ -467,6 +471,11 @@ fn parse() -> Result<Args, String> {
                     lo.parse().map_err(|e| format!("--election-ms: {e}"))?,
                     hi.parse().map_err(|e| format!("--election-ms: {e}"))?,
                 );
+            }
+            "--heartbeat-ms" => {
+                a.heartbeat_ms = value()?
+                    .parse()
+                    .map_err(|e| format!("--heartbeat-ms: {e}"))?
             }
             "--keep-logs" => {
                 a.keep_logs = Some(value()?.parse().map_err(|e| format!("--keep-logs: {e}"))?)
@@ -629,7 +638,7 @@ async fn answer(
             let h = node.health();
             let opt = |v: Option<u64>| v.map(|v| v.to_string()).unwrap_or("none".into());
             Ok(format!(
-                "ok role={:?} term={} leader={} applied={} snapshot={} purged={} leader_commit={} events_delivered={} event_lag={} failed={} ready={} unregistered={} not_ready={}",
+                "ok role={:?} term={} leader={} applied={} snapshot={} purged={} leader_commit={} events_delivered={} event_lag={} failed={} ready={} unregistered={} lost_quorum={} not_ready={}",
                 h.role,
                 h.term,
                 opt(h.leader),
@@ -642,6 +651,7 @@ async fn answer(
                 h.failed.is_some(),
                 h.ready,
                 h.unregistered.is_some(),
+                h.lost_quorum,
                 h.not_ready.as_deref().unwrap_or("none")
             ))
         }
@@ -816,7 +826,7 @@ pub async fn run(extra: Extra) {
         .listen(args.listen)
         .data_dir(args.data_dir)
         .secret("test-secret")
-        .heartbeat_interval(Duration::from_millis(50))
+        .heartbeat_interval(Duration::from_millis(args.heartbeat_ms))
         .election_timeout(
             Duration::from_millis(args.election_ms.0),
             Duration::from_millis(args.election_ms.1),

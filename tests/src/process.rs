@@ -169,7 +169,26 @@ impl Proc {
 
     /// Starts the process and waits (up to 20 s) for it to print `ready`.
     pub async fn start(spec: &Spec) -> Result<Proc, String> {
-        let mut cmd = Command::new(spec.binary.clone().unwrap_or_else(node_binary));
+        Proc::start_cmd(spec, None).await
+    }
+
+    /// [`Proc::start`] inside the network namespace `netns` (see
+    /// [`crate::netns`]): `ip netns exec`, which execs the node binary, so
+    /// signals reach the node itself.
+    pub async fn start_in(spec: &Spec, netns: &str) -> Result<Proc, String> {
+        Proc::start_cmd(spec, Some(netns)).await
+    }
+
+    async fn start_cmd(spec: &Spec, netns: Option<&str>) -> Result<Proc, String> {
+        let binary = spec.binary.clone().unwrap_or_else(node_binary);
+        let mut cmd = match netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(binary);
+                c
+            }
+            None => Command::new(binary),
+        };
         cmd.arg("--id")
             .arg(spec.id.to_string())
             .arg("--listen")

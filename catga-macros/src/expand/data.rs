@@ -11,27 +11,51 @@ use syn::{Attribute, Data, Field, Fields, Ident, LitStr, Meta, Token, Type};
 use super::{assert_on, span_range};
 use crate::ast::DataType;
 use crate::attr::{Args, Attr};
-use crate::valid::serde_derives;
+use crate::valid::{message_attr, serde_crate, serde_derives};
 
 /// The expansion of a data attribute on `data` (already checked; the
-/// user's own serde derives, reported by `valid`, are dropped here).
+/// user's own serde derives and a second message attribute, reported by
+/// `valid`, are dropped here).
 ///
-/// `derived_above`: a `#[derive(Serialize, Deserialize)]` written above the
-/// attribute has already run (reported by `source`). If it could find serde
-/// (the item has `#[serde(crate = "...")]`) its impls exist and ours would
-/// clash: then only the user's are kept.
-pub fn expand(attr: Attr, args: &Args, data: DataType, derived_above: bool) -> TokenStream {
+/// An item with `#[serde(crate = "...")]` and no serde derive had its
+/// `#[derive(Serialize, Deserialize)]` written above the attribute: that
+/// derive has already run (reported by `valid`), its impls exist and ours
+/// would clash, so only the user's are kept.
+pub fn expand(attr: Attr, args: &Args, data: DataType) -> TokenStream {
     let k = args.krate();
     let mut input = data.input;
-    let keep_users = derived_above && has_serde_crate(&input.attrs);
+    if attr != Attr::State {
+        input.attrs.retain(|a| message_attr(a).is_none());
+    }
+    let keep_users = serde_crate(&input.attrs).is_some()
+        && !input.attrs.iter().any(|a| serde_derives(a).is_some());
     if !keep_users {
         strip_serde(&mut input.attrs);
     }
     let ident = input.ident.clone();
+    let all_fields = match &input.data {
+        Data::Struct(s) => s.fields.len(),
+        Data::Enum(e) => e.variants.iter().map(|v| v.fields.len()).sum(),
+        Data::Union(_) => 0,
+    };
     let fields = wrap_fields(&mut input.data, &ident, args);
+    // A state's fields must be Sync too (`StateField`); then `#[state]`
+    // requires only `Default` of the type itself, and a field that cannot be
+    // part of a state is one error, on it. When a field is left unchecked
+    // (`#[serde(with = ..)]`, `skip`), the whole `State` is required instead.
+    let field_trait = if attr == Attr::State {
+        quote!(#k::__private::StateField)
+    } else {
+        quote!(#k::__private::WireField)
+    };
+    let state_trait = if fields.len() == all_fields {
+        quote!(#k::__private::StateInit)
+    } else {
+        quote!(#k::__private::StateType)
+    };
     let field_checks = fields
         .iter()
-        .map(|ty| assert_on(ty, quote!(#k::__private::WireField), quote!(ASSERT)));
+        .map(|ty| assert_on(ty, field_trait.clone(), quote!(ASSERT)));
     let serde_crate = format!("{}::__private::serde", args.krate_string());
     let serde_attrs = (!keep_users).then(|| {
         quote_spanned! {ident.span()=>
@@ -54,7 +78,7 @@ pub fn expand(attr: Attr, args: &Args, data: DataType, derived_above: bool) -> T
         )),
     };
     let body = match attr {
-        Attr::State => state(&k, &ident, &name),
+        Attr::State => state(&k, &ident, &name, state_trait),
         _ => message(attr, args, &k, &ident, &name),
     };
     quote! {
@@ -143,11 +167,11 @@ fn routing(args: &Args, k: &TokenStream, ident: &Ident) -> TokenStream {
     }
 }
 
-fn state(k: &TokenStream, ident: &Ident, name: &TokenStream) -> TokenStream {
-    // The one place where `State` is required of the type: a type that is
-    // not `Default` (or not `Send + Sync`) is reported on its name.
+fn state(k: &TokenStream, ident: &Ident, name: &TokenStream, check: TokenStream) -> TokenStream {
+    // The one place where the type itself is checked: a type that is not
+    // `Default` is reported on its name.
     let ty: Type = syn::parse_quote!(#ident);
-    let check = assert_on(&ty, quote!(#k::__private::StateType), quote!(ASSERT));
+    let check = assert_on(&ty, check, quote!(ASSERT));
     quote! {
         const _: () = #check;
         #[allow(unused_imports)]
@@ -193,16 +217,6 @@ fn strip_serde(attrs: &mut Vec<Attribute>) {
         keep.push(a);
     }
     *attrs = keep;
-}
-
-fn has_serde_crate(attrs: &[Attribute]) -> bool {
-    attrs
-        .iter()
-        .filter(|a| a.path().is_ident("serde"))
-        .any(|a| {
-            a.parse_args_with(Punctuated::<Meta, Token![,]>::parse_terminated)
-                .is_ok_and(|metas| metas.iter().any(|m| m.path().is_ident("crate")))
-        })
 }
 
 /// Field attributes with which serde no longer (de)serializes the field's

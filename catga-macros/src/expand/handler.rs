@@ -1,6 +1,16 @@
 //! `#[handler]`: a trait impl (commands and queries) or nothing (events),
 //! fn pointers into generic runtime functions, and a registry entry.
 //!
+//! Where the generated items go decides what a `#[handler]` written on a
+//! method (in an `impl` or `trait` block, which the macro cannot see) costs:
+//! one error, with no file read. For a command or query, everything sits
+//! inside the `impl Handled for Msg` it needs anyway: rustc refuses an
+//! `impl` inside an `impl` block with one error ("implementation is not
+//! supported in `trait`s or `impl`s ... move it out to a nearby module
+//! scope") and drops it. An event handler needs no impl: its items go
+//! inside its own body, where the one reference to it by name does not
+//! resolve in an `impl` block.
+//!
 //! What each parameter IS comes from its type: `CommandParam`, `QueryParam`
 //! and `EventParam` (with `on_unimplemented` texts) take it from the
 //! runtime. The message's kind is checked against the handler's shape in a
@@ -10,12 +20,13 @@
 //! that falls back silently (see `catga::__private`).
 
 use proc_macro2::{Span, TokenStream};
-use quote::{quote, quote_spanned};
-use syn::{GenericParam, Lifetime, Type};
+use quote::{ToTokens, quote, quote_spanned};
+use syn::{GenericParam, Ident, ItemFn, Lifetime, Type};
 
 use super::{assert_on, relifetime, span_range};
 use crate::ast::{Handler, Shape};
 use crate::attr::Args;
+use crate::valid::mentions_lifetime;
 
 struct Cx<'a> {
     k: TokenStream,
@@ -25,14 +36,65 @@ struct Cx<'a> {
 }
 
 impl Cx<'_> {
-    /// A parameter type as named in a `const` (lifetimes inferred, so that
-    /// rustc prints the type as written).
-    fn in_const(&self, ty: &Type) -> Type {
+    /// A parameter type as named in generated code, outside the handler
+    /// (its own lifetimes inferred, so that rustc prints the type as
+    /// written).
+    fn named(&self, ty: &Type) -> Type {
         relifetime(ty, &self.lifetimes, "'_", false)
     }
-    /// A parameter type as named in a fn body (lifetimes inferred).
-    fn in_body(&self, ty: &Type) -> Type {
-        relifetime(ty, &self.lifetimes, "'_", false)
+}
+
+/// Which of the runtime's parameter traits a handler's parameters are
+/// checked against (from the handler's shape).
+#[derive(Clone, Copy)]
+enum ParamTrait {
+    Command,
+    Query,
+    Event,
+}
+
+impl ParamTrait {
+    /// The trait, as `<crate>::__private::X<'_>` (the first two are generic
+    /// over the lifetime of what they borrow).
+    fn path(self, k: &TokenStream) -> TokenStream {
+        match self {
+            ParamTrait::Command => quote!(#k::__private::CommandParam<'_>),
+            ParamTrait::Query => quote!(#k::__private::QueryParam<'_>),
+            ParamTrait::Event => quote!(#k::__private::EventParam),
+        }
+    }
+
+    /// The probe's constant that reads the trait's `SLOT` (silent when the
+    /// trait is not implemented: the assertion reports it).
+    fn slot(self) -> Ident {
+        let name = match self {
+            ParamTrait::Command => "COMMAND_SLOT",
+            ParamTrait::Query => "QUERY_SLOT",
+            ParamTrait::Event => "EVENT_SLOT",
+        };
+        Ident::new(name, Span::call_site())
+    }
+}
+
+impl Shape {
+    /// The runtime's `Shape` variant of the same name.
+    fn variant(self) -> Ident {
+        let name = match self {
+            Shape::Command => "Command",
+            Shape::Query => "Query",
+            Shape::StatelessQuery => "StatelessQuery",
+            Shape::Event => "Event",
+            Shape::EventReturning => "EventReturning",
+        };
+        Ident::new(name, Span::call_site())
+    }
+
+    fn params(self) -> ParamTrait {
+        match self {
+            Shape::Command => ParamTrait::Command,
+            Shape::Query | Shape::StatelessQuery => ParamTrait::Query,
+            Shape::Event | Shape::EventReturning => ParamTrait::Event,
+        }
     }
 }
 
@@ -63,28 +125,76 @@ pub fn expand(args: &Args, h: &Handler) -> TokenStream {
     };
     let k = &cx.k;
     let f = &h.func;
-    let body = match h.shape {
-        Shape::Command => command(&cx),
-        Shape::Query => query(&cx),
-        Shape::StatelessQuery => stateless_query(&cx),
-        Shape::Event | Shape::EventReturning => event(&cx),
+    let imports = quote! {
+        #[allow(unused_imports)]
+        use #k::__private::{AnswerFallback as _, OutputFallback as _, ParamFallback as _, ProbeFallback as _, TakeFallback as _};
     };
-    let check_kind = check_kind(&cx);
+    let (checks, slots) = param_checks(&cx);
+    let check_kind = check_kind(&cx, &slots);
+    let (more_checks, items, route) = match h.shape {
+        Shape::Command => command(&cx, &slots),
+        Shape::Query => query(&cx, &slots),
+        Shape::StatelessQuery => stateless_query(&cx),
+        Shape::Event | Shape::EventReturning => {
+            (TokenStream::new(), event(&cx), TokenStream::new())
+        }
+    };
+    // The checks go first in the handler's body (they name nothing of the
+    // handler's, and rustc reports a failed one as in `place_order::_`).
+    let checks = quote! {
+        const _: () = {
+            #imports
+            #checks
+            #check_kind
+            #more_checks
+        };
+    };
+    if route.is_empty() {
+        // An event handler: its registration goes in its body too.
+        return with_items(f, quote!(#checks const _: () = { #imports #items };));
+    }
+    let f = with_items(f, checks);
+    let handled = impl_handled(
+        &cx,
+        quote! {{
+            #imports
+            #items
+            #route
+        }},
+    );
     quote! {
         #f
-        #[doc(hidden)]
-        const _: () = {
-            #[allow(unused_imports)]
-            use #k::__private::{AnswerFallback as _, OutputFallback as _, ParamFallback as _, ProbeFallback as _, TakeFallback as _};
-            #check_kind
-            #body
-        };
+        #handled
     }
+}
+
+/// `func` with `items` first in its body.
+fn with_items(func: &ItemFn, items: TokenStream) -> TokenStream {
+    let mut func = func.clone();
+    func.block
+        .stmts
+        .insert(0, syn::Stmt::Item(syn::Item::Verbatim(items)));
+    func.into_token_stream()
+}
+
+/// A handler refused at expansion: the function as written (without a
+/// foreign ABI, refused, so that rustc adds no warning about it), and
+/// impls that stand in for the expansion. A method (`self`) gets none: it
+/// sits in an `impl` block, where an `impl` is one more error.
+pub fn refused(args: &Args, h: &Handler) -> TokenStream {
+    let mut func = h.func.clone();
+    func.sig.abi = None;
+    let stubs = if h.receiver.is_some() {
+        TokenStream::new()
+    } else {
+        stubs(args, h)
+    };
+    quote!(#func #stubs)
 }
 
 /// With errors: impls that stand in for the expansion, so that a message
 /// whose handler was refused can still be sent without a second error.
-pub fn stubs(args: &Args, h: &Handler) -> TokenStream {
+fn stubs(args: &Args, h: &Handler) -> TokenStream {
     let Some(msg) = &h.msg else {
         return TokenStream::new();
     };
@@ -98,29 +208,23 @@ pub fn stubs(args: &Args, h: &Handler) -> TokenStream {
     }
     let k = args.krate();
     let msg = &msg.ty;
-    let generics: Vec<String> = h
+    let generics: Vec<Ident> = h
         .func
         .sig
         .generics
         .params
         .iter()
         .map(|p| match p {
-            GenericParam::Type(t) => t.ident.to_string(),
-            GenericParam::Const(c) => c.ident.to_string(),
-            GenericParam::Lifetime(l) => l.lifetime.ident.to_string(),
+            GenericParam::Type(t) => t.ident.clone(),
+            GenericParam::Const(c) => c.ident.clone(),
+            GenericParam::Lifetime(l) => l.lifetime.ident.clone(),
         })
         .collect();
-    let mentions_generic = |ty: &Type| {
-        let mut found = false;
-        for tt in quote!(#ty) {
-            walk(tt, &mut |id| found |= generics.iter().any(|g| g == id));
-        }
-        found
-    };
+    let mentions_generic = |ty: &Type| mentions_any(ty, &generics);
     let output = if mentions_generic(&h.output)
         || crate::valid::find_borrow(&h.output).is_some()
         || matches!(h.output, Type::ImplTrait(_))
-        || quote!(#msg).to_string().contains('\'')
+        || mentions_lifetime(msg)
     {
         quote!(())
     } else {
@@ -131,52 +235,49 @@ pub fn stubs(args: &Args, h: &Handler) -> TokenStream {
         return TokenStream::new();
     }
     quote! {
-        const _: () = {
-            impl #k::__private::Handled for #msg {
-                type Output = #output;
-                const ROUTE: #k::__private::Route<Self, #output> =
-                    #k::__private::Route::StatelessQuery {
-                        run: #k::__private::refused_run::<Self, #output>,
-                        remote: #k::__private::Remote {
-                            routing: #k::__private::Routing::Local,
-                            decode: #k::__private::refused_decode::<#output>,
-                        },
-                    };
-            }
-        };
-    }
-}
-
-fn walk(tt: proc_macro2::TokenTree, f: &mut impl FnMut(&str)) {
-    match tt {
-        proc_macro2::TokenTree::Ident(i) => f(&i.to_string()),
-        proc_macro2::TokenTree::Group(g) => {
-            for t in g.stream() {
-                walk(t, f);
-            }
+        impl #k::__private::Handled for #msg {
+            type Output = #output;
+            const ROUTE: #k::__private::Route<Self, #output> =
+                #k::__private::Route::StatelessQuery {
+                    run: #k::__private::refused_run::<Self, #output>,
+                    remote: #k::__private::Remote {
+                        routing: #k::__private::Routing::Local,
+                        decode: #k::__private::refused_decode::<#output>,
+                    },
+                };
         }
-        _ => {}
     }
 }
 
-/// `check_kind(Probe::<Msg>::KIND, Shape::X)`, reported on the message type.
-fn check_kind(cx: &Cx) -> TokenStream {
+/// Whether `ty` names one of `names` (a type, const or lifetime parameter).
+fn mentions_any(ty: &Type, names: &[Ident]) -> bool {
+    struct Finder<'n> {
+        names: &'n [Ident],
+        found: bool,
+    }
+    impl<'a> syn::visit::Visit<'a> for Finder<'_> {
+        fn visit_ident(&mut self, i: &'a Ident) {
+            self.found |= self.names.contains(i);
+        }
+    }
+    let mut f = Finder {
+        names,
+        found: false,
+    };
+    syn::visit::Visit::visit_type(&mut f, ty);
+    f.found
+}
+
+/// `check_kind(Probe::<Msg>::KIND, Shape::X, slots)`, reported on the
+/// message type.
+fn check_kind(cx: &Cx, slots: &[TokenStream]) -> TokenStream {
     let k = &cx.k;
     let msg = &cx.msg;
-    let shape = syn::Ident::new(
-        match cx.h.shape {
-            Shape::Command => "Command",
-            Shape::Query => "Query",
-            Shape::StatelessQuery => "StatelessQuery",
-            Shape::Event => "Event",
-            Shape::EventReturning => "EventReturning",
-        },
-        Span::call_site(),
-    );
+    let shape = cx.h.shape.variant();
     let call = spanned_call(
         msg,
         quote!(#k::__private::check_kind),
-        quote!(#k::__private::Probe::<#msg>::KIND, #k::__private::Shape::#shape),
+        quote!(#k::__private::Probe::<#msg>::KIND, #k::__private::Shape::#shape, &[#(#slots),*]),
     );
     quote!(const _: () = #call;)
 }
@@ -201,26 +302,29 @@ fn respan(tokens: TokenStream, span: Span) -> TokenStream {
         .collect()
 }
 
-/// The per-parameter assertions: each parameter's type is a `trait_name`
-/// (one error, on the type), and it is not a second state or context.
-fn param_checks(cx: &Cx, trait_name: &str, slot: &str) -> (TokenStream, Vec<TokenStream>) {
+/// The per-parameter assertions: each parameter's type is one of the
+/// parameter trait's (one error, on the type), it fits the message's kind,
+/// and it is not a second state or context. Returns the checks and each
+/// parameter's `Slot`.
+fn param_checks(cx: &Cx) -> (TokenStream, Vec<TokenStream>) {
     let k = &cx.k;
-    let tr = syn::Ident::new(trait_name, Span::call_site());
-    let slot = syn::Ident::new(slot, Span::call_site());
+    let msg = &cx.msg;
+    let params = cx.h.shape.params();
+    let tr = params.path(k);
+    let slot = params.slot();
     let mut out = TokenStream::new();
     let mut slots: Vec<TokenStream> = Vec::new();
     for p in &cx.h.params {
-        let ty = cx.in_const(&p.ty);
-        let lt = (trait_name != "EventParam").then(|| quote!(<'_>));
+        let ty = cx.named(&p.ty);
         let (first, last) = span_range(&p.ty);
         let open = quote_spanned!(first=> <);
-        let rest = quote_spanned!(last=> as #k::__private::#tr #lt>::SLOT);
+        let rest = quote_spanned!(last=> as #tr>::SLOT);
         out.extend(quote!(const _: #k::__private::Slot = #open #ty #rest;));
         let this = quote!(#k::__private::Param::<#ty>::#slot);
         let check = spanned_call(
             &p.ty,
             quote!(#k::__private::check_param),
-            quote!(&[#(#slots),*], #this),
+            quote!(#k::__private::Probe::<#msg>::KIND, &[#(#slots),*], #this),
         );
         out.extend(quote!(const _: () = #check;));
         slots.push(this);
@@ -233,9 +337,9 @@ fn handler_path(cx: &Cx) -> TokenStream {
     quote!(::core::concat!(::core::module_path!(), "::", #name))
 }
 
-/// The state of a command or query handler, reported (when missing) on its
-/// parameter list.
-fn state_const(cx: &Cx, slots: &[TokenStream]) -> TokenStream {
+/// The check that a command handler takes a state (reported, when it does
+/// not, on its parameter list), and the state's operations.
+fn state_const(cx: &Cx, slots: &[TokenStream]) -> (TokenStream, TokenStream) {
     let k = &cx.k;
     let msg = &cx.msg;
     let inputs = &cx.h.func.sig.inputs;
@@ -244,12 +348,14 @@ fn state_const(cx: &Cx, slots: &[TokenStream]) -> TokenStream {
         quote!(#k::__private::check_has_state),
         quote!(#k::__private::Probe::<#msg>::KIND, &[#(#slots),*]),
     );
-    quote! {
-        const _: () = #check;
-        const __CATGA_STATE: fn() -> #k::__private::StateInfo = #k::__private::state_of(&[#(#slots),*]);
-    }
+    (
+        quote!(const _: () = #check;),
+        quote!(const __CATGA_STATE: fn() -> #k::__private::StateInfo = #k::__private::state_of(&[#(#slots),*]);),
+    )
 }
 
+/// `impl Handled for Msg { type Output = ..; const ROUTE = <route>; }`:
+/// `route` is a block that holds every other generated item.
 fn impl_handled(cx: &Cx, route: TokenStream) -> TokenStream {
     let k = &cx.k;
     let msg = &cx.msg;
@@ -267,16 +373,20 @@ fn impl_handled(cx: &Cx, route: TokenStream) -> TokenStream {
     quote!(#head #msg #body)
 }
 
-fn command(cx: &Cx) -> TokenStream {
+/// The checks and items of a command handler, and its route.
+fn command(cx: &Cx, slots: &[TokenStream]) -> (TokenStream, TokenStream, TokenStream) {
     let k = &cx.k;
     let msg = &cx.msg;
     let out = &cx.h.output;
     let fn_name = &cx.h.func.sig.ident;
-    let (checks, slots) = param_checks(cx, "CommandParam", "COMMAND_SLOT");
-    let state = state_const(cx, &slots);
+    let (state_check, state) = state_const(cx, slots);
     let out_check = assert_on(out, quote!(#k::__private::CommandOutput), quote!(ASSERT));
+    let checks = quote! {
+        #state_check
+        const _: () = #out_check;
+    };
     let args = cx.h.params.iter().map(|p| {
-        let ty = cx.in_body(&p.ty);
+        let ty = cx.named(&p.ty);
         quote! {
             match #k::__private::Param::<#ty>::command(&env) {
                 ::core::option::Option::Some(p) => p,
@@ -285,17 +395,10 @@ fn command(cx: &Cx) -> TokenStream {
             }
         }
     });
-    let handled = impl_handled(
-        cx,
-        quote!(#k::__private::Route::Command { decode: __CATGA_OUTPUT.decode }),
-    );
     let path = handler_path(cx);
-    quote! {
-        #checks
+    let items = quote! {
         #state
-        const _: () = #out_check;
         const __CATGA_OUTPUT: #k::__private::OutputCodec<#out> = #k::__private::Output::<#out>::CODEC;
-        #handled
         fn __catga_apply(
             payload: &[u8],
             state: &mut (dyn ::core::any::Any + ::core::marker::Send + ::core::marker::Sync),
@@ -314,38 +417,26 @@ fn command(cx: &Cx) -> TokenStream {
                 apply: __catga_apply,
             }
         }
-    }
+    };
+    let route = quote!(#k::__private::Route::Command { decode: __CATGA_OUTPUT.decode });
+    (checks, items, route)
 }
 
-fn query(cx: &Cx) -> TokenStream {
+/// The checks and items of a query handler that reads state, and its route.
+fn query(cx: &Cx, slots: &[TokenStream]) -> (TokenStream, TokenStream, TokenStream) {
     let k = &cx.k;
     let msg = &cx.msg;
     let out = &cx.h.output;
     let fn_name = &cx.h.func.sig.ident;
-    let (checks, slots) = param_checks(cx, "QueryParam", "QUERY_SLOT");
-    let state = state_const(cx, &slots);
+    let (state_check, state) = state_const(cx, slots);
     let args = cx.h.params.iter().map(|p| {
-        let ty = cx.in_body(&p.ty);
+        let ty = cx.named(&p.ty);
         quote!(#k::__private::Param::<#ty>::query(state)?)
     });
-    let handled = impl_handled(
-        cx,
-        quote! {
-            #k::__private::Route::Query {
-                consistency: #k::__private::Probe::<#msg>::CONSISTENCY,
-                state: __CATGA_STATE,
-                run: __catga_run,
-                remote: #k::__private::Remote {
-                    routing: #k::__private::Probe::<#msg>::ROUTING,
-                    decode: __CATGA_ANSWER.decode,
-                },
-            }
-        },
-    );
     let path = handler_path(cx);
-    let answer = answer(cx);
-    quote! {
-        #checks
+    let (routable, answer) = answer(cx);
+    let checks = quote!(#state_check #routable);
+    let items = quote! {
         #state
         #answer
         fn __catga_run(
@@ -365,7 +456,6 @@ fn query(cx: &Cx) -> TokenStream {
                     #k::__private::missing_param(#k::__private::name_of::<#msg>())),
             }
         }
-        #handled
         #k::__private::inventory::submit! {
             #k::__private::QueryHandlerEntry {
                 name: #k::__private::name_of::<#msg>(),
@@ -374,10 +464,23 @@ fn query(cx: &Cx) -> TokenStream {
                 run: #k::__private::QueryRunner::Stateful(__catga_remote),
             }
         }
-    }
+    };
+    let route = quote! {
+        #k::__private::Route::Query {
+            consistency: #k::__private::Probe::<#msg>::CONSISTENCY,
+            state: __CATGA_STATE,
+            run: __catga_run,
+            remote: #k::__private::Remote {
+                routing: #k::__private::Probe::<#msg>::ROUTING,
+                decode: __CATGA_ANSWER.decode,
+            },
+        }
+    };
+    (checks, items, route)
 }
 
-fn stateless_query(cx: &Cx) -> TokenStream {
+/// The checks and items of a query handler without state, and its route.
+fn stateless_query(cx: &Cx) -> (TokenStream, TokenStream, TokenStream) {
     let k = &cx.k;
     let msg = &cx.msg;
     let out = &cx.h.output;
@@ -387,21 +490,9 @@ fn stateless_query(cx: &Cx) -> TokenStream {
     } else {
         quote!(::std::boxed::Box::pin(::core::future::ready(#fn_name(msg))))
     };
-    let handled = impl_handled(
-        cx,
-        quote! {
-            #k::__private::Route::StatelessQuery {
-                run: __catga_run,
-                remote: #k::__private::Remote {
-                    routing: #k::__private::Probe::<#msg>::ROUTING,
-                    decode: __CATGA_ANSWER.decode,
-                },
-            }
-        },
-    );
     let path = handler_path(cx);
-    let answer = answer(cx);
-    quote! {
+    let (routable, answer) = answer(cx);
+    let items = quote! {
         #answer
         fn __catga_run(msg: #msg) -> #k::__private::BoxFuture<'static, #out> { #call }
         fn __catga_remote(
@@ -417,7 +508,6 @@ fn stateless_query(cx: &Cx) -> TokenStream {
                 (__CATGA_ANSWER.encode)(&out)
             }))
         }
-        #handled
         #k::__private::inventory::submit! {
             #k::__private::QueryHandlerEntry {
                 name: #k::__private::name_of::<#msg>(),
@@ -426,46 +516,56 @@ fn stateless_query(cx: &Cx) -> TokenStream {
                 run: #k::__private::QueryRunner::Stateless(__catga_remote),
             }
         }
-    }
+    };
+    let route = quote! {
+        #k::__private::Route::StatelessQuery {
+            run: __catga_run,
+            remote: #k::__private::Remote {
+                routing: #k::__private::Probe::<#msg>::ROUTING,
+                decode: __CATGA_ANSWER.decode,
+            },
+        }
+    };
+    (routable, items, route)
 }
 
-/// The codec of a query's answer across nodes, and the check (reported on
-/// the return type) that a routed query's answer can be encoded.
-fn answer(cx: &Cx) -> TokenStream {
+/// The check (reported on the return type) that a routed query's answer
+/// can be encoded, and the codec of the answer across nodes.
+fn answer(cx: &Cx) -> (TokenStream, TokenStream) {
     let k = &cx.k;
     let msg = &cx.msg;
     let out = &cx.h.output;
-    let check = spanned_call(
-        out,
-        quote!(#k::__private::check_routable),
-        quote!(#k::__private::Probe::<#msg>::ROUTING.is_remote(), __CATGA_ANSWER.remote),
-    );
     // An answer that borrows (`&'static str`, `Cow<'static, _>`) cannot be
     // decoded on another node, and probing it for `DeserializeOwned` is a
-    // region error rather than a fallback: it stays local, by its spelling.
-    let codec = if quote!(#out).to_string().contains('\'') {
+    // region error rather than a fallback: it stays local, by its lifetime.
+    let codec = if mentions_lifetime(out) {
         quote!(#k::__private::local_answer::<#out>())
     } else {
         quote!(#k::__private::Answer::<#out>::CODEC)
     };
-    quote! {
-        const __CATGA_ANSWER: #k::__private::AnswerCodec<#out> = #codec;
-        const _: () = #check;
-    }
+    let check = spanned_call(
+        out,
+        quote!(#k::__private::check_routable),
+        quote!(#k::__private::Probe::<#msg>::ROUTING.is_remote(), #codec.remote),
+    );
+    (
+        quote!(const _: () = #check;),
+        quote!(const __CATGA_ANSWER: #k::__private::AnswerCodec<#out> = #codec;),
+    )
 }
 
+/// The items of an event handler (they go inside its body).
 fn event(cx: &Cx) -> TokenStream {
     let k = &cx.k;
     let msg = &cx.msg;
     let fn_name = &cx.h.func.sig.ident;
-    let (checks, _) = param_checks(cx, "EventParam", "EVENT_SLOT");
     // The one place where `Message` is required of an event handler's type.
     let name = assert_on(msg, quote!(#k::__private::Message), quote!(NAME));
     let names: Vec<syn::Ident> = (0..cx.h.params.len())
         .map(|i| syn::Ident::new(&format!("__catga_arg{i}"), Span::call_site()))
         .collect();
     let takes = cx.h.params.iter().zip(&names).map(|(p, n)| {
-        let ty = cx.in_body(&p.ty);
+        let ty = cx.named(&p.ty);
         quote! {
             let #n: #ty = match #k::__private::Param::<#ty>::event(&env) {
                 ::core::option::Option::Some(p) => p,
@@ -490,7 +590,6 @@ fn event(cx: &Cx) -> TokenStream {
     };
     let path = handler_path(cx);
     quote! {
-        #checks
         const __CATGA_NAME: &str = #name;
         fn __catga_on_event(
             payload: &[u8],

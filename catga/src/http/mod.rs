@@ -1,7 +1,9 @@
 //! The HTTP front door (cargo feature `http`): axum routes for load
 //! balancers (`/health`, `/ready`), Prometheus (`/metrics`), the members
-//! of the cluster (`/members`), and any
-//! command or query as a JSON endpoint, with no per-type code.
+//! of the cluster (`/members`), any
+//! command or query as a JSON endpoint, with no per-type code, and,
+//! opt-in behind a bearer token, admin routes (members, leave, remove a
+//! node, snapshot now: see [`Admin`]).
 //!
 //! ```rust,ignore
 //! let http = catga::http::Http::new(node.clone());
@@ -34,7 +36,23 @@
 //!
 //! Every response carries `x-catga-node` (the id of the node that answered).
 //! A rejected request never reaches the log.
+//!
+//! The admin routes exist only on an [`Http`] given an [`Admin`]
+//! (`Http::new(node).admin(Admin::bearer(token)?)`; otherwise `/admin/..`
+//! is 404), and answer 401 to a request without that token:
+//!
+//! | route | does | answers |
+//! |---|---|---|
+//! | `GET /admin/members` | [`Node::members`], each with its `api_addr` | 200, the JSON array |
+//! | `DELETE /admin/members/{id}` | removes node `id` for good (recorded in the discovery store, if any, then [`Node::remove_node`] through the leader) | 200 `{"removed": id}`; 404 if `id` is no member; 409 if the leader refuses (another change in progress, the last voter) |
+//! | `POST /admin/leave` | [`Node::leave`]: this node leaves the cluster and shuts down | 200 `{"left": id, ..}`; 409 for the last voter |
+//! | `POST /admin/snapshot` | [`Node::snapshot`], and waits until it covers what was applied | 200 `{"snapshot_index": n, ..}`; 202 if not done within the request timeout |
+//!
+//! No leader within the request timeout is 503 + `Retry-After`, as for
+//! commands; a missing or wrong token is 401 with `WWW-Authenticate:
+//! Bearer` and a body that says what to send.
 
+mod admin;
 mod metrics;
 
 use std::sync::Arc;
@@ -56,6 +74,8 @@ use crate::message::{Command, Handled, Query};
 use crate::node::{Node, Role};
 use metrics::Metrics;
 
+pub use admin::{Admin, MIN_TOKEN_BYTES};
+
 /// Serves `app` on `listener` with `TCP_NODELAY` on every connection (without
 /// it, small responses wait for the client's delayed ACK: ~40 ms each).
 pub async fn serve(listener: tokio::net::TcpListener, app: Router) -> std::io::Result<()> {
@@ -64,6 +84,38 @@ pub async fn serve(listener: tokio::net::TcpListener, app: Router) -> std::io::R
         let _ = tcp.set_nodelay(true);
     });
     axum::serve(listener, app).await
+}
+
+/// [`serve`] until `signal` resolves, then stops accepting connections and
+/// returns once the requests in flight are answered. With
+/// `node.stopped()` as the signal, the process can exit after an admin
+/// `POST /admin/leave` (the leave's answer still reaches its client):
+///
+/// ```no_run
+/// # async fn f(node: catga::Node, app: catga::http::axum::Router) -> std::io::Result<()> {
+/// let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
+/// let stopped = {
+///     let node = node.clone();
+///     async move {
+///         let why = node.stopped().await;
+///         tracing::info!("node stopped ({why}): closing the HTTP server");
+///     }
+/// };
+/// catga::http::serve_with_shutdown(listener, app, stopped).await?;
+/// # Ok(()) }
+/// ```
+pub async fn serve_with_shutdown(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    signal: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    use axum::serve::ListenerExt;
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    axum::serve(listener, app)
+        .with_graceful_shutdown(signal)
+        .await
 }
 
 /// The largest request body accepted (1 MiB); larger ones get 413.
@@ -75,6 +127,8 @@ pub const MAX_BODY: usize = 1 << 20;
 pub struct Http {
     node: Node,
     metrics: Arc<Metrics>,
+    /// The admin routes' credentials; `None`: no admin routes.
+    admin: Option<Arc<Admin>>,
 }
 
 impl Http {
@@ -83,21 +137,48 @@ impl Http {
         Http {
             node,
             metrics: Arc::new(Metrics::new()),
+            admin: None,
         }
+    }
+
+    /// Adds the admin routes to [`routes`](Http::routes) (`/admin/members`,
+    /// `DELETE /admin/members/{id}`, `/admin/leave`, `/admin/snapshot`: see
+    /// the module docs), each answering only requests with
+    /// `Authorization: Bearer <token>`. To keep them off the public port,
+    /// serve a second `Http` of the same node, with `admin`, on an
+    /// internal address.
+    ///
+    /// ```no_run
+    /// # async fn f(node: catga::Node) -> Result<(), Box<dyn std::error::Error>> {
+    /// use catga::http::{Admin, Http};
+    /// let http = Http::new(node).admin(Admin::bearer_from_env("CATGA_ADMIN_TOKEN")?);
+    /// let app = http.routes().with_state(http);
+    /// let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
+    /// catga::http::serve(listener, app).await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn admin(mut self, admin: Admin) -> Http {
+        self.admin = Some(Arc::new(admin));
+        self
     }
 
     /// `/health` (the node's [`crate::Health`] as JSON), `/ready` (200 when
     /// the node is in a cluster with a known leader and has applied what it
     /// knows to be committed, 503 otherwise), `/metrics` (Prometheus
     /// text) and `/members` ([`Node::members`] as a JSON array: id, addr,
-    /// role, liveness, load, metadata, last_seen_ms). Add your message
+    /// api_addr, role, liveness, load, metadata, last_seen_ms); with
+    /// [`admin`](Http::admin), the admin routes too. Add your message
     /// routes, then `.with_state(http)`.
     pub fn routes(&self) -> Router<Http> {
-        Router::new()
+        let public = Router::new()
             .route("/health", get(health))
             .route("/ready", get(ready))
             .route("/metrics", get(metrics_text))
-            .route("/members", get(members))
+            .route("/members", get(members));
+        match self.admin {
+            Some(_) => public.merge(admin::routes(self)),
+            None => public,
+        }
     }
 }
 

@@ -80,6 +80,11 @@ pub struct Member {
     pub id: u64,
     /// The address it listens on for other nodes.
     pub addr: String,
+    /// Where users reach its HTTP API, if it says so
+    /// ([`api_addr`](crate::ClusterBuilder::api_addr)): from discovery, or
+    /// from its answer to this node's last ping (`None` until then, or if
+    /// it sets none, or runs a catga that does not tell).
+    pub api_addr: Option<String>,
     /// Its role in Raft.
     pub role: MemberRole,
     /// Whether it answers.
@@ -110,6 +115,7 @@ struct Peer {
     failures: u32,
     load: u64,
     metadata: BTreeMap<String, String>,
+    api_addr: Option<String>,
     /// When it was found removed from the membership.
     left_at: Option<Instant>,
 }
@@ -123,6 +129,8 @@ pub(crate) struct Mediator {
     peers: Mutex<HashMap<u64, Peer>>,
     loads: Mutex<HashMap<u64, Load>>,
     metadata: Mutex<BTreeMap<String, String>>,
+    /// Where users reach this node's API (set once, at start).
+    api_addr: std::sync::OnceLock<String>,
     task: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -155,6 +163,15 @@ impl Mediator {
 
     pub(crate) fn metadata(&self) -> BTreeMap<String, String> {
         self.metadata.lock().clone()
+    }
+
+    pub(crate) fn api_addr(&self) -> Option<String> {
+        self.api_addr.get().cloned()
+    }
+
+    /// Sets this node's API address (the builder's, at start).
+    pub(crate) fn set_api_addr(&self, addr: String) {
+        let _ = self.api_addr.set(addr);
     }
 
     fn liveness(&self, id: u64, now: Instant) -> Liveness {
@@ -233,11 +250,16 @@ async fn heartbeat(node: WeakNode) {
                 let pong = r.ok().and_then(|b| wire::decode::<Reply>(&b).ok());
                 let med = node.mediator();
                 match pong {
-                    Some(Reply::Pong { load, metadata }) => {
+                    Some(Reply::Pong {
+                        load,
+                        metadata,
+                        api_addr,
+                    }) => {
                         med.record(id, true);
                         if let Some(p) = med.peers.lock().get_mut(&id) {
                             p.load = load;
                             p.metadata = metadata;
+                            p.api_addr = api_addr;
                         }
                     }
                     _ => med.record(id, false),
@@ -319,6 +341,7 @@ impl Node {
                 Member {
                     id,
                     addr: addr.clone(),
+                    api_addr: p.and_then(|p| p.api_addr.clone()),
                     role,
                     liveness: Liveness::Alive,
                     load: p.map_or(0, |p| p.load),
@@ -343,6 +366,9 @@ impl Node {
                     // pings fail (a crash shows before the lease runs out)
                     Some(Some(Some(info))) => {
                         m.load = info.load.max(0.0) as u64;
+                        if info.api_addr.is_some() {
+                            m.api_addr = info.api_addr.clone();
+                        }
                         for (k, v) in &info.metadata {
                             m.metadata.entry(k.clone()).or_insert_with(|| v.clone());
                         }
@@ -359,6 +385,7 @@ impl Node {
             out.push(Member {
                 id,
                 addr: String::new(),
+                api_addr: p.api_addr.clone(),
                 role: MemberRole::Removed,
                 liveness: Liveness::Left,
                 load: 0,
@@ -395,12 +422,20 @@ impl Node {
         Member {
             id: self.id(),
             addr,
+            api_addr: self.mediator().api_addr(),
             role,
             liveness: Liveness::Alive,
             load: self.mediator().load(),
             metadata: self.mediator().metadata(),
             last_seen_ms: Some(0),
         }
+    }
+
+    /// Where users reach this node's HTTP API, as set with
+    /// [`ClusterBuilder::api_addr`](crate::ClusterBuilder::api_addr) and
+    /// shown in [`Member::api_addr`].
+    pub fn api_addr(&self) -> Option<String> {
+        self.mediator().api_addr()
     }
 
     /// Sets what this node says about itself in [`Member::metadata`] (other

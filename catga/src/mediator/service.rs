@@ -52,6 +52,7 @@ impl Service for MediatorService {
                 Request::Ping => Reply::Pong {
                     load: node.mediator().load(),
                     metadata: node.mediator().metadata(),
+                    api_addr: node.mediator().api_addr(),
                 },
                 Request::Query {
                     name,

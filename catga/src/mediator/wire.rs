@@ -50,6 +50,9 @@ pub(crate) enum Reply {
         load: u64,
         /// What the node says about itself.
         metadata: std::collections::BTreeMap<String, String>,
+        /// Where users reach its API (absent from an older node's answer).
+        #[serde(default)]
+        api_addr: Option<String>,
     },
     /// To `Query`: the encoded output.
     Answer(Result<ByteBuf, Failure>),
@@ -63,4 +66,57 @@ pub(crate) fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, String> {
 
 pub(crate) fn decode<T: serde::de::DeserializeOwned>(b: &[u8]) -> Result<T, String> {
     crate::codec::decode(b, crate::codec::INTERNAL_DEPTH).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What a node of the version before `api_addr` sends.
+    #[derive(Serialize)]
+    enum OldReply {
+        Pong {
+            load: u64,
+            metadata: std::collections::BTreeMap<String, String>,
+        },
+    }
+
+    #[test]
+    fn a_pong_without_an_api_addr_still_decodes() {
+        let old = OldReply::Pong {
+            load: 7,
+            metadata: [("zone".to_string(), "a".to_string())].into(),
+        };
+        let bytes = encode(&old).expect("encode");
+        match decode::<Reply>(&bytes).expect("decode") {
+            Reply::Pong {
+                load,
+                metadata,
+                api_addr,
+            } => {
+                assert_eq!(load, 7);
+                assert_eq!(metadata.get("zone").map(String::as_str), Some("a"));
+                assert_eq!(api_addr, None);
+            }
+            other => panic!("decoded as {other:?}"),
+        }
+        // and an old node reads a new pong (the extra field is ignored)
+        #[derive(Deserialize)]
+        enum OldView {
+            Pong {
+                load: u64,
+                #[allow(dead_code)]
+                metadata: std::collections::BTreeMap<String, String>,
+            },
+        }
+        let new = Reply::Pong {
+            load: 3,
+            metadata: Default::default(),
+            api_addr: Some("10.0.0.5:8080".into()),
+        };
+        let bytes = encode(&new).expect("encode");
+        let OldView::Pong { load, .. } =
+            crate::codec::decode::<OldView>(&bytes, crate::codec::INTERNAL_DEPTH).expect("decode");
+        assert_eq!(load, 3);
+    }
 }

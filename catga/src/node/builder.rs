@@ -24,6 +24,7 @@ pub struct ClusterBuilder {
     listen: Option<String>,
     listener: Option<std::net::TcpListener>,
     advertise: Option<String>,
+    api_addr: Option<String>,
     peers: Vec<(u64, String)>,
     join: bool,
     data_dir: Option<PathBuf>,
@@ -54,6 +55,7 @@ impl Default for ClusterBuilder {
             listen: None,
             listener: None,
             advertise: None,
+            api_addr: None,
             peers: Vec::new(),
             join: false,
             data_dir: None,
@@ -105,6 +107,28 @@ impl ClusterBuilder {
     /// address (behind NAT, or when listening on 0.0.0.0).
     pub fn advertise(mut self, addr: impl Into<String>) -> Self {
         self.advertise = Some(addr.into());
+        self
+    }
+
+    /// Where users reach this node's HTTP API (`host:port`, no scheme),
+    /// e.g. `"10.0.0.5:8080"`: advertised to the other nodes (through
+    /// discovery, and in the answers to their pings) and shown as
+    /// `api_addr` by [`Node::members`] and the HTTP `/members` routes, so
+    /// that operators and tools can find every node's API. Default: none.
+    ///
+    /// ```no_run
+    /// # async fn f() -> catga::Result<()> {
+    /// let node = catga::cluster()
+    ///     .node_id(1)
+    ///     .listen("10.0.0.5:7001")
+    ///     .api_addr("10.0.0.5:8080") // where this node's HTTP server listens
+    ///     .data_dir("data/1")
+    ///     .start()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn api_addr(mut self, addr: impl Into<String>) -> Self {
+        self.api_addr = Some(addr.into());
         self
     }
 
@@ -344,6 +368,7 @@ impl ClusterBuilder {
         let settings = selfform::Settings {
             cluster_name,
             advertise: advertise.to_string(),
+            api_addr: self.api_addr.clone(),
             bootstrap_expect: expect,
             voters: self.voters,
             remove_dead_after: self.remove_dead_after,
@@ -400,6 +425,9 @@ impl ClusterBuilder {
         }
         if let Some(a) = &self.advertise {
             check_addr(a).map_err(|r| bad("advertise", r))?;
+        }
+        if let Some(a) = &self.api_addr {
+            check_api_addr(a).map_err(|r| bad("api_addr", r))?;
         }
         let me = self.advertise.clone().unwrap_or_else(|| listen_str.clone());
         members.insert(node_id, me);
@@ -512,6 +540,7 @@ impl ClusterBuilder {
             // a discovered node never bootstraps from a peer list
             this.join = true;
         }
+        let api_addr = this.api_addr.clone();
         let (settings, request_timeout) = this.validate()?;
         crate::registry::Registry::global()?;
         let (Some(source), Some(mut sf)) = (source, selfform) else {
@@ -531,7 +560,11 @@ impl ClusterBuilder {
                 raft.local_addr(),
                 dir.display()
             );
-            return Ok(Node::new(raft, max_in_flight, request_timeout));
+            let node = Node::new(raft, max_in_flight, request_timeout);
+            if let Some(a) = api_addr {
+                node.mediator().set_api_addr(a);
+            }
+            return Ok(node);
         };
         let discovery = selfform::connect(source.clone(), &sf).await;
         if let Err(e) = &discovery
@@ -544,6 +577,9 @@ impl ClusterBuilder {
             sf.advertise = raft.local_addr().to_string();
         }
         let node = Node::new(raft, max_in_flight, request_timeout);
+        if let Some(a) = api_addr {
+            node.mediator().set_api_addr(a);
+        }
         let started = match discovery {
             Ok(d) => selfform::start(&node, d, sf.clone()).await,
             Err(e) => Err(e),
@@ -579,6 +615,38 @@ pub(super) fn check_addr(addr: &str) -> std::result::Result<(), String> {
     }
 }
 
+/// An API address as others will dial it: `host:port`, a real port, no
+/// scheme or path (the members list shows it as is).
+fn check_api_addr(addr: &str) -> std::result::Result<(), String> {
+    let fix = "give it as host:port, e.g. \"10.0.0.5:8080\"";
+    if addr.contains("://") {
+        return Err(format!("`{addr}` has a scheme: {fix}, without `http://`"));
+    }
+    if addr.contains('/') || addr.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(format!("`{addr}` is not a host:port address: {fix}"));
+    }
+    let Some((host, port)) = addr.rsplit_once(':') else {
+        return Err(format!("`{addr}` has no port: {fix}"));
+    };
+    if host.is_empty() {
+        return Err(format!("`{addr}` has no host: {fix}"));
+    }
+    // an IPv6 host is written in brackets: `[::1]:8080`
+    if host.contains(':') && !(host.starts_with('[') && host.ends_with(']')) {
+        return Err(format!(
+            "`{addr}`: an IPv6 address goes in brackets, e.g. \"[::1]:8080\""
+        ));
+    }
+    match port.parse::<u16>() {
+        Ok(0) => Err(format!(
+            "`{addr}` has port 0: advertise the port the server really listens on \
+             (bind first, then pass its `local_addr()`)"
+        )),
+        Ok(_) => Ok(()),
+        Err(_) => Err(format!("`{addr}`: `{port}` is not a port (1-65535): {fix}")),
+    }
+}
+
 /// The secret is never printed: `Debug` shows whether one is set.
 impl std::fmt::Debug for ClusterBuilder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -587,6 +655,7 @@ impl std::fmt::Debug for ClusterBuilder {
             .field("listen", &self.listen)
             .field("listener", &self.listener)
             .field("advertise", &self.advertise)
+            .field("api_addr", &self.api_addr)
             .field("peers", &self.peers)
             .field("join", &self.join)
             .field("data_dir", &self.data_dir)
@@ -614,6 +683,31 @@ impl std::fmt::Debug for ClusterBuilder {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn api_addrs_are_host_and_port_only() {
+        for good in [
+            "10.0.0.5:8080",
+            "localhost:80",
+            "[::1]:8080",
+            "api.example.com:443",
+        ] {
+            assert_eq!(super::check_api_addr(good), Ok(()), "{good}");
+        }
+        for (bad, says) in [
+            ("http://10.0.0.5:8080", "scheme"),
+            ("10.0.0.5", "no port"),
+            (":8080", "no host"),
+            ("10.0.0.5:0", "port 0"),
+            ("10.0.0.5:http", "not a port"),
+            ("10.0.0.5:8080/admin", "not a host:port"),
+            ("::1:8080", "brackets"),
+            ("a b:80", "not a host:port"),
+        ] {
+            let e = super::check_api_addr(bad).expect_err(bad);
+            assert!(e.contains(says), "{bad}: {e}");
+        }
+    }
+
     #[test]
     fn debug_output_never_shows_the_secret() {
         let b = crate::cluster().node_id(1).secret("hunter2-very-secret");

@@ -87,6 +87,15 @@ pub struct Health {
     /// not ready. A node that hears from a leader is never refused.
     #[serde(default)]
     pub refused: Option<String>,
+    /// This node is the leader of its term, but no majority of the voters
+    /// has answered it for longer than an election timeout (its link to
+    /// them is cut, or they are down): it takes no writes, names no leader
+    /// (`leader` is `None` while `role` stays openraft's `Leader`) and is
+    /// not ready. A majority that can reach each other elects another
+    /// leader meanwhile; when the links heal this node learns of it and
+    /// follows.
+    #[serde(default)]
+    pub lost_quorum: bool,
 }
 
 impl From<Status> for Health {
@@ -118,6 +127,7 @@ impl From<Status> for Health {
             failed: s.failed,
             unregistered: None,
             refused: None,
+            lost_quorum: s.quorum_lost,
         }
     }
 }

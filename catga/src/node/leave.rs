@@ -58,6 +58,26 @@ impl Node {
         }
     }
 
+    /// Removes node `id` from the cluster for good, as the admin route
+    /// does: on a node started with `.discovery(..)` the id is first
+    /// recorded as removed in the store (as [`Node::leave`] does), so that
+    /// the reconciler never adds it back while its old process still
+    /// heartbeats; then [`Node::remove_node`]. Fails, having changed
+    /// nothing, if the store cannot record the removal.
+    #[cfg_attr(not(feature = "http"), allow(dead_code))]
+    pub(crate) async fn remove_for_good(&self, id: u64) -> Result<()> {
+        if let Some(sf) = self.inner.selfform.get() {
+            sf.mark_removed(id).await?;
+        } else if self.inner.selfform_pending.lock().is_some() {
+            return Err(Error::Membership(format!(
+                "cannot remove node {id} yet: the discovery store has been unreachable since \
+                 this node started, and the removal must be recorded there (or the id could be \
+                 re-added while its process still runs); retry once the store is back"
+            )));
+        }
+        self.remove_node(id).await
+    }
+
     /// Leaves the cluster for good: records the id as removed (a node
     /// started with `.discovery(..)`), removes it from the membership
     /// through the leader (a leader removing itself steps down once the

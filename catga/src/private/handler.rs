@@ -80,6 +80,37 @@ pub trait StateType {
 #[diagnostic::do_not_recommend]
 impl<T: State> StateType for T {}
 
+/// What a field of a `#[state]` type must be: encodable, decodable into an
+/// owned value, and shareable between threads (a state is read by queries
+/// while the state machine holds it). Checked on each field, so that a
+/// field that cannot be part of a state is one error, on that field.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be a field of a catga state: it must be Serialize + Deserialize (into owned data) + Send + Sync",
+    label = "this field is written into snapshots and read by handlers on other threads",
+    note = "use a type serde can encode and decode into an owned value that is Send + Sync: `String` not `&str`, `Arc` not `Rc`, `Mutex`/atomics not `Cell`/`RefCell` (or no interior mutability at all: a command handler gets `&mut State`); for your own types derive `Serialize` and `Deserialize` with `#[serde(crate = \"catga::serde\")]`"
+)]
+pub trait StateField {
+    #[doc(hidden)]
+    const ASSERT: () = ();
+}
+#[diagnostic::do_not_recommend]
+impl<T: Serialize + DeserializeOwned + Send + Sync> StateField for T {}
+
+/// What `#[state]` requires of the type itself when each of its fields is
+/// checked as a [`StateField`] (the rest of [`State`] follows from them):
+/// an initial value.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be a catga state: it has no initial value",
+    label = "a state must implement `Default`: it is the state of a new cluster",
+    note = "declare it as `#[state] #[derive(Default)] struct {Self} {{ .. }}`, or implement `Default` for it"
+)]
+pub trait StateInit {
+    #[doc(hidden)]
+    const ASSERT: () = ();
+}
+#[diagnostic::do_not_recommend]
+impl<T: Default + 'static> StateInit for T {}
+
 /// Probe for a state type `S`: `Stateful::<S>::INFO` is `StateInfo::of::<S>`
 /// when `S:` [`StateType`], else a never-run stand-in (the assertion
 /// `<S as StateType>` is the one error).
@@ -96,12 +127,25 @@ impl<S> StatefulFallback for Stateful<S> {}
 /// What one parameter after the message stands for.
 #[derive(Clone, Copy)]
 pub enum Slot {
-    /// A state (its type's operations).
-    State(fn() -> StateInfo),
-    /// `&mut CommandContext` or `EventContext`.
-    Context,
+    /// A state (its type's operations), and how it is taken.
+    State(fn() -> StateInfo, Access),
+    /// `&mut CommandContext`.
+    CommandContext,
+    /// `EventContext`.
+    EventContext,
     /// Stands in for a parameter whose type is refused (reported on its own).
     Refused,
+}
+
+/// How a handler takes its state.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// `&mut S`: a command changes it.
+    Mut,
+    /// `&S`: a query reads it.
+    Shared,
+    /// `S`: by value, which no handler can.
+    Owned,
 }
 
 /// What a command handler's parameters are taken from.
@@ -134,14 +178,26 @@ pub trait CommandParam<'a>: Sized {
 }
 
 impl<'a, S: State> CommandParam<'a> for &'a mut S {
-    const SLOT: Slot = Slot::State(StateInfo::of::<S>);
+    const SLOT: Slot = Slot::State(StateInfo::of::<S>, Access::Mut);
     fn take(env: &CommandEnv<'a>) -> Option<Self> {
         env.state.take()?.downcast_mut::<S>()
     }
 }
 
+// A state read through `&S` is known here too, so that a query handler that
+// takes `&mut CommandContext` (a command's shape) or a command handler that
+// takes `&S` is one error from `check_param`, on the misplaced parameter,
+// rather than this trait's plus a kind mismatch.
+#[diagnostic::do_not_recommend]
+impl<'a, S: State> CommandParam<'a> for &'a S {
+    const SLOT: Slot = Slot::State(StateInfo::of::<S>, Access::Shared);
+    fn take(_: &CommandEnv<'a>) -> Option<Self> {
+        None
+    }
+}
+
 impl<'a> CommandParam<'a> for &'a mut CommandContext {
-    const SLOT: Slot = Slot::Context;
+    const SLOT: Slot = Slot::CommandContext;
     fn take(env: &CommandEnv<'a>) -> Option<Self> {
         env.ctx.take()
     }
@@ -162,7 +218,7 @@ pub trait QueryParam<'a>: Sized {
 }
 
 impl<'a, S: State> QueryParam<'a> for &'a S {
-    const SLOT: Slot = Slot::State(StateInfo::of::<S>);
+    const SLOT: Slot = Slot::State(StateInfo::of::<S>, Access::Shared);
     fn take(env: &'a (dyn Any + Send + Sync)) -> Option<Self> {
         env.downcast_ref::<S>()
     }
@@ -182,9 +238,20 @@ pub trait EventParam: Sized {
 }
 
 impl EventParam for EventContext {
-    const SLOT: Slot = Slot::Context;
+    const SLOT: Slot = Slot::EventContext;
     fn take(env: &Cell<Option<EventContext>>) -> Option<Self> {
         env.take()
+    }
+}
+
+// A state taken by value is known here (a handler without `&`/`&mut`
+// parameters has the shape of an event handler), so that it is one error
+// from `check_param`, on that parameter: "take it as `&mut S`".
+#[diagnostic::do_not_recommend]
+impl<S: State> EventParam for S {
+    const SLOT: Slot = Slot::State(StateInfo::of::<S>, Access::Owned);
+    fn take(_: &Cell<Option<EventContext>>) -> Option<Self> {
+        None
     }
 }
 
@@ -257,12 +324,73 @@ pub enum Shape {
     EventReturning,
 }
 
+/// Why `slot` cannot be a parameter of a handler of a `kind` message, if it
+/// cannot: one sentence that says what to take instead.
+const fn misplaced(kind: MessageKind, slot: Slot) -> Option<&'static str> {
+    match (kind, slot) {
+        (MessageKind::Command, Slot::State(_, Access::Shared)) => Some(
+            "this is a #[command], so its handler takes the state it changes as `&mut State`, not `&State` \
+             (a command handler: the command, `&mut State`, optionally `ctx: &mut CommandContext`; it returns the response); \
+             if it only reads, make it a #[query]",
+        ),
+        (MessageKind::Command, Slot::State(_, Access::Owned)) => Some(
+            "a command handler changes the state in place: take it as `&mut State`, not by value \
+             (a command handler: the command, `&mut State`, optionally `ctx: &mut CommandContext`; it returns the response)",
+        ),
+        (MessageKind::Command, Slot::EventContext) => Some(
+            "a command handler takes `ctx: &mut CommandContext`, not `EventContext` (the context of an #[event] handler)",
+        ),
+        (MessageKind::Query, Slot::State(_, Access::Mut)) => Some(
+            "this is a #[query], so its handler reads the state as `&State`, not `&mut State` \
+             (a query handler: the query and optionally `&State`; it returns the answer); if it changes state, make it a #[command]",
+        ),
+        (MessageKind::Query, Slot::State(_, Access::Owned)) => Some(
+            "a query handler reads the state as `&State`, not by value \
+             (a query handler: the query and optionally `&State`; it returns the answer)",
+        ),
+        (MessageKind::Query, Slot::CommandContext) => Some(
+            "a query handler cannot take `&mut CommandContext`: a query changes nothing, so it has no log index and publishes no event; \
+             remove this parameter (a query handler: the query and optionally `&State`), or make the message a #[command] if it changes state",
+        ),
+        (MessageKind::Query, Slot::EventContext) => Some(
+            "a query handler takes no context: remove this parameter \
+             (a query handler: the query and optionally `&State`; it returns the answer)",
+        ),
+        (MessageKind::Event, Slot::State(..)) => Some(
+            "this is an #[event], so its handler cannot take state \
+             (an event handler: the event and optionally `ctx: EventContext`; it returns nothing); \
+             read or change state in a #[query] or #[command] handler",
+        ),
+        (MessageKind::Event, Slot::CommandContext) => Some(
+            "an event handler takes `ctx: EventContext`, not `&mut CommandContext` (the context of a #[command] handler)",
+        ),
+        _ => None,
+    }
+}
+
+/// Whether some parameter is reported by [`check_param`] (then the kind and
+/// state checks stay silent: one mistake, one error).
+const fn any_misplaced(kind: MessageKind, slots: &[Slot]) -> bool {
+    let mut i = 0;
+    while i < slots.len() {
+        if misplaced(kind, slots[i]).is_some() {
+            return true;
+        }
+        i += 1;
+    }
+    false
+}
+
 /// Compile-time check that a handler's shape fits its message's kind
 /// (`None`: not a message, reported on its own). Panics, in a `const`, with
 /// a sentence that names what the message is and what its handler may take.
+/// Silent when a parameter is misplaced: [`check_param`] reports it there.
 #[track_caller]
-pub const fn check_kind(kind: Option<MessageKind>, shape: Shape) {
+pub const fn check_kind(kind: Option<MessageKind>, shape: Shape, slots: &[Slot]) {
     let Some(kind) = kind else { return };
+    if any_misplaced(kind, slots) {
+        return;
+    }
     match (kind, shape) {
         (MessageKind::Command, Shape::Command)
         | (MessageKind::Query, Shape::Query | Shape::StatelessQuery)
@@ -302,17 +430,24 @@ pub const fn check_kind(kind: Option<MessageKind>, shape: Shape) {
     }
 }
 
-/// Compile-time check of one parameter against the ones before it: at most
-/// one state, each context once.
+/// Compile-time check of one parameter: it fits a handler of its message's
+/// kind (`None`: not a message, reported on its own), and it is not a
+/// second state or context.
 #[track_caller]
-pub const fn check_param(before: &[Slot], this: Slot) {
+pub const fn check_param(kind: Option<MessageKind>, before: &[Slot], this: Slot) {
+    if let Some(kind) = kind
+        && let Some(why) = misplaced(kind, this)
+    {
+        panic!("{}", why)
+    }
     let mut i = 0;
     while i < before.len() {
         match (before[i], this) {
-            (Slot::State(_), Slot::State(_)) => panic!(
+            (Slot::State(..), Slot::State(..)) => panic!(
                 "a handler takes at most one state, and this is a second one: keep the data one handler needs in one state type"
             ),
-            (Slot::Context, Slot::Context) => {
+            (Slot::CommandContext, Slot::CommandContext)
+            | (Slot::EventContext, Slot::EventContext) => {
                 panic!("this context is already a parameter: take it once")
             }
             _ => {}
@@ -327,9 +462,9 @@ pub const fn state_of(slots: &[Slot]) -> fn() -> StateInfo {
     let mut i = 0;
     while i < slots.len() {
         match slots[i] {
-            Slot::State(info) => return info,
+            Slot::State(info, _) => return info,
             Slot::Refused => return refused,
-            Slot::Context => {}
+            Slot::CommandContext | Slot::EventContext => {}
         }
         i += 1;
     }
@@ -338,15 +473,15 @@ pub const fn state_of(slots: &[Slot]) -> fn() -> StateInfo {
 
 /// Compile-time check that a command handler takes a state. Silent when
 /// the message is not a command (the kind check reports that) or a
-/// parameter is refused (reported on its own).
+/// parameter is refused or misplaced (reported on its own).
 #[track_caller]
 pub const fn check_has_state(kind: Option<MessageKind>, slots: &[Slot]) {
-    if !matches!(kind, Some(MessageKind::Command)) {
+    if !matches!(kind, Some(MessageKind::Command)) || any_misplaced(MessageKind::Command, slots) {
         return;
     }
     let mut i = 0;
     while i < slots.len() {
-        if matches!(slots[i], Slot::State(_) | Slot::Refused) {
+        if matches!(slots[i], Slot::State(..) | Slot::Refused) {
             return;
         }
         i += 1;

@@ -23,6 +23,7 @@ use super::forward::Forwarder;
 use super::identity::{Identity, static_cluster_id};
 use super::log_store::LogStore;
 use super::network::{Network, PeerLog};
+use super::quiet::{LinkFloor, with_link_floor};
 use super::service::{RaftService, Running};
 use super::state_machine::SmStore;
 use super::status::Readiness;
@@ -172,16 +173,19 @@ impl RaftHandle {
             }
         };
         let peers = Arc::new(PeerLog::default());
-        let network = Network::new(pool.clone(), peers.clone());
-        let raft = match Raft::new(
+        // append deadlines follow the link, and so do openraft's heartbeat
+        // timeouts in this node's Raft tasks (see `quiet::LinkFloor`)
+        let floor = Arc::new(LinkFloor::default());
+        let cap = Duration::from_millis(s.election_min_ms);
+        let network = Network::new(pool.clone(), peers.clone(), cap, floor.clone());
+        let started = Raft::new(
             s.node_id,
             Arc::new(config),
             network,
             log.clone(),
             sm.clone(),
-        )
-        .await
-        {
+        );
+        let raft = match with_link_floor(floor, started).await {
             Ok(r) => r,
             Err(e) => {
                 server.shutdown().await;
@@ -226,6 +230,7 @@ impl RaftHandle {
                 service.contact.clone(),
                 s.ready_max_lag,
                 Duration::from_millis(s.election_max_ms.saturating_mul(2)),
+                Duration::from_millis(s.election_max_ms),
             ),
             compat,
             peers,

@@ -7,7 +7,8 @@
 //! `leader`, `network`, `service` → `wire`; `service` → `leader`,
 //! `contact`; `status` (readiness) → `contact`, `events`; the storage pair
 //! `log_store` → `wal` and `state_machine` → `events` know nothing of the
-//! network. `quiet` is openraft's runtime (rate-limited logs).
+//! network. `quiet` is openraft's runtime (rate-limited logs, timeouts
+//! no shorter than the slowest link).
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -69,6 +70,9 @@ pub(crate) struct Status {
     pub(crate) state: RaftState,
     pub(crate) term: u64,
     pub(crate) leader: Option<u64>,
+    /// This node leads, but no majority acknowledged it within an election
+    /// timeout (`leader` is then `None`).
+    pub(crate) quorum_lost: bool,
     /// The leader is this node, acknowledged by a quorum lately, or one
     /// this node heard from in the current term lately.
     pub(crate) leader_confirmed: bool,

@@ -21,6 +21,7 @@ use openraft::{BasicNode, OptionalSend};
 use parking_lot::Mutex;
 use serde::de::DeserializeOwned;
 
+use super::quiet::LinkFloor;
 use super::snapshot_file::SnapFile;
 use super::wire::{Rpc, decode, encode};
 use super::{TC, Vote};
@@ -35,15 +36,28 @@ pub(crate) struct Network {
     /// Targets that answered a pipelined append with "bad request" (an
     /// older catga): replicated one request at a time.
     unpiped: Arc<Mutex<HashSet<u64>>>,
+    deadlines: Arc<Deadlines>,
 }
 
 impl Network {
-    pub(crate) fn new(pool: Pool, peers: Arc<PeerLog>) -> Network {
+    /// `cap`: the longest an append may wait for its answer (the election
+    /// timeout's minimum: a link that answers nothing for that long is as
+    /// good as dead, and the followers campaign anyway). `floor` learns the
+    /// slowest link's deadline (see [`LinkFloor`]).
+    pub(crate) fn new(
+        pool: Pool,
+        peers: Arc<PeerLog>,
+        cap: Duration,
+        floor: Arc<LinkFloor>,
+    ) -> Network {
+        let mut deadlines = Deadlines::new(cap);
+        deadlines.floor = floor;
         Network {
             pool,
             refusals: Arc::default(),
             peers,
             unpiped: Arc::default(),
+            deadlines: Arc::new(deadlines),
         }
     }
 
@@ -56,7 +70,142 @@ impl Network {
             peers: self.peers.clone(),
             pipelined,
             unpiped: self.unpiped.clone(),
+            deadlines: self.deadlines.clone(),
         }
+    }
+}
+
+/// How long an append to a peer may wait for its answer: the link's, not
+/// the heartbeat's. openraft gives every append the heartbeat interval as
+/// its ttl (50 ms by default), so on a link whose round trip is longer no
+/// append would ever be answered in time and nothing would commit. The
+/// deadline is TCP's retransmission timeout over the answers seen
+/// (RFC 6298: smoothed time + 4 × its variation), plus a term for the
+/// request's size, never under openraft's ttl and never over `cap`. A
+/// timeout doubles the next deadline (up to `cap`) until an answer comes,
+/// so a link slower than any estimate so far is learnt in a few tries.
+/// The slowest link's deadline is also published as the node's
+/// [`LinkFloor`], which stretches openraft's heartbeat timeout (see there).
+pub(crate) struct Deadlines {
+    links: Mutex<HashMap<u64, LinkTimes>>,
+    cap: Duration,
+    floor: Arc<LinkFloor>,
+}
+
+#[derive(Default, Clone, Copy)]
+struct LinkTimes {
+    /// Smoothed time to an answer, and its variation.
+    srtt: Option<Duration>,
+    rttvar: Duration,
+    /// After a timeout: the next deadline at least.
+    backoff: Option<Duration>,
+}
+
+/// One request's clock: when it ends without an answer or a transport
+/// error, because openraft dropped it at its own ttl (a heartbeat, bounded
+/// by openraft to the heartbeat interval), that counts as a timeout too,
+/// so a link slower than the heartbeat is learnt even when idle.
+struct Pending {
+    deadlines: Arc<Deadlines>,
+    target: u64,
+    ttl: Duration,
+    sent: Instant,
+    done: bool,
+}
+
+impl Pending {
+    fn new(deadlines: Arc<Deadlines>, target: u64, ttl: Duration) -> Pending {
+        Pending {
+            deadlines,
+            target,
+            ttl,
+            sent: Instant::now(),
+            done: false,
+        }
+    }
+
+    fn finish<T>(mut self, r: &Result<T, TransportError>, deadline: Duration) {
+        self.done = true;
+        match r {
+            Ok(_) => self.deadlines.answered(self.target, self.sent.elapsed()),
+            Err(TransportError::Timeout) => self.deadlines.timed_out(self.target, deadline),
+            Err(_) => {}
+        }
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        let waited = self.sent.elapsed();
+        if !self.done && waited >= self.ttl {
+            self.deadlines.timed_out(self.target, waited);
+        }
+    }
+}
+
+/// A request's size adds 1 ms per this many bytes (a 64 MB/s link).
+const BYTES_PER_MS: usize = 64 << 10;
+
+impl Deadlines {
+    pub(crate) fn new(cap: Duration) -> Deadlines {
+        Deadlines {
+            links: Mutex::default(),
+            cap,
+            floor: Arc::default(),
+        }
+    }
+
+    /// A link's own deadline, without openraft's ttl or a size term.
+    fn link(&self, t: &LinkTimes) -> Duration {
+        let rto = t.srtt.map(|s| s + 4 * t.rttvar).unwrap_or_default();
+        rto.max(t.backoff.unwrap_or_default()).min(self.cap)
+    }
+
+    fn publish(&self, links: &HashMap<u64, LinkTimes>) {
+        let slowest = links.values().map(|t| self.link(t)).max();
+        self.floor.set(slowest.unwrap_or_default());
+    }
+
+    /// The deadline of a request of `bytes` to `target`, openraft's `ttl`
+    /// at least.
+    pub(crate) fn get(&self, target: u64, ttl: Duration, bytes: usize) -> Duration {
+        let t = self.links.lock().get(&target).copied().unwrap_or_default();
+        let size = Duration::from_millis((bytes / BYTES_PER_MS) as u64);
+        let d = ttl.max(self.link(&t)) + size;
+        d.min(self.cap.max(ttl))
+    }
+
+    /// An answer from `target` came `took` after its request went out.
+    pub(crate) fn answered(&self, target: u64, took: Duration) {
+        let mut g = self.links.lock();
+        let t = g.entry(target).or_default();
+        t.backoff = None;
+        match t.srtt {
+            None => {
+                t.srtt = Some(took);
+                t.rttvar = took / 2;
+            }
+            Some(s) => {
+                let err = s.abs_diff(took);
+                t.rttvar = t.rttvar * 3 / 4 + err / 4;
+                t.srtt = Some(s * 7 / 8 + took / 8);
+            }
+        }
+        self.publish(&g);
+    }
+
+    /// A request to `target` got no answer within `deadline`.
+    pub(crate) fn timed_out(&self, target: u64, deadline: Duration) {
+        let mut g = self.links.lock();
+        let t = g.entry(target).or_default();
+        t.backoff = Some((deadline * 2).min(self.cap));
+        self.publish(&g);
+    }
+
+    /// The smoothed time to an answer from `target`, if any came.
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub(crate) fn srtt(&self, target: u64) -> Option<Duration> {
+        self.links.lock().get(&target).and_then(|t| t.srtt)
     }
 }
 
@@ -110,6 +259,7 @@ pub(crate) struct PeerConn {
     /// request at a time.
     pipelined: bool,
     unpiped: Arc<Mutex<HashSet<u64>>>,
+    deadlines: Arc<Deadlines>,
 }
 
 const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(30);
@@ -196,6 +346,28 @@ impl PeerConn {
             })?;
         decode(&reply).map_err(|e| RPCError::Network(NetworkError::from_string(e)))
     }
+
+    /// [`PeerConn::call`] for an append: its deadline follows the link
+    /// ([`Deadlines`]), `ttl` (openraft's) at least.
+    async fn call_timed<T: DeserializeOwned>(
+        &self,
+        rpc: &Rpc,
+        ttl: Duration,
+    ) -> Result<T, RPCError<TC>> {
+        let body = encode(rpc).map_err(|e| RPCError::Network(NetworkError::from_string(e)))?;
+        let deadline = self.deadlines.get(self.target, ttl, body.len());
+        let pending = Pending::new(self.deadlines.clone(), self.target, ttl);
+        let reply = self
+            .pool
+            .call(self.target, &self.addr, body, deadline)
+            .await;
+        pending.finish(&reply, deadline);
+        let reply = reply.map_err(|e| {
+            self.peers.failed(self.target, e.to_string());
+            rpc_error(e)
+        })?;
+        decode(&reply).map_err(|e| RPCError::Network(NetworkError::from_string(e)))
+    }
 }
 
 impl PeerConn {
@@ -218,6 +390,7 @@ impl PeerConn {
         let (target, addr) = (self.target, self.addr.clone());
         let peers = self.peers.clone();
         let unpiped = self.unpiped.clone();
+        let deadlines = self.deadlines.clone();
         let lane = rand::random::<u64>();
         let ttl = option.hard_ttl();
         let send = move |seq: u64, req: AppendEntriesRequest<TC>| {
@@ -225,6 +398,7 @@ impl PeerConn {
             let addr = addr.clone();
             let peers = peers.clone();
             let unpiped = unpiped.clone();
+            let deadlines = deadlines.clone();
             let stage = match req.entries.is_empty() {
                 false => crate::probe::Stage::Replicate,
                 true => crate::probe::Stage::ReplicateEmpty,
@@ -233,7 +407,11 @@ impl PeerConn {
             async move {
                 let t = crate::probe::start();
                 let body = body.map_err(|e| RPCError::Network(NetworkError::from_string(e)))?;
-                let reply = pool.call(target, &addr, body, ttl).await.map_err(|e| {
+                let deadline = deadlines.get(target, ttl, body.len());
+                let pending = Pending::new(deadlines.clone(), target, ttl);
+                let reply = pool.call(target, &addr, body, deadline).await;
+                pending.finish(&reply, deadline);
+                let reply = reply.map_err(|e| {
                     if matches!(&e, TransportError::Remote(m) if m.starts_with("bad request")) {
                         unpiped.lock().insert(target);
                     }
@@ -319,8 +497,9 @@ impl RaftNetworkV2<TC> for PeerConn {
             false => crate::probe::Stage::Replicate,
             true => crate::probe::Stage::ReplicateEmpty,
         };
-        let r: Result<AppendEntriesResponse<TC>, RaftError<TC>> =
-            self.call(&Rpc::Append(rpc), option.hard_ttl()).await?;
+        let r: Result<AppendEntriesResponse<TC>, RaftError<TC>> = self
+            .call_timed(&Rpc::Append(rpc), option.hard_ttl())
+            .await?;
         crate::probe::since(stage, t);
         r.map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))
     }
@@ -403,5 +582,64 @@ impl RaftNetworkV2<TC> for PeerConn {
             closed = cancel => Err(StreamingError::Closed(closed)),
             r = send => r,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::Deadlines;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    #[test]
+    fn an_unknown_link_gets_openraft_s_ttl() {
+        let d = Deadlines::new(150 * MS);
+        assert_eq!(d.get(2, 50 * MS, 100), 50 * MS);
+    }
+
+    #[test]
+    fn a_slow_link_is_learnt_from_timeouts_then_from_answers() {
+        let d = Deadlines::new(150 * MS);
+        // 100 ms round trips: the first tries time out, each doubling
+        d.timed_out(2, 50 * MS);
+        assert_eq!(d.get(2, 50 * MS, 0), 100 * MS);
+        d.timed_out(2, 100 * MS);
+        assert_eq!(d.get(2, 50 * MS, 0), 150 * MS, "never past the cap");
+        for _ in 0..20 {
+            d.answered(2, 100 * MS);
+        }
+        let got = d.get(2, 50 * MS, 0);
+        assert!(got >= 100 * MS && got <= 150 * MS, "{got:?}");
+        // another peer's link is its own
+        assert_eq!(d.get(3, 50 * MS, 0), 50 * MS);
+    }
+
+    #[test]
+    fn a_fast_link_keeps_openraft_s_ttl() {
+        let d = Deadlines::new(150 * MS);
+        for _ in 0..20 {
+            d.answered(2, MS);
+        }
+        assert_eq!(d.get(2, 50 * MS, 0), 50 * MS);
+        assert!(d.srtt(2).is_some_and(|s| s <= 2 * MS));
+    }
+
+    #[test]
+    fn the_slowest_link_is_published_as_the_floor() {
+        let d = Deadlines::new(150 * MS);
+        d.answered(2, MS);
+        assert!(d.floor.get() <= 2 * MS);
+        d.timed_out(3, 50 * MS);
+        assert_eq!(d.floor.get(), 100 * MS);
+        d.timed_out(3, 100 * MS);
+        assert_eq!(d.floor.get(), 150 * MS, "never past the cap");
+    }
+
+    #[test]
+    fn a_big_request_gets_more_time() {
+        let d = Deadlines::new(Duration::from_secs(1));
+        assert_eq!(d.get(2, 50 * MS, 4 << 20), 50 * MS + 64 * MS);
     }
 }

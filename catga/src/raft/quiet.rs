@@ -7,12 +7,16 @@
 //! the node started, which lets through each WARN or ERROR call site of
 //! openraft once per [`WINDOW`] and then says how many it held back.
 //! Everything else (other levels, other crates, spans) passes untouched.
+//! It also keeps openraft's timeouts no shorter than the node's slowest
+//! link needs ([`LinkFloor`]), so heartbeats work on a slow link.
 //! (`Dispatch` does not expose the inner subscriber's level hint or
 //! `current_span`, so inside openraft's tasks `Span::current()` is unknown
 //! and the global level hint is not narrowed by this wrapper; call-site
 //! interest, which the filter decides, still is.)
 
 use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use openraft::AsyncRuntime;
@@ -150,8 +154,51 @@ impl Subscriber for Quiet {
     }
 }
 
+tokio::task_local! {
+    /// The node whose openraft tasks these are: its [`LinkFloor`].
+    static LINK: Arc<LinkFloor>;
+}
+
+/// The shortest time openraft's own timeouts give a peer to answer on this
+/// node: the slowest link's retransmission timeout (see
+/// `network::Deadlines`, which sets it; zero on a fast network).
+///
+/// Why: openraft bounds each heartbeat by `heartbeat_interval` with the
+/// runtime's `timeout`, and its maintainers keep it so (openraft#1853). On a
+/// link whose round trip is longer (a 100 ms cross-region link, 50 ms
+/// heartbeats) no heartbeat is ever answered in time, so an idle leader's
+/// lease (renewed only by answers) lapses after an election timeout and it
+/// refuses every write from then on, while its heartbeats, which do reach
+/// the followers, keep them from electing another: writes stop for good.
+/// Stretching a heartbeat's timeout to the link's lets the answer arrive;
+/// the lease stays safe (it counts from when the heartbeat was sent). It
+/// never exceeds the election timeout's minimum, so the vote timeout (that
+/// minimum) is untouched.
+#[derive(Debug, Default)]
+pub(crate) struct LinkFloor(AtomicU64);
+
+impl LinkFloor {
+    pub(crate) fn set(&self, d: Duration) {
+        self.0.store(
+            d.as_micros().min(u64::MAX as u128) as u64,
+            Ordering::Relaxed,
+        );
+    }
+
+    pub(crate) fn get(&self) -> Duration {
+        Duration::from_micros(self.0.load(Ordering::Relaxed))
+    }
+}
+
+/// Runs `f` (which starts a node's Raft) so that every openraft task it
+/// spawns, and every task those spawn, sees `floor`.
+pub(crate) async fn with_link_floor<F: Future>(floor: Arc<LinkFloor>, f: F) -> F::Output {
+    LINK.scope(floor, f).await
+}
+
 /// tokio, as openraft's [`AsyncRuntime`], with openraft's tasks logging
-/// through [`Quiet`]. Public only because catga's Raft type configuration
+/// through [`Quiet`] and its timeouts never shorter than the node's
+/// [`LinkFloor`]. Public only because catga's Raft type configuration
 /// names it; nothing outside `raft/` uses it.
 #[derive(Debug)]
 pub struct QuietRuntime(Tokio);
@@ -181,7 +228,10 @@ impl AsyncRuntime for QuietRuntime {
         } else {
             Dispatch::new(Quiet::new(current))
         };
-        Tokio::spawn(future.with_subscriber(quiet))
+        match LINK.try_with(|f| f.clone()) {
+            Ok(floor) => Tokio::spawn(LINK.scope(floor, future.with_subscriber(quiet))),
+            Err(_) => Tokio::spawn(future.with_subscriber(quiet)),
+        }
     }
     fn sleep(d: Duration) -> Self::Sleep {
         Tokio::sleep(d)
@@ -190,6 +240,7 @@ impl AsyncRuntime for QuietRuntime {
         Tokio::sleep_until(deadline)
     }
     fn timeout<R, F: Future<Output = R> + OptionalSend>(d: Duration, f: F) -> Self::Timeout<R, F> {
+        let d = LINK.try_with(|floor| d.max(floor.get())).unwrap_or(d);
         Tokio::timeout(d, f)
     }
     fn timeout_at<R, F: Future<Output = R> + OptionalSend>(

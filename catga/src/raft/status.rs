@@ -2,8 +2,10 @@
 //! last heard from a leader ([`LeaderContact`]) and the event log:
 //!
 //! - a voting member;
-//! - a live leader: this node, acknowledged by a quorum within two election
-//!   timeouts (a lone voter is its own quorum), or a leader of the current
+//! - a live leader: this node, acknowledged by a quorum within one election
+//!   timeout, openraft's leader lease (a lone voter is its own quorum; a
+//!   leader past it has lost its quorum, takes no writes, and names no
+//!   leader in its status), or a leader of the current
 //!   term this node heard from within two election timeouts (a restarted
 //!   node names nobody until a leader speaks to it);
 //! - applied within `ready_max_lag` entries of that leader's commit index;
@@ -32,6 +34,10 @@ pub(crate) struct Readiness {
     ready_max_lag: u64,
     /// How long a leader's silence is tolerated before `ready` turns false.
     contact_window: Duration,
+    /// How long a leader may go without a quorum's acknowledgement before
+    /// it reports it lost its quorum: openraft's leader lease (the election
+    /// timeout's maximum), after which it refuses writes.
+    lease: Duration,
     /// The applied index last seen by `status`, and since when.
     apply_progress: Mutex<(Option<u64>, Instant)>,
 }
@@ -41,11 +47,13 @@ impl Readiness {
         contact: Arc<LeaderContact>,
         ready_max_lag: u64,
         contact_window: Duration,
+        lease: Duration,
     ) -> Readiness {
         Readiness {
             contact,
             ready_max_lag,
             contact_window,
+            lease,
             apply_progress: Mutex::new((None, Instant::now())),
         }
     }
@@ -105,20 +113,28 @@ impl Readiness {
             (applied < committed).then(|| p.1.elapsed())
         };
         // Is the leader this node names alive, as far as it can tell?
+        let acked_ago = m.last_quorum_acked.as_ref().map(|t| {
+            use openraft::Instant as _;
+            t.elapsed()
+        });
+        // a leader cut off from a majority for longer than its lease: it
+        // acknowledges nothing (openraft refuses new writes), and says so
+        // rather than claim to lead; the only voter is its own quorum
+        // (openraft refreshes the acknowledgement only when followers
+        // answer, so a single node's would look stale)
+        let quorum_lost = state == RaftState::Leader
+            && members != [id]
+            && acked_ago.is_some_and(|t| t > self.lease);
         let unconfirmed = match state {
-            // the only voter is its own quorum: openraft refreshes the
-            // quorum acknowledgement only when followers answer, so a
-            // single node's would look stale after two election timeouts
             RaftState::Leader if members == [id] => None,
-            RaftState::Leader => match m.last_quorum_acked.as_ref().map(|t| {
-                use openraft::Instant as _;
-                t.elapsed()
-            }) {
+            RaftState::Leader => match acked_ago {
                 None => Some(format!(
                     "leader of term {term}, not yet acknowledged by a quorum"
                 )),
-                Some(t) if t > self.contact_window => Some(format!(
-                    "leader of term {term}, no quorum acknowledgement for {t:?}"
+                Some(t) if quorum_lost => Some(format!(
+                    "lost its quorum: leader of term {term}, but no majority of the voters \
+                     has answered it for {t:?} (more than an election timeout); it takes no \
+                     writes until a majority answers or another leader is elected"
                 )),
                 Some(_) => None,
             },
@@ -165,7 +181,8 @@ impl Readiness {
             node_id: id,
             state,
             term: m.current_term,
-            leader: m.current_leader,
+            leader: m.current_leader.filter(|_| !quorum_lost),
+            quorum_lost,
             leader_confirmed,
             members,
             learners,

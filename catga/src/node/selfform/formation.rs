@@ -163,6 +163,7 @@ mod tests {
         Settings {
             cluster_name: "c".into(),
             advertise: "a:1".into(),
+            api_addr: None,
             bootstrap_expect: expect,
             voters: 3,
             remove_dead_after: None,

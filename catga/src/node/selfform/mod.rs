@@ -46,6 +46,8 @@ pub(crate) struct Settings {
     pub(crate) cluster_name: String,
     /// This node's Raft address, as the others reach it.
     pub(crate) advertise: String,
+    /// Where users reach this node's API (registered as `NodeInfo::api_addr`).
+    pub(crate) api_addr: Option<String>,
     pub(crate) bootstrap_expect: usize,
     pub(crate) voters: usize,
     pub(crate) remove_dead_after: Option<Duration>,
@@ -261,6 +263,7 @@ pub(crate) async fn start(
     let mut info = NodeInfo::new(name.clone(), id, settings.advertise.clone())
         .with_metadata(META_CLUSTER, hex(cluster))
         .with_metadata(META_INCARNATION, hex(incarnation));
+    info.api_addr = settings.api_addr.clone();
     let weak = node.downgrade();
     let load_of = weak.clone();
     let load = move || {

@@ -377,6 +377,7 @@ mod tests {
         Settings {
             cluster_name: "c".into(),
             advertise: "a:1".into(),
+            api_addr: None,
             bootstrap_expect: 3,
             voters: 3,
             remove_dead_after: None,

@@ -1,0 +1,7 @@
+use catga::prelude::*;
+
+#[command]
+#[query]
+pub struct CountOrders;
+
+fn main() {}

@@ -1,0 +1,8 @@
+use catga::prelude::*;
+
+#[command]
+pub struct Rename<'a> {
+    pub name: &'a str,
+}
+
+fn main() {}
