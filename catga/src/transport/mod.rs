@@ -160,7 +160,7 @@ impl Default for TransportConfig {
             write_buffer: 8 * 1024 * 1024,
             max_connections: 4096,
             reconnect_backoff_min: Duration::from_millis(10),
-            reconnect_backoff_max: Duration::from_secs(1),
+            reconnect_backoff_max: Duration::from_millis(250),
             probe_after: Duration::from_millis(500),
             dead_after: Duration::from_secs(2),
             identity: None,

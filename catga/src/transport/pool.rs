@@ -51,6 +51,8 @@ struct Connecting {
     failures: u32,
     last_failure: Option<Instant>,
     last_error: String,
+    /// The last attempt timed out (no answer at all, not a refusal).
+    timed_out: bool,
     /// The attempt under way: callers that come meanwhile wait for it
     /// (each up to its own deadline) instead of starting another.
     attempt: Option<Attempt>,
@@ -66,6 +68,9 @@ struct Attempt {
     ready: Option<Instant>,
     done: watch::Receiver<Option<Result<(), TransportError>>>,
 }
+
+/// The connect timeout after one that timed out (see `start_attempt`).
+const QUICK_CONNECT: Duration = Duration::from_millis(400);
 
 type Reply = oneshot::Sender<Result<Bytes, TransportError>>;
 
@@ -324,6 +329,11 @@ impl Pool {
         ready: Option<Instant>,
     ) -> Result<watch::Receiver<Option<Result<(), TransportError>>>, TransportError> {
         let (tx, rx) = watch::channel(None);
+        // after a connect that timed out (packets dropped: a cut link, a
+        // host gone), try often and briefly: one SYN per attempt, so that
+        // a healed link is found within a few hundred milliseconds instead
+        // of at the kernel's next SYN retransmission (1 s, 3 s, ...)
+        let quick = state.timed_out;
         let pool = self.clone();
         let slot2 = slot.clone();
         let addr2 = addr.to_owned();
@@ -334,6 +344,7 @@ impl Pool {
         }
         while tasks.try_join_next().is_some() {}
         tasks.spawn(async move {
+            let mut silent = false;
             let result = tokio::select! {
                 biased;
                 _ = stop.cancelled() => Err(TransportError::Closed),
@@ -343,7 +354,7 @@ impl Pool {
                     }
                     let cfg = &pool.inner.cfg;
                     let own = after(cfg.connect_timeout.saturating_add(cfg.handshake_timeout));
-                    pool.connect(peer, &addr2, own).await
+                    pool.connect(peer, &addr2, own, quick, &mut silent).await
                 } => r,
             };
             let outcome = {
@@ -352,6 +363,7 @@ impl Pool {
                 match result {
                     Ok(conn) => {
                         state.failures = 0;
+                        state.timed_out = false;
                         state.last_failure = None;
                         state.last_error.clear();
                         let old = slot2.conn.lock().replace(conn);
@@ -365,6 +377,7 @@ impl Pool {
                     }
                     Err(e) => {
                         if e != TransportError::Closed {
+                            state.timed_out = silent;
                             state.failures = state.failures.saturating_add(1);
                             state.last_failure = Some(Instant::now());
                             // the bare reason: it is wrapped in `Unreachable` again
@@ -402,9 +415,15 @@ impl Pool {
         peer: u64,
         addr: &str,
         until: Instant,
+        quick: bool,
+        silent: &mut bool,
     ) -> Result<Arc<Conn>, TransportError> {
         let cfg = &self.inner.cfg;
-        let connect_until = until.min(after(cfg.connect_timeout));
+        let timeout = match quick {
+            true => cfg.connect_timeout.min(QUICK_CONNECT),
+            false => cfg.connect_timeout,
+        };
+        let connect_until = until.min(after(timeout));
         let stream = match tokio::time::timeout_at(connect_until, TcpStream::connect(addr)).await {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => {
@@ -413,6 +432,8 @@ impl Pool {
                 )));
             }
             Err(_) => {
+                // no answer at all: packets are dropped on the way
+                *silent = true;
                 return Err(TransportError::Unreachable(format!(
                     "connecting to node {peer} at {addr} timed out"
                 )));
