@@ -1,71 +1,200 @@
-//! What both ends of a connection share: the coalescing writer.
+//! What both ends of a connection share: the writer.
 
-use bytes::BytesMut;
-use tokio::io::AsyncWriteExt;
+use std::io;
+use std::sync::Arc;
+
+use bytes::{Buf, BytesMut};
+use parking_lot::Mutex;
+use tokio::net::TcpStream;
 use tokio::net::tcp::OwnedWriteHalf;
-use tokio::sync::mpsc;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::frame::{self, Frame, FrameError};
 
-/// Frames taken from the queue per batch.
-const BATCH: usize = 256;
-/// Bytes buffered before they are written even if the batch is not done.
-const CHUNK: usize = 256 * 1024;
-/// A write buffer that grew past this (a large frame) is released after use.
+/// A write buffer that grew past this (a large frame) is released once empty.
 const KEEP: usize = 1024 * 1024;
 
-/// Writes the frames queued in `rx` to `w` until `stop` is cancelled or every
-/// sender is gone: takes everything queued, encodes it into one buffer and
-/// writes it with one call, so frames queued together share a syscall. A frame
-/// that does not encode is handed to `dropped` and skipped.
-pub(crate) async fn write_loop(
-    mut rx: mpsc::Receiver<Frame>,
-    mut w: OwnedWriteHalf,
+/// The sending half of a connection, shared by everything that sends on it.
+///
+/// A sender encodes its frame into the buffer and, when no flush is under
+/// way, writes the buffer to the socket itself with a non-blocking write
+/// (which nearly always takes it whole): a frame reaches the kernel without
+/// a hand-off to another task, which on a busy machine costs tens of
+/// microseconds per hop. What the socket does not take at once is left to
+/// the connection's flush task ([`Writer::flush_loop`]); frames sent
+/// meanwhile are appended and go out with it in one call.
+///
+/// Senders that find more than `limit` bytes waiting wait in
+/// [`Writer::ready`] (backpressure: a peer that does not read slows its
+/// senders down instead of growing the buffer without bound).
+pub(crate) struct Writer {
+    sock: OwnedWriteHalf,
+    state: Mutex<State>,
+    /// Wakes the flush task: the buffer holds bytes the socket did not take.
+    pending: Notify,
+    /// Wakes senders waiting in `ready`, and the flush task on close.
+    drained: Notify,
+    limit: usize,
     max_frame: usize,
-    stop: &CancellationToken,
-    mut dropped: impl FnMut(Frame, FrameError),
-) -> std::io::Result<()> {
-    let mut batch = Vec::with_capacity(BATCH);
-    let mut buf = BytesMut::with_capacity(64 * 1024);
-    loop {
-        let n = tokio::select! {
-            biased;
-            _ = stop.cancelled() => return Ok(()),
-            n = rx.recv_many(&mut batch, BATCH) => n,
-        };
-        if n == 0 {
-            return Ok(());
-        }
-        for f in batch.drain(..) {
-            if let Err(e) = frame::encode_frame(&f, max_frame, &mut buf) {
-                dropped(f, e);
-                continue;
-            }
-            if buf.len() >= CHUNK {
-                write(&mut w, &buf, stop).await?;
-                buf.clear();
-            }
-        }
-        if !buf.is_empty() {
-            write(&mut w, &buf, stop).await?;
-            buf.clear();
-        }
-        if buf.capacity() > KEEP {
-            buf = BytesMut::with_capacity(64 * 1024);
-        }
-    }
 }
 
-async fn write(
-    w: &mut OwnedWriteHalf,
-    buf: &[u8],
-    stop: &CancellationToken,
-) -> std::io::Result<()> {
-    tokio::select! {
-        biased;
-        _ = stop.cancelled() => Ok(()),
-        r = w.write_all(buf) => r,
+struct State {
+    buf: BytesMut,
+    /// The flush task owns the buffer's head: senders only append.
+    flushing: bool,
+    /// Why the connection cannot be written to any more.
+    closed: Option<String>,
+}
+
+/// Why a frame was not sent.
+#[derive(Debug)]
+pub(crate) enum SendError {
+    /// The frame does not encode (too large, say); the connection is fine.
+    Frame(FrameError),
+    /// The connection is closed; the reason.
+    Closed(String),
+}
+
+impl Writer {
+    pub(crate) fn new(sock: OwnedWriteHalf, max_frame: usize, limit: usize) -> Arc<Writer> {
+        Arc::new(Writer {
+            sock,
+            state: Mutex::new(State {
+                buf: BytesMut::with_capacity(64 * 1024),
+                flushing: false,
+                closed: None,
+            }),
+            pending: Notify::new(),
+            drained: Notify::new(),
+            limit: limit.max(1),
+            max_frame,
+        })
+    }
+
+    fn stream(&self) -> &TcpStream {
+        self.sock.as_ref()
+    }
+
+    /// Waits until the buffer is below the limit or the connection closed
+    /// (then `send` says so).
+    pub(crate) async fn ready(&self) {
+        loop {
+            let drained = self.drained.notified();
+            tokio::pin!(drained);
+            drained.as_mut().enable();
+            {
+                let s = self.state.lock();
+                if s.closed.is_some() || s.buf.len() < self.limit {
+                    return;
+                }
+            }
+            drained.await;
+        }
+    }
+
+    /// Queues `frame` and writes what the socket takes now; the flush task
+    /// writes the rest.
+    pub(crate) fn send(&self, frame: &Frame) -> Result<(), SendError> {
+        let mut s = self.state.lock();
+        if let Some(why) = &s.closed {
+            return Err(SendError::Closed(why.clone()));
+        }
+        frame::encode_frame(frame, self.max_frame, &mut s.buf).map_err(SendError::Frame)?;
+        if s.flushing {
+            return Ok(());
+        }
+        match self.write_now(&mut s) {
+            Ok(true) => Ok(()),
+            Ok(false) => {
+                s.flushing = true;
+                drop(s);
+                self.pending.notify_one();
+                Ok(())
+            }
+            Err(e) => {
+                let why = format!("write failed: {e}");
+                self.fail(s, why.clone());
+                Err(SendError::Closed(why))
+            }
+        }
+    }
+
+    /// Writes the buffer without blocking: `true` if it is all out.
+    fn write_now(&self, s: &mut State) -> io::Result<bool> {
+        while !s.buf.is_empty() {
+            match self.stream().try_write(&s.buf) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => s.buf.advance(n),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        if s.buf.capacity() > KEEP {
+            s.buf = BytesMut::with_capacity(64 * 1024);
+        }
+        Ok(true)
+    }
+
+    fn fail(&self, mut s: parking_lot::MutexGuard<'_, State>, why: String) {
+        if s.closed.is_none() {
+            s.closed = Some(why);
+        }
+        s.buf.clear();
+        drop(s);
+        // wakes the reader too: the peer and this end see the connection end
+        let _ = socket2::SockRef::from(self.stream()).shutdown(std::net::Shutdown::Both);
+        self.drained.notify_waiters();
+        self.pending.notify_one();
+    }
+
+    /// Closes the connection: later sends fail with `why`, unsent bytes are
+    /// dropped, both directions of the socket are shut down.
+    pub(crate) fn close(&self, why: &str) {
+        let s = self.state.lock();
+        self.fail(s, why.to_owned());
+    }
+
+    /// Writes what senders left in the buffer, until `stop` is cancelled or
+    /// the connection is closed; an error closes it.
+    pub(crate) async fn flush_loop(&self, stop: &CancellationToken) -> io::Result<()> {
+        loop {
+            tokio::select! {
+                biased;
+                _ = stop.cancelled() => return Ok(()),
+                _ = self.pending.notified() => {}
+            }
+            loop {
+                if self.state.lock().closed.is_some() {
+                    return Ok(());
+                }
+                let writable = tokio::select! {
+                    biased;
+                    _ = stop.cancelled() => return Ok(()),
+                    r = self.stream().writable() => r,
+                };
+                let mut s = self.state.lock();
+                let done = match writable.and_then(|()| self.write_now(&mut s)) {
+                    Ok(done) => done,
+                    Err(e) => {
+                        self.fail(s, format!("write failed: {e}"));
+                        return Err(e);
+                    }
+                };
+                if done {
+                    s.flushing = false;
+                }
+                let below = s.buf.len() < self.limit;
+                drop(s);
+                if below {
+                    self.drained.notify_waiters();
+                }
+                if done {
+                    break;
+                }
+            }
+        }
     }
 }
 

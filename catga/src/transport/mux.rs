@@ -50,6 +50,11 @@ pub(crate) fn mediator_body(body: &[u8]) -> Bytes {
 }
 
 impl Service for Mux {
+    fn inline(&self, body: &Bytes) -> bool {
+        // the mediator's requests run user handlers: a task each
+        body.first() != Some(&MEDIATOR_TAG) && self.primary.inline(body)
+    }
+
     fn call(&self, from: u64, body: Bytes) -> BoxFuture<'static, Result<Bytes, String>> {
         if body.first() != Some(&MEDIATOR_TAG) {
             return self.primary.call(from, body);

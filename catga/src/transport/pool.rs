@@ -10,13 +10,13 @@ use futures::StreamExt;
 use parking_lot::Mutex;
 use tokio::net::TcpStream;
 use tokio::net::tcp::OwnedReadHalf;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{oneshot, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::codec::{FramedRead, LengthDelimitedCodec};
 use tokio_util::sync::CancellationToken;
 
-use super::conn::write_loop;
+use super::conn::{SendError, Writer};
 use super::frame::{self, Frame, decode_frame};
 use super::{Faults, TransportConfig, TransportError, auth};
 
@@ -51,6 +51,8 @@ struct Connecting {
     failures: u32,
     last_failure: Option<Instant>,
     last_error: String,
+    /// The last attempt timed out (no answer at all, not a refusal).
+    timed_out: bool,
     /// The attempt under way: callers that come meanwhile wait for it
     /// (each up to its own deadline) instead of starting another.
     attempt: Option<Attempt>,
@@ -67,12 +69,15 @@ struct Attempt {
     done: watch::Receiver<Option<Result<(), TransportError>>>,
 }
 
+/// The connect timeout after one that timed out (see `start_attempt`).
+const QUICK_CONNECT: Duration = Duration::from_millis(400);
+
 type Reply = oneshot::Sender<Result<Bytes, TransportError>>;
 
 struct Conn {
     peer: u64,
     addr: String,
-    tx: mpsc::Sender<Frame>,
+    writer: Arc<Writer>,
     pending: Mutex<Pending>,
     /// Cancelled when the connection is closed, for whatever reason.
     dead: CancellationToken,
@@ -114,6 +119,7 @@ impl Conn {
     /// Closes the connection and fails every pending call with `err`.
     fn close(&self, err: TransportError) {
         self.dead.cancel();
+        self.writer.close(&err.to_string());
         let calls = {
             let mut p = self.pending.lock();
             p.open = false;
@@ -216,8 +222,11 @@ impl Pool {
             id,
             armed: true,
         };
-        if conn.tx.send(Frame::Request { id, body }).await.is_err() {
-            return Err(lost(peer));
+        conn.writer.ready().await;
+        match conn.writer.send(&Frame::Request { id, body }) {
+            Ok(()) => {}
+            Err(SendError::Frame(e)) => return Err(TransportError::Unreachable(e.to_string())),
+            Err(SendError::Closed(_)) => return Err(lost(peer)),
         }
         let result = rx.await;
         guard.armed = false;
@@ -320,6 +329,11 @@ impl Pool {
         ready: Option<Instant>,
     ) -> Result<watch::Receiver<Option<Result<(), TransportError>>>, TransportError> {
         let (tx, rx) = watch::channel(None);
+        // after a connect that timed out (packets dropped: a cut link, a
+        // host gone), try often and briefly: one SYN per attempt, so that
+        // a healed link is found within a few hundred milliseconds instead
+        // of at the kernel's next SYN retransmission (1 s, 3 s, ...)
+        let quick = state.timed_out;
         let pool = self.clone();
         let slot2 = slot.clone();
         let addr2 = addr.to_owned();
@@ -330,6 +344,7 @@ impl Pool {
         }
         while tasks.try_join_next().is_some() {}
         tasks.spawn(async move {
+            let mut silent = false;
             let result = tokio::select! {
                 biased;
                 _ = stop.cancelled() => Err(TransportError::Closed),
@@ -339,7 +354,7 @@ impl Pool {
                     }
                     let cfg = &pool.inner.cfg;
                     let own = after(cfg.connect_timeout.saturating_add(cfg.handshake_timeout));
-                    pool.connect(peer, &addr2, own).await
+                    pool.connect(peer, &addr2, own, quick, &mut silent).await
                 } => r,
             };
             let outcome = {
@@ -348,6 +363,7 @@ impl Pool {
                 match result {
                     Ok(conn) => {
                         state.failures = 0;
+                        state.timed_out = false;
                         state.last_failure = None;
                         state.last_error.clear();
                         let old = slot2.conn.lock().replace(conn);
@@ -361,6 +377,7 @@ impl Pool {
                     }
                     Err(e) => {
                         if e != TransportError::Closed {
+                            state.timed_out = silent;
                             state.failures = state.failures.saturating_add(1);
                             state.last_failure = Some(Instant::now());
                             // the bare reason: it is wrapped in `Unreachable` again
@@ -398,9 +415,15 @@ impl Pool {
         peer: u64,
         addr: &str,
         until: Instant,
+        quick: bool,
+        silent: &mut bool,
     ) -> Result<Arc<Conn>, TransportError> {
         let cfg = &self.inner.cfg;
-        let connect_until = until.min(after(cfg.connect_timeout));
+        let timeout = match quick {
+            true => cfg.connect_timeout.min(QUICK_CONNECT),
+            false => cfg.connect_timeout,
+        };
+        let connect_until = until.min(after(timeout));
         let stream = match tokio::time::timeout_at(connect_until, TcpStream::connect(addr)).await {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => {
@@ -409,12 +432,14 @@ impl Pool {
                 )));
             }
             Err(_) => {
+                // no answer at all: packets are dropped on the way
+                *silent = true;
                 return Err(TransportError::Unreachable(format!(
                     "connecting to node {peer} at {addr} timed out"
                 )));
             }
         };
-        let _ = stream.set_nodelay(true);
+        super::tune(&stream);
         let handshake_until = until.min(after(cfg.handshake_timeout));
         let authed =
             match tokio::time::timeout_at(handshake_until, auth::client(stream, cfg, peer)).await {
@@ -448,11 +473,11 @@ impl Pool {
         let (r, w) = authed.stream.into_split();
         let mut reader = FramedRead::new(r, frame::codec(cfg.max_frame_bytes));
         *reader.read_buffer_mut() = authed.read_buf;
-        let (tx, rx) = mpsc::channel(cfg.write_queue.max(1));
+        let writer = Writer::new(w, cfg.max_frame_bytes, cfg.write_buffer);
         let conn = Arc::new(Conn {
             peer,
             addr: addr.to_owned(),
-            tx,
+            writer,
             pending: Mutex::new(Pending {
                 open: true,
                 next_id: 1,
@@ -471,16 +496,11 @@ impl Pool {
             reader,
             self.inner.faults.clone(),
             self.inner.stop.clone(),
+            (cfg.probe_after, cfg.dead_after),
         ));
-        let (c, max) = (conn.clone(), cfg.max_frame_bytes);
+        let c = conn.clone();
         tasks.spawn(async move {
-            let r = write_loop(rx, w, max, &c.dead, |f, e| {
-                if let Frame::Request { id, .. } = f {
-                    c.complete(id, Err(TransportError::Unreachable(e.to_string())));
-                }
-            })
-            .await;
-            if let Err(e) = r {
+            if let Err(e) = c.writer.flush_loop(&c.dead).await {
                 c.close(TransportError::Unreachable(format!(
                     "writing to node {} failed: {e}",
                     c.peer
@@ -533,13 +553,28 @@ fn live(slot: &Peer, addr: &str) -> Option<Arc<Conn>> {
 }
 
 /// Reads responses and completes the calls waiting for them.
+///
+/// It also notices a connection that went silent: a network cut that drops
+/// packets without a reset leaves the socket open, and what is written to
+/// it waits in the kernel for retransmissions that back off to many seconds.
+/// While calls wait and nothing has been read for `probe_after`, it sends a
+/// ping (an empty request, which every catga version answers at once, if
+/// only with an error); when still nothing has come after `dead_after`, it
+/// closes the connection, failing the calls, and the next call connects
+/// afresh, so a healed link carries traffic again as soon as a new
+/// connection gets through instead of after the kernel gives up.
 async fn read_loop(
     conn: Arc<Conn>,
     mut reader: FramedRead<OwnedReadHalf, LengthDelimitedCodec>,
     faults: Faults,
     stop: CancellationToken,
+    (probe_after, dead_after): (Duration, Duration),
 ) {
     let peer = conn.peer;
+    let mut last_read = Instant::now();
+    let mut pinged = false;
+    let mut watch = tokio::time::interval(probe_after.min(dead_after) / 2);
+    watch.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let err = loop {
         let next = tokio::select! {
             biased;
@@ -549,7 +584,35 @@ async fn read_loop(
                 lost(peer)
             },
             next = reader.next() => next,
+            _ = watch.tick() => {
+                let waiting = !conn.pending.lock().calls.is_empty();
+                let silent = last_read.elapsed();
+                if !waiting {
+                    // nothing owed: silence is no sign of anything
+                    last_read = Instant::now();
+                    pinged = false;
+                } else if silent >= dead_after {
+                    tracing::warn!(peer, silent = ?silent,
+                        "transport: no answer on a connection with calls waiting; closing it \
+                         (a silent network cut?) and reconnecting");
+                    break TransportError::Unreachable(format!(
+                        "node {peer} sent nothing for {silent:?} while calls waited: \
+                         the connection is presumed dead"
+                    ));
+                } else if silent >= probe_after && !pinged {
+                    pinged = true;
+                    if let Some((id, _answer)) = conn.register() {
+                        let ping = Frame::Request { id, body: Bytes::new() };
+                        if let Err(SendError::Closed(_)) = conn.writer.send(&ping) {
+                            break lost(peer);
+                        }
+                    }
+                }
+                continue;
+            }
         };
+        last_read = Instant::now();
+        pinged = false;
         match next {
             None => break lost(peer),
             Some(Err(e)) if super::frame::is_disconnect(&e) => {

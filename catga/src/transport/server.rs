@@ -6,14 +6,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures::stream::FuturesUnordered;
 use futures::{FutureExt, StreamExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, mpsc};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 
-use super::conn::{panic_message, truncate, write_loop};
+use super::conn::{SendError, Writer, panic_message, truncate};
 use super::frame::{self, Frame, decode_frame};
 use super::{Faults, Service, TransportConfig, auth};
 
@@ -140,7 +140,7 @@ async fn serve(
     faults: Faults,
     stop: CancellationToken,
 ) {
-    let _ = stream.set_nodelay(true);
+    super::tune(&stream);
     let handshake = tokio::select! {
         biased;
         _ = stop.cancelled() => return,
@@ -176,41 +176,49 @@ async fn serve(
     let (r, w) = conn.stream.into_split();
     let mut reader = FramedRead::new(r, frame::codec(cfg.max_frame_bytes));
     *reader.read_buffer_mut() = conn.read_buf;
-    let (tx, rx) = mpsc::channel(cfg.write_queue.max(1));
-    let writer = {
-        let stop = stop.clone();
-        let max = cfg.max_frame_bytes;
+    let writer = Writer::new(w, cfg.max_frame_bytes, cfg.write_buffer);
+    let flusher = {
+        let (writer, stop) = (writer.clone(), stop.clone());
         tokio::spawn(async move {
-            let r = write_loop(rx, w, max, &stop, |f, e| {
-                tracing::warn!(peer = from, frame = f.kind(), error = %e, "transport: dropped a response");
-            })
-            .await;
-            if let Err(e) = r {
+            if let Err(e) = writer.flush_loop(&stop).await {
                 tracing::debug!(peer = from, error = %e, "transport: write failed");
             }
             stop.cancel();
         })
     };
+    let responder = Responder {
+        from,
+        writer: writer.clone(),
+        faults: faults.clone(),
+        stop: stop.clone(),
+        max_body: cfg.max_body(),
+    };
 
     let mut accepted = false;
-    let permits = Arc::new(Semaphore::new(cfg.max_in_flight_per_conn.max(1)));
-    let max_body = cfg.max_body();
-    let mut requests = JoinSet::new();
+    let max_in_flight = cfg.max_in_flight_per_conn.max(1);
+    // Requests the service answers quickly (Raft's) run here, on the
+    // connection's own task: no hand-off to another task on the way in or
+    // out. The rest (the mediator's, which run user handlers) get a task
+    // each, so a slow handler never holds up this connection's reading.
+    let mut inline = FuturesUnordered::new();
+    let mut spawned = JoinSet::new();
     loop {
-        // Take a permit before reading: at the limit we stop reading, and the
-        // peer's writes back up (backpressure instead of unbounded tasks).
-        let permit = tokio::select! {
-            biased;
-            _ = stop.cancelled() => break,
-            p = permits.clone().acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => break,
-            },
-        };
+        while spawned.try_join_next().is_some() {}
+        // At the limit we stop reading, and the peer's writes back up
+        // (backpressure instead of unbounded work); so we do while the
+        // answers wait to be written.
+        let room = inline.len() + spawned.len() < max_in_flight;
         let next = tokio::select! {
             biased;
             _ = stop.cancelled() => break,
-            next = reader.next() => next,
+            Some((id, result)) = inline.next(), if !inline.is_empty() => {
+                if !responder.answer(id, result) {
+                    break;
+                }
+                continue;
+            }
+            Some(_) = spawned.join_next(), if !spawned.is_empty() => continue,
+            next = reader.next(), if room => next,
         };
         let (id, body) = match next {
             None => {
@@ -263,43 +271,82 @@ async fn serve(
             );
             break;
         }
-        let service = service.clone();
-        let tx = tx.clone();
-        let faults = faults.clone();
-        let stop = stop.clone();
-        requests.spawn(async move {
-            let result = call(&*service, from, body).await;
-            let result = match result {
-                Ok(b) if b.len() > max_body => Err(format!(
-                    "the response of {} bytes exceeds the frame limit of {max_body} bytes",
-                    b.len()
-                )),
-                Ok(b) => Ok(b),
-                Err(e) => Err(truncate(e, MAX_ERROR.min(max_body))),
-            };
-            if faults.is_blocked(from) {
-                stop.cancel();
-                return;
-            }
-            let _ = tx.send(Frame::Response { id, result }).await;
-            drop(permit);
-        });
-        while requests.try_join_next().is_some() {}
+        // don't read more while the answers pile up unsent
+        writer.ready().await;
+        if service.inline(&body) {
+            let fut = call(&*service, from, body);
+            inline.push(async move { (id, fut.await) });
+        } else {
+            let fut = call(&*service, from, body);
+            let responder = responder.clone();
+            spawned.spawn(async move {
+                let result = fut.await;
+                responder.answer(id, result);
+            });
+        }
     }
     stop.cancel();
-    requests.shutdown().await;
-    drop(tx);
-    let _ = writer.await;
+    spawned.shutdown().await;
+    writer.close("the connection is closed");
+    let _ = flusher.await;
+}
+
+/// Sends the answers of one connection.
+#[derive(Clone)]
+struct Responder {
+    from: u64,
+    writer: Arc<Writer>,
+    faults: Faults,
+    stop: CancellationToken,
+    max_body: usize,
+}
+
+impl Responder {
+    /// Sends request `id`'s answer; `false` if the connection is done.
+    fn answer(&self, id: u64, result: Result<Bytes, String>) -> bool {
+        let max_body = self.max_body;
+        let result = match result {
+            Ok(b) if b.len() > max_body => Err(format!(
+                "the response of {} bytes exceeds the frame limit of {max_body} bytes",
+                b.len()
+            )),
+            Ok(b) => Ok(b),
+            Err(e) => Err(truncate(e, MAX_ERROR.min(max_body))),
+        };
+        if self.faults.is_blocked(self.from) {
+            self.stop.cancel();
+            return false;
+        }
+        match self.writer.send(&Frame::Response { id, result }) {
+            Ok(()) => true,
+            Err(SendError::Frame(e)) => {
+                tracing::warn!(peer = self.from, error = %e, "transport: dropped a response");
+                true
+            }
+            Err(SendError::Closed(why)) => {
+                tracing::debug!(peer = self.from, %why, "transport: connection closed");
+                self.stop.cancel();
+                false
+            }
+        }
+    }
 }
 
 /// Calls the service; a panic becomes an error for the caller.
-async fn call(service: &dyn Service, from: u64, body: Bytes) -> Result<Bytes, String> {
-    let fut = match std::panic::catch_unwind(AssertUnwindSafe(|| service.call(from, body))) {
-        Ok(fut) => fut,
-        Err(p) => return Err(format!("the handler panicked: {}", panic_message(&*p))),
-    };
-    match AssertUnwindSafe(fut).catch_unwind().await {
-        Ok(r) => r,
-        Err(p) => Err(format!("the handler panicked: {}", panic_message(&*p))),
+fn call(
+    service: &dyn Service,
+    from: u64,
+    body: Bytes,
+) -> impl std::future::Future<Output = Result<Bytes, String>> + Send + 'static {
+    let fut = std::panic::catch_unwind(AssertUnwindSafe(|| service.call(from, body)));
+    async move {
+        let fut = match fut {
+            Ok(fut) => fut,
+            Err(p) => return Err(format!("the handler panicked: {}", panic_message(&*p))),
+        };
+        match AssertUnwindSafe(fut).catch_unwind().await {
+            Ok(r) => r,
+            Err(p) => Err(format!("the handler panicked: {}", panic_message(&*p))),
+        }
     }
 }

@@ -216,7 +216,7 @@ async fn a_thousand_concurrent_calls_share_one_connection() {
         ..(*config(SERVER_ID, SECRET)).clone()
     });
     let client_cfg = Arc::new(TransportConfig {
-        write_queue: 8,
+        write_buffer: 64,
         ..(*config(CLIENT_ID, SECRET)).clone()
     });
     let f = fixture_with(server_cfg, client_cfg).await;
@@ -1019,5 +1019,126 @@ async fn a_handshake_slower_than_every_call_deadline_still_connects() {
     // one connection, shared by the callers that waited for it
     assert_eq!(f.pool.connects(), 1);
     proxy_task.abort();
+    f.stop().await;
+}
+
+/// A TCP proxy to `to` that relays until `mute` is set, then goes silent:
+/// it keeps every connection open but forwards nothing either way, as a
+/// network cut that drops packets does (no reset, no FIN). While muted it
+/// also holds new connections without relaying.
+async fn muting_proxy(
+    to: SocketAddr,
+    mute: Arc<std::sync::atomic::AtomicBool>,
+) -> (String, tokio::task::JoinHandle<()>) {
+    async fn pump(
+        mut from: tokio::net::tcp::OwnedReadHalf,
+        mut to: tokio::net::tcp::OwnedWriteHalf,
+        mute: Arc<std::sync::atomic::AtomicBool>,
+    ) {
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = match from.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            if mute.load(Ordering::SeqCst) {
+                // swallowed: the link is cut; hold the sockets open
+                std::future::pending::<()>().await;
+            }
+            if to.write_all(&buf[..n]).await.is_err() {
+                return;
+            }
+        }
+    }
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap().to_string();
+    let task = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((inbound, _)) = l.accept().await {
+            if mute.load(Ordering::SeqCst) {
+                held.push(inbound);
+                continue;
+            }
+            let Ok(out) = TcpStream::connect(to).await else {
+                continue;
+            };
+            let (ir, iw) = inbound.into_split();
+            let (or, ow) = out.into_split();
+            tokio::spawn(pump(ir, ow, mute.clone()));
+            tokio::spawn(pump(or, iw, mute.clone()));
+        }
+    });
+    (addr, task)
+}
+
+/// A network cut that drops packets leaves the TCP connection open, and
+/// before, calls kept going into it until the kernel gave up (many
+/// seconds, growing with the outage): a healed link stayed dead. The pool
+/// notices the silence (a ping, then `dead_after`), fails the waiting calls
+/// at once and reconnects on the next call.
+#[tokio::test]
+async fn a_silent_connection_is_closed_and_the_next_call_reconnects() {
+    let client_cfg = Arc::new(TransportConfig {
+        probe_after: Duration::from_millis(100),
+        dead_after: Duration::from_millis(400),
+        ..(*config(CLIENT_ID, SECRET)).clone()
+    });
+    let f = fixture_with(config(SERVER_ID, SECRET), client_cfg).await;
+    let mute = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (proxy, proxy_task) = muting_proxy(f.server_addr(), mute.clone()).await;
+    let call = async |body: &'static [u8]| {
+        f.pool
+            .call(SERVER_ID, &proxy, Bytes::from_static(body), LONG)
+            .await
+    };
+    assert_eq!(call(b"one").await, Ok(echo(CLIENT_ID, b"one")));
+    mute.store(true, Ordering::SeqCst);
+    let started = std::time::Instant::now();
+    let got = call(b"two").await;
+    let took = started.elapsed();
+    assert!(
+        matches!(&got, Err(TransportError::Unreachable(m)) if m.contains("presumed dead")),
+        "{got:?}"
+    );
+    assert!(
+        took < LONG / 2,
+        "the silent connection was noticed after {took:?}"
+    );
+    // healed: the next call takes a new connection
+    mute.store(false, Ordering::SeqCst);
+    assert_eq!(call(b"three").await, Ok(echo(CLIENT_ID, b"three")));
+    assert_eq!(f.pool.connects(), 2);
+    proxy_task.abort();
+    f.stop().await;
+}
+
+/// A call that takes long on a healthy connection is not mistaken for a
+/// dead link: the pings are answered meanwhile.
+#[tokio::test]
+async fn a_slow_call_on_a_live_connection_is_not_cut() {
+    let client_cfg = Arc::new(TransportConfig {
+        probe_after: Duration::from_millis(50),
+        dead_after: Duration::from_millis(200),
+        ..(*config(CLIENT_ID, SECRET)).clone()
+    });
+    let f = fixture_with(config(SERVER_ID, SECRET), client_cfg).await;
+    let pool = f.pool.clone();
+    let addr = f.addr.clone();
+    let hanging = tokio::spawn(async move {
+        pool.call(
+            SERVER_ID,
+            &addr,
+            Bytes::from_static(b"hang"),
+            Duration::from_secs(1),
+        )
+        .await
+    });
+    f.service.wait_hanging(1).await;
+    // five times `dead_after` with only the hanging call owed
+    let got = hanging.await.unwrap();
+    assert_eq!(got, Err(TransportError::Timeout));
+    assert_eq!(f.pool.connects(), 1);
+    f.assert_serves().await;
+    assert_eq!(f.pool.connects(), 1);
     f.stop().await;
 }
