@@ -17,7 +17,7 @@
 //! Output, one line per kill:
 //!
 //! ```text
-//! kill 7: leader=2 term=9->10 resume_ms=312 ready_ms=1450 healthy_elections=0
+//! kill 7: leader=2 term=9->10 resume_ms=312 ready_ms=1450 healthy_elections=0 writes_per_s=2000 at=15:07:43.512
 //! ```
 //!
 //! - `resume_ms`: **writes-resume time**, from the SIGKILL to the first write
@@ -30,7 +30,9 @@
 //! - `healthy_elections`: term changes in the healthy period that follows
 //!   (all nodes up, no kill in progress), seen as the highest term over every
 //!   node's `/health` at its start and end. When one happens, the nodes'
-//!   election log lines of that period are printed.
+//!   election log lines of that period are printed;
+//! - `writes_per_s`: acknowledged writes per second in that healthy period;
+//! - `at`: the kill's time of day, UTC, as the nodes' logs print it.
 //!
 //! Then the sorted resume times, and a summary line:
 //!
@@ -548,6 +550,16 @@ fn parse_options(mut args: impl Iterator<Item = String>) -> Result<Options, Stri
     Ok(o)
 }
 
+/// The wall-clock time of day, UTC, as the nodes' logs print it
+/// (`HH:MM:SS.mmm`): to find a kill in them.
+fn utc_time() -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let (s, ms) = (now.as_secs() % 86_400, now.subsec_millis());
+    format!("{:02}:{:02}:{:02}.{ms:03}", s / 3600, s / 60 % 60, s % 60)
+}
+
 fn loadavg() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
@@ -624,6 +636,7 @@ async fn run(o: Options) -> Result<String, String> {
         for k in 1..=o.kills {
             let (leader, term) = find_leader(&http, &cluster).await?;
             let killed_at = Instant::now();
+            let wall = utc_time();
             *load.watch() = KillWatch {
                 killed_at: Some(killed_at),
                 resumed_at: None,
@@ -656,7 +669,7 @@ async fn run(o: Options) -> Result<String, String> {
             healthy_elections += e;
             rates.push(rate);
             println!(
-                "kill {k}: leader={leader} term={term}->{new_term} resume_ms={resume_ms:.0} ready_ms={ready_ms} healthy_elections={e} writes_per_s={rate:.0}"
+                "kill {k}: leader={leader} term={term}->{new_term} resume_ms={resume_ms:.0} ready_ms={ready_ms} healthy_elections={e} writes_per_s={rate:.0} at={wall}"
             );
             for l in lines {
                 println!("{l}");
