@@ -40,6 +40,11 @@
 //! failover: kills=50 resume_p50_ms= resume_p90_ms= resume_p99_ms= resume_max_ms= healthy_elections= writes_acked= lost=0 duplicated=0 ...
 //! ```
 //!
+//! Besides: `extra_elections` (terms beyond one per kill, summed),
+//! `bad_answers`, `unresolved` (a client's last write never acknowledged
+//! once the load stopped), `retries` (failed attempts, by cause on the line
+//! before) and `healthy_writes_per_s_p50` (the median healthy period).
+//!
 //! `lost` and `duplicated` come from the final check: once the load stops,
 //! every client's SKU, read on every node, must equal its count of
 //! acknowledged writes (a restock answers the new total, so each
