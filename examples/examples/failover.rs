@@ -66,6 +66,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use catga::http::Http;
+use catga_examples::static_node::{NodeArgs, free_addr, parse_node};
 use catga_examples::{GetStock, Restock};
 use serde_json::Value;
 
@@ -79,43 +80,13 @@ const DRAIN_WAIT: Duration = Duration::from_secs(60);
 /// timeout is 5 s: a write answers by then, acknowledged or not).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// The pause after a failed attempt, before the next node is tried.
-const RETRY_PAUSE: Duration = Duration::from_millis(5);
+/// The pause after a failed try grows from this (doubling) ...
+const RETRY_PAUSE: Duration = Duration::from_millis(2);
+/// ... up to this, and starts again after a success: short enough not to
+/// blur the resume time much, long enough not to spin on a dead cluster.
+const RETRY_PAUSE_MAX: Duration = Duration::from_millis(32);
 
 // ---------- one node ----------
-
-struct NodeArgs {
-    id: u64,
-    http: String,
-    raft: String,
-    peers: Vec<(u64, String)>,
-    data_dir: String,
-}
-
-fn parse_node(mut args: impl Iterator<Item = String>) -> Result<NodeArgs, String> {
-    let mut n = NodeArgs {
-        id: 0,
-        http: String::new(),
-        raft: String::new(),
-        peers: Vec::new(),
-        data_dir: String::new(),
-    };
-    while let Some(flag) = args.next() {
-        let v = args.next().ok_or(format!("{flag} needs a value"))?;
-        match flag.as_str() {
-            "--node" => n.id = v.parse().map_err(|e| format!("--node: {e}"))?,
-            "--http" => n.http = v,
-            "--raft" => n.raft = v,
-            "--data-dir" => n.data_dir = v,
-            "--peer" => {
-                let (id, addr) = v.split_once('=').ok_or("--peer ID=ADDR")?;
-                n.peers
-                    .push((id.parse().map_err(|e| format!("--peer: {e}"))?, addr.into()));
-            }
-            other => return Err(format!("unknown flag {other}")),
-        }
-    }
-    Ok(n)
-}
 
 /// One node with its HTTP door, default timeouts, until killed.
 async fn run_node(a: NodeArgs) -> Result<(), String> {
@@ -143,13 +114,6 @@ async fn run_node(a: NodeArgs) -> Result<(), String> {
 }
 
 // ---------- the three node processes ----------
-
-fn free_addr() -> Result<String, String> {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.to_string())
-        .map_err(|e| format!("no free port: {e}"))
-}
 
 /// The node processes, by id (1..=3); a killed node's slot is `None`.
 struct Cluster {
@@ -384,6 +348,8 @@ struct Load {
     stop: AtomicBool,
     acked: AtomicU64,
     kill: Mutex<KillWatch>,
+    /// Woken when a write acknowledged after a kill is seen.
+    resumed: tokio::sync::Notify,
 }
 
 impl Load {
@@ -401,6 +367,8 @@ impl Load {
             && w.resumed_at.is_none_or(|r| at < r)
         {
             w.resumed_at = Some(at);
+            drop(w);
+            self.resumed.notify_waiters();
         }
     }
 }
@@ -436,6 +404,7 @@ async fn client(load: Arc<Load>, c: usize) -> Result<ClientReport, String> {
     let mut stopping: Option<Instant> = None;
     while !load.stop.load(Ordering::Relaxed) {
         let key = format!("failover-{c}-{}", report.acked + 1);
+        let mut pause = RETRY_PAUSE;
         loop {
             let sent = Instant::now();
             let answer = post(&http, &load.urls[target], &key, &body).await;
@@ -462,7 +431,8 @@ async fn client(load: Arc<Load>, c: usize) -> Result<ClientReport, String> {
                             return Ok(report);
                         }
                     }
-                    tokio::time::sleep(RETRY_PAUSE).await;
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(RETRY_PAUSE_MAX);
                 }
             }
         }
@@ -621,6 +591,7 @@ async fn run(o: Options) -> Result<String, String> {
         stop: AtomicBool::new(false),
         acked: AtomicU64::new(0),
         kill: Mutex::new(KillWatch::default()),
+        resumed: tokio::sync::Notify::new(),
     });
     let clients: Vec<_> = (0..o.clients)
         .map(|c| tokio::spawn(client(load.clone(), c)))
@@ -648,15 +619,19 @@ async fn run(o: Options) -> Result<String, String> {
             };
             cluster.kill(leader);
             let resumed_at = loop {
+                // registered before the check, so a wake in between is kept
+                let resumed = load.resumed.notified();
+                tokio::pin!(resumed);
+                resumed.as_mut().enable();
                 if let Some(at) = load.watch().resumed_at {
                     break at;
                 }
-                if killed_at.elapsed() > RESUME_WAIT {
+                let left = RESUME_WAIT.saturating_sub(killed_at.elapsed());
+                if tokio::time::timeout(left, resumed).await.is_err() {
                     return Err(format!(
                         "kill {k}: writes did not resume within {RESUME_WAIT:?} after node {leader} (the leader) was killed"
                     ));
                 }
-                tokio::time::sleep(Duration::from_millis(1)).await;
             };
             let resume_ms = resumed_at.duration_since(killed_at).as_secs_f64() * 1e3;
             resumes.push(resume_ms);

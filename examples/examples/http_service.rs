@@ -36,42 +36,9 @@ use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
 use catga::http::{Admin, Http};
+use catga_examples::static_node::{NodeArgs, free_addr, parse_node};
 use catga_examples::{GetStock, PlaceOrder, Restock};
 use serde_json::{Value, json};
-
-struct NodeArgs {
-    id: u64,
-    http: String,
-    raft: String,
-    peers: Vec<(u64, String)>,
-    data_dir: String,
-}
-
-fn parse_node(mut args: impl Iterator<Item = String>) -> Result<NodeArgs, String> {
-    let mut n = NodeArgs {
-        id: 0,
-        http: String::new(),
-        raft: String::new(),
-        peers: Vec::new(),
-        data_dir: String::new(),
-    };
-    while let Some(flag) = args.next() {
-        let v = args.next().ok_or(format!("{flag} needs a value"))?;
-        match flag.as_str() {
-            "--node" => n.id = v.parse().map_err(|e| format!("--node: {e}"))?,
-            "--http" => n.http = v,
-            "--raft" => n.raft = v,
-            "--data-dir" => n.data_dir = v,
-            "--peer" => {
-                let (id, addr) = v.split_once('=').ok_or("--peer ID=ADDR")?;
-                n.peers
-                    .push((id.parse().map_err(|e| format!("--peer: {e}"))?, addr.into()));
-            }
-            other => return Err(format!("unknown flag {other}")),
-        }
-    }
-    Ok(n)
-}
 
 /// The environment variable holding the admin token.
 const TOKEN_VAR: &str = "CATGA_ADMIN_TOKEN";
@@ -127,13 +94,6 @@ async fn run_node(a: NodeArgs) -> Result<(), String> {
     }
 }
 
-fn free_addr() -> String {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.to_string())
-        .unwrap_or_else(|_| "127.0.0.1:0".into())
-}
-
 struct Launched {
     children: Vec<Option<Child>>,
     http: Vec<String>,
@@ -170,8 +130,8 @@ fn check(ok: bool, what: &str) -> Result<(), String> {
 /// them, the leader's id and how long forming took.
 async fn launch(dir: &std::path::Path) -> Result<(Launched, usize, u128), String> {
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-    let raft: Vec<String> = (0..3).map(|_| free_addr()).collect();
-    let http: Vec<String> = (0..3).map(|_| free_addr()).collect();
+    let raft: Vec<String> = (0..3).map(|_| free_addr()).collect::<Result<_, _>>()?;
+    let http: Vec<String> = (0..3).map(|_| free_addr()).collect::<Result<_, _>>()?;
     let mut launched = Launched {
         children: Vec::new(),
         http: http.iter().map(|h| format!("http://{h}")).collect(),

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use catga::prelude::*;
 
 pub mod launcher;
+pub mod static_node;
 
 /// The replicated state: stock per SKU and the orders placed.
 #[state(name = "shop")]

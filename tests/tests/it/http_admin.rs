@@ -99,8 +99,18 @@ async fn cluster_with_api_addrs() -> (
     (c, bases, servers)
 }
 
-fn with_token(r: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
-    r.bearer_auth(TOKEN)
+/// Sends an admin request with the token.
+async fn admin(
+    client: &reqwest::Client,
+    method: reqwest::Method,
+    url: String,
+) -> reqwest::Response {
+    client
+        .request(method, url)
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .expect("request")
 }
 
 /// Waits until every node in `nodes` sees exactly `voters` as voters.
@@ -138,10 +148,7 @@ async fn admin_routes_are_absent_unless_enabled_and_refuse_requests_without_the_
         (reqwest::Method::POST, "/admin/snapshot"),
         (reqwest::Method::POST, "/admin/poisoned/3/skip"),
     ] {
-        let r = with_token(client.request(method.clone(), format!("{off}{path}")))
-            .send()
-            .await
-            .expect("request");
+        let r = admin(&client, method.clone(), format!("{off}{path}")).await;
         assert_eq!(r.status(), StatusCode::NOT_FOUND, "{method} {path}");
     }
     // the public routes are there either way
@@ -203,10 +210,7 @@ async fn admin_routes_are_absent_unless_enabled_and_refuse_requests_without_the_
     assert!(node.health().members.contains(&1), "a 401 removed nothing");
 
     // the last voter cannot leave: 409, and it keeps serving
-    let r = with_token(client.post(format!("{on}/admin/leave")))
-        .send()
-        .await
-        .expect("request");
+    let r = admin(&client, reqwest::Method::POST, format!("{on}/admin/leave")).await;
     assert_eq!(r.status(), StatusCode::CONFLICT);
     let body: Value = r.json().await.expect("json");
     assert!(
@@ -214,26 +218,32 @@ async fn admin_routes_are_absent_unless_enabled_and_refuse_requests_without_the_
         "{body}"
     );
     // nor be removed
-    let r = with_token(client.delete(format!("{on}/admin/members/1")))
-        .send()
-        .await
-        .expect("request");
+    let r = admin(
+        &client,
+        reqwest::Method::DELETE,
+        format!("{on}/admin/members/1"),
+    )
+    .await;
     assert_eq!(r.status(), StatusCode::CONFLICT);
     // nothing is poisoned: quarantining an entry is refused, and says why
-    let r = with_token(client.post(format!("{on}/admin/poisoned/2/skip")))
-        .send()
-        .await
-        .expect("request");
+    let r = admin(
+        &client,
+        reqwest::Method::POST,
+        format!("{on}/admin/poisoned/2/skip"),
+    )
+    .await;
     assert_eq!(r.status(), StatusCode::CONFLICT);
     let body: Value = r.json().await.expect("json");
     assert!(
         body["error"].as_str().is_some_and(|e| !e.is_empty()),
         "{body}"
     );
-    let r = with_token(client.post(format!("{on}/admin/poisoned/x/skip")))
-        .send()
-        .await
-        .expect("request");
+    let r = admin(
+        &client,
+        reqwest::Method::POST,
+        format!("{on}/admin/poisoned/x/skip"),
+    )
+    .await;
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);
     node.wait_ready(T).await.expect("still serving");
     assert_eq!(node.health().members, vec![1]);
@@ -262,10 +272,12 @@ async fn a_snapshot_through_the_admin_route_covers_what_was_applied() {
         "no snapshot yet at {applied}"
     );
 
-    let r = with_token(client.post(format!("{base}/admin/snapshot")))
-        .send()
-        .await
-        .expect("request");
+    let r = admin(
+        &client,
+        reqwest::Method::POST,
+        format!("{base}/admin/snapshot"),
+    )
+    .await;
     assert_eq!(r.status(), StatusCode::OK);
     assert_eq!(r.headers()["x-catga-node"], "1");
     let body: Value = r.json().await.expect("json");
@@ -297,10 +309,12 @@ async fn members_show_api_addrs_and_nodes_are_removed_and_leave_through_the_admi
         .collect();
     let deadline = tokio::time::Instant::now() + T;
     loop {
-        let r = with_token(client.get(format!("{}/admin/members", bases[0])))
-            .send()
-            .await
-            .expect("request");
+        let r = admin(
+            &client,
+            reqwest::Method::GET,
+            format!("{}/admin/members", bases[0]),
+        )
+        .await;
         assert_eq!(r.status(), StatusCode::OK);
         let members: Vec<Value> = r.json().await.expect("json");
         let seen: Vec<(u64, String)> = members
@@ -341,10 +355,12 @@ async fn members_show_api_addrs_and_nodes_are_removed_and_leave_through_the_admi
     let followers: Vec<u64> = (1..=3).filter(|i| *i != leader).collect();
     let (via, gone) = (followers[0], followers[1]);
     let base = &bases[via as usize - 1];
-    let r = with_token(client.delete(format!("{base}/admin/members/{gone}")))
-        .send()
-        .await
-        .expect("request");
+    let r = admin(
+        &client,
+        reqwest::Method::DELETE,
+        format!("{base}/admin/members/{gone}"),
+    )
+    .await;
     assert_eq!(r.status(), StatusCode::OK);
     assert_eq!(
         r.json::<Value>().await.expect("json"),
@@ -353,13 +369,15 @@ async fn members_show_api_addrs_and_nodes_are_removed_and_leave_through_the_admi
     let mut rest = vec![leader, via];
     rest.sort_unstable();
     wait_voters(&[c.node(leader), c.node(via)], &rest).await;
-    let members: Vec<Value> = with_token(client.get(format!("{base}/admin/members")))
-        .send()
-        .await
-        .expect("request")
-        .json()
-        .await
-        .expect("json");
+    let members: Vec<Value> = admin(
+        &client,
+        reqwest::Method::GET,
+        format!("{base}/admin/members"),
+    )
+    .await
+    .json()
+    .await
+    .expect("json");
     assert!(
         members
             .iter()
@@ -372,10 +390,7 @@ async fn members_show_api_addrs_and_nodes_are_removed_and_leave_through_the_admi
         ("/admin/members/99".to_string(), StatusCode::NOT_FOUND),
         ("/admin/members/three".to_string(), StatusCode::BAD_REQUEST),
     ] {
-        let r = with_token(client.delete(format!("{base}{path}")))
-            .send()
-            .await
-            .expect("request");
+        let r = admin(&client, reqwest::Method::DELETE, format!("{base}{path}")).await;
         assert_eq!(r.status(), status, "{path}");
         let body: Value = r.json().await.expect("json");
         assert!(body["error"].is_string(), "{body}");
@@ -383,10 +398,12 @@ async fn members_show_api_addrs_and_nodes_are_removed_and_leave_through_the_admi
     c.kill(gone).await;
 
     // the other follower leaves through its own route
-    let r = with_token(client.post(format!("{base}/admin/leave")))
-        .send()
-        .await
-        .expect("request");
+    let r = admin(
+        &client,
+        reqwest::Method::POST,
+        format!("{base}/admin/leave"),
+    )
+    .await;
     assert_eq!(r.status(), StatusCode::OK);
     let body: Value = r.json().await.expect("json");
     assert_eq!(body["left"], json!(via));

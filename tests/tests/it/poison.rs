@@ -135,6 +135,16 @@ async fn deaths(mut procs: Vec<Proc>, index: u64, dead: &[u64]) -> Vec<u64> {
     died
 }
 
+/// Starts every node and waits until node 1 knows a leader and is ready.
+async fn start_ready(specs: &[Spec]) -> Vec<Proc> {
+    let procs = start_all(specs).await;
+    procs[0]
+        .wait_health(T, |f| f.len() == 5 && f[2] != "none" && f[4] == "true")
+        .await
+        .expect("a leader and node 1 ready");
+    procs
+}
+
 async fn start_all(specs: &[Spec]) -> Vec<Proc> {
     let mut procs = Vec::new();
     for s in specs {
@@ -147,11 +157,7 @@ async fn start_all(specs: &[Spec]) -> Vec<Proc> {
 async fn a_handler_that_recurses_deeply_does_not_overflow_the_stack() {
     let dir = tempfile::tempdir().unwrap();
     let specs = specs(dir.path());
-    let procs = start_all(&specs).await;
-    procs[0]
-        .wait_health(T, |f| f.len() == 5 && f[2] != "none" && f[4] == "true")
-        .await
-        .unwrap();
+    let procs = start_ready(&specs).await;
     // ~8 MiB of stack: four times a tokio worker thread's
     procs[1].ok("deep 8192").await.unwrap();
     for p in &procs {
@@ -166,11 +172,7 @@ async fn a_handler_that_recurses_deeply_does_not_overflow_the_stack() {
 async fn a_node_that_died_inside_an_entry_says_which_at_restart_and_never_skips_it() {
     let dir = tempfile::tempdir().unwrap();
     let specs = specs(dir.path());
-    let procs = start_all(&specs).await;
-    procs[0]
-        .wait_health(T, |f| f.len() == 5 && f[2] != "none" && f[4] == "true")
-        .await
-        .unwrap();
+    let procs = start_ready(&specs).await;
     procs[0].ok("restock apple 1").await.unwrap();
     // node 1 has applied everything committed so far: the poison entry is next
     assert_eq!(procs[0].ok("stock! apple").await.unwrap(), "1");
@@ -273,11 +275,7 @@ async fn next_index(p: &Proc) -> u64 {
 async fn a_poison_pill_that_kills_every_replica_is_quarantined_and_the_cluster_serves_again() {
     let dir = tempfile::tempdir().unwrap();
     let specs = specs(dir.path());
-    let procs = start_all(&specs).await;
-    procs[0]
-        .wait_health(T, |f| f.len() == 5 && f[2] != "none" && f[4] == "true")
-        .await
-        .unwrap();
+    let procs = start_ready(&specs).await;
     procs[0].ok("restock apple 1").await.unwrap();
     assert_eq!(procs[0].ok("stock! apple").await.unwrap(), "1");
     let index = next_index(&procs[0]).await;
@@ -357,11 +355,7 @@ async fn an_entry_that_crashed_one_node_only_is_never_skipped_there_and_runs_aga
     for s in &mut specs[..2] {
         s.args.push("--survive-abort".into());
     }
-    let procs = start_all(&specs).await;
-    procs[0]
-        .wait_health(T, |f| f.len() == 5 && f[2] != "none" && f[4] == "true")
-        .await
-        .unwrap();
+    let procs = start_ready(&specs).await;
     procs[0].ok("restock apple 1").await.unwrap();
     let index = next_index(&procs[0]).await;
     let mut procs = procs.into_iter();
