@@ -1,11 +1,14 @@
 //! Load generator: a 3-node cluster on 127.0.0.1 with the durable log.
 //!
-//! `cargo run --release --example bench -- --clients 64 --seconds 10 [--via-follower] [--nodes 3] [--stages]`
+//! `cargo run --release --example bench -- --clients 64 --seconds 10 [--via-follower] [--nodes 3] [--stages] [--snapshot-every N]`
 //!
 //! N clients send commands for D seconds (to the leader, or through a
 //! follower with `--via-follower`), then N clients run local queries for
 //! D/2 seconds. The last line is
-//! `bench: nodes=3 clients=N writes_per_s=X write_p50_us=X write_p99_us=X reads_per_s=X`.
+//! `bench: nodes=3 clients=N writes_per_s=X write_p50_us=X write_p99_us=X reads_per_s=X cpu_us_per_write=X`
+//! (the CPU time of the whole process, all three nodes and the clients,
+//! during the write phase, divided by the writes: the figure a loaded
+//! machine disturbs least).
 //!
 //! `--stages` also records where the writes spent their time (see
 //! `catga::testing::stages`) and prints one line per stage before it:
@@ -25,6 +28,7 @@ struct Args {
     seconds: f64,
     via_follower: bool,
     stages: bool,
+    snapshot_every: Option<u64>,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -34,6 +38,7 @@ fn parse_args() -> Result<Args, String> {
         seconds: 10.0,
         via_follower: false,
         stages: false,
+        snapshot_every: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -54,6 +59,13 @@ fn parse_args() -> Result<Args, String> {
             }
             "--via-follower" => a.via_follower = true,
             "--stages" => a.stages = true,
+            "--snapshot-every" => {
+                a.snapshot_every = Some(
+                    it.next()
+                        .and_then(|v| v.parse().ok())
+                        .ok_or("--snapshot-every takes a number of entries (0: never)")?,
+                )
+            }
             "--nodes" => {
                 a.nodes = it
                     .next()
@@ -63,7 +75,7 @@ fn parse_args() -> Result<Args, String> {
             }
             other => {
                 return Err(format!(
-                    "unknown argument `{other}`; usage: bench [--clients N] [--seconds D] [--via-follower] [--nodes N] [--stages]"
+                    "unknown argument `{other}`; usage: bench [--clients N] [--seconds D] [--via-follower] [--nodes N] [--stages] [--snapshot-every N]"
                 ));
             }
         }
@@ -76,6 +88,18 @@ fn rss_kib() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
     line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// CPU time (user + system) this process has used so far, in µs (Linux,
+/// `/proc/self/stat`, clock ticks of 10 ms): CPU per write is the figure
+/// that a loaded machine disturbs least.
+fn cpu_us() -> Option<u64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // fields after the command name, which is in parentheses
+    let rest = stat.rsplit_once(')')?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    Some(ticks * 10_000)
 }
 
 /// A fixed-size latency histogram (µs): exact below 1,024 µs, then 64
@@ -163,6 +187,9 @@ async fn run(args: Args) -> Result<String, Box<dyn std::error::Error>> {
             .listener(l)
             .data_dir(dir.path().join(format!("n{id}")))
             .secret("bench");
+        if let Some(n) = args.snapshot_every {
+            b = b.snapshot_every(n);
+        }
         for (j, a) in addrs.iter().enumerate() {
             if j != i {
                 b = b.peer(j as u64 + 1, a.clone());
@@ -199,6 +226,7 @@ async fn run(args: Args) -> Result<String, Box<dyn std::error::Error>> {
         catga::testing::stages::enable(true);
     }
     let dur = Duration::from_secs_f64(args.seconds);
+    let cpu_start = cpu_us();
     let start = Instant::now();
     let mut tasks = Vec::new();
     for c in 0..args.clients {
@@ -225,6 +253,10 @@ async fn run(args: Args) -> Result<String, Box<dyn std::error::Error>> {
     }
     let elapsed = start.elapsed().as_secs_f64();
     let writes_per_s = lat.total as f64 / elapsed;
+    let cpu_per_write = match (cpu_start, cpu_us()) {
+        (Some(a), Some(b)) if lat.total > 0 => format!("{:.1}", (b - a) as f64 / lat.total as f64),
+        _ => "?".into(),
+    };
     if args.stages {
         catga::testing::stages::enable(false);
         for s in catga::testing::stages::report() {
@@ -289,13 +321,14 @@ async fn run(args: Args) -> Result<String, Box<dyn std::error::Error>> {
         n.shutdown().await;
     }
     Ok(format!(
-        "bench: nodes={} clients={} writes_per_s={:.0} write_p50_us={} write_p99_us={} reads_per_s={:.0}",
+        "bench: nodes={} clients={} writes_per_s={:.0} write_p50_us={} write_p99_us={} reads_per_s={:.0} cpu_us_per_write={}",
         args.nodes,
         args.clients,
         writes_per_s,
         lat.percentile(0.50),
         lat.percentile(0.99),
-        reads_per_s
+        reads_per_s,
+        cpu_per_write
     ))
 }
 
