@@ -53,6 +53,9 @@ pub(crate) struct RaftSettings {
     pub(crate) ready_max_lag: u64,
     /// Who quarantines a poison pill (`raft/poison.rs`).
     pub(crate) quarantine: super::QuarantineMode,
+    /// The most voters the leader keeps (odd; `usize::MAX`: no limit), see
+    /// `raft/voters.rs`.
+    pub(crate) voters: usize,
 }
 
 /// The longest a single attempt (one RPC to the leader, or one local
@@ -82,6 +85,8 @@ pub(crate) struct RaftHandle {
     identity: Arc<Identity>,
     mux: Arc<Mux>,
     mediator_pool: Pool,
+    /// The voter target (`RaftSettings::voters`).
+    voters: usize,
 }
 
 /// The membership as the leader sees it, in plain values (for the
@@ -200,6 +205,7 @@ impl RaftHandle {
             compat: compat.clone(),
             sm: sm.clone(),
             peers: peers.clone(),
+            voters: s.voters,
         });
 
         let (stop_tx, stop_rx) = watch::channel(false);
@@ -248,6 +254,7 @@ impl RaftHandle {
             identity,
             mux,
             mediator_pool,
+            voters: s.voters,
         };
 
         if !s.join {
@@ -428,7 +435,7 @@ impl RaftHandle {
 
     /// On the leader: removes `id` from the membership.
     pub(crate) async fn remove_here(&self, id: u64) -> Result<()> {
-        redirect_result(leader::remove_node(&self.raft, id).await)
+        redirect_result(leader::remove_node(&self.raft, id, self.voters).await)
     }
 
     /// On the leader: makes voter `id` a learner (`retain`: it keeps
@@ -748,7 +755,8 @@ impl RaftHandle {
             |raft| {
                 let addr = addr.clone();
                 let peers = self.peers.clone();
-                async move { leader::add_node(&raft, &peers, id, addr).await }
+                let voters = self.voters;
+                async move { leader::add_node(&raft, &peers, id, addr, voters).await }
             },
         )
         .await
@@ -758,7 +766,7 @@ impl RaftHandle {
         self.route(
             timeout,
             |l, a, ttl| self.call_leader(l, a, Rpc::RemoveNode { id }, ttl),
-            |raft| async move { leader::remove_node(&raft, id).await },
+            |raft| async move { leader::remove_node(&raft, id, self.voters).await },
         )
         .await
     }
