@@ -58,6 +58,15 @@ pub(crate) struct RaftSettings {
     pub(crate) voters: usize,
 }
 
+/// openraft's replication backoff policy (`Config::backoff`): from the
+/// heartbeat interval, doubling, to at most a third of the election
+/// timeout's minimum (never below the heartbeat interval), so a healed
+/// link carries appends again well within an election timeout.
+fn replication_backoff(heartbeat_ms: u64, election_min_ms: u64) -> String {
+    let cap = (election_min_ms / 3).max(heartbeat_ms);
+    format!("{heartbeat_ms}ms ...{cap}ms")
+}
+
 /// The longest a single attempt (one RPC to the leader, or one local
 /// proposal) may take before the call retries.
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -164,6 +173,11 @@ impl RaftHandle {
             // leader is healthy asks before it campaigns, instead of
             // bumping the term and deposing the leader
             enable_pre_vote: Some(true),
+            // after failed appends a replication stream waits before its
+            // next try; openraft's default grows to 1 s, so a peer whose
+            // link heals (a silent cut) heard from the leader up to 1 s
+            // later. Retry within a third of an election timeout instead
+            backoff: replication_backoff(s.heartbeat_ms, s.election_min_ms),
             ..Default::default()
         }
         .validate()
@@ -1017,6 +1031,32 @@ async fn capabilities_loop(id: u64, raft: Raft, compat: Arc<Compat>, sm: SmStore
                 "this node cannot apply the log: handing leadership over"
             );
             let _ = raft.trigger().transfer_leader(to).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::replication_backoff;
+
+    /// openraft parses the policy for every timing the builder accepts,
+    /// and no delay exceeds a third of the election timeout's minimum.
+    #[test]
+    fn the_replication_backoff_is_valid_and_stays_under_a_third_of_the_election_timeout() {
+        for (hb, emin) in [(50, 150), (50, 300), (1, 3), (100, 250), (1000, 3000)] {
+            let policy = replication_backoff(hb, emin);
+            let config = openraft::Config {
+                heartbeat_interval: hb,
+                election_timeout_min: emin,
+                election_timeout_max: emin * 2,
+                backoff: policy.clone(),
+                ..Default::default()
+            }
+            .validate()
+            .unwrap_or_else(|e| panic!("{policy}: {e}"));
+            let most = std::time::Duration::from_millis((emin / 3).max(hb));
+            let delays: Vec<_> = config.build_backoff().take(20).collect();
+            assert!(delays.iter().all(|d| *d <= most), "{policy}: {delays:?}");
         }
     }
 }
