@@ -42,7 +42,7 @@ pub struct ClusterBuilder {
     discovery: Option<DiscoverySource>,
     cluster_name: Option<String>,
     bootstrap_expect: Option<usize>,
-    voters: usize,
+    voters: Option<usize>,
     remove_dead_after: Option<Duration>,
     remove_learners_after: Duration,
     discovery_timings: (Duration, Duration),
@@ -74,7 +74,7 @@ impl Default for ClusterBuilder {
             discovery: None,
             cluster_name: None,
             bootstrap_expect: None,
-            voters: 3,
+            voters: None,
             remove_dead_after: None,
             remove_learners_after: Duration::from_secs(600),
             discovery_timings: (Duration::from_secs(1), Duration::from_secs(3)),
@@ -303,10 +303,14 @@ impl ClusterBuilder {
         self
     }
 
-    /// How many voters the cluster keeps (odd, default 3): the leader
-    /// promotes caught-up learners up to it, two at once from an odd count
-    /// so that the count stays odd; nodes beyond it stay learners (they
-    /// serve local queries and take over when a voter is removed).
+    /// How many voters the cluster keeps (odd; default 3 with
+    /// [`discovery`](Self::discovery), no limit with a static peer list):
+    /// the leader promotes caught-up learners up to it, two at once from an
+    /// odd count so that the count stays odd; nodes beyond it stay learners
+    /// (they serve local queries and take over when a voter is removed).
+    /// A leave or a removal that would leave an even count makes one more
+    /// voter a learner (never the leader; the least caught-up, else the
+    /// highest id), and the next node that joins brings it back.
     ///
     /// ```
     /// # #[cfg(feature = "nats")] {
@@ -321,7 +325,7 @@ impl ClusterBuilder {
     /// # }
     /// ```
     pub fn voters(mut self, n: usize) -> Self {
-        self.voters = n;
+        self.voters = Some(n);
         self
     }
 
@@ -373,13 +377,8 @@ impl ClusterBuilder {
             (None, Some(mine)) => mine.clone(),
             (None, None) => "catga".to_string(),
         };
-        if self.voters == 0 || self.voters.is_multiple_of(2) {
-            return Err(bad(
-                "voters",
-                format!("{} voters: use an odd number (1, 3, 5...)", self.voters),
-            ));
-        }
-        let expect = self.bootstrap_expect.unwrap_or(self.voters);
+        let voters = self.voters.unwrap_or(3);
+        let expect = self.bootstrap_expect.unwrap_or(voters);
         if expect == 0 {
             return Err(bad("bootstrap_expect", "must be at least 1".into()));
         }
@@ -388,7 +387,7 @@ impl ClusterBuilder {
             advertise: advertise.to_string(),
             api_addr: self.api_addr.clone(),
             bootstrap_expect: expect,
-            voters: self.voters,
+            voters,
             remove_dead_after: self.remove_dead_after,
             remove_learners_after: self.remove_learners_after,
             heartbeat: self.discovery_timings.0,
@@ -449,6 +448,27 @@ impl ClusterBuilder {
         }
         let me = self.advertise.clone().unwrap_or_else(|| listen_str.clone());
         members.insert(node_id, me);
+        let voters = match self.voters {
+            Some(n) if n == 0 || n.is_multiple_of(2) => {
+                return Err(bad(
+                    "voters",
+                    format!("{n} voters: use an odd number (1, 3, 5...)"),
+                ));
+            }
+            Some(n) if !self.join && self.discovery.is_none() && members.len() > n => {
+                return Err(bad(
+                    "voters",
+                    format!(
+                        "{n} voters, but {} members are listed (this node and its peers): list \
+                         at most {n}, and add the others with add_node (they stay learners)",
+                        members.len()
+                    ),
+                ));
+            }
+            Some(n) => n,
+            None if self.discovery.is_some() => 3,
+            None => usize::MAX,
+        };
         let hb = self.heartbeat.as_millis() as u64;
         let (emin, emax) = (
             self.election.0.as_millis() as u64,
@@ -529,6 +549,7 @@ impl ClusterBuilder {
                 },
                 ready_max_lag: self.ready_max_lag,
                 quarantine: self.quarantine.into(),
+                voters,
             },
             self.request_timeout,
         ))

@@ -82,7 +82,8 @@ impl Node {
     /// started with `.discovery(..)`), removes it from the membership
     /// through the leader (a leader removing itself steps down once the
     /// change is committed), then unregisters it and shuts it down. The id
-    /// is never used again. Fails, having changed nothing, if the discovery
+    /// is never used again. The voters left stay odd, as with
+    /// [`Node::remove_node`]. Fails, having changed nothing, if the discovery
     /// store cannot record the removal (retry when it is back).
     ///
     /// ```no_run

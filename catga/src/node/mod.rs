@@ -474,7 +474,10 @@ impl Node {
 
     /// Adds a node to the cluster: it joins as a learner, catches up (a big
     /// state is streamed to it in chunks, for as long as that takes), then
-    /// becomes a voter. Start it first with [`ClusterBuilder::join_existing`].
+    /// becomes a voter if the voter count stays odd and within
+    /// [`ClusterBuilder::voters`]: a fourth node waits as a learner and is
+    /// promoted with the next one (or at once, with a voter that a leave
+    /// made a learner). Start it first with [`ClusterBuilder::join_existing`].
     ///
     /// If the new node makes no progress catching up for 15 s (it is down,
     /// unreachable, has another secret, or refuses the snapshot), it is
@@ -496,7 +499,10 @@ impl Node {
             .await
     }
 
-    /// Removes a node from the cluster (its id must never be reused).
+    /// Removes a node from the cluster (its id must never be reused). The
+    /// voter count stays odd: a caught-up learner takes a removed voter's
+    /// place, or else one more voter becomes a learner (five voters, one
+    /// removed: three voters and a learner) until a node is added.
     pub async fn remove_node(&self, id: u64) -> Result<()> {
         self.inner
             .raft

@@ -53,6 +53,18 @@ pub(crate) struct RaftSettings {
     pub(crate) ready_max_lag: u64,
     /// Who quarantines a poison pill (`raft/poison.rs`).
     pub(crate) quarantine: super::QuarantineMode,
+    /// The most voters the leader keeps (odd; `usize::MAX`: no limit), see
+    /// `raft/voters.rs`.
+    pub(crate) voters: usize,
+}
+
+/// openraft's replication backoff policy (`Config::backoff`): from the
+/// heartbeat interval, doubling, to at most a third of the election
+/// timeout's minimum (never below the heartbeat interval), so a healed
+/// link carries appends again well within an election timeout.
+fn replication_backoff(heartbeat_ms: u64, election_min_ms: u64) -> String {
+    let cap = (election_min_ms / 3).max(heartbeat_ms);
+    format!("{heartbeat_ms}ms ...{cap}ms")
 }
 
 /// The longest a single attempt (one RPC to the leader, or one local
@@ -82,6 +94,8 @@ pub(crate) struct RaftHandle {
     identity: Arc<Identity>,
     mux: Arc<Mux>,
     mediator_pool: Pool,
+    /// The voter target (`RaftSettings::voters`).
+    voters: usize,
 }
 
 /// The membership as the leader sees it, in plain values (for the
@@ -161,6 +175,11 @@ impl RaftHandle {
             // leader is healthy asks before it campaigns, instead of
             // bumping the term and deposing the leader
             enable_pre_vote: Some(true),
+            // after failed appends a replication stream waits before its
+            // next try; openraft's default grows to 1 s, so a peer whose
+            // link heals (a silent cut) heard from the leader up to 1 s
+            // later. Retry within a third of an election timeout instead
+            backoff: replication_backoff(s.heartbeat_ms, s.election_min_ms),
             ..Default::default()
         }
         .validate()
@@ -202,6 +221,7 @@ impl RaftHandle {
             compat: compat.clone(),
             sm: sm.clone(),
             peers: peers.clone(),
+            voters: s.voters,
         });
 
         let (stop_tx, stop_rx) = watch::channel(false);
@@ -250,6 +270,7 @@ impl RaftHandle {
             identity,
             mux,
             mediator_pool,
+            voters: s.voters,
         };
 
         if !s.join {
@@ -430,7 +451,7 @@ impl RaftHandle {
 
     /// On the leader: removes `id` from the membership.
     pub(crate) async fn remove_here(&self, id: u64) -> Result<()> {
-        redirect_result(leader::remove_node(&self.raft, id).await)
+        redirect_result(leader::remove_node(&self.raft, id, self.voters).await)
     }
 
     /// On the leader: makes voter `id` a learner (`retain`: it keeps
@@ -750,7 +771,8 @@ impl RaftHandle {
             |raft| {
                 let addr = addr.clone();
                 let peers = self.peers.clone();
-                async move { leader::add_node(&raft, &peers, id, addr).await }
+                let voters = self.voters;
+                async move { leader::add_node(&raft, &peers, id, addr, voters).await }
             },
         )
         .await
@@ -760,7 +782,7 @@ impl RaftHandle {
         self.route(
             timeout,
             |l, a, ttl| self.call_leader(l, a, Rpc::RemoveNode { id }, ttl),
-            |raft| async move { leader::remove_node(&raft, id).await },
+            |raft| async move { leader::remove_node(&raft, id, self.voters).await },
         )
         .await
     }
@@ -1044,7 +1066,7 @@ async fn capabilities_loop(id: u64, raft: Raft, compat: Arc<Compat>, sm: SmStore
 
 #[cfg(test)]
 mod tests {
-    use super::openraft_election;
+    use super::{openraft_election, replication_backoff};
 
     #[test]
     fn a_follower_campaigns_inside_the_election_timeout_it_was_given() {
@@ -1074,6 +1096,27 @@ mod tests {
                     );
                 }
             }
+        }
+    }
+
+    /// openraft parses the policy for every timing the builder accepts,
+    /// and no delay exceeds a third of the election timeout's minimum.
+    #[test]
+    fn the_replication_backoff_is_valid_and_stays_under_a_third_of_the_election_timeout() {
+        for (hb, emin) in [(50, 150), (50, 300), (1, 3), (100, 250), (1000, 3000)] {
+            let policy = replication_backoff(hb, emin);
+            let config = openraft::Config {
+                heartbeat_interval: hb,
+                election_timeout_min: emin,
+                election_timeout_max: emin * 2,
+                backoff: policy.clone(),
+                ..Default::default()
+            }
+            .validate()
+            .unwrap_or_else(|e| panic!("{policy}: {e}"));
+            let most = std::time::Duration::from_millis((emin / 3).max(hb));
+            let delays: Vec<_> = config.build_backoff().take(20).collect();
+            assert!(delays.iter().all(|d| *d <= most), "{policy}: {delays:?}");
         }
     }
 }

@@ -2,7 +2,7 @@
 //! forwarded by a follower: writes, read indexes and membership changes.
 //! Each answers with a [`Redirect`] so the caller knows whether to retry.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures::StreamExt;
@@ -12,6 +12,7 @@ use openraft::{BasicNode, ChangeMembers, ReadPolicy};
 
 use super::compat::Compat;
 use super::network::PeerLog;
+use super::voters::{self, Peer};
 use super::wire::Redirect;
 use super::{LogId, Raft};
 use crate::machine::{Applied, EntryKind, Envelope};
@@ -162,8 +163,17 @@ pub(crate) async fn read_index(raft: &Raft) -> Redirect<LogId> {
     }
 }
 
-/// Adds a node as a learner, waits until it replicates, then makes it a voter.
-pub(crate) async fn add_node(raft: &Raft, peers: &PeerLog, id: u64, addr: String) -> Redirect<()> {
+/// Adds a node as a learner, waits until it replicates, then makes it a
+/// voter if the voter count stays odd.
+/// `target`: the most voters the cluster keeps (`usize::MAX`: no limit);
+/// the count stays odd, so the node may stay a learner (see `voters.rs`).
+pub(crate) async fn add_node(
+    raft: &Raft,
+    peers: &PeerLog,
+    id: u64,
+    addr: String,
+    target: usize,
+) -> Redirect<()> {
     peers.forget(id);
     let added = match raft
         .add_learner(id, BasicNode::new(addr.clone()), false)
@@ -230,62 +240,129 @@ pub(crate) async fn add_node(raft: &Raft, peers: &PeerLog, id: u64, addr: String
         }
         let _ = tokio::time::timeout(Duration::from_millis(250), metrics.changed()).await;
     }
-    let set: BTreeSet<u64> = [id].into();
-    membership_change(raft, ChangeMembers::AddVoterIds(set)).await
+    // it replicates: promote it if that keeps the voter count odd (with
+    // a learner a leave left, say), else it waits as a learner for the
+    // next node that joins
+    let now = membership_now(raft);
+    let plan = voters::plan(
+        now.me,
+        &now.voters,
+        &now.learners,
+        &now.peers,
+        None,
+        Some(id),
+        target,
+    );
+    if plan.voters == now.voters {
+        tracing::info!(
+            node = id,
+            voters = now.voters.len(),
+            "node {id} caught up; it stays a learner until another node joins (the voter count \
+             stays odd{})",
+            if target == usize::MAX {
+                String::new()
+            } else {
+                format!(", at most {target}")
+            }
+        );
+        return Redirect::Ok(());
+    }
+    tracing::info!(
+        node = id,
+        promoted = ?plan.promoted,
+        demoted = ?plan.demoted,
+        "node {id} caught up: voters {:?}",
+        plan.voters
+    );
+    let retain = !plan.demoted.is_empty();
+    membership_change(raft, ChangeMembers::ReplaceAllVoters(plan.voters), retain).await
 }
 
 fn raft_id(raft: &Raft) -> u64 {
     raft.metrics().borrow_watched().id
 }
 
-/// How far behind a learner may be and still take a removed voter's place.
-const REPLACEMENT_MAX_LAG: u64 = 100;
+/// What the odd voter rule decides from: this leader's id, the voters,
+/// the learners, and each other member's lag and reachability (it
+/// acknowledged a heartbeat or an append within two election timeouts).
+struct Now {
+    me: u64,
+    voters: BTreeSet<u64>,
+    learners: BTreeSet<u64>,
+    peers: BTreeMap<u64, Peer>,
+}
+
+fn membership_now(raft: &Raft) -> Now {
+    use openraft::Instant as _;
+    let recent = Duration::from_millis(raft.config().election_timeout_max.saturating_mul(2));
+    let m = raft.metrics();
+    let m = m.borrow_watched();
+    let membership = m.membership_config.membership();
+    let last = m.last_log_index.unwrap_or(0);
+    let peers = membership
+        .nodes()
+        .map(|(id, _)| {
+            let lag = m
+                .replication
+                .as_ref()
+                .and_then(|r| r.get(id).copied().flatten())
+                .map(|matched| last.saturating_sub(matched.index))
+                .unwrap_or(u64::MAX);
+            let reachable = m
+                .heartbeat
+                .as_ref()
+                .and_then(|h| h.get(id).cloned().flatten())
+                .is_some_and(|at| at.elapsed() <= recent);
+            (*id, Peer { lag, reachable })
+        })
+        .collect();
+    Now {
+        me: m.id,
+        voters: membership.voter_ids().collect(),
+        learners: membership.learner_ids().collect(),
+        peers,
+    }
+}
 
 /// Removes a node from the membership: from the voters first if it is
-/// one, then from the nodes (so it no longer receives the log). A voter
-/// is replaced, in the same change, by a learner that has caught up, if
-/// there is one: the voter count holds, and a cluster that already misses
-/// a voter keeps its quorum through the change.
-pub(crate) async fn remove_node(raft: &Raft, id: u64) -> Redirect<()> {
+/// one, then from the nodes (so it no longer receives the log). The voters
+/// left stay odd (`voters.rs`), in the same change: a caught-up learner
+/// takes the removed voter's place if there is one (a cluster that already
+/// misses a voter keeps its quorum through the change), else one more
+/// voter becomes a learner (it is promoted again with the next node that
+/// joins). `target`: the most voters the cluster keeps.
+pub(crate) async fn remove_node(raft: &Raft, id: u64, target: usize) -> Redirect<()> {
     let set: BTreeSet<u64> = [id].into();
-    let (voters, known, replacement) = {
-        let m = raft.metrics();
-        let m = m.borrow_watched();
-        let membership = m.membership_config.membership();
-        let voters: BTreeSet<u64> = membership.voter_ids().collect();
-        let last = m.last_log_index.map(|l| l + 1).unwrap_or(0);
-        let replacement = membership.learner_ids().find(|l| {
-            m.replication
-                .as_ref()
-                .and_then(|r| r.get(l).copied())
-                .flatten()
-                .is_some_and(|matched| {
-                    last.saturating_sub(matched.index + 1) <= REPLACEMENT_MAX_LAG
-                })
-        });
-        (voters, membership.get_node(&id).is_some(), replacement)
-    };
-    if voters.contains(&id) {
-        let change = match replacement {
-            Some(l) => {
-                let mut next = voters.clone();
-                next.remove(&id);
-                next.insert(l);
-                tracing::info!(
-                    removed = id,
-                    promoted = l,
-                    "a caught-up learner replaces the removed voter"
-                );
-                ChangeMembers::ReplaceAllVoters(next)
-            }
-            None => ChangeMembers::RemoveVoters(set.clone()),
-        };
-        match membership_change(raft, change).await {
+    let now = membership_now(raft);
+    let known = now.voters.contains(&id) || now.learners.contains(&id);
+    let plan = voters::plan(
+        now.me,
+        &now.voters,
+        &now.learners,
+        &now.peers,
+        Some(id),
+        None,
+        target,
+    );
+    if plan.voters != now.voters {
+        if !plan.promoted.is_empty() || !plan.demoted.is_empty() {
+            tracing::info!(
+                removed = id,
+                promoted = ?plan.promoted,
+                demoted = ?plan.demoted,
+                voters = ?plan.voters,
+                "removing node {id}; the voter count stays odd"
+            );
+        }
+        // a demoted voter stays a learner (`retain`); then the removed
+        // node, if it is still one, leaves the nodes below
+        let retain = !plan.demoted.is_empty();
+        match membership_change(raft, ChangeMembers::ReplaceAllVoters(plan.voters), retain).await {
             Redirect::Ok(()) => {}
             other => return other,
         }
-        // changes are made with `retain = false`: a removed voter leaves
-        // the nodes too, and there is nothing left to do
+        // without `retain` a removed voter leaves the nodes too, and
+        // there is nothing left to do
         if raft
             .metrics()
             .borrow_watched()
@@ -299,7 +376,7 @@ pub(crate) async fn remove_node(raft: &Raft, id: u64) -> Redirect<()> {
     } else if !known {
         return Redirect::Ok(());
     }
-    membership_change(raft, ChangeMembers::RemoveNodes(set)).await
+    membership_change(raft, ChangeMembers::RemoveNodes(set), false).await
 }
 
 /// Adds a node as a learner without waiting for it to catch up.
@@ -315,14 +392,21 @@ pub(crate) async fn add_learner(raft: &Raft, id: u64, addr: String) -> Redirect<
 
 /// Makes a learner a voter.
 pub(crate) async fn promote(raft: &Raft, ids: Vec<u64>) -> Redirect<()> {
-    membership_change(raft, ChangeMembers::AddVoterIds(ids.into_iter().collect())).await
+    membership_change(
+        raft,
+        ChangeMembers::AddVoterIds(ids.into_iter().collect()),
+        false,
+    )
+    .await
 }
 
+/// `retain`: voters that leave the voter set stay as learners.
 async fn membership_change(
     raft: &Raft,
     change: ChangeMembers<u64, openraft::BasicNode>,
+    retain: bool,
 ) -> Redirect<()> {
-    match raft.change_membership(change, false).await {
+    match raft.change_membership(change, retain).await {
         Ok(_) => Redirect::Ok(()),
         Err(e) => match e.forward_to_leader() {
             Some(f) => Redirect::NotLeader(f.leader_id),

@@ -35,6 +35,7 @@ mod snapshot_file;
 mod stall;
 mod state_machine;
 mod status;
+mod voters;
 mod wal;
 pub(crate) mod wire;
 

@@ -41,6 +41,8 @@ pub(crate) struct Running {
     pub(crate) sm: SmStore,
     /// What replication to each peer last did (for `add_node`).
     pub(crate) peers: Arc<PeerLog>,
+    /// The most voters the leader keeps (`raft/voters.rs`).
+    pub(crate) voters: usize,
 }
 
 impl RaftService {
@@ -235,6 +237,7 @@ async fn handle(
         compat,
         sm,
         peers,
+        voters,
     } = run;
     // A Raft that stopped (its storage failed) is not asked anything: each
     // request would log an ERROR inside openraft, dozens a second.
@@ -290,8 +293,10 @@ async fn handle(
         Rpc::Write(env) => encode(&leader::write(&raft, &compat, env, None).await),
         Rpc::WriteMany(envs) => encode(&leader::write_many(&raft, &compat, envs).await),
         Rpc::ReadIndex => encode(&leader::read_index(&raft).await),
-        Rpc::AddNode { id, addr } => encode(&leader::add_node(&raft, &peers, id, addr).await),
-        Rpc::RemoveNode { id } => encode(&leader::remove_node(&raft, id).await),
+        Rpc::AddNode { id, addr } => {
+            encode(&leader::add_node(&raft, &peers, id, addr, voters).await)
+        }
+        Rpc::RemoveNode { id } => encode(&leader::remove_node(&raft, id, voters).await),
         Rpc::Capabilities => encode(&compat::answer()),
         Rpc::PoisonReport { index, promise } => {
             encode(&Ok::<_, String>(poison::answer(&sm, index, promise)))

@@ -71,6 +71,15 @@ struct Attempt {
 
 /// The connect timeout after one that timed out (see `start_attempt`).
 const QUICK_CONNECT: Duration = Duration::from_millis(400);
+/// While a connect has no answer, another SYN (a new socket) this often,
+/// at most [`STAGGERED`] at once: a SYN dropped by a cut link is retried
+/// by the kernel only after 1 s, so a link that heals meanwhile is found
+/// by the next of ours instead.
+const STAGGER: Duration = Duration::from_millis(100);
+const STAGGERED: usize = 4;
+/// The most a connect waits after one that timed out: the link may heal
+/// at any moment, and each try costs a few SYNs.
+const QUICK_BACKOFF: Duration = Duration::from_millis(100);
 
 type Reply = oneshot::Sender<Result<Bytes, TransportError>>;
 
@@ -270,7 +279,7 @@ impl Pool {
                     Some(a) => (a.done.clone(), a.addr == addr, a.ready),
                     None => {
                         let ready = state.last_failure.and_then(|last| {
-                            last.checked_add(self.backoff(state.failures))
+                            last.checked_add(self.backoff(state.failures, state.timed_out))
                                 .filter(|r| *r > Instant::now())
                         });
                         let rx = self.start_attempt(&slot, &mut state, peer, addr, ready)?;
@@ -400,13 +409,19 @@ impl Pool {
         Ok(rx)
     }
 
-    /// The wait after `failures` failed connects in a row.
-    fn backoff(&self, failures: u32) -> Duration {
+    /// The wait after `failures` failed connects in a row (`silent`: the
+    /// last one had no answer at all).
+    fn backoff(&self, failures: u32, silent: bool) -> Duration {
         let cfg = &self.inner.cfg;
         let shift = failures.saturating_sub(1).min(20);
-        cfg.reconnect_backoff_min
+        let d = cfg
+            .reconnect_backoff_min
             .saturating_mul(1 << shift)
-            .min(cfg.reconnect_backoff_max)
+            .min(cfg.reconnect_backoff_max);
+        match silent {
+            true => d.min(QUICK_BACKOFF),
+            false => d,
+        }
     }
 
     /// Connects, authenticates and starts the connection's tasks.
@@ -424,7 +439,7 @@ impl Pool {
             false => cfg.connect_timeout,
         };
         let connect_until = until.min(after(timeout));
-        let stream = match tokio::time::timeout_at(connect_until, TcpStream::connect(addr)).await {
+        let stream = match tokio::time::timeout_at(connect_until, connect_staggered(addr)).await {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => {
                 return Err(TransportError::Unreachable(format!(
@@ -653,6 +668,21 @@ async fn read_loop(
         }
     };
     conn.close(err);
+}
+
+/// `TcpStream::connect`, with another SYN (a new socket) every
+/// [`STAGGER`] while none has answered, [`STAGGERED`] at most: the first
+/// socket that connects wins, the first refusal is the answer.
+async fn connect_staggered(addr: &str) -> std::io::Result<TcpStream> {
+    let mut tries = futures::stream::FuturesUnordered::new();
+    tries.push(TcpStream::connect(addr));
+    let mut next = tokio::time::interval_at(Instant::now() + STAGGER, STAGGER);
+    loop {
+        tokio::select! {
+            Some(r) = tries.next() => return r,
+            _ = next.tick(), if tries.len() < STAGGERED => tries.push(TcpStream::connect(addr)),
+        }
+    }
 }
 
 /// Now plus `d`; a time too far to represent is a year from now.

@@ -392,7 +392,10 @@ async fn nodes_join_and_leave_at_runtime() {
         .await
         .unwrap();
     c.node(2).add_node(4, addr).await.unwrap();
-    assert_eq!(c.node(1).health().members, vec![1, 2, 3, 4]);
+    // four voters would be even: it serves as a learner until a fifth joins
+    let leader = c.leader().await;
+    let h = c.node(leader).health();
+    assert_eq!((h.members, h.learners), (vec![1, 2, 3], vec![4]));
     c.node(1)
         .send(Restock {
             sku: "m".into(),
@@ -530,6 +533,16 @@ async fn invalid_settings_name_the_setting() {
         "election_timeout"
     );
     assert_eq!(err(base().secret("")).await, "secret");
+    // an even voter target, or a peer list longer than it
+    assert_eq!(err(base().voters(4)).await, "voters");
+    assert_eq!(
+        err(base()
+            .voters(1)
+            .peer(2, "127.0.0.1:2")
+            .peer(3, "127.0.0.1:3"))
+        .await,
+        "voters"
+    );
     let msg = catga::cluster()
         .node_id(1)
         .data_dir(dir.path())

@@ -610,3 +610,52 @@ fn kill_ns_processes(ns: &str) {
         }
     }
 }
+
+/// Issue 24 item 2: after a silent cut of 10 s (packets dropped, no reset),
+/// a healed node writes again within one election timeout: a follower
+/// (its writes are forwarded to the leader) and the old leader (it learns
+/// of the new one). Before: 1.0-1.4 s (follower) and 0.4-1.0 s (leader),
+/// openraft's replication backoff (up to 1 s) plus the transport's connect
+/// retries (one SYN per 400 ms attempt, then up to 250 ms of backoff).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_cut_off_silently_writes_again_within_an_election_timeout_of_the_heal() {
+    if !Net::available(
+        "nemesis::a_node_cut_off_silently_writes_again_within_an_election_timeout_of_the_heal",
+    ) {
+        return;
+    }
+    let c = NetCluster::start(3, &[]).await;
+    let mut took = Vec::new();
+    for who in ["follower", "leader"] {
+        let leader = c.wait_leader(Duration::from_secs(20)).await;
+        let id = match who {
+            "leader" => leader,
+            _ => other_two(leader)[0],
+        };
+        let p = c.proc(id).expect("runs");
+        write_again(&p, "silent", Duration::from_secs(10)).await;
+        c.net.isolate(id);
+        let cut = Instant::now();
+        // the others go on: the cut-off node's connections go silent while
+        // its peers write (a follower's forward connection stays idle)
+        let others = other_two(id);
+        let q = c.proc(others[0]).expect("runs");
+        while cut.elapsed() < Duration::from_secs(10) {
+            let _ = q
+                .call("restock silent-others 1", Duration::from_secs(2))
+                .await;
+        }
+        c.net.heal_all();
+        let t = write_again(&p, "silent", Duration::from_secs(30)).await;
+        println!("{who} {id} cut off silently for 10 s: writes again {t:?} after the heal");
+        took.push((who, id, t));
+    }
+    for (who, id, t) in took {
+        assert!(
+            t <= ELECTION_MAX,
+            "{who} {id} wrote again {t:?} after the heal (election timeout {ELECTION_MAX:?}); \
+             logs in {:?}",
+            c.logs()
+        );
+    }
+}
