@@ -815,6 +815,15 @@ async fn answer(
             node.add_node(id, *addr).await.map_err(e)?;
             Ok("ok".into())
         }
+        Some("remove") => {
+            let id: u64 = words
+                .get(1)
+                .ok_or("missing id")?
+                .parse()
+                .map_err(|e| format!("id: {e}"))?;
+            node.remove_node(id).await.map_err(e)?;
+            Ok("ok".into())
+        }
         Some("membership") => {
             let h = node.health();
             let list = |v: &[u64]| {
