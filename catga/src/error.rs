@@ -1,5 +1,9 @@
 //! The error types: [`Error`] for every call of the API, [`ApplyError`]
-//! for why a replicated entry produced no output (the same on every replica).
+//! for why a replicated entry produced no output (the same on every replica),
+//! [`TimeoutReason`] for what a call that gave up was waiting for.
+//!
+//! Behaviour is decided on these types, never on their messages: a message
+//! is for a person, and says what to do.
 
 /// The result type of catga's API.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -103,16 +107,17 @@ pub enum Error {
         reason: String,
     },
     /// The request did not complete before its deadline. For a command the
-    /// outcome is unknown: it may still be applied (once).
-    #[error("gave up after {waited:?} ({reason}); is a majority of the cluster up and reachable?")]
+    /// outcome is unknown: it may still be applied (once). The reason says
+    /// what the call was waiting for, and what to do.
+    #[error("gave up after {waited:?}: {reason}")]
     Timeout {
         /// How long the call tried.
         waited: std::time::Duration,
-        /// The last reason it could not complete.
-        reason: String,
+        /// What it was waiting for when it gave up.
+        reason: TimeoutReason,
     },
     /// The node is shutting down or has shut down.
-    #[error("the node is shut down")]
+    #[error("the node is shut down: this handle serves nothing more; start the node again")]
     ShutDown,
     /// Too many requests in flight from this node handle: none finished
     /// within the request timeout. Nothing was sent; retry later.
@@ -133,9 +138,17 @@ pub enum Error {
     /// failed). The node cannot serve writes until it is restarted.
     #[error("raft: {0}")]
     Raft(String),
-    /// A membership change was refused by the leader.
-    #[error("membership change refused: {0}")]
+    /// The leader refused the membership change: the cluster's membership
+    /// forbids it now (another change is in progress, the node is the last
+    /// voter, the new node made no progress catching up). Nothing changed.
+    #[error("the leader refused the membership change: {0}")]
     Membership(String),
+    /// This node did not try the call: something it needs first is missing
+    /// for now (the discovery store a removal must be recorded in has been
+    /// unreachable since it started). Nothing was sent or changed; the
+    /// message says what to wait for, then call again.
+    #[error("not now: {0}")]
+    NotNow(String),
     /// The leader refused to propose a message that some members cannot
     /// apply (they run an older version). Nothing was written.
     #[error(
@@ -163,6 +176,20 @@ pub enum Error {
     /// message names them. Nothing was written.
     #[error("quarantine refused: {0}")]
     Quarantine(String),
+    /// A request does not fit in one transport frame (`max_frame_bytes`):
+    /// nothing was sent.
+    #[error(
+        "the {what} is {size} bytes, over the {max}-byte frame limit between nodes: nothing was \
+         sent; send less in one message, or raise `max_frame_bytes` on every node"
+    )]
+    TooLarge {
+        /// What did not fit (a query, a broadcast event).
+        what: &'static str,
+        /// Its encoded size.
+        size: usize,
+        /// The largest body that fits in a frame.
+        max: usize,
+    },
     /// The node a query was sent to ([`Node::send_to`](crate::Node::send_to))
     /// is not a member, has left, or could not be reached (or died) before
     /// it answered. The call was not sent to another node; a query changes
@@ -173,6 +200,65 @@ pub enum Error {
         node: u64,
         /// Why it could not answer.
         reason: String,
+    },
+}
+
+/// What a call that gave up ([`Error::Timeout`]) was waiting for; its
+/// message says what to do.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum TimeoutReason {
+    /// No leader was known: an election is under way, or no majority of the
+    /// voters is up and reachable.
+    #[error(
+        "no leader known; is a majority of the voters up and able to reach each other? \
+         (`health()` on each node shows its leader and why it is not ready)"
+    )]
+    NoLeader,
+    /// A leader was known but gave no answer in time (it may be overloaded,
+    /// or cut off from a majority of the voters).
+    #[error(
+        "the leader gave no answer in time ({last}); is it overloaded or cut off from a majority \
+         of the voters? Retry (a command with the same idempotency key, to apply it once)"
+    )]
+    Leader {
+        /// The last reason an attempt did not complete.
+        last: String,
+    },
+    /// This node did not apply the log up to `index` in time: it is behind
+    /// the leader, or its apply loop is stalled.
+    #[error(
+        "this node did not apply log index {index} in time: it is behind the leader or its apply \
+         loop is stalled (`health()`: lag, stalled, poisoned); retry, or read on another node"
+    )]
+    Applied {
+        /// The index waited for.
+        index: u64,
+    },
+    /// This node did not become ready.
+    #[error("this node did not become ready ({why}); `health()` says what it waits for")]
+    NotReady {
+        /// Why it was not ready at the deadline.
+        why: String,
+    },
+    /// Node `node` did not answer a request in time (it may be overloaded,
+    /// paused or cut off). A query changes nothing: asking again is safe.
+    #[error(
+        "node {node} did not answer in time (overloaded, paused or cut off?); retry, or ask \
+         another node from `members()`"
+    )]
+    NoAnswer {
+        /// The node asked.
+        node: u64,
+    },
+    /// No member answered a routed query in time.
+    #[error(
+        "no member answered `{name}` in time; check `members()` for live members that run its \
+         handler, then retry"
+    )]
+    NoMember {
+        /// The query's wire name.
+        name: String,
     },
 }
 
@@ -197,7 +283,7 @@ impl Error {
     ///
     /// | error | outcome |
     /// |---|---|
-    /// | `Registry`, `WrongKind`, `UnknownState`, `Config`, `Snapshot`, `Overloaded`, `Membership` (refused by the leader), `NotUpgraded` (refused before proposing) | `NotApplied` |
+    /// | `Registry`, `WrongKind`, `UnknownState`, `Config`, `Snapshot`, `Overloaded`, `Membership` (refused by the leader), `NotNow` (not tried), `NotUpgraded` (refused before proposing), `TooLarge` (not sent) | `NotApplied` |
     /// | `Quarantine` (nothing was written) | `NotApplied` |
     /// | `NodeUnavailable` (only queries and broadcasts cross nodes this way: nothing reaches the log) | `NotApplied` |
     /// | `Apply(UnknownMessage)` (no handler on the replicas) | `NotApplied` |
@@ -216,6 +302,8 @@ impl Error {
             | Error::Snapshot(_)
             | Error::Overloaded
             | Error::Membership(_)
+            | Error::NotNow(_)
+            | Error::TooLarge { .. }
             | Error::NotUpgraded { .. }
             | Error::Discovery(_)
             | Error::ClusterMismatch(_)
@@ -237,5 +325,70 @@ impl Error {
             context: context.into(),
             source,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn timeout(reason: TimeoutReason) -> String {
+        Error::Timeout {
+            waited: Duration::from_secs(2),
+            reason,
+        }
+        .to_string()
+    }
+
+    #[test]
+    fn a_timeout_says_what_it_waited_for_and_what_to_do_per_call() {
+        let no_leader = timeout(TimeoutReason::NoLeader);
+        assert!(no_leader.contains("majority of the voters"), "{no_leader}");
+        // a node asked directly, or this node's own apply loop, is not a
+        // question of the majority
+        for (t, says) in [
+            (timeout(TimeoutReason::NoAnswer { node: 4 }), "another node"),
+            (
+                timeout(TimeoutReason::Applied { index: 9 }),
+                "read on another node",
+            ),
+            (
+                timeout(TimeoutReason::NoMember { name: "Get".into() }),
+                "members()",
+            ),
+            (
+                timeout(TimeoutReason::NotReady { why: "x".into() }),
+                "health()",
+            ),
+        ] {
+            assert!(!t.contains("majority"), "{t}");
+            assert!(t.contains(says), "{t}");
+        }
+        let slow = timeout(TimeoutReason::Leader { last: "x".into() });
+        assert!(slow.contains("same idempotency key"), "{slow}");
+    }
+
+    #[test]
+    fn a_request_too_large_is_no_encoding_failure_and_was_not_sent() {
+        let e = Error::TooLarge {
+            what: "request",
+            size: 100,
+            max: 10,
+        };
+        assert_eq!(e.outcome(), Outcome::NotApplied);
+        assert!(e.to_string().contains("max_frame_bytes"), "{e}");
+        assert!(!matches!(e, Error::Apply(_)));
+    }
+
+    #[test]
+    fn a_leaders_refusal_and_a_local_precondition_are_told_apart() {
+        let refused = Error::Membership("another change is in progress".into());
+        let not_now = Error::NotNow("the store is down; retry once it is back".into());
+        assert!(refused.to_string().contains("the leader refused"));
+        assert!(!not_now.to_string().contains("leader"));
+        assert_eq!(refused.outcome(), Outcome::NotApplied);
+        assert_eq!(not_now.outcome(), Outcome::NotApplied);
     }
 }

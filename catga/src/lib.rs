@@ -33,7 +33,7 @@ mod context;
 mod dedup;
 pub mod discovery;
 mod dispatch;
-mod error;
+pub mod error;
 #[cfg(feature = "http")]
 #[cfg_attr(docsrs, doc(cfg(feature = "http")))]
 pub mod http;

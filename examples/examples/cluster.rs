@@ -59,7 +59,7 @@ impl Demo {
             if Instant::now() > deadline {
                 return Err(catga::Error::Timeout {
                     waited: Duration::from_secs(10),
-                    reason: "no leader".into(),
+                    reason: catga::error::TimeoutReason::NoLeader,
                 });
             }
             any.health_changed(Duration::from_millis(100)).await;

@@ -231,9 +231,15 @@ fn unauthorized(why: Denied) -> Response {
 /// The status of an admin call that failed.
 fn admin_error(e: &Error) -> Response {
     match e {
-        Error::Timeout { reason, .. } if reason == "no leader known" => retry_later(e.to_string()),
+        Error::Timeout {
+            reason: crate::error::TimeoutReason::NoLeader,
+            ..
+        } => retry_later(e.to_string()),
         Error::Timeout { .. } => problem(StatusCode::GATEWAY_TIMEOUT, e.to_string()),
-        Error::ShutDown | Error::Overloaded | Error::Discovery(_) => retry_later(e.to_string()),
+        // not tried: something this node needs first (the store) is missing
+        Error::ShutDown | Error::Overloaded | Error::Discovery(_) | Error::NotNow(_) => {
+            retry_later(e.to_string())
+        }
         Error::ClusterMismatch(_) => problem(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
         // refused by the leader (another change in progress, the last
         // voter): the cluster's state forbids it now

@@ -53,6 +53,7 @@
 //! Bearer` and a body that says what to send.
 
 mod admin;
+mod answer;
 mod metrics;
 
 use std::sync::Arc;
@@ -69,7 +70,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tracing::Instrument;
 
-use crate::error::{ApplyError, Error};
+use crate::error::{ApplyError, Error, TimeoutReason};
 use crate::message::{Command, Handled, Query};
 use crate::node::{Node, Role};
 use metrics::Metrics;
@@ -410,6 +411,13 @@ fn output<M: Handled>(out: &M::Output) -> Response
 where
     M::Output: Serialize,
 {
+    // serde encodes a `Result` as {"Ok": v} or {"Err": e}; only a real
+    // `Result` output is unwrapped (not a user type that looks like one)
+    match answer::as_result(out) {
+        Some(Ok(ok)) => return (StatusCode::OK, Json(ok)).into_response(),
+        Some(Err(err)) => return (StatusCode::UNPROCESSABLE_ENTITY, Json(err)).into_response(),
+        None => {}
+    }
     let value = match serde_json::to_value(out) {
         Ok(v) => v,
         Err(e) => {
@@ -419,19 +427,6 @@ where
             );
         }
     };
-    // serde encodes a `Result` as {"Ok": v} or {"Err": e}; only a real
-    // `Result` output is unwrapped (not a user type that looks like one)
-    if std::any::type_name::<M::Output>().starts_with("core::result::Result<")
-        && let serde_json::Value::Object(mut map) = value
-    {
-        if let Some(err) = map.remove("Err") {
-            return (StatusCode::UNPROCESSABLE_ENTITY, Json(err)).into_response();
-        }
-        if let Some(ok) = map.remove("Ok") {
-            return (StatusCode::OK, Json(ok)).into_response();
-        }
-        return (StatusCode::OK, Json(serde_json::Value::Object(map))).into_response();
-    }
     (StatusCode::OK, Json(value)).into_response()
 }
 
@@ -484,7 +479,12 @@ fn error_response(e: &Error, is_command: bool) -> Response {
 
 fn status_of(e: &Error, is_command: bool) -> Response {
     match e {
-        Error::Timeout { reason, .. } if reason == "no leader known" => retry_later(e.to_string()),
+        // an election, or no majority: another node may not do better,
+        // but this one may in a moment
+        Error::Timeout {
+            reason: TimeoutReason::NoLeader,
+            ..
+        } => retry_later(e.to_string()),
         Error::Timeout { .. } if is_command => (
             StatusCode::GATEWAY_TIMEOUT,
             Json(Problem {
@@ -496,7 +496,9 @@ fn status_of(e: &Error, is_command: bool) -> Response {
         )
             .into_response(),
         Error::Timeout { .. } => problem(StatusCode::GATEWAY_TIMEOUT, e.to_string()),
-        Error::Overloaded | Error::ShutDown => retry_later(e.to_string()),
+        Error::Overloaded | Error::ShutDown | Error::NotNow(_) => retry_later(e.to_string()),
+        // too big for a frame between nodes: the request must change
+        Error::TooLarge { .. } => problem(StatusCode::PAYLOAD_TOO_LARGE, e.to_string()),
         // a node its peers refuse is no replica: another node answers (no
         // Retry-After: this one will not, until an operator acts)
         Error::ClusterMismatch(_) => problem(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
@@ -548,5 +550,60 @@ async fn metrics_text(State(h): State<Http>) -> Response {
         )
             .into_response(),
         Err(e) => problem(StatusCode::INTERNAL_SERVER_ERROR, e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn timeout(reason: TimeoutReason) -> Error {
+        Error::Timeout {
+            waited: Duration::from_secs(1),
+            reason,
+        }
+    }
+
+    #[test]
+    fn statuses_are_decided_by_the_error_type_not_its_text() {
+        let status = |e: &Error, command| status_of(e, command).status();
+        // no leader: retry later, whatever the text says
+        let no_leader = timeout(TimeoutReason::NoLeader);
+        assert_eq!(status(&no_leader, true), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(
+            status_of(&no_leader, false)
+                .headers()
+                .contains_key(header::RETRY_AFTER)
+        );
+        // a leader that did not answer: the outcome is unknown
+        let slow = timeout(TimeoutReason::Leader {
+            last: "no leader known".into(),
+        });
+        assert_eq!(status(&slow, true), StatusCode::GATEWAY_TIMEOUT);
+        assert_eq!(
+            status(&timeout(TimeoutReason::NoAnswer { node: 2 }), false),
+            StatusCode::GATEWAY_TIMEOUT
+        );
+        assert_eq!(
+            status(&Error::NotNow("the store is down".into()), false),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        assert_eq!(
+            status(
+                &Error::TooLarge {
+                    what: "request",
+                    size: 10,
+                    max: 5
+                },
+                false
+            ),
+            StatusCode::PAYLOAD_TOO_LARGE
+        );
+        assert_eq!(
+            status(&Error::ClusterMismatch("removed".into()), false),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
     }
 }

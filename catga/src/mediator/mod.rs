@@ -26,7 +26,7 @@ use tokio::time::Instant;
 use self::route::Load;
 use self::service::{Busy, MediatorService};
 use self::wire::{Failure, Reply, Request};
-use crate::error::{ApplyError, Error, Result};
+use crate::error::{ApplyError, Error, Result, TimeoutReason};
 use crate::message::{BoxFuture, Consistency, Handled, Publishable, Queryable, Route, Routing};
 use crate::node::{Node, WeakNode};
 use crate::transport::{TransportError, mediator_body};
@@ -523,7 +523,7 @@ impl Node {
         if ttl.is_zero() {
             return Err(Error::Timeout {
                 waited: self.request_timeout(),
-                reason: format!("no time left to ask node {node}"),
+                reason: TimeoutReason::NoAnswer { node },
             });
         }
         let start = Instant::now();
@@ -548,12 +548,13 @@ impl Node {
             }
             Err(TransportError::Timeout) => Err(Error::Timeout {
                 waited: ttl,
-                reason: format!("node {node} did not answer"),
+                reason: TimeoutReason::NoAnswer { node },
             }),
-            Err(TransportError::TooLarge { size, max }) => Err(Error::Apply(ApplyError::Encode {
-                what: "request".into(),
-                reason: format!("{size} bytes exceed the frame limit of {max}"),
-            })),
+            Err(TransportError::TooLarge { size, max }) => Err(Error::TooLarge {
+                what: "request",
+                size,
+                max,
+            }),
             Err(e) => Err(unavailable(node, e.to_string())),
         }
     }
@@ -678,7 +679,9 @@ impl Node {
         }
         Err(last.unwrap_or_else(|| Error::Timeout {
             waited: self.request_timeout(),
-            reason: format!("no member could answer `{}`", M::NAME),
+            reason: TimeoutReason::NoMember {
+                name: M::NAME.to_string(),
+            },
         }))
     }
 

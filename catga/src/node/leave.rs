@@ -69,7 +69,7 @@ impl Node {
         if let Some(sf) = self.inner.selfform.get() {
             sf.mark_removed(id).await?;
         } else if self.inner.selfform_pending.lock().is_some() {
-            return Err(Error::Membership(format!(
+            return Err(Error::NotNow(format!(
                 "cannot remove node {id} yet: the discovery store has been unreachable since \
                  this node started, and the removal must be recorded there (or the id could be \
                  re-added while its process still runs); retry once the store is back"
@@ -100,7 +100,7 @@ impl Node {
             sf.mark_removed(me).await?;
         } else if self.inner.selfform_pending.lock().is_some() {
             // the removal must be recorded, so the id is never re-added
-            return Err(Error::Membership(
+            return Err(Error::NotNow(
                 "cannot leave yet: the discovery store has been unreachable since this node \
                  started, and the removal must be recorded there (or this id could be re-added \
                  later with an empty log); the node stays a member, call leave again once the \

@@ -311,7 +311,9 @@ impl Node {
             Route::Query { .. } => {
                 if consistency == Consistency::Linearizable {
                     if let Some(e) = self.inner.raft.failure() {
-                        return Err(Error::Raft(format!("this node stopped: {e}")));
+                        return Err(Error::Raft(format!(
+                            "this node stopped ({e}); restart it: it recovers from its data dir"
+                        )));
                     }
                     if let Some(why) = self.refused() {
                         return Err(Error::ClusterMismatch(why));
@@ -430,7 +432,8 @@ impl Node {
     /// with [`Error::ShutDown`] after [`Node::shutdown`], or with
     /// [`Error::ClusterMismatch`] when its peers refuse it and it holds none
     /// of the cluster's log (its data dir was wiped, or it belongs to
-    /// another cluster: see [`Health::refused`]). A node whose
+    /// another cluster) or a majority of the voters refuse it (it was
+    /// removed): see [`Health::refused`]. A node whose
     /// storage failed answers no reads or writes any more (reads would be
     /// stale); `main` should exit non-zero so that its supervisor restarts
     /// it (it then recovers from its data dir once the disk has space):
@@ -449,17 +452,21 @@ impl Node {
     pub async fn stopped(&self) -> Error {
         tokio::select! {
             stopped = self.inner.raft.stopped() => match stopped {
-                Some(e) => Error::Raft(format!("this node stopped: {e}")),
+                Some(e) => Error::Raft(format!(
+                    "this node stopped ({e}); restart it: it recovers from its data dir"
+                )),
                 None => Error::ShutDown,
             },
             why = self.never_serves() => Error::ClusterMismatch(why),
         }
     }
 
-    /// Resolves when this node is refused and holds nothing of the
+    /// Resolves when this node is refused and either holds nothing of the
     /// cluster's log (it never applied an entry past the initial
-    /// membership): a wiped data dir, or a node of another cluster. Nothing
-    /// but an operator can change that, so it can never serve under this id.
+    /// membership: a wiped data dir, a node of another cluster) or is
+    /// refused by a majority of the voters it knows (its id was removed;
+    /// no leader can be elected that accepts it). Nothing but an operator
+    /// can change that, so it can never serve under this id.
     async fn never_serves(&self) -> String {
         loop {
             let why = self.refused_wait().await;
@@ -467,7 +474,18 @@ impl Node {
             if applied == 0 {
                 return why;
             }
-            // a refused member with a history: it may be accepted again
+            let voters = self.inner.raft.membership().voters;
+            let refusing = self
+                .inner
+                .raft
+                .refusers()
+                .iter()
+                .filter(|id| voters.contains_key(id))
+                .count();
+            if !voters.is_empty() && refusing * 2 > voters.len() {
+                return why;
+            }
+            // refused by a few, with a history: it may be accepted again
             self.inner.raft.changed(Duration::from_millis(500)).await;
         }
     }
@@ -534,10 +552,9 @@ impl Node {
             if now >= deadline {
                 return Err(Error::Timeout {
                     waited: timeout,
-                    reason: format!(
-                        "not ready: {}",
-                        h.not_ready.unwrap_or_else(|| "unknown".into())
-                    ),
+                    reason: crate::error::TimeoutReason::NotReady {
+                        why: h.not_ready.unwrap_or_else(|| "no reason given".into()),
+                    },
                 });
             }
             // readiness also changes with time (a silent leader): re-check

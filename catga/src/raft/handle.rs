@@ -29,7 +29,7 @@ use super::state_machine::SmStore;
 use super::status::Readiness;
 use super::wire::{Redirect, Rpc, decode, encode};
 use super::{Counters, Counts, Raft, RaftState, Status, leader};
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, TimeoutReason};
 use crate::machine::{Applied, Envelope, Machine};
 use crate::transport::{Faults, Mux, PeerCheck, Pool, Server, Service, TransportConfig};
 
@@ -244,6 +244,10 @@ impl RaftHandle {
         ));
         let failed = Arc::new(std::sync::atomic::AtomicBool::new(false));
         background.spawn(watch_failure(raft.clone(), failed.clone()));
+        background.spawn(super::identity::record_removals(
+            raft.clone(),
+            identity.clone(),
+        ));
         let handle = RaftHandle {
             id: s.node_id,
             raft,
@@ -379,6 +383,11 @@ impl RaftHandle {
 
     pub(crate) fn watch_refusals(&self) -> tokio::sync::watch::Receiver<u64> {
         self.identity.watch_refusals()
+    }
+
+    /// The peers that stand by a refusal of this node (`identity.rs`).
+    pub(crate) fn refusers(&self) -> std::collections::BTreeSet<u64> {
+        self.identity.refusers()
     }
 
     /// Peers refused for coming back with another data dir (`identity.rs`).
@@ -519,15 +528,23 @@ impl RaftHandle {
     }
 
     /// Sends `rpc` to the leader (or runs `local` when this node leads),
-    /// retrying through leader changes until `timeout`.
-    async fn route<T, L, F, R, G>(&self, timeout: Duration, remote: R, local: L) -> Result<T>
+    /// retrying through leader changes until `timeout`. `refused` makes
+    /// the error of a definite refusal by the leader (it differs per call:
+    /// a membership change, a quarantine, a write).
+    async fn route<T, L, F, R, G>(
+        &self,
+        timeout: Duration,
+        refused: fn(String) -> Error,
+        remote: R,
+        local: L,
+    ) -> Result<T>
     where
         L: Fn(Raft) -> F,
         F: Future<Output = Redirect<T>>,
         R: Fn(u64, String, Duration) -> G,
         G: Future<Output = Redirect<T>>,
     {
-        self.route_attempts(timeout, ATTEMPT_TIMEOUT, remote, local)
+        self.route_attempts(timeout, ATTEMPT_TIMEOUT, refused, remote, local)
             .await
     }
 
@@ -536,6 +553,7 @@ impl RaftHandle {
         &self,
         timeout: Duration,
         attempt: Duration,
+        refused: fn(String) -> Error,
         remote: R,
         local: L,
     ) -> Result<T>
@@ -548,7 +566,8 @@ impl RaftHandle {
         let start = Instant::now();
         let deadline = start + timeout;
         let mut backoff = Duration::from_millis(1);
-        let mut last = String::from("no leader known");
+        // until a leader is known, that is why the call waits
+        let mut last = TimeoutReason::NoLeader;
         let mut first = true;
         loop {
             if !std::mem::take(&mut first) {
@@ -562,7 +581,9 @@ impl RaftHandle {
                 });
             }
             if let Some(e) = self.failure() {
-                return Err(Error::Raft(format!("this node stopped: {e}")));
+                return Err(Error::Raft(format!(
+                    "this node stopped ({e}); restart it: it recovers from its data dir"
+                )));
             }
             // One attempt never takes the whole budget: a leader that was cut
             // off must not hold the call until its deadline.
@@ -593,17 +614,23 @@ impl RaftHandle {
             };
             match outcome {
                 Some(Redirect::Ok(v)) => return Ok(v),
-                Some(Redirect::Failed(e)) => return Err(Error::Membership(e)),
+                Some(Redirect::Failed(e)) => return Err(refused(e)),
                 Some(Redirect::NotUpgraded { name, nodes }) => {
                     return Err(Error::NotUpgraded { name, nodes });
                 }
-                Some(Redirect::NotLeader(_)) => last = "leader changed".into(),
-                Some(Redirect::Unknown(e)) => last = e,
+                Some(Redirect::NotLeader(_)) => {
+                    last = TimeoutReason::Leader {
+                        last: "the leader changed".into(),
+                    }
+                }
+                Some(Redirect::Unknown(e)) => last = TimeoutReason::Leader { last: e },
                 None => {}
             }
             if self.raft.metrics().borrow_watched().running_state.is_err() {
                 return Err(match self.failure() {
-                    Some(e) => Error::Raft(format!("this node stopped: {e}")),
+                    Some(e) => Error::Raft(format!(
+                        "this node stopped ({e}); restart it: it recovers from its data dir"
+                    )),
                     None => Error::ShutDown,
                 });
             }
@@ -704,6 +731,9 @@ impl RaftHandle {
     ) -> Result<Applied> {
         self.route(
             timeout,
+            // `client_write` refuses only to forward (handled); anything
+            // else is the leader's Raft failing
+            |e| Error::Raft(format!("the leader could not take the write: {e}")),
             |l, addr, ttl| {
                 self.counters
                     .writes_forwarded
@@ -735,6 +765,7 @@ impl RaftHandle {
         let read_id = self
             .route(
                 timeout,
+                |e| Error::Raft(format!("the leader could not serve a read index: {e}")),
                 |l, addr, ttl| self.call_leader(l, addr, Rpc::ReadIndex, ttl),
                 |raft| async move { leader::read_index(&raft).await },
             )
@@ -746,7 +777,9 @@ impl RaftHandle {
             Ok(Err(_)) => Err(Error::ShutDown),
             Err(_) => Err(Error::Timeout {
                 waited: timeout,
-                reason: "this node did not apply the read index in time".into(),
+                reason: TimeoutReason::Applied {
+                    index: read_id.index,
+                },
             }),
         }
     }
@@ -757,6 +790,7 @@ impl RaftHandle {
         self.route_attempts(
             timeout,
             timeout,
+            Error::Membership,
             |l, a, ttl| {
                 self.call_leader(
                     l,
@@ -781,6 +815,7 @@ impl RaftHandle {
     pub(crate) async fn remove_node(&self, id: u64, timeout: Duration) -> Result<()> {
         self.route(
             timeout,
+            Error::Membership,
             |l, a, ttl| self.call_leader(l, a, Rpc::RemoveNode { id }, ttl),
             |raft| async move { leader::remove_node(&raft, id, self.voters).await },
         )
@@ -810,8 +845,10 @@ impl RaftHandle {
                 return Err(Error::Timeout {
                     waited: timeout,
                     reason: match st.leader {
-                        None => "no leader elected".into(),
-                        Some(l) => format!("leader {l} not confirmed"),
+                        None => TimeoutReason::NoLeader,
+                        Some(l) => TimeoutReason::Leader {
+                            last: format!("no heartbeat from leader {l} in this term yet"),
+                        },
                     },
                 });
             }
@@ -830,7 +867,7 @@ impl RaftHandle {
             Ok(Err(_)) => Err(Error::ShutDown),
             Err(_) => Err(Error::Timeout {
                 waited: timeout,
-                reason: format!("index {index} not applied"),
+                reason: TimeoutReason::Applied { index },
             }),
         }
     }
@@ -926,6 +963,7 @@ impl RaftHandle {
         let id = self.id;
         self.route(
             timeout,
+            Error::Quarantine,
             |l, a, ttl| self.call_leader(l, a, Rpc::Quarantine { index }, ttl),
             |raft| {
                 let sm = sm.clone();
@@ -933,10 +971,6 @@ impl RaftHandle {
             },
         )
         .await
-        .map_err(|e| match e {
-            Error::Membership(e) => Error::Quarantine(e),
-            e => e,
-        })
     }
 
     /// Stops every task this node started.
@@ -1014,10 +1048,17 @@ fn failure_of(r: &std::result::Result<(), openraft::errors::Fatal<super::TC>>) -
 fn redirect_result(r: Redirect<()>) -> Result<()> {
     match r {
         Redirect::Ok(()) => Ok(()),
-        Redirect::NotLeader(l) => Err(Error::Membership(format!(
-            "this node is not the leader (leader: {l:?})"
+        // the leader's own call: no longer the leader, it changes nothing
+        Redirect::NotLeader(l) => Err(Error::NotNow(format!(
+            "this node is no longer the leader (the leader is {l:?}); the change is made by the \
+             leader: call it there"
         ))),
-        Redirect::Unknown(e) | Redirect::Failed(e) => Err(Error::Membership(e)),
+        // no answer from its own Raft: the change may still commit
+        Redirect::Unknown(e) => Err(Error::Raft(format!(
+            "the membership change may or may not take effect ({e}); read the membership, then \
+             retry"
+        ))),
+        Redirect::Failed(e) => Err(Error::Membership(e)),
         Redirect::NotUpgraded { name, nodes } => Err(Error::NotUpgraded { name, nodes }),
     }
 }

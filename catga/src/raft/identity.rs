@@ -1,19 +1,23 @@
 //! Who this node is across restarts, and who its peers were: the cluster id
-//! and the incarnation of this data dir (file `identity`), and the
-//! incarnation of every peer this node has ever talked to (file `peers`).
+//! and the incarnation of this data dir (file `identity`), the incarnation
+//! of every peer this node has ever talked to (file `peers`), and the voters
+//! it saw removed from the membership (file `removed`).
 //!
 //! The transport hands each peer's identity to [`Identity::check`] during
 //! the handshake. A peer whose incarnation changed had its data dir wiped
 //! or replaced: it lost its log and its vote, so letting it vote could elect
 //! a leader without the acknowledged writes. It is refused, on both sides of
 //! the connection, until an operator removes it (see README, "Replacing a
-//! node"). A peer of another cluster is refused the same way.
+//! node"). A peer of another cluster is refused the same way, and so is a
+//! voter this node saw removed (its id is never reused: it would come back
+//! with a stale log and a membership that still lists it, and pass for a
+//! replica).
 //!
 //! Both files are small text files, written atomically (temp file, fsync,
 //! rename, fsync of the directory) and only when something changes: on the
 //! first start, and when a peer is seen for the first time.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -26,6 +30,7 @@ use crate::transport::{Ident, PeerCheck};
 
 const IDENTITY: &str = "identity";
 const PEERS: &str = "peers";
+const REMOVED: &str = "removed";
 /// Locked (`flock`) while a process uses the data dir: the lock goes with
 /// the process, however it dies, so holding it proves that no earlier
 /// process still runs on this dir.
@@ -77,7 +82,11 @@ struct Inner {
     /// Peers refused since this process started because they came back
     /// with another data dir: whatever their id names in the membership is
     /// gone (not kept on disk: the `peers` file refuses them again).
-    replaced: std::collections::BTreeSet<u64>,
+    replaced: BTreeSet<u64>,
+    /// Voters this node saw leave the membership (file `removed`).
+    removed: BTreeSet<u64>,
+    /// Every voter of the memberships this process applied.
+    seen_voters: BTreeSet<u64>,
 }
 
 /// The cluster id of a static cluster: the same on every member that is
@@ -208,6 +217,20 @@ impl Identity {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(e),
         }
+        let removed_path = dir.join(REMOVED);
+        let removed = match std::fs::read_to_string(&removed_path) {
+            Ok(text) => text
+                .lines()
+                .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
+                .map(|l| {
+                    l.trim()
+                        .parse::<u64>()
+                        .map_err(|e| bad(&removed_path, format!("`{l}`: {e}")))
+                })
+                .collect::<io::Result<BTreeSet<u64>>>()?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => BTreeSet::new(),
+            Err(e) => return Err(e),
+        };
         Ok(Identity {
             node_id,
             dir: dir.to_path_buf(),
@@ -216,6 +239,8 @@ impl Identity {
                 incarnation,
                 peers,
                 replaced: Default::default(),
+                removed,
+                seen_voters: Default::default(),
             }),
             lock: take_lock(dir),
             refused_flag: AtomicBool::new(false),
@@ -241,10 +266,59 @@ impl Identity {
             })
     }
 
+    /// The peers that stand by a refusal of this node.
+    pub(crate) fn refusers(&self) -> BTreeSet<u64> {
+        if !self.refused_flag.load(Ordering::Acquire) {
+            return BTreeSet::new();
+        }
+        self.refusals.lock().by.keys().copied().collect()
+    }
+
     /// The peers this node refused since it started because they came
     /// back with another data dir (see `Inner::replaced`).
-    pub(crate) fn replaced_peers(&self) -> std::collections::BTreeSet<u64> {
+    pub(crate) fn replaced_peers(&self) -> BTreeSet<u64> {
         self.inner.lock().replaced.clone()
+    }
+
+    /// Notes an applied (so committed) membership: a voter of an earlier
+    /// one that is no node of it (neither voter nor learner) was removed,
+    /// and is refused from now on, across restarts. A learner that leaves
+    /// is not: the leader gives up on a new node that does not catch up,
+    /// and it may be added again once it runs; a voter turned learner (an
+    /// even voter count) is still a node. Fails on a disk error (the
+    /// removal is noted again with the next membership).
+    pub(crate) fn observe_membership(
+        &self,
+        voters: &BTreeSet<u64>,
+        nodes: &BTreeSet<u64>,
+    ) -> io::Result<()> {
+        let mut g = self.inner.lock();
+        let gone: Vec<u64> = g
+            .seen_voters
+            .iter()
+            .copied()
+            .filter(|v| *v != self.node_id && !nodes.contains(v) && !g.removed.contains(v))
+            .collect();
+        g.seen_voters.extend(voters.iter().copied());
+        if gone.is_empty() {
+            return Ok(());
+        }
+        g.removed.extend(gone.iter().copied());
+        if let Err(e) = self.persist_removed(&g) {
+            for id in &gone {
+                g.removed.remove(id);
+            }
+            return Err(e);
+        }
+        drop(g);
+        for id in gone {
+            tracing::info!(
+                node = id,
+                "node {id} was removed from the membership: it is refused from now on (ids are \
+                 never reused)"
+            );
+        }
+        Ok(())
     }
 
     /// A receiver that sees every change of the refusals.
@@ -299,6 +373,14 @@ impl Identity {
         )
     }
 
+    fn persist_removed(&self, g: &Inner) -> io::Result<()> {
+        let mut text = String::from("# voters removed from the cluster: refused for good\n");
+        for id in &g.removed {
+            text.push_str(&format!("{id}\n"));
+        }
+        write_atomically(&self.dir, REMOVED, &text)
+    }
+
     fn persist_peers(&self, g: &Inner) -> io::Result<()> {
         let text: String = g
             .peers
@@ -344,6 +426,14 @@ impl PeerCheck for Identity {
                 return Err(format!("cannot record the cluster id: {e}"));
             }
             tracing::info!(cluster = %format!("{:016x}", ident.cluster), "joined cluster");
+        }
+        if g.removed.contains(&peer) {
+            return Err(format!(
+                "node {peer} was removed from this cluster, and an id is never reused (its log \
+                 and membership are stale). Stop it; start the machine under a new id with a \
+                 fresh data dir (`join_existing()`, then `add_node` on a member); see \
+                 \"Replacing a node\" in the operations guide"
+            ));
         }
         match g.peers.get(&peer).copied() {
             Some(known) if known == ident.incarnation => Ok(()),
@@ -406,6 +496,37 @@ impl PeerCheck for Identity {
     }
 }
 
+/// Feeds every membership this node applied to
+/// [`Identity::observe_membership`], until Raft stops.
+pub(crate) async fn record_removals(raft: super::Raft, identity: std::sync::Arc<Identity>) {
+    use openraft::async_runtime::WatchReceiver;
+    let mut rx = raft.metrics();
+    let mut done = None;
+    loop {
+        let seen = {
+            let m = rx.borrow_watched();
+            let at = m.membership_config.log_id().map(|l| l.index);
+            let applied = m.last_applied.map(|l| l.index);
+            // only an applied membership is committed for good
+            (at <= applied && at != done).then(|| {
+                let mem = m.membership_config.membership();
+                let voters: BTreeSet<u64> = mem.voter_ids().collect();
+                let nodes: BTreeSet<u64> = mem.nodes().map(|(id, _)| *id).collect();
+                (at, voters, nodes)
+            })
+        };
+        if let Some((at, voters, nodes)) = seen {
+            match identity.observe_membership(&voters, &nodes) {
+                Ok(()) => done = at,
+                Err(e) => tracing::warn!(error = %e, "cannot record a removed node; retrying"),
+            }
+        }
+        if rx.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
 /// Whether a line about `peer` is due (none in the last minute); notes it.
 fn due(logged: &mut BTreeMap<u64, Instant>, peer: u64) -> bool {
     let now = Instant::now();
@@ -455,6 +576,34 @@ mod tests {
         id.accepted_by(3);
         assert_eq!(id.refusal(), None);
         assert!(changes.has_changed().unwrap());
+    }
+
+    #[test]
+    fn a_voter_seen_removed_is_refused_for_good_a_learner_given_up_on_is_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = Identity::open(dir.path(), 1, Some(7)).unwrap();
+        let set = |v: &[u64]| v.iter().copied().collect::<BTreeSet<u64>>();
+        for (peer, inc) in [(2, 20), (3, 30), (4, 40)] {
+            assert!(id.check(peer, ident(7, inc)).is_ok());
+        }
+        id.observe_membership(&set(&[1, 2, 3]), &set(&[1, 2, 3, 4]))
+            .unwrap();
+        // learner 4 made no progress and was removed again: it may be
+        // added again; voter 3 turned learner is still a node
+        id.observe_membership(&set(&[1, 2]), &set(&[1, 2, 3]))
+            .unwrap();
+        assert!(id.check(4, ident(7, 40)).is_ok());
+        assert!(id.check(3, ident(7, 30)).is_ok());
+        // node 3 leaves the membership: refused, with what to do
+        id.observe_membership(&set(&[1, 2]), &set(&[1, 2])).unwrap();
+        let err = id.check(3, ident(7, 30)).unwrap_err();
+        assert!(err.contains("removed") && err.contains("new id"), "{err}");
+        assert!(id.check(2, ident(7, 20)).is_ok());
+        drop(id);
+        // across a restart too, before any membership is seen again
+        let id = Identity::open(dir.path(), 1, Some(7)).unwrap();
+        assert!(id.check(3, ident(7, 30)).is_err());
+        assert!(id.check(4, ident(7, 40)).is_ok());
     }
 
     #[test]

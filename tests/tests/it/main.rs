@@ -41,6 +41,7 @@ mod outcomes;
 mod poison;
 mod processes;
 mod refused;
+mod removed;
 mod replaced_disk;
 mod restart_lease;
 mod restarts;
