@@ -434,6 +434,7 @@ struct Args {
     event_deadline_ms: Option<u64>,
     slow_event_ms: Option<u64>,
     keep_logs: Option<u64>,
+    log_reserve: Option<u64>,
     max_frame_bytes: Option<usize>,
     http: Option<String>,
     /// `redis://...` or `nats://...`: a self-forming node.
@@ -460,6 +461,7 @@ fn parse() -> Result<Args, String> {
         event_deadline_ms: None,
         slow_event_ms: None,
         keep_logs: None,
+        log_reserve: None,
         max_frame_bytes: None,
         http: None,
         discovery: None,
@@ -504,6 +506,13 @@ fn parse() -> Result<Args, String> {
             }
             "--keep-logs" => {
                 a.keep_logs = Some(value()?.parse().map_err(|e| format!("--keep-logs: {e}"))?)
+            }
+            "--log-reserve" => {
+                a.log_reserve = Some(
+                    value()?
+                        .parse()
+                        .map_err(|e| format!("--log-reserve: {e}"))?,
+                )
             }
             "--slow-event-ms" => {
                 a.slow_event_ms = Some(
@@ -909,6 +918,9 @@ pub async fn run(extra: Extra) {
     }
     if let Some(n) = args.keep_logs {
         b = b.snapshot_logs_to_keep(n);
+    }
+    if let Some(n) = args.log_reserve {
+        b = b.log_reserve(n);
     }
     if let Some(n) = args.max_frame_bytes {
         b = b.max_frame_bytes(n);

@@ -32,6 +32,7 @@ pub struct ClusterBuilder {
     election: (Duration, Duration),
     snapshot_every: u64,
     keep_logs: u64,
+    log_reserve: u64,
     request_timeout: Duration,
     secret: Option<String>,
     max_frame_bytes: usize,
@@ -64,6 +65,7 @@ impl Default for ClusterBuilder {
             election: (Duration::from_millis(150), Duration::from_millis(300)),
             snapshot_every: 100_000,
             keep_logs: 1_000,
+            log_reserve: 4 << 20,
             request_timeout: Duration::from_secs(5),
             secret: None,
             max_frame_bytes: 64 << 20,
@@ -191,6 +193,17 @@ impl ClusterBuilder {
     /// lagging follower catches up by log instead of by snapshot (default 1,000).
     pub fn snapshot_logs_to_keep(mut self, n: u64) -> Self {
         self.keep_logs = n;
+        self
+    }
+
+    /// How many bytes of the Raft log file to zero-fill ahead of the writes
+    /// (default 4 MiB; 0 = none). Writes into space the file already has
+    /// are synced without its length or block map, one disk write less per
+    /// commit. The reserve also lets a node whose disk fills keep logging
+    /// until it is used up; with 0 the first write that finds the disk full
+    /// stops the node.
+    pub fn log_reserve(mut self, bytes: u64) -> Self {
+        self.log_reserve = bytes;
         self
     }
 
@@ -541,6 +554,7 @@ impl ClusterBuilder {
                 election_max_ms: emax,
                 snapshot_every: self.snapshot_every,
                 keep_logs: self.keep_logs,
+                log_reserve: self.log_reserve,
                 secret,
                 max_frame_bytes: self.max_frame_bytes,
                 events: crate::raft::DeliverySettings {
@@ -704,6 +718,7 @@ impl std::fmt::Debug for ClusterBuilder {
             .field("snapshot_every", &self.snapshot_every)
             .field("quarantine", &self.quarantine)
             .field("keep_logs", &self.keep_logs)
+            .field("log_reserve", &self.log_reserve)
             .field("request_timeout", &self.request_timeout)
             .field("secret", &self.secret.as_ref().map(|_| "<redacted>"))
             .field("max_frame_bytes", &self.max_frame_bytes)

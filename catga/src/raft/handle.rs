@@ -47,6 +47,8 @@ pub(crate) struct RaftSettings {
     pub(crate) election_max_ms: u64,
     pub(crate) snapshot_every: u64,
     pub(crate) keep_logs: u64,
+    /// Bytes of the log zero-filled ahead of the writes (`wal::Wal`).
+    pub(crate) log_reserve: u64,
     pub(crate) secret: Vec<u8>,
     pub(crate) max_frame_bytes: usize,
     pub(crate) events: DeliverySettings,
@@ -118,7 +120,7 @@ impl RaftHandle {
         let cluster = (!s.join).then(|| static_cluster_id(&s.secret, s.members.keys().copied()));
         let identity = Arc::new(Identity::open(&s.data_dir, s.node_id, cluster).map_err(storage)?);
         let peer_check = identity.clone();
-        let log = LogStore::open(&s.data_dir).map_err(storage)?;
+        let log = LogStore::open(&s.data_dir, s.log_reserve).map_err(storage)?;
         let events = EventLog::open(&s.data_dir).map_err(|e| {
             log.close();
             storage(e)

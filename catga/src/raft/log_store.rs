@@ -85,8 +85,9 @@ const COMMITTED_LAG: std::time::Duration = std::time::Duration::from_millis(50);
 
 impl LogStore {
     /// Opens (or creates) the log in `dir/log` and loads it.
-    pub(super) fn open(dir: &Path) -> io::Result<LogStore> {
-        let (wal, replayed) = Wal::open(&dir.join("log"))?;
+    /// `reserve`: bytes zero-filled ahead of the writes (`Wal::open`).
+    pub(super) fn open(dir: &Path, reserve: u64) -> io::Result<LogStore> {
+        let (wal, replayed) = Wal::open(&dir.join("log"), reserve)?;
         let mut cache = Cache::default();
         let mut meta = WriterMeta::default();
         if let Some(v) = replayed.vote {

@@ -435,7 +435,7 @@ mod tests {
 
     fn open_store(dir: &std::path::Path) -> std::io::Result<SmStore> {
         let events = crate::raft::events::EventLog::open(dir)?;
-        let log = crate::raft::log_store::LogStore::open(dir)?;
+        let log = crate::raft::log_store::LogStore::open(dir, 1 << 20)?;
         SmStore::open(dir.to_path_buf(), events, log)
     }
 
@@ -631,7 +631,7 @@ mod tests {
     /// Opens the log store in `dir` (and closes it again): Ok or Err, never
     /// a panic.
     fn open_log(dir: &std::path::Path) -> std::io::Result<()> {
-        LogStore::open(dir).map(|log| log.close())
+        LogStore::open(dir, 1 << 20).map(|log| log.close())
     }
 
     proptest! {

@@ -16,8 +16,8 @@
 //! current vote, purge point and commit point, so older segments whose
 //! entries are all purged can be deleted without losing anything.
 //!
-//! Segments are zero-filled ahead of the writes ([`PREALLOC`] bytes at a
-//! time) and written in place, so a record's `fdatasync` flushes its data
+//! Segments are zero-filled ahead of the writes (`reserve` bytes at a
+//! time, 4 MiB by default: `ClusterBuilder::log_reserve`) and written in place, so a record's `fdatasync` flushes its data
 //! only: appending to the end of a file changes its size and allocates
 //! blocks, and each sync then writes the inode and the allocation metadata
 //! too, a second synchronous I/O per commit (ext4 without a journal:
@@ -37,7 +37,8 @@ use std::path::{Path, PathBuf};
 
 /// Start a new segment once the current one is this large.
 const SEGMENT_BYTES: u64 = 64 << 20;
-/// Zero-fill this much of a segment ahead of the writes at a time.
+/// The default of [`Wal::open`]'s `reserve` (the tests' too).
+#[cfg(test)]
 const PREALLOC: u64 = 4 << 20;
 /// Refuse records larger than this when reading (a corrupt length).
 const MAX_RECORD: usize = 1 << 30;
@@ -170,6 +171,8 @@ pub(crate) struct Wal {
     size: u64,
     /// The current segment's length on disk: `size..allocated` is zeros.
     allocated: u64,
+    /// How far ahead of `size` to zero-fill (0: never).
+    reserve: u64,
     buf: Vec<u8>,
 }
 
@@ -182,8 +185,9 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
 }
 
 impl Wal {
-    /// Opens (or creates) the log in `dir` and replays it.
-    pub(super) fn open(dir: &Path) -> io::Result<(Wal, Replayed)> {
+    /// Opens (or creates) the log in `dir` and replays it; segments are
+    /// zero-filled `reserve` bytes at a time ahead of the writes (0: not).
+    pub(super) fn open(dir: &Path, reserve: u64) -> io::Result<(Wal, Replayed)> {
         std::fs::create_dir_all(dir)?;
         let mut ids: Vec<u64> = std::fs::read_dir(dir)?
             .filter_map(|e| e.ok())
@@ -274,22 +278,24 @@ impl Wal {
                 segments,
                 size,
                 allocated: size,
+                reserve,
                 buf: Vec::with_capacity(1 << 16),
             },
             replayed,
         ))
     }
 
-    /// Zero-fills the current segment past `size + need` (see [`PREALLOC`]).
+    /// Zero-fills the current segment past `size + need`, `reserve` bytes
+    /// at a time (see the module's comment).
     /// The zeros reach the disk with the next sync, which then also writes
     /// the new length once; later syncs of records inside them do not. A
     /// failure (a full disk) is not an error here: the records are then
     /// written past the end as before, and fail there if they must.
     fn preallocate(&mut self, need: u64) {
-        if self.size + need <= self.allocated {
+        if self.reserve == 0 || self.size + need <= self.allocated {
             return;
         }
-        let to = (self.size + need).max(self.allocated + PREALLOC);
+        let to = (self.size + need).max(self.allocated + self.reserve);
         let zeros = vec![0u8; (to - self.allocated) as usize];
         match self.file.write_all_at(&zeros, self.allocated) {
             Ok(()) => self.allocated = to,
@@ -392,7 +398,7 @@ mod tests {
     fn replays_what_was_written() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let (mut w, r) = Wal::open(dir.path()).unwrap();
+            let (mut w, r) = Wal::open(dir.path(), PREALLOC).unwrap();
             assert!(r.entries.is_empty());
             w.write(
                 &[
@@ -417,7 +423,7 @@ mod tests {
             )
             .unwrap();
         }
-        let (_, r) = Wal::open(dir.path()).unwrap();
+        let (_, r) = Wal::open(dir.path(), PREALLOC).unwrap();
         assert_eq!(
             r.entries.into_iter().collect::<Vec<_>>(),
             vec![(2, vec![20]), (3, vec![31])]
@@ -431,7 +437,7 @@ mod tests {
     fn a_torn_tail_is_cut_off_and_corruption_elsewhere_is_an_error() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let (mut w, _) = Wal::open(dir.path()).unwrap();
+            let (mut w, _) = Wal::open(dir.path(), PREALLOC).unwrap();
             w.write(
                 &[
                     Record::Entry(1, vec![1; 100]),
@@ -454,16 +460,16 @@ mod tests {
             .unwrap()
             .set_len(len - 30)
             .unwrap();
-        let (mut w, r) = Wal::open(dir.path()).unwrap();
+        let (mut w, r) = Wal::open(dir.path(), PREALLOC).unwrap();
         assert_eq!(r.entries.keys().copied().collect::<Vec<_>>(), vec![1]);
         w.write(&[Record::Entry(2, vec![3])], true, Vec::new)
             .unwrap();
         drop(w);
-        let (_, r) = Wal::open(dir.path()).unwrap();
+        let (_, r) = Wal::open(dir.path(), PREALLOC).unwrap();
         assert_eq!(r.entries.get(&2), Some(&vec![3]));
         // a flipped byte in a segment that is not the last
         {
-            let (mut w, _) = Wal::open(dir.path()).unwrap();
+            let (mut w, _) = Wal::open(dir.path(), PREALLOC).unwrap();
             w.rotate(Vec::new()).unwrap();
             w.write(&[Record::Entry(3, vec![3])], true, Vec::new)
                 .unwrap();
@@ -471,13 +477,13 @@ mod tests {
         let mut bytes = std::fs::read(&seg).unwrap();
         bytes[10] ^= 0xff;
         std::fs::write(&seg, bytes).unwrap();
-        assert!(Wal::open(dir.path()).is_err());
+        assert!(Wal::open(dir.path(), PREALLOC).is_err());
     }
 
     #[test]
     fn segments_rotate_keep_meta_and_old_ones_go_once_purged() {
         let dir = tempfile::tempdir().unwrap();
-        let (mut w, _) = Wal::open(dir.path()).unwrap();
+        let (mut w, _) = Wal::open(dir.path(), PREALLOC).unwrap();
         w.write(
             &[
                 Record::Vote(vec![7]),
@@ -498,7 +504,7 @@ mod tests {
         w.drop_purged(2).unwrap();
         assert_eq!(w.segment_count(), 1);
         drop(w);
-        let (_, r) = Wal::open(dir.path()).unwrap();
+        let (_, r) = Wal::open(dir.path(), PREALLOC).unwrap();
         assert_eq!(
             r.vote,
             Some(vec![7]),
@@ -513,7 +519,7 @@ mod tests {
         let seg = segment_path(dir.path(), 1);
         let records_len;
         {
-            let (mut w, _) = Wal::open(dir.path()).unwrap();
+            let (mut w, _) = Wal::open(dir.path(), PREALLOC).unwrap();
             w.write(&[Record::Entry(1, vec![1; 100])], true, Vec::new)
                 .unwrap();
             records_len = w.size;
@@ -524,7 +530,7 @@ mod tests {
                 .unwrap();
             assert!(std::fs::metadata(&seg).unwrap().len() >= PREALLOC);
         }
-        let (_, r) = Wal::open(dir.path()).unwrap();
+        let (_, r) = Wal::open(dir.path(), PREALLOC).unwrap();
         assert_eq!(r.entries.keys().copied().collect::<Vec<_>>(), vec![1, 2]);
         // a write torn by a crash: its first sector (the header) never
         // reached the disk, a later one did
@@ -535,7 +541,7 @@ mod tests {
         encode_record(&Record::Entry(3, vec![3; 600]), &mut torn);
         f.write_all_at(&torn[512..], end + 512).unwrap();
         drop(f);
-        let (mut w, r) = Wal::open(dir.path()).unwrap();
+        let (mut w, r) = Wal::open(dir.path(), PREALLOC).unwrap();
         assert_eq!(r.entries.keys().copied().collect::<Vec<_>>(), vec![1, 2]);
         assert_eq!(w.size, 2 * records_len, "the torn bytes are cut off");
         // what is written next replays, and so does everything before it
@@ -545,7 +551,7 @@ mod tests {
         w.write(&[Record::Entry(4, vec![5; 10])], true, Vec::new)
             .unwrap();
         drop(w);
-        let (_, r) = Wal::open(dir.path()).unwrap();
+        let (_, r) = Wal::open(dir.path(), PREALLOC).unwrap();
         assert_eq!(r.entries.get(&3), Some(&vec![4; 10]));
         assert_eq!(
             r.entries.keys().copied().collect::<Vec<_>>(),
