@@ -70,6 +70,9 @@ mod pool;
 mod server;
 #[cfg(test)]
 mod tests;
+mod tls;
+#[cfg(test)]
+mod tls_tests;
 
 use std::time::Duration;
 
@@ -135,6 +138,8 @@ pub(crate) struct TransportConfig {
     pub dead_after: Duration,
     /// Checks peers' identities; none: any peer that knows the secret.
     pub identity: Option<std::sync::Arc<dyn PeerCheck>>,
+    /// Mutual TLS on every connection (see `tls.rs`); none: plaintext.
+    pub tls: Option<crate::tls::TlsConfig>,
 }
 
 impl std::fmt::Debug for TransportConfig {
@@ -144,6 +149,7 @@ impl std::fmt::Debug for TransportConfig {
             .field("secret", &"<redacted>")
             .field("max_frame_bytes", &self.max_frame_bytes)
             .field("identity", &self.identity.as_ref().and_then(|i| i.local()))
+            .field("tls", &self.tls)
             .finish_non_exhaustive()
     }
 }
@@ -164,6 +170,7 @@ impl Default for TransportConfig {
             probe_after: Duration::from_millis(500),
             dead_after: Duration::from_secs(2),
             identity: None,
+            tls: None,
         }
     }
 }
