@@ -48,6 +48,7 @@ pub(crate) struct RaftSettings {
     pub(crate) snapshot_every: u64,
     pub(crate) keep_logs: u64,
     pub(crate) secret: Vec<u8>,
+    pub(crate) tls: Option<crate::tls::TlsConfig>,
     pub(crate) max_frame_bytes: usize,
     pub(crate) events: DeliverySettings,
     pub(crate) ready_max_lag: u64,
@@ -120,6 +121,7 @@ impl RaftHandle {
             secret: s.secret.clone(),
             max_frame_bytes: s.max_frame_bytes,
             identity: Some(peer_check as Arc<dyn PeerCheck>),
+            tls: s.tls.clone(),
             ..TransportConfig::default()
         });
         let service = RaftService::new();

@@ -47,5 +47,6 @@ mod restarts;
 mod self_forming;
 mod snapshots;
 mod store_lost;
+mod tls;
 mod upgrade;
 mod wire_abuse;
