@@ -115,6 +115,8 @@ mod guides {
     struct Testing;
     #[doc = include_str!("../docs/guides/benchmarks.md")]
     struct Benchmarks;
+    #[doc = include_str!("../docs/guides/security.md")]
+    struct Security;
 }
 
 #[cfg(test)]

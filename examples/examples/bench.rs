@@ -1,6 +1,6 @@
 //! Load generator: a 3-node cluster on 127.0.0.1 with the durable log.
 //!
-//! `cargo run --release --example bench -- --clients 64 --seconds 10 [--via-follower] [--nodes 3] [--stages]`
+//! `cargo run --release --example bench -- --clients 64 --seconds 10 [--via-follower] [--nodes 3] [--stages] [--tls]`
 //!
 //! N clients send commands for D seconds (to the leader, or through a
 //! follower with `--via-follower`), then N clients run local queries for
@@ -13,6 +13,10 @@
 //! this one process, so the log, fsync, replication and apply stages count
 //! the work of all three; recording costs a little, so compare throughput
 //! figures only between runs that both have it on or both off.
+//!
+//! `--tls` runs the nodes with mutual TLS (certificates from a development
+//! CA minted at start). Its cost is measured by running the same binary with
+//! and without it in interleaved rounds: see the benchmarks guide.
 
 use std::time::{Duration, Instant};
 
@@ -25,6 +29,7 @@ struct Args {
     seconds: f64,
     via_follower: bool,
     stages: bool,
+    tls: bool,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -34,6 +39,7 @@ fn parse_args() -> Result<Args, String> {
         seconds: 10.0,
         via_follower: false,
         stages: false,
+        tls: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -54,6 +60,7 @@ fn parse_args() -> Result<Args, String> {
             }
             "--via-follower" => a.via_follower = true,
             "--stages" => a.stages = true,
+            "--tls" => a.tls = true,
             "--nodes" => {
                 a.nodes = it
                     .next()
@@ -63,7 +70,7 @@ fn parse_args() -> Result<Args, String> {
             }
             other => {
                 return Err(format!(
-                    "unknown argument `{other}`; usage: bench [--clients N] [--seconds D] [--via-follower] [--nodes N] [--stages]"
+                    "unknown argument `{other}`; usage: bench [--clients N] [--seconds D] [--via-follower] [--nodes N] [--stages] [--tls]"
                 ));
             }
         }
@@ -155,6 +162,10 @@ async fn run(args: Args) -> Result<String, Box<dyn std::error::Error>> {
         .iter()
         .map(|l| l.local_addr().map(|a| a.to_string()))
         .collect::<Result<_, _>>()?;
+    let ca = match args.tls {
+        true => Some(catga::tls::DevCa::new()?),
+        false => None,
+    };
     let mut nodes: Vec<Node> = Vec::new();
     for (i, l) in listeners.into_iter().enumerate() {
         let id = i as u64 + 1;
@@ -163,6 +174,9 @@ async fn run(args: Args) -> Result<String, Box<dyn std::error::Error>> {
             .listener(l)
             .data_dir(dir.path().join(format!("n{id}")))
             .secret("bench");
+        if let Some(ca) = &ca {
+            b = b.tls(ca.tls_config(id)?);
+        }
         for (j, a) in addrs.iter().enumerate() {
             if j != i {
                 b = b.peer(j as u64 + 1, a.clone());

@@ -338,3 +338,111 @@ async fn certificates_rotate_under_load_without_a_failed_write() {
         n.shutdown().await;
     }
 }
+
+/// A GET over TLS to `addr` (dialled as `localhost`), with `client`'s
+/// certificate if given; the response's head and body, or why it failed.
+async fn https_get(
+    addr: std::net::SocketAddr,
+    path: &str,
+    client: Option<&catga::tls::NodeCert>,
+) -> Result<String, String> {
+    use rustls::pki_types::pem::PemObject;
+    let ca = catga_tests::tls::ca();
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(rustls::pki_types::CertificateDer::from_pem_slice(ca.ca_pem().as_bytes()).unwrap())
+        .unwrap();
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots);
+    let config = match client {
+        None => builder.with_no_client_auth(),
+        Some(c) => builder
+            .with_client_auth_cert(
+                vec![
+                    rustls::pki_types::CertificateDer::from_pem_slice(c.cert_pem.as_bytes())
+                        .unwrap(),
+                ],
+                rustls::pki_types::PrivateKeyDer::from_pem_slice(c.key_pem.as_bytes()).unwrap(),
+            )
+            .unwrap(),
+    };
+    let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let mut s = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .map_err(|e| format!("handshake: {e}"))?;
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .map_err(|e| format!("write: {e}"))?;
+    let mut out = Vec::new();
+    tokio::time::timeout(T, s.read_to_end(&mut out))
+        .await
+        .map_err(|_| "no answer in time".to_string())?
+        .map_err(|e| format!("read: {e}"))?;
+    Ok(String::from_utf8_lossy(&out).into_owned())
+}
+
+/// The HTTP door over TLS: HTTPS answers, plaintext HTTP on the same port
+/// gets no HTTP answer, and with client certificates required a client
+/// without one is refused while one with a certificate of the CA is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_http_door_serves_https_and_can_require_client_certificates() {
+    let c = catga_tests::harness::Cluster::start(1).await;
+    c.leader().await;
+    let ca = catga_tests::tls::ca();
+    let dir = tempfile::tempdir().unwrap();
+    let server = ca.server("localhost").unwrap();
+    let (cert, key, ca_file) = (
+        dir.path().join("api.pem"),
+        dir.path().join("api.key"),
+        dir.path().join("ca.pem"),
+    );
+    std::fs::write(&cert, &server.cert_pem).unwrap();
+    std::fs::write(&key, &server.key_pem).unwrap();
+    std::fs::write(&ca_file, ca.ca_pem()).unwrap();
+    let http = catga::http::Http::new(c.node(1).clone());
+    let app = http.routes().with_state(http);
+
+    for client_certs in [false, true] {
+        let mut tls = catga::http::HttpTls::from_pem_files(&cert, &key).unwrap();
+        if client_certs {
+            tls = tls.require_client_certs(&ca_file).unwrap();
+        }
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(catga::http::serve_tls(listener, app.clone(), tls));
+
+        // plaintext HTTP on the TLS port: no HTTP answer
+        let mut plain = TcpStream::connect(addr).await.unwrap();
+        plain
+            .write_all(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut got = Vec::new();
+        let _ = tokio::time::timeout(T, plain.read_to_end(&mut got)).await;
+        assert!(
+            !String::from_utf8_lossy(&got).contains("HTTP/1.1"),
+            "plaintext HTTP was answered"
+        );
+
+        let anonymous = https_get(addr, "/health", None).await;
+        let with_cert = https_get(addr, "/health", Some(&ca.node(7).unwrap())).await;
+        let ok =
+            |r: &Result<String, String>| r.as_ref().is_ok_and(|b| b.starts_with("HTTP/1.1 200"));
+        assert!(ok(&with_cert), "{with_cert:?}");
+        assert_eq!(
+            ok(&anonymous),
+            !client_certs,
+            "client certificates required: {client_certs}; without one: {anonymous:?}"
+        );
+        server.abort();
+    }
+    c.shutdown().await;
+}
