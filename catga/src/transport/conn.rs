@@ -139,6 +139,12 @@ impl Writer {
         self.kick(s)
     }
 
+    /// The TLS session, if any.
+    #[cfg(test)]
+    pub(crate) fn session(&self) -> Option<&Session> {
+        self.tls.as_ref()
+    }
+
     /// Sends what the TLS session has to say by itself (a key update, an
     /// alert), found by the reader.
     pub(crate) fn push_tls(&self) {

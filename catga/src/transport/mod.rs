@@ -1,4 +1,5 @@
-//! Node-to-node transport: authenticated, multiplexed RPC over TCP.
+//! Node-to-node transport: authenticated, multiplexed RPC over TCP, with
+//! mutual TLS when configured.
 //!
 //! Each node runs one server and one connection pool. A pool keeps
 //! one TCP connection per peer and multiplexes many requests on it; a server
@@ -54,6 +55,17 @@
 //! Nonces are 32 fresh random bytes per connection, so a recorded proof is
 //! useless on another connection; the role label keeps one side's proof from
 //! being reflected as the other's. The secret never crosses the wire.
+//!
+//! # TLS
+//!
+//! With a [`TlsConfig`](crate::TlsConfig), every connection is mutual TLS
+//! (rustls, TLS 1.3) before the handshake above, which then runs inside it
+//! (its identities and refusals still apply; the secret is a formality
+//! there). The client dials node `expected` by the name its certificate must
+//! carry (`node-<id>.<domain>`); the server checks that the client's
+//! certificate names the id in its `Hello` (`tls::check_claim`). After the
+//! handshakes the frames are encrypted by their senders straight into the
+//! writer's buffer (`tls.rs`), so TLS keeps the direct write path.
 //!
 //! It knows nothing above it: a [`Service`] answers requests, whatever they
 //! are; a [`Mux`] puts the mediator's service beside Raft's on one server

@@ -546,6 +546,22 @@ impl Pool {
         self.inner.connects.load(Ordering::Relaxed)
     }
 
+    /// Asks the TLS session with `peer` for new keys (a `KeyUpdate` that
+    /// requests the peer's too); `false` without a TLS connection.
+    #[cfg(test)]
+    pub(crate) fn update_tls_keys(&self, peer: u64) -> bool {
+        let slot = self.inner.peers.lock().get(&peer).cloned();
+        let conn = slot.and_then(|s| s.conn.lock().clone());
+        let Some(session) = conn.as_ref().and_then(|c| c.writer.session()) else {
+            return false;
+        };
+        let updated = session.lock().refresh_traffic_keys().is_ok();
+        if let Some(c) = conn {
+            c.writer.push_tls();
+        }
+        updated
+    }
+
     /// Calls to `peer` waiting for their response.
     #[cfg(test)]
     pub(crate) fn in_flight(&self, peer: u64) -> usize {

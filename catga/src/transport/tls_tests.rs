@@ -154,6 +154,39 @@ async fn tls_carries_many_calls_and_large_frames_whole_and_in_order() {
     s.shutdown().await;
 }
 
+/// A key update (TLS 1.3) in the middle of a connection's traffic: the
+/// client asks for one, the server's reader answers with its own (sent by
+/// the writer, in order with the frames), and calls go on both ways.
+#[tokio::test]
+async fn calls_go_on_across_key_updates_both_ways() {
+    let ca = DevCa::new().unwrap();
+    let s = server(Some(ca.tls_config(SERVER_ID).unwrap())).await;
+    let addr = s.local_addr().to_string();
+    let pool = Pool::new(
+        cfg(CLIENT_ID, Some(ca.tls_config(CLIENT_ID).unwrap())),
+        Faults::default(),
+    );
+    for round in 0..5u8 {
+        let bodies: Vec<Bytes> = (0..50u8)
+            .map(|i| Bytes::from(vec![round ^ i; 100 + 997 * i as usize]))
+            .collect();
+        let calls = join_all(bodies.iter().map(|b| call(&pool, &addr, b.clone())));
+        let (answers, updated) = tokio::join!(calls, async { pool.update_tls_keys(SERVER_ID) });
+        assert!(updated || round == 0, "no TLS session to update");
+        for (b, a) in bodies.iter().zip(answers) {
+            assert_eq!(a, Ok(echo(CLIENT_ID, b)));
+        }
+    }
+    assert!(pool.update_tls_keys(SERVER_ID));
+    assert_eq!(
+        call(&pool, &addr, Bytes::from_static(b"after")).await,
+        Ok(echo(CLIENT_ID, b"after"))
+    );
+    assert_eq!(pool.connects(), 1, "the connection survived every update");
+    pool.shutdown().await;
+    s.shutdown().await;
+}
+
 #[tokio::test]
 async fn a_certificate_from_another_ca_is_refused_and_the_log_says_why() {
     let (log, _g) = Log::capture();
