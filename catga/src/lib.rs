@@ -21,6 +21,8 @@
 //   registry, message, state, context    what users' types and the macros touch
 //   codec, error, probe         leaves: the one codec, the error types, the
 //                               write path's stage timings (benchmarks)
+//   tls                         a leaf: certificates and keys (TlsConfig,
+//                               reloaded on change), the dev CA
 //
 // `testing` (TestApp and the cluster-test hooks) and `__private` (support for
 // generated code, and the wire types for catga's own tests) sit beside the
@@ -46,6 +48,7 @@ mod raft;
 mod registry;
 mod state;
 pub mod testing;
+pub mod tls;
 mod transport;
 
 #[doc(hidden)]
@@ -69,6 +72,7 @@ pub use __private::{
 pub use message::{Publishable, Queryable};
 pub use node::{ClusterBuilder, Health, Node, Poisoned, Quarantine, Reply, Role, cluster};
 pub use state::State;
+pub use tls::TlsConfig;
 
 /// serde, re-exported so that your own types can derive `Serialize` and
 /// `Deserialize` without another dependency:
@@ -111,6 +115,8 @@ mod guides {
     struct Testing;
     #[doc = include_str!("../docs/guides/benchmarks.md")]
     struct Benchmarks;
+    #[doc = include_str!("../docs/guides/security.md")]
+    struct Security;
 }
 
 #[cfg(test)]

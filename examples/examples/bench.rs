@@ -1,6 +1,6 @@
 //! Load generator: a 3-node cluster on 127.0.0.1 with the durable log.
 //!
-//! `cargo run --release --example bench -- --clients 64 --seconds 10 [--via-follower] [--nodes 3] [--stages] [--snapshot-every N]`
+//! `cargo run --release --example bench -- --clients 64 --seconds 10 [--via-follower] [--nodes 3] [--stages] [--snapshot-every N] [--tls]`
 //!
 //! N clients send commands for D seconds (to the leader, or through a
 //! follower with `--via-follower`), then N clients run local queries for
@@ -16,6 +16,10 @@
 //! this one process, so the log, fsync, replication and apply stages count
 //! the work of all three; recording costs a little, so compare throughput
 //! figures only between runs that both have it on or both off.
+//!
+//! `--tls` runs the nodes with mutual TLS (certificates from a development
+//! CA minted at start). Its cost is measured by running the same binary with
+//! and without it in interleaved rounds: see the benchmarks guide.
 
 use std::time::{Duration, Instant};
 
@@ -29,6 +33,7 @@ struct Args {
     via_follower: bool,
     stages: bool,
     snapshot_every: Option<u64>,
+    tls: bool,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -39,6 +44,7 @@ fn parse_args() -> Result<Args, String> {
         via_follower: false,
         stages: false,
         snapshot_every: None,
+        tls: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -66,6 +72,7 @@ fn parse_args() -> Result<Args, String> {
                         .ok_or("--snapshot-every takes a number of entries (0: never)")?,
                 )
             }
+            "--tls" => a.tls = true,
             "--nodes" => {
                 a.nodes = it
                     .next()
@@ -75,7 +82,7 @@ fn parse_args() -> Result<Args, String> {
             }
             other => {
                 return Err(format!(
-                    "unknown argument `{other}`; usage: bench [--clients N] [--seconds D] [--via-follower] [--nodes N] [--stages] [--snapshot-every N]"
+                    "unknown argument `{other}`; usage: bench [--clients N] [--seconds D] [--via-follower] [--nodes N] [--stages] [--snapshot-every N] [--tls]"
                 ));
             }
         }
@@ -179,6 +186,10 @@ async fn run(args: Args) -> Result<String, Box<dyn std::error::Error>> {
         .iter()
         .map(|l| l.local_addr().map(|a| a.to_string()))
         .collect::<Result<_, _>>()?;
+    let ca = match args.tls {
+        true => Some(catga::tls::DevCa::new()?),
+        false => None,
+    };
     let mut nodes: Vec<Node> = Vec::new();
     for (i, l) in listeners.into_iter().enumerate() {
         let id = i as u64 + 1;
@@ -189,6 +200,9 @@ async fn run(args: Args) -> Result<String, Box<dyn std::error::Error>> {
             .secret("bench");
         if let Some(n) = args.snapshot_every {
             b = b.snapshot_every(n);
+        }
+        if let Some(ca) = &ca {
+            b = b.tls(ca.tls_config(id)?);
         }
         for (j, a) in addrs.iter().enumerate() {
             if j != i {

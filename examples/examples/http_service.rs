@@ -2,7 +2,9 @@
 //! on its own port, over a static 3-node cluster.
 //!
 //! `cargo run --example http_service` launches three node processes on
-//! 127.0.0.1 (this same program with `--node`), drives them over real HTTP
+//! 127.0.0.1 (this same program with `--node`), with mutual TLS between
+//! them (certificates from a development CA minted into the demo's temporary
+//! directory, `--tls DIR`), drives them over real HTTP
 //! (a restock through a follower, an order, a refused order, stock queries
 //! on every node, `/ready`, `/metrics`, the admin routes: the members with
 //! every node's HTTP address, a snapshot, a 401 without the token), kills
@@ -23,6 +25,8 @@
 //! ```text
 //! cargo run --example http_service -- --node 1 --http 127.0.0.1:8081 \
 //!     --raft 127.0.0.1:7001 --peer 2=127.0.0.1:7002 --peer 3=127.0.0.1:7003 --data-dir data/1
+//! # off loopback, give every node the CA and its certificate: --tls DIR, with
+//! # DIR/ca.pem, DIR/node-1.pem, DIR/node-1.key (see the security guide)
 //! curl -s -XPOST localhost:8081/restock -d '{"sku":"apple","qty":5}'
 //! curl -s -XPOST localhost:8081/orders  -d '{"reference":1,"sku":"apple","qty":2}'
 //! curl -s 'localhost:8081/stock?sku=apple'
@@ -36,7 +40,7 @@ use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
 use catga::http::{Admin, Http};
-use catga_examples::static_node::{NodeArgs, free_addr, parse_node};
+use catga_examples::static_node::{NodeArgs, free_addr, parse_node, write_dev_certs};
 use catga_examples::{GetStock, PlaceOrder, Restock};
 use serde_json::{Value, json};
 
@@ -51,17 +55,19 @@ async fn run_node(a: NodeArgs) -> Result<(), String> {
         Some(_) => Some(Admin::bearer_from_env(TOKEN_VAR).map_err(|e| e.to_string())?),
         None => None,
     };
-    let node = catga::cluster()
+    let tls = a.tls_config()?;
+    let mut b = catga::cluster()
         .node_id(a.id)
         .listen(a.raft)
         .peers(a.peers)
         .data_dir(a.data_dir)
         .secret("http-demo-secret")
         // advertised to the others: `/admin/members` links every node
-        .api_addr(&a.http)
-        .start()
-        .await
-        .map_err(|e| e.to_string())?;
+        .api_addr(&a.http);
+    if let Some(tls) = tls {
+        b = b.tls(tls);
+    }
+    let node = b.start().await.map_err(|e| e.to_string())?;
     let mut http = Http::new(node.clone());
     match admin {
         Some(admin) => http = http.admin(admin),
@@ -137,6 +143,8 @@ async fn launch(dir: &std::path::Path) -> Result<(Launched, usize, u128), String
         http: http.iter().map(|h| format!("http://{h}")).collect(),
         token: random_token(),
     };
+    let tls = dir.join("tls");
+    write_dev_certs(&tls, 1..=3)?;
     for i in 0..3usize {
         let mut cmd = Command::new(&exe);
         cmd.arg("--node")
@@ -146,7 +154,9 @@ async fn launch(dir: &std::path::Path) -> Result<(Launched, usize, u128), String
             .arg("--raft")
             .arg(&raft[i])
             .arg("--data-dir")
-            .arg(dir.join(format!("node-{}", i + 1)));
+            .arg(dir.join(format!("node-{}", i + 1)))
+            .arg("--tls")
+            .arg(&tls);
         for (j, r) in raft.iter().enumerate() {
             if j != i {
                 cmd.arg("--peer").arg(format!("{}={r}", j + 1));

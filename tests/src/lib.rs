@@ -13,6 +13,7 @@ pub mod netns;
 pub mod node_main;
 pub mod process;
 pub mod servers;
+pub mod tls;
 
 /// A shop with stock and orders.
 #[state(name = "tests.shop")]
@@ -245,6 +246,9 @@ pub mod harness {
                 .snapshot_every(self.snapshot_every)
                 .snapshot_logs_to_keep(if self.snapshot_every < 1000 { 0 } else { 1000 })
                 .request_timeout(self.request_timeout);
+            if crate::tls::enabled() {
+                b = b.tls(crate::tls::config(id));
+            }
             for (j, a) in self.addrs.iter().enumerate() {
                 if j as u64 + 1 != id {
                     b = b.peer(j as u64 + 1, a.clone());

@@ -4,7 +4,7 @@
 //! fault happens to processes (`kill -9`, SIGSTOP/SIGCONT, an abort).
 //!
 //! `BIN --id N --listen ADDR --data-dir DIR [--peer ID=ADDR]...
-//! [--join] [--snapshot-every N] [--election-ms MIN:MAX]` starts the node with the shop of
+//! [--join] [--snapshot-every N] [--election-ms MIN:MAX] [--tls DIR]` starts the node with the shop of
 //! `catga_tests`, prints `ready <addr>` once it runs, then answers one
 //! line per command read on stdin (see [`crate::process`]):
 //!
@@ -446,6 +446,8 @@ struct Args {
     /// Discovery heartbeat and lease in ms (default 200:1000 here).
     discovery_ms: (u64, u64),
     manual_quarantine: bool,
+    /// A directory with `ca.pem`, `node-<id>.pem` and `node-<id>.key`.
+    tls: Option<String>,
 }
 
 fn parse() -> Result<Args, String> {
@@ -471,6 +473,7 @@ fn parse() -> Result<Args, String> {
         remove_dead_after_ms: None,
         discovery_ms: (200, 1000),
         manual_quarantine: false,
+        tls: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -529,6 +532,7 @@ fn parse() -> Result<Args, String> {
                 )
             }
             "--http" => a.http = Some(value()?),
+            "--tls" => a.tls = Some(value()?),
             "--max-frame-bytes" => {
                 a.max_frame_bytes = Some(
                     value()?
@@ -909,6 +913,21 @@ pub async fn run(extra: Extra) {
         .peers(args.peers);
     if args.join {
         b = b.join_existing();
+    }
+    if let Some(dir) = &args.tls {
+        let dir = std::path::Path::new(dir);
+        let id = args.id;
+        match catga::TlsConfig::from_pem_files(
+            dir.join("ca.pem"),
+            dir.join(format!("node-{id}.pem")),
+            dir.join(format!("node-{id}.key")),
+        ) {
+            Ok(tls) => b = b.tls(tls),
+            Err(e) => {
+                eprintln!("catga-test-node: --tls: {e}");
+                std::process::exit(2);
+            }
+        }
     }
     if args.manual_quarantine {
         b = b.quarantine(catga::Quarantine::Manual);

@@ -209,6 +209,11 @@ impl Proc {
             cmd.arg("--election-ms").arg(format!("{lo}:{hi}"));
         }
         cmd.args(&spec.args);
+        if crate::tls::enabled() && !spec.args.iter().any(|a| a == "--tls") {
+            let parent = spec.data_dir.parent().unwrap_or(&spec.data_dir);
+            cmd.arg("--tls")
+                .arg(crate::tls::write_files(&parent.join("tls"), spec.id));
+        }
         let stderr = match &spec.stderr {
             Some(path) => std::fs::OpenOptions::new()
                 .create(true)

@@ -55,6 +55,7 @@
 mod admin;
 mod answer;
 mod metrics;
+mod tls;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -76,6 +77,7 @@ use crate::node::{Node, Role};
 use metrics::Metrics;
 
 pub use admin::{Admin, MIN_TOKEN_BYTES};
+pub use tls::{HttpTls, serve_tls, serve_tls_with_shutdown};
 
 /// Serves `app` on `listener` with `TCP_NODELAY` on every connection (without
 /// it, small responses wait for the client's delayed ACK: ~40 ms each).

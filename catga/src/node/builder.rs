@@ -35,6 +35,8 @@ pub struct ClusterBuilder {
     log_reserve: u64,
     request_timeout: Duration,
     secret: Option<String>,
+    tls: Option<crate::tls::TlsConfig>,
+    insecure_plaintext: bool,
     max_frame_bytes: usize,
     max_in_flight: usize,
     event_deadline: Option<Duration>,
@@ -68,6 +70,8 @@ impl Default for ClusterBuilder {
             log_reserve: 4 << 20,
             request_timeout: Duration::from_secs(5),
             secret: None,
+            tls: None,
+            insecure_plaintext: false,
             max_frame_bytes: 64 << 20,
             max_in_flight: 16_384,
             event_deadline: None,
@@ -218,6 +222,33 @@ impl ClusterBuilder {
     /// before any Raft message is accepted; it never crosses the network.
     pub fn secret(mut self, secret: impl Into<String>) -> Self {
         self.secret = Some(secret.into());
+        self
+    }
+
+    /// Mutual TLS between nodes: this node's certificate and key, and the
+    /// CA that signed every node's (see [`TlsConfig`](crate::TlsConfig)
+    /// and the security guide). Required, unless
+    /// [`insecure_plaintext`](ClusterBuilder::insecure_plaintext), when the
+    /// node listens on or advertises an address other hosts can reach.
+    ///
+    /// ```no_run
+    /// # fn f() -> catga::Result<()> {
+    /// let tls = catga::TlsConfig::from_pem_files("tls/ca.pem", "tls/node-1.pem", "tls/node-1.key")?;
+    /// let b = catga::cluster().node_id(1).listen("10.0.0.1:7001").tls(tls);
+    /// # drop(b); Ok(()) }
+    /// ```
+    pub fn tls(mut self, tls: crate::tls::TlsConfig) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
+    /// Runs without TLS on an address other hosts can reach: everything
+    /// between nodes (commands, snapshots, answers) crosses the network in
+    /// plaintext, readable and forgeable on the path; only the secret's
+    /// handshake guards who connects. For a network you trust completely.
+    /// Needs its own [`secret`](ClusterBuilder::secret); logs a WARN at start.
+    pub fn insecure_plaintext(mut self) -> Self {
+        self.insecure_plaintext = true;
         self
     }
 
@@ -528,17 +559,51 @@ impl ClusterBuilder {
         if self.max_frame_bytes < 64 << 10 {
             return Err(bad("max_frame_bytes", "must be at least 64 KiB".into()));
         }
+        // secure by default: an address other hosts can reach needs TLS,
+        // or an explicit opt-out
+        let mut exposed = Vec::new();
+        if !listen.ip().is_loopback() {
+            exposed.push(format!("listens on {listen}"));
+        }
+        if let Some(a) = self.advertise.as_deref().filter(|a| !is_loopback(a)) {
+            exposed.push(format!("advertises {a}"));
+        }
+        match (&self.tls, self.insecure_plaintext) {
+            (Some(_), true) => {
+                return Err(bad(
+                    "insecure_plaintext",
+                    "contradicts tls(..): keep one of them".into(),
+                ));
+            }
+            (None, false) if !exposed.is_empty() => {
+                return Err(bad(
+                    "tls",
+                    format!(
+                        "this node {}, which other hosts can reach, and TLS is off: configure                          .tls(catga::TlsConfig::from_pem_files(ca, cert, key)) (see the security                          guide), or call .insecure_plaintext() on a network you trust",
+                        exposed.join(" and ")
+                    ),
+                ));
+            }
+            (None, true) => tracing::warn!(
+                "insecure_plaintext: traffic between nodes is not encrypted: anyone on the path \
+                 can read and alter commands, answers and snapshots; configure .tls(..)"
+            ),
+            _ => {}
+        }
         let secret = match self.secret {
             Some(s) if s.is_empty() => return Err(bad("secret", "must not be empty".into())),
             Some(s) => s.into_bytes(),
-            None => {
-                if !listen.ip().is_loopback() {
-                    tracing::warn!(
-                        "no cluster secret set: any host that can reach {listen} can join; call .secret(..)"
-                    );
-                }
-                b"catga-default-secret".to_vec()
+            None if self.tls.is_none() && !exposed.is_empty() => {
+                return Err(bad(
+                    "secret",
+                    "without TLS, a node other hosts can reach needs its own .secret(..) (the \
+                     built-in one serves loopback-only clusters)"
+                        .into(),
+                ));
             }
+            // loopback only, or TLS (the certificates say who is a member):
+            // the handshake's secret is a formality
+            None => b"catga-default-secret".to_vec(),
         };
         Ok((
             RaftSettings {
@@ -556,6 +621,7 @@ impl ClusterBuilder {
                 keep_logs: self.keep_logs,
                 log_reserve: self.log_reserve,
                 secret,
+                tls: self.tls,
                 max_frame_bytes: self.max_frame_bytes,
                 events: crate::raft::DeliverySettings {
                     deadline: self.event_deadline,
@@ -662,6 +728,16 @@ impl ClusterBuilder {
     }
 }
 
+/// Whether `host:port` names this host only (a loopback IP or `localhost`).
+fn is_loopback(addr: &str) -> bool {
+    let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 pub(super) fn check_addr(addr: &str) -> std::result::Result<(), String> {
     match addr.rsplit_once(':') {
         Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => Ok(()),
@@ -721,6 +797,8 @@ impl std::fmt::Debug for ClusterBuilder {
             .field("log_reserve", &self.log_reserve)
             .field("request_timeout", &self.request_timeout)
             .field("secret", &self.secret.as_ref().map(|_| "<redacted>"))
+            .field("tls", &self.tls)
+            .field("insecure_plaintext", &self.insecure_plaintext)
             .field("max_frame_bytes", &self.max_frame_bytes)
             .field("max_in_flight", &self.max_in_flight)
             .field("event_handler_timeout", &self.event_deadline)
@@ -772,5 +850,57 @@ mod tests {
         assert!(shown.contains("<redacted>"), "{shown}");
         let unset = format!("{:?}", crate::cluster());
         assert!(unset.contains("secret: None"), "{unset}");
+    }
+
+    /// The setting a builder's validation names, or `None` if it passes.
+    fn refused(b: super::ClusterBuilder) -> Option<&'static str> {
+        match b.validate() {
+            Ok(_) => None,
+            Err(crate::Error::Config { setting, .. }) => Some(setting),
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    #[test]
+    fn a_node_other_hosts_can_reach_needs_tls_or_an_explicit_opt_out() {
+        let base = |listen: &str| {
+            crate::cluster()
+                .node_id(1)
+                .listen(listen)
+                .data_dir("/nonexistent")
+        };
+        let tls = || crate::tls::DevCa::new().unwrap().tls_config(1).unwrap();
+        // loopback: nothing needed
+        assert_eq!(refused(base("127.0.0.1:7001")), None);
+        assert_eq!(refused(base("[::1]:7001")), None);
+        assert_eq!(
+            refused(base("127.0.0.1:7001").advertise("localhost:7001")),
+            None
+        );
+        // reachable: TLS, or insecure_plaintext with a secret of its own
+        assert_eq!(refused(base("0.0.0.0:7001")), Some("tls"));
+        assert_eq!(refused(base("10.0.0.1:7001")), Some("tls"));
+        assert_eq!(
+            refused(base("127.0.0.1:7001").advertise("node1.example:7001")),
+            Some("tls")
+        );
+        assert_eq!(refused(base("10.0.0.1:7001").tls(tls())), None);
+        assert_eq!(
+            refused(base("10.0.0.1:7001").insecure_plaintext()),
+            Some("secret")
+        );
+        assert_eq!(
+            refused(base("10.0.0.1:7001").insecure_plaintext().secret("s")),
+            None
+        );
+        assert_eq!(
+            refused(base("10.0.0.1:7001").insecure_plaintext().tls(tls())),
+            Some("insecure_plaintext")
+        );
+        let e = base("0.0.0.0:7001").validate().err().unwrap().to_string();
+        assert!(
+            e.contains("listens on 0.0.0.0:7001") && e.contains(".insecure_plaintext()"),
+            "{e}"
+        );
     }
 }

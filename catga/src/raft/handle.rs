@@ -50,6 +50,7 @@ pub(crate) struct RaftSettings {
     /// Bytes of the log zero-filled ahead of the writes (`wal::Wal`).
     pub(crate) log_reserve: u64,
     pub(crate) secret: Vec<u8>,
+    pub(crate) tls: Option<crate::tls::TlsConfig>,
     pub(crate) max_frame_bytes: usize,
     pub(crate) events: DeliverySettings,
     pub(crate) ready_max_lag: u64,
@@ -136,6 +137,7 @@ impl RaftHandle {
             secret: s.secret.clone(),
             max_frame_bytes: s.max_frame_bytes,
             identity: Some(peer_check as Arc<dyn PeerCheck>),
+            tls: s.tls.clone(),
             ..TransportConfig::default()
         });
         let service = RaftService::new();

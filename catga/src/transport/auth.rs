@@ -5,10 +5,10 @@ use bytes::BytesMut;
 use futures::{SinkExt, StreamExt};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
-use tokio::net::TcpStream;
 use tokio_util::codec::{Framed, LengthDelimitedCodec};
 
 use super::frame::{self, Frame, HANDSHAKE_MAX_FRAME, Ident, NONCE_LEN};
+use super::tls::Stream;
 use super::{Faults, TransportConfig, TransportError};
 
 type HmacSha256 = Hmac<Sha256>;
@@ -20,7 +20,7 @@ pub(super) const CLIENT: &[u8] = b"client";
 
 /// An authenticated stream and the bytes already read past the handshake.
 pub(crate) struct Authenticated {
-    pub stream: TcpStream,
+    pub stream: Stream,
     pub read_buf: BytesMut,
 }
 
@@ -29,7 +29,7 @@ pub(crate) struct Authenticated {
 /// `Unreachable` (the server may be down, or refusing us as a test fault);
 /// anything else that goes wrong is `Handshake`.
 pub(crate) async fn client(
-    stream: TcpStream,
+    stream: Stream,
     cfg: &TransportConfig,
     expected: u64,
 ) -> Result<Authenticated, TransportError> {
@@ -159,7 +159,7 @@ impl From<Recv> for ServerError {
 /// The server's side: returns the client's node id once it has proved it
 /// knows the secret.
 pub(crate) async fn server(
-    stream: TcpStream,
+    stream: Stream,
     cfg: &TransportConfig,
     faults: &Faults,
 ) -> Result<(u64, Authenticated), ServerError> {
@@ -172,6 +172,8 @@ pub(crate) async fn server(
         } => (node_id, nonce, ident),
         other => return Err(unexpected(&other, "Hello").into()),
     };
+    // with TLS, the client's certificate must name the node it claims to be
+    super::tls::check_claim(framed.get_ref(), cfg, client)?;
     if faults.is_blocked(client) {
         return Err(format!("node {client} is cut off (fault injection)").into());
     }
@@ -297,10 +299,7 @@ fn verify(
     mac(secret, role, client, server, nc, ns, ids).is_ok_and(|m| m.verify_slice(proof).is_ok())
 }
 
-async fn send(
-    framed: &mut Framed<TcpStream, LengthDelimitedCodec>,
-    f: &Frame,
-) -> Result<(), String> {
+async fn send(framed: &mut Framed<Stream, LengthDelimitedCodec>, f: &Frame) -> Result<(), String> {
     let mut buf = BytesMut::new();
     frame::encode_payload(f, &mut buf).map_err(|e| e.to_string())?;
     framed
@@ -324,7 +323,7 @@ impl From<Recv> for String {
     }
 }
 
-async fn recv(framed: &mut Framed<TcpStream, LengthDelimitedCodec>) -> Result<Frame, Recv> {
+async fn recv(framed: &mut Framed<Stream, LengthDelimitedCodec>) -> Result<Frame, Recv> {
     match framed.next().await {
         Some(Ok(payload)) => {
             frame::decode_frame(payload.freeze()).map_err(|e| Recv::Bad(e.to_string()))

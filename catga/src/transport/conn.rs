@@ -3,7 +3,7 @@
 use std::io;
 use std::sync::Arc;
 
-use bytes::{Buf, BytesMut};
+use bytes::{Buf, BufMut, BytesMut};
 use parking_lot::Mutex;
 use tokio::net::TcpStream;
 use tokio::net::tcp::OwnedWriteHalf;
@@ -11,6 +11,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::frame::{self, Frame, FrameError};
+use super::tls::Session;
 
 /// A write buffer that grew past this (a large frame) is released once empty.
 const KEEP: usize = 1024 * 1024;
@@ -28,9 +29,16 @@ const KEEP: usize = 1024 * 1024;
 /// Senders that find more than `limit` bytes waiting wait in
 /// [`Writer::ready`] (backpressure: a peer that does not read slows its
 /// senders down instead of growing the buffer without bound).
+///
+/// With TLS the buffer holds ciphertext: a sender encrypts its frame into
+/// it under the same lock (see `tls.rs`), so frames go out whole and in
+/// order, through the same non-blocking write.
 pub(crate) struct Writer {
     sock: OwnedWriteHalf,
     state: Mutex<State>,
+    /// With TLS: the session every frame is encrypted with (locked after
+    /// `state`, never before).
+    tls: Option<Session>,
     /// Wakes the flush task: the buffer holds bytes the socket did not take.
     pending: Notify,
     /// Wakes senders waiting in `ready`, and the flush task on close.
@@ -41,6 +49,8 @@ pub(crate) struct Writer {
 
 struct State {
     buf: BytesMut,
+    /// With TLS: a frame's plaintext, before it is encrypted into `buf`.
+    plain: BytesMut,
     /// The flush task owns the buffer's head: senders only append.
     flushing: bool,
     /// Why the connection cannot be written to any more.
@@ -57,11 +67,18 @@ pub(crate) enum SendError {
 }
 
 impl Writer {
-    pub(crate) fn new(sock: OwnedWriteHalf, max_frame: usize, limit: usize) -> Arc<Writer> {
+    pub(crate) fn new(
+        sock: OwnedWriteHalf,
+        tls: Option<Session>,
+        max_frame: usize,
+        limit: usize,
+    ) -> Arc<Writer> {
         Arc::new(Writer {
             sock,
+            tls,
             state: Mutex::new(State {
                 buf: BytesMut::with_capacity(64 * 1024),
+                plain: BytesMut::new(),
                 flushing: false,
                 closed: None,
             }),
@@ -100,7 +117,52 @@ impl Writer {
         if let Some(why) = &s.closed {
             return Err(SendError::Closed(why.clone()));
         }
-        frame::encode_frame(frame, self.max_frame, &mut s.buf).map_err(SendError::Frame)?;
+        match &self.tls {
+            None => {
+                frame::encode_frame(frame, self.max_frame, &mut s.buf).map_err(SendError::Frame)?
+            }
+            Some(tls) => {
+                let st = &mut *s;
+                st.plain.clear();
+                frame::encode_frame(frame, self.max_frame, &mut st.plain)
+                    .map_err(SendError::Frame)?;
+                if let Err(e) = encrypt(tls, &st.plain, &mut st.buf) {
+                    let why = format!("TLS: {e}");
+                    self.fail(s, why.clone());
+                    return Err(SendError::Closed(why));
+                }
+                if st.plain.capacity() > KEEP {
+                    st.plain = BytesMut::new();
+                }
+            }
+        }
+        self.kick(s)
+    }
+
+    /// The TLS session, if any.
+    #[cfg(test)]
+    pub(crate) fn session(&self) -> Option<&Session> {
+        self.tls.as_ref()
+    }
+
+    /// Sends what the TLS session has to say by itself (a key update, an
+    /// alert), found by the reader.
+    pub(crate) fn push_tls(&self) {
+        let Some(tls) = &self.tls else { return };
+        let mut s = self.state.lock();
+        if s.closed.is_some() {
+            return;
+        }
+        if let Err(e) = encrypt(tls, &[], &mut s.buf) {
+            self.fail(s, format!("TLS: {e}"));
+            return;
+        }
+        let _ = self.kick(s);
+    }
+
+    /// Writes what the socket takes now, unless the flush task is at it;
+    /// leaves the rest to the flush task.
+    fn kick(&self, mut s: parking_lot::MutexGuard<'_, State>) -> Result<(), SendError> {
         if s.flushing {
             return Ok(());
         }
@@ -196,6 +258,21 @@ impl Writer {
             }
         }
     }
+}
+
+/// Encrypts `plain` (possibly nothing) and moves everything the session
+/// has to send into `out`.
+fn encrypt(tls: &Session, plain: &[u8], out: &mut BytesMut) -> io::Result<()> {
+    use std::io::Write;
+    let mut t = tls.lock();
+    if !plain.is_empty() {
+        t.writer().write_all(plain)?;
+    }
+    let mut w = out.writer();
+    while t.wants_write() {
+        t.write_tls(&mut w)?;
+    }
+    Ok(())
 }
 
 /// A panic payload as text.

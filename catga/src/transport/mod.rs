@@ -1,4 +1,5 @@
-//! Node-to-node transport: authenticated, multiplexed RPC over TCP.
+//! Node-to-node transport: authenticated, multiplexed RPC over TCP, with
+//! mutual TLS when configured.
 //!
 //! Each node runs one server and one connection pool. A pool keeps
 //! one TCP connection per peer and multiplexes many requests on it; a server
@@ -55,6 +56,17 @@
 //! useless on another connection; the role label keeps one side's proof from
 //! being reflected as the other's. The secret never crosses the wire.
 //!
+//! # TLS
+//!
+//! With a [`TlsConfig`](crate::TlsConfig), every connection is mutual TLS
+//! (rustls, TLS 1.3) before the handshake above, which then runs inside it
+//! (its identities and refusals still apply; the secret is a formality
+//! there). The client dials node `expected` by the name its certificate must
+//! carry (`node-<id>.<domain>`); the server checks that the client's
+//! certificate names the id in its `Hello` (`tls::check_claim`). After the
+//! handshakes the frames are encrypted by their senders straight into the
+//! writer's buffer (`tls.rs`), so TLS keeps the direct write path.
+//!
 //! It knows nothing above it: a [`Service`] answers requests, whatever they
 //! are; a [`Mux`] puts the mediator's service beside Raft's on one server
 //! (a leading tag byte, see `mux.rs`). The test fault switch ([`Faults`]) is reached through
@@ -70,6 +82,9 @@ mod pool;
 mod server;
 #[cfg(test)]
 mod tests;
+mod tls;
+#[cfg(test)]
+mod tls_tests;
 
 use std::time::Duration;
 
@@ -135,6 +150,8 @@ pub(crate) struct TransportConfig {
     pub dead_after: Duration,
     /// Checks peers' identities; none: any peer that knows the secret.
     pub identity: Option<std::sync::Arc<dyn PeerCheck>>,
+    /// Mutual TLS on every connection (see `tls.rs`); none: plaintext.
+    pub tls: Option<crate::tls::TlsConfig>,
 }
 
 impl std::fmt::Debug for TransportConfig {
@@ -144,6 +161,7 @@ impl std::fmt::Debug for TransportConfig {
             .field("secret", &"<redacted>")
             .field("max_frame_bytes", &self.max_frame_bytes)
             .field("identity", &self.identity.as_ref().and_then(|i| i.local()))
+            .field("tls", &self.tls)
             .finish_non_exhaustive()
     }
 }
@@ -164,6 +182,7 @@ impl Default for TransportConfig {
             probe_after: Duration::from_millis(500),
             dead_after: Duration::from_secs(2),
             identity: None,
+            tls: None,
         }
     }
 }

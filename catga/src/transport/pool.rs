@@ -9,7 +9,6 @@ use bytes::Bytes;
 use futures::StreamExt;
 use parking_lot::Mutex;
 use tokio::net::TcpStream;
-use tokio::net::tcp::OwnedReadHalf;
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
@@ -18,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::conn::{SendError, Writer};
 use super::frame::{self, Frame, decode_frame};
+use super::tls::{self, ReadHalf, Stream};
 use super::{Faults, TransportConfig, TransportError, auth};
 
 /// A pool of connections to peers, one per peer, each carrying many requests
@@ -456,6 +456,28 @@ impl Pool {
         };
         super::tune(&stream);
         let handshake_until = until.min(after(cfg.handshake_timeout));
+        let stream = match &cfg.tls {
+            None => Stream::Plain(stream),
+            Some(tls) => {
+                match tokio::time::timeout_at(handshake_until, tls::connect(tls, peer, stream))
+                    .await
+                {
+                    Ok(Ok(s)) => Stream::Client(Box::new(s)),
+                    Ok(Err(e)) => {
+                        tracing::warn!(peer, %addr, reason = %e, "transport: TLS handshake failed");
+                        return Err(TransportError::Handshake(format!(
+                            "node {peer} at {addr}: {e}"
+                        )));
+                    }
+                    Err(_) => {
+                        tracing::warn!(peer, %addr, "transport: TLS handshake timed out");
+                        return Err(TransportError::Handshake(format!(
+                            "node {peer} at {addr} did not complete the TLS handshake in time"
+                        )));
+                    }
+                }
+            }
+        };
         let authed =
             match tokio::time::timeout_at(handshake_until, auth::client(stream, cfg, peer)).await {
                 Ok(Ok(a)) => a,
@@ -485,10 +507,11 @@ impl Pool {
                 }
             };
 
-        let (r, w) = authed.stream.into_split();
+        let (r, w, session) = tls::split(authed.stream);
+        let writer = Writer::new(w, session.clone(), cfg.max_frame_bytes, cfg.write_buffer);
+        let r = ReadHalf::new(r, session, &writer);
         let mut reader = FramedRead::new(r, frame::codec(cfg.max_frame_bytes));
         *reader.read_buffer_mut() = authed.read_buf;
-        let writer = Writer::new(w, cfg.max_frame_bytes, cfg.write_buffer);
         let conn = Arc::new(Conn {
             peer,
             addr: addr.to_owned(),
@@ -538,6 +561,22 @@ impl Pool {
         self.inner.connects.load(Ordering::Relaxed)
     }
 
+    /// Asks the TLS session with `peer` for new keys (a `KeyUpdate` that
+    /// requests the peer's too); `false` without a TLS connection.
+    #[cfg(test)]
+    pub(crate) fn update_tls_keys(&self, peer: u64) -> bool {
+        let slot = self.inner.peers.lock().get(&peer).cloned();
+        let conn = slot.and_then(|s| s.conn.lock().clone());
+        let Some(session) = conn.as_ref().and_then(|c| c.writer.session()) else {
+            return false;
+        };
+        let updated = session.lock().refresh_traffic_keys().is_ok();
+        if let Some(c) = conn {
+            c.writer.push_tls();
+        }
+        updated
+    }
+
     /// Calls to `peer` waiting for their response.
     #[cfg(test)]
     pub(crate) fn in_flight(&self, peer: u64) -> usize {
@@ -580,7 +619,7 @@ fn live(slot: &Peer, addr: &str) -> Option<Arc<Conn>> {
 /// connection gets through instead of after the kernel gives up.
 async fn read_loop(
     conn: Arc<Conn>,
-    mut reader: FramedRead<OwnedReadHalf, LengthDelimitedCodec>,
+    mut reader: FramedRead<ReadHalf, LengthDelimitedCodec>,
     faults: Faults,
     stop: CancellationToken,
     (probe_after, dead_after): (Duration, Duration),

@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::conn::{SendError, Writer, panic_message, truncate};
 use super::frame::{self, Frame, decode_frame};
+use super::tls::{self, ReadHalf, Stream};
 use super::{Faults, Service, TransportConfig, auth};
 
 /// The longest error message sent back to a caller.
@@ -141,10 +142,33 @@ async fn serve(
     stop: CancellationToken,
 ) {
     super::tune(&stream);
+    let until = tokio::time::Instant::now() + cfg.handshake_timeout;
+    let stream = match &cfg.tls {
+        None => Stream::Plain(stream),
+        Some(tls) => {
+            let accepted = tokio::select! {
+                biased;
+                _ = stop.cancelled() => return,
+                r = tokio::time::timeout_at(until, tls::accept(tls, stream)) => r,
+            };
+            match accepted {
+                Ok(Ok(s)) => Stream::Server(Box::new(s)),
+                Ok(Err(e)) => {
+                    tracing::warn!(%addr, reason = %e, "transport: refused a connection: TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::warn!(%addr, timeout = ?cfg.handshake_timeout,
+                        "transport: refused a connection: TLS handshake timed out");
+                    return;
+                }
+            }
+        }
+    };
     let handshake = tokio::select! {
         biased;
         _ = stop.cancelled() => return,
-        r = tokio::time::timeout(cfg.handshake_timeout, auth::server(stream, &cfg, &faults)) => r,
+        r = tokio::time::timeout_at(until, auth::server(stream, &cfg, &faults)) => r,
     };
     let (from, conn) = match handshake {
         Ok(Ok(ok)) => ok,
@@ -173,10 +197,11 @@ async fn serve(
     };
     tracing::debug!(peer = from, %addr, "transport: connection authenticated");
 
-    let (r, w) = conn.stream.into_split();
+    let (r, w, session) = tls::split(conn.stream);
+    let writer = Writer::new(w, session.clone(), cfg.max_frame_bytes, cfg.write_buffer);
+    let r = ReadHalf::new(r, session, &writer);
     let mut reader = FramedRead::new(r, frame::codec(cfg.max_frame_bytes));
     *reader.read_buffer_mut() = conn.read_buf;
-    let writer = Writer::new(w, cfg.max_frame_bytes, cfg.write_buffer);
     let flusher = {
         let (writer, stop) = (writer.clone(), stop.clone());
         tokio::spawn(async move {

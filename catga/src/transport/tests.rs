@@ -176,11 +176,18 @@ async fn assert_closed(mut s: TcpStream) {
 /// A raw connection that has passed the handshake as node `CLIENT_ID`.
 async fn raw_authenticated(addr: SocketAddr) -> TcpStream {
     let stream = TcpStream::connect(addr).await.unwrap();
-    let authed = auth::client(stream, &config(CLIENT_ID, SECRET), SERVER_ID)
-        .await
-        .unwrap();
+    let authed = auth::client(
+        tls::Stream::Plain(stream),
+        &config(CLIENT_ID, SECRET),
+        SERVER_ID,
+    )
+    .await
+    .unwrap();
     assert!(authed.read_buf.is_empty());
-    authed.stream
+    match authed.stream {
+        tls::Stream::Plain(s) => s,
+        _ => unreachable!("a plaintext handshake"),
+    }
 }
 
 fn framed(payload: &[u8]) -> Vec<u8> {

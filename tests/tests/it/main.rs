@@ -48,5 +48,6 @@ mod restarts;
 mod self_forming;
 mod snapshots;
 mod store_lost;
+mod tls;
 mod upgrade;
 mod wire_abuse;

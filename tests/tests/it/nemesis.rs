@@ -55,6 +55,10 @@ impl NetCluster {
             s.args = args.iter().map(|a| a.to_string()).collect();
             s.args
                 .extend(["--http".to_string(), format!("127.0.0.1:{HTTP}")]);
+            // the nodes' addresses are not loopback: mutual TLS, as in production
+            let tls = catga_tests::tls::write_files(&dir.path().join("tls"), id);
+            s.args
+                .extend(["--tls".to_string(), tls.display().to_string()]);
             s.stderr = Some(dir.path().join(format!("n{id}.log")));
             specs.push(s);
         }
