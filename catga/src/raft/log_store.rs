@@ -60,6 +60,7 @@ enum Op {
         Option<std::time::Instant>,
     ),
     Vote(Vec<u8>, oneshot::Sender<io::Result<()>>),
+    Committed(Vec<u8>),
     Truncate(u64),
     Purge(u64, Vec<u8>),
     Stop,
@@ -74,14 +75,7 @@ pub(crate) struct LogStore {
     thread: Arc<Mutex<Option<std::thread::JoinHandle<()>>>>,
     /// The committed index, for a stalled apply loop to wait on.
     committed: Arc<tokio::sync::watch::Sender<u64>>,
-    /// The latest committed log id not written yet (encoded): it rides
-    /// along with the next write instead of waking the writer on its own.
-    unwritten_committed: Arc<Mutex<Option<Vec<u8>>>>,
 }
-
-/// How long the writer lets a new committed log id wait for a write to
-/// ride along with before writing it alone (a quiet cluster).
-const COMMITTED_LAG: std::time::Duration = std::time::Duration::from_millis(50);
 
 impl LogStore {
     /// Opens (or creates) the log in `dir/log` and loads it.
@@ -108,17 +102,14 @@ impl LogStore {
         }
         let committed = cache.committed.map(|c| c.index).unwrap_or(0);
         let (tx, rx) = std_mpsc::channel();
-        let unwritten_committed = Arc::new(Mutex::new(None));
-        let pending = unwritten_committed.clone();
         let thread = std::thread::Builder::new()
             .name("catga-log-writer".into())
-            .spawn(move || writer_loop(wal, meta, rx, pending))?;
+            .spawn(move || writer_loop(wal, meta, rx))?;
         Ok(LogStore {
             cache: Arc::new(Mutex::new(cache)),
             writer: tx,
             thread: Arc::new(Mutex::new(Some(thread))),
             committed: Arc::new(tokio::sync::watch::Sender::new(committed)),
-            unwritten_committed,
         })
     }
 
@@ -202,12 +193,7 @@ impl WriterMeta {
     }
 }
 
-fn writer_loop(
-    mut wal: Wal,
-    mut meta: WriterMeta,
-    rx: std_mpsc::Receiver<Op>,
-    unwritten_committed: Arc<Mutex<Option<Vec<u8>>>>,
-) {
+fn writer_loop(mut wal: Wal, mut meta: WriterMeta, rx: std_mpsc::Receiver<Op>) {
     let mut stop = false;
     let mut records = Vec::new();
     // Fail-stop: after a failed write or sync the file's tail is unknown
@@ -216,27 +202,14 @@ fn writer_loop(
     // recovers by a restart, which replays the log and cuts a torn tail.
     let mut failed: Option<String> = None;
     while !stop {
-        let first = if unwritten_committed.lock().is_some() {
-            match rx.recv_timeout(COMMITTED_LAG) {
-                Ok(op) => Some(op),
-                Err(std_mpsc::RecvTimeoutError::Timeout) => None,
-                Err(std_mpsc::RecvTimeoutError::Disconnected) => return,
-            }
-        } else {
-            let Ok(op) = rx.recv() else { return };
-            Some(op)
-        };
-        let mut batch: Vec<Op> = first.into_iter().collect();
+        let Ok(first) = rx.recv() else { return };
+        let mut batch = vec![first];
         while let Ok(op) = rx.try_recv() {
             batch.push(op);
         }
         records.clear();
         let mut needs_sync = false;
         let mut purged = None;
-        if let Some(c) = unwritten_committed.lock().take() {
-            meta.committed = Some(c.clone());
-            records.push(Record::Committed(c));
-        }
         for op in &mut batch {
             match op {
                 Op::Append(entries, _, queued) => {
@@ -250,6 +223,10 @@ fn writer_loop(
                     needs_sync = true;
                     meta.vote = Some(v.clone());
                     records.push(Record::Vote(v.clone()));
+                }
+                Op::Committed(c) => {
+                    meta.committed = Some(c.clone());
+                    records.push(Record::Committed(std::mem::take(c)));
                 }
                 Op::Truncate(from) => {
                     needs_sync = true;
@@ -346,10 +323,13 @@ impl RaftLogStorage<TC> for LogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), io::Error> {
-        // Not synced on its own: it rides along with the next write (or is
-        // written alone after `COMMITTED_LAG`) and is durable with the next
-        // sync. Losing it only means replaying less of the log after a
-        // crash until the leader says what is committed.
+        // Not synced on its own: it rides along with the next durable write.
+        // Losing it only means replaying less of the log after a crash until
+        // the leader says what is committed. It is written at once, though
+        // (into the page cache, which outlives the process): a node that
+        // dies applying an entry (`raft/poison.rs`) then replays it at its
+        // restart by itself, without waiting for a leader to say it is
+        // committed.
         self.cache.lock().committed = committed;
         if let Some(c) = committed {
             self.committed.send_if_modified(|v| {
@@ -357,7 +337,7 @@ impl RaftLogStorage<TC> for LogStore {
                 *v = (*v).max(c.index);
                 grew
             });
-            *self.unwritten_committed.lock() = Some(encode(&c).map_err(other)?);
+            self.send(Op::Committed(encode(&c).map_err(other)?))?;
         }
         Ok(())
     }

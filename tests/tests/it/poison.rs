@@ -374,17 +374,33 @@ async fn an_entry_that_crashed_one_node_only_is_never_skipped_there_and_runs_aga
     // again, then stops before it: up, not ready, poisoned, and the entry
     // is not quarantined, since nodes 1 and 2 applied it
     let started = std::time::Instant::now();
-    let (mut rest, _) = supervise(&specs[2..], vec![None], T * 2, |hs| {
-        hs.iter()
-            .all(|h| h.split_whitespace().nth(4) == Some("false"))
-    })
-    .await
-    .unwrap();
-    let p3 = rest.pop().unwrap();
-    let poisoned = p3
-        .wait_for("poisoned", T, |p| p.contains("applied_on=1,2"))
+    // (a restarted node is not ready until it caught up, so "not ready"
+    // may come before it ran the entry again and died: restart it until
+    // it reports the entry poisoned)
+    let (p3, poisoned) = loop {
+        let (mut rest, _) = supervise(&specs[2..], vec![None], T * 2, |hs| {
+            hs.iter()
+                .all(|h| h.split_whitespace().nth(4) == Some("false"))
+        })
         .await
         .unwrap();
+        let mut p3 = rest.pop().unwrap();
+        match p3
+            .wait_for("poisoned", Duration::from_secs(5), |p| {
+                p.contains("applied_on=1,2")
+            })
+            .await
+        {
+            Ok(p) => break (p3, p),
+            Err(e) => {
+                assert!(started.elapsed() < T * 4, "{e}");
+                assert!(
+                    p3.wait_exit(Duration::from_secs(1)).await.is_some(),
+                    "node 3 is up, not poisoned: {e}"
+                );
+            }
+        }
+    };
     assert!(
         poisoned.starts_with(&format!("{index} tests.Abort crashes=2 promised=false")),
         "{poisoned}"
