@@ -227,6 +227,9 @@ struct TlsListener {
     tcp: TcpListener,
     tls: HttpTls,
     handshakes: JoinSet<Option<(TlsStream<TcpStream>, SocketAddr)>>,
+    /// The pause after a failed accept (out of file descriptors and the
+    /// like): doubles from 10 ms to 1 s while accepts keep failing.
+    accept_pause: Duration,
 }
 
 impl axum::serve::Listener for TlsListener {
@@ -243,6 +246,7 @@ impl axum::serve::Listener for TlsListener {
                 }
                 accepted = self.tcp.accept() => match accepted {
                     Ok((tcp, addr)) => {
+                        self.accept_pause = Duration::ZERO;
                         let _ = tcp.set_nodelay(true);
                         let acceptor = tokio_rustls::TlsAcceptor::from(self.tls.current());
                         self.handshakes.spawn(async move {
@@ -260,9 +264,12 @@ impl axum::serve::Listener for TlsListener {
                         });
                     }
                     Err(e) => {
-                        // out of file descriptors and the like: do not spin
-                        tracing::warn!(error = %e, "http: accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        // out of file descriptors and the like: back off
+                        // rather than spin, until an accept succeeds
+                        self.accept_pause = (self.accept_pause * 2)
+                            .clamp(Duration::from_millis(10), Duration::from_secs(1));
+                        tracing::warn!(error = %e, pause = ?self.accept_pause, "http: accept failed");
+                        tokio::time::sleep(self.accept_pause).await;
                     }
                 },
             }
@@ -281,6 +288,7 @@ pub async fn serve_tls(listener: TcpListener, app: Router, tls: HttpTls) -> std:
         tcp: listener,
         tls,
         handshakes: JoinSet::new(),
+        accept_pause: Duration::ZERO,
     };
     axum::serve(listener, app).await
 }
@@ -296,6 +304,7 @@ pub async fn serve_tls_with_shutdown(
         tcp: listener,
         tls,
         handshakes: JoinSet::new(),
+        accept_pause: Duration::ZERO,
     };
     axum::serve(listener, app)
         .with_graceful_shutdown(signal)

@@ -173,7 +173,11 @@ impl ClusterBuilder {
     }
 
     /// How long a follower waits without heartbeats before it starts an
-    /// election: a random time in `[min, max)` (default 150–300 ms).
+    /// election: a random time in `[min, max)` (default 150–300 ms; in
+    /// practice from `max / 2` + a heartbeat on, see
+    /// `raft::handle::openraft_election`). A leader that no majority has
+    /// answered for `max / 2` stops taking writes and reports it lost its
+    /// quorum.
     pub fn election_timeout(mut self, min: Duration, max: Duration) -> Self {
         self.election = (min, max);
         self

@@ -35,8 +35,9 @@ pub(crate) struct Readiness {
     /// How long a leader's silence is tolerated before `ready` turns false.
     contact_window: Duration,
     /// How long a leader may go without a quorum's acknowledgement before
-    /// it reports it lost its quorum: openraft's leader lease (the election
-    /// timeout's maximum), after which it refuses writes.
+    /// it reports it lost its quorum: openraft's leader lease (half the
+    /// election timeout's maximum, see `handle::openraft_election`), after
+    /// which it refuses writes.
     lease: Duration,
     /// The applied index last seen by `status`, and since when.
     apply_progress: Mutex<(Option<u64>, Instant)>,

@@ -3,7 +3,7 @@
 //! refusals included, are in `catga/src/transport/tls_tests.rs`.)
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use catga::{Consistency, Node};
@@ -230,7 +230,8 @@ async fn certificates_rotate_under_load_without_a_failed_write() {
 
     // the load: writes until told to stop
     let stop = Arc::new(AtomicBool::new(false));
-    let done = Arc::new(AtomicU64::new(0));
+    // the acknowledged writes, watched (no polling)
+    let done = Arc::new(tokio::sync::watch::Sender::new(0u64));
     let writer = {
         let (nodes, stop, done) = (nodes.clone(), stop.clone(), done.clone());
         tokio::spawn(async move {
@@ -247,7 +248,7 @@ async fn certificates_rotate_under_load_without_a_failed_write() {
                     .await
                 {
                     Ok(_) => {
-                        done.fetch_add(1, Ordering::SeqCst);
+                        done.send_modify(|d| *d += 1);
                     }
                     Err(e) => failures.push(format!("via node {}: {e}", n.id())),
                 }
@@ -256,12 +257,12 @@ async fn certificates_rotate_under_load_without_a_failed_write() {
         })
     };
     let wait_writes = async |more: u64| {
-        let target = done.load(Ordering::SeqCst) + more;
-        let deadline = tokio::time::Instant::now() + T;
-        while done.load(Ordering::SeqCst) < target {
-            assert!(tokio::time::Instant::now() < deadline, "writes stalled");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        let mut rx = done.subscribe();
+        let target = *rx.borrow() + more;
+        tokio::time::timeout(T, rx.wait_for(|d| *d >= target))
+            .await
+            .expect("writes stalled")
+            .expect("the writer is gone");
     };
     wait_writes(50).await;
 
@@ -315,7 +316,7 @@ async fn certificates_rotate_under_load_without_a_failed_write() {
     let failures = writer.await.unwrap();
     assert!(failures.is_empty(), "writes failed: {failures:?}");
     // the healed follower caught up over its new connections
-    let total = done.load(Ordering::SeqCst) as u32;
+    let total = *done.borrow() as u32;
     for n in nodes.iter() {
         let deadline = tokio::time::Instant::now() + T;
         loop {
