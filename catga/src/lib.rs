@@ -51,6 +51,13 @@ pub mod testing;
 pub mod tls;
 mod transport;
 
+/// The cluster's members as a node sees them ([`Node::members`]: role,
+/// liveness, load, metadata) and each member's outcome of a
+/// [`Node::broadcast`].
+pub mod members {
+    pub use crate::mediator::{Delivery, Liveness, Member, MemberRole};
+}
+
 #[doc(hidden)]
 #[path = "private.rs"]
 #[allow(missing_debug_implementations)]
@@ -58,7 +65,6 @@ pub mod __private;
 
 pub use context::{CommandContext, EventContext};
 pub use error::{ApplyError, Error, Outcome, Result};
-pub use mediator::{Delivery, Liveness, Member, MemberRole};
 pub use message::{Command, Consistency, Event, Handled, Message, MessageKind, Query, Routing};
 // Named in compile errors about handler signatures and `query`/`publish`
 // calls; re-exported here (hidden) so rustc prints `CommandParam`, not a path

@@ -12,8 +12,9 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use catga::Node;
+use catga::members::Liveness;
 use catga::prelude::*;
-use catga::{Liveness, Node};
 
 /// A replicated map of prices.
 #[state(name = "across.prices")]

@@ -1,7 +1,7 @@
 //! The distributed mediator: who the members are ([`Member`]), a query sent
-//! to a chosen node ([`Node::send_to`]), queries routed by the route their
+//! to a chosen node ([`Node::send_to`](crate::Node::send_to)), queries routed by the route their
 //! type declares (`#[query(route = ...)]`), and a best-effort broadcast of
-//! an event ([`Node::broadcast`]). It has its own RPC service beside Raft's
+//! an event ([`Node::broadcast`](crate::Node::broadcast)). It has its own RPC service beside Raft's
 //! on the authenticated transport (`transport/mux.rs`), and its own
 //! heartbeat for liveness and load.
 //!
@@ -14,8 +14,8 @@ mod service;
 mod wire;
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use parking_lot::Mutex;
@@ -26,10 +26,11 @@ use tokio::time::Instant;
 use self::route::Load;
 use self::service::{Busy, MediatorService};
 use self::wire::{Failure, Reply, Request};
+use crate::discovery::NodeInfo;
 use crate::error::{ApplyError, Error, Result, TimeoutReason};
-use crate::message::{BoxFuture, Consistency, Handled, Publishable, Queryable, Route, Routing};
-use crate::node::{Node, WeakNode};
-use crate::transport::{TransportError, mediator_body};
+use crate::message::{Consistency, Handled, Route, Routing};
+use crate::raft::RaftHandle;
+use crate::transport::{Pool, TransportError, mediator_body};
 
 /// How often each node pings every other member.
 const HEARTBEAT: Duration = Duration::from_millis(250);
@@ -73,7 +74,7 @@ pub enum Liveness {
     Left,
 }
 
-/// One member of the cluster, as [`Node::members`] sees it.
+/// One member of the cluster, as [`Node::members`](crate::Node::members) sees it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Member {
     /// Its node id.
@@ -92,14 +93,14 @@ pub struct Member {
     /// Requests its mediator is serving (queries and broadcasts from other
     /// nodes), as of its last ping (now, for this node).
     pub load: u64,
-    /// What it says about itself ([`Node::set_metadata`]).
+    /// What it says about itself ([`Node::set_metadata`](crate::Node::set_metadata)).
     pub metadata: BTreeMap<String, String>,
     /// Milliseconds since it last answered this node (`None`: never; `0`
     /// for this node).
     pub last_seen_ms: Option<u64>,
 }
 
-/// One node's outcome of a [`Node::broadcast`].
+/// One node's outcome of a [`Node::broadcast`](crate::Node::broadcast).
 #[derive(Debug)]
 pub struct Delivery {
     /// The node.
@@ -120,10 +121,22 @@ struct Peer {
     left_at: Option<Instant>,
 }
 
-/// The mediator's state on one node: what it knows of the others, its own
-/// load and metadata, and its heartbeat task.
-#[derive(Debug, Default)]
-pub(crate) struct Mediator {
+/// The mediator of one node: what it knows of the others, its own load
+/// and metadata, its connection pool and its heartbeat task. Cheap to
+/// clone (every clone is the same mediator).
+///
+/// It holds what it needs of its node and nothing more: the node's Raft
+/// side (the member list, the local state and read index, the transport
+/// it serves on) and the request timeout. The node's public API over it
+/// (`members`, `send_to`, `broadcast`, ...) lives in `node/`.
+#[derive(Clone)]
+pub(crate) struct Mediator(Arc<Shared>);
+
+struct Shared {
+    raft: Arc<RaftHandle>,
+    /// Its own connections to the other nodes (not Raft's).
+    pool: Pool,
+    request_timeout: Duration,
     serving: AtomicU64,
     turn: AtomicU64,
     peers: Mutex<HashMap<u64, Peer>>,
@@ -135,47 +148,70 @@ pub(crate) struct Mediator {
 }
 
 impl Mediator {
-    /// Serves other nodes' mediator requests on `node`'s server and starts
-    /// the heartbeat (which ends with the node).
-    pub(crate) fn start(node: &Node) {
-        let weak = node.downgrade();
-        node.raft()
-            .serve_mediator(Arc::new(MediatorService { node: weak.clone() }));
-        let task = tokio::spawn(heartbeat(weak));
-        *node.mediator().task.lock() = Some(task);
+    /// Serves other nodes' mediator requests on this node's server and
+    /// starts the heartbeat (both end with [`Self::stop`], or when the
+    /// mediator is dropped).
+    pub(crate) fn start(raft: Arc<RaftHandle>, request_timeout: Duration) -> Mediator {
+        let shared = Arc::new(Shared {
+            pool: raft.new_pool(),
+            raft,
+            request_timeout,
+            serving: AtomicU64::new(0),
+            turn: AtomicU64::new(0),
+            peers: Mutex::default(),
+            loads: Mutex::default(),
+            metadata: Mutex::default(),
+            api_addr: std::sync::OnceLock::new(),
+            task: Mutex::new(None),
+        });
+        let weak = Arc::downgrade(&shared);
+        shared.raft.serve_mediator(Arc::new(MediatorService {
+            mediator: weak.clone(),
+        }));
+        *shared.task.lock() = Some(tokio::spawn(heartbeat(weak)));
+        Mediator(shared)
     }
 
-    /// Stops the heartbeat.
-    pub(crate) fn stop(&self) {
-        if let Some(t) = self.task.lock().take() {
+    /// Stops the heartbeat and closes the connections.
+    pub(crate) async fn stop(&self) {
+        if let Some(t) = self.0.task.lock().take() {
             t.abort();
         }
+        self.0.pool.shutdown().await;
+    }
+
+    fn id(&self) -> u64 {
+        self.0.raft.id()
     }
 
     pub(crate) fn load(&self) -> u64 {
-        self.serving.load(Ordering::Relaxed)
+        self.0.serving.load(Ordering::Relaxed)
     }
 
     pub(crate) fn busy(&self) -> Busy<'_> {
-        self.serving.fetch_add(1, Ordering::Relaxed);
-        Busy(&self.serving)
+        self.0.serving.fetch_add(1, Ordering::Relaxed);
+        Busy(&self.0.serving)
     }
 
     pub(crate) fn metadata(&self) -> BTreeMap<String, String> {
-        self.metadata.lock().clone()
+        self.0.metadata.lock().clone()
+    }
+
+    pub(crate) fn set_metadata(&self, metadata: BTreeMap<String, String>) {
+        *self.0.metadata.lock() = metadata;
     }
 
     pub(crate) fn api_addr(&self) -> Option<String> {
-        self.api_addr.get().cloned()
+        self.0.api_addr.get().cloned()
     }
 
     /// Sets this node's API address (the builder's, at start).
     pub(crate) fn set_api_addr(&self, addr: String) {
-        let _ = self.api_addr.set(addr);
+        let _ = self.0.api_addr.set(addr);
     }
 
     fn liveness(&self, id: u64, now: Instant) -> Liveness {
-        let peers = self.peers.lock();
+        let peers = self.0.peers.lock();
         match peers.get(&id) {
             None => Liveness::Alive,
             Some(p) if p.left_at.is_some() => Liveness::Left,
@@ -188,7 +224,7 @@ impl Mediator {
     }
 
     fn record(&self, id: u64, ok: bool) {
-        let mut peers = self.peers.lock();
+        let mut peers = self.0.peers.lock();
         let p = peers.entry(id).or_default();
         if ok {
             p.last_ok = Some(Instant::now());
@@ -202,9 +238,9 @@ impl Mediator {
 /// Every [`HEARTBEAT`]: pings every other member (their load, metadata and
 /// liveness) and notes the members that left. Each ping runs on its own, so
 /// a member that hangs delays nobody else's; a member is not pinged again
-/// while its last ping is out. Ends when the node is gone (the pings with
-/// it: they are owned here).
-async fn heartbeat(node: WeakNode) {
+/// while its last ping is out. Ends when the mediator is gone (the pings
+/// with it: they are owned here).
+async fn heartbeat(mediator: Weak<Shared>) {
     let mut tick = tokio::time::interval(HEARTBEAT);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut pings: tokio::task::JoinSet<u64> = tokio::task::JoinSet::new();
@@ -216,12 +252,14 @@ async fn heartbeat(node: WeakNode) {
                 out.remove(&id);
             }
         }
-        let Some(node) = node.upgrade() else { return };
-        let me = node.id();
-        let addrs = node.raft().member_addrs();
+        let Some(med) = mediator.upgrade().map(Mediator) else {
+            return;
+        };
+        let me = med.id();
+        let addrs = med.0.raft.member_addrs();
         {
             let now = Instant::now();
-            let mut peers = node.mediator().peers.lock();
+            let mut peers = med.0.peers.lock();
             for (id, p) in peers.iter_mut() {
                 if addrs.contains_key(id) {
                     p.left_at = None;
@@ -239,16 +277,11 @@ async fn heartbeat(node: WeakNode) {
             if id == me || !out.insert(id) {
                 continue;
             }
-            let node = node.clone();
+            let med = med.clone();
             let body = body.clone();
             pings.spawn(async move {
-                let r = node
-                    .raft()
-                    .mediator_pool()
-                    .call(id, &addr, body, PING_TIMEOUT)
-                    .await;
+                let r = med.0.pool.call(id, &addr, body, PING_TIMEOUT).await;
                 let pong = r.ok().and_then(|b| wire::decode::<Reply>(&b).ok());
-                let med = node.mediator();
                 match pong {
                     Some(Reply::Pong {
                         load,
@@ -256,7 +289,7 @@ async fn heartbeat(node: WeakNode) {
                         api_addr,
                     }) => {
                         med.record(id, true);
-                        if let Some(p) = med.peers.lock().get_mut(&id) {
+                        if let Some(p) = med.0.peers.lock().get_mut(&id) {
                             p.load = load;
                             p.metadata = metadata;
                             p.api_addr = api_addr;
@@ -303,40 +336,32 @@ fn from_failure(node: u64, f: Failure) -> Error {
     }
 }
 
-impl Node {
-    /// Every member of the cluster as this node sees it: its id, address,
-    /// role, liveness, load and metadata, sorted by id; members removed
-    /// lately are listed as [`Liveness::Left`].
-    ///
-    /// On a node started with [`discovery`](crate::ClusterBuilder::discovery),
-    /// liveness comes from discovery too: suspect once its lease expired or
-    /// it unregistered (a member is only suspect: the membership decides
-    /// when it is removed), alive while its entry is in the store and it
-    /// answers pings; load and metadata are what it registered (plus its
-    /// pings' metadata).
-    /// Otherwise liveness comes from the mediator's own heartbeat (each node
-    /// pings every member four times a second) and from calls that failed;
-    /// load and metadata from the last ping's answer.
-    pub fn members(&self) -> Vec<Member> {
-        let health = self.health();
-        let addrs = self.raft().member_addrs();
+impl Mediator {
+    /// Every member as this node sees it, sorted by id, with the members
+    /// removed lately (see `Node::members`). `discovered`: what discovery
+    /// last said of each node, if this node uses discovery.
+    pub(crate) fn members(
+        &self,
+        discovered: Option<BTreeMap<u64, Option<NodeInfo>>>,
+    ) -> Vec<Member> {
+        let status = self.0.raft.status();
+        let addrs = self.0.raft.member_addrs();
         let me = self.id();
         let now = Instant::now();
-        let med = self.mediator();
         let mut out: Vec<Member> = addrs
             .iter()
             .map(|(&id, addr)| {
-                let role = if health.leader == Some(id) {
+                let role = if status.leader == Some(id) {
                     MemberRole::Leader
-                } else if health.learners.contains(&id) {
+                } else if status.learners.contains(&id) {
                     MemberRole::Learner
                 } else {
                     MemberRole::Follower
                 };
                 if id == me {
-                    return self.info_with(role, addr.clone());
+                    return self.me(role, addr.clone());
                 }
-                let peers = med.peers.lock();
+                let peers = self.0.peers.lock();
                 let p = peers.get(&id);
                 Member {
                     id,
@@ -352,10 +377,9 @@ impl Node {
                 }
             })
             .collect();
-        let discovered = self.discovery_view();
         for m in &mut out {
             if m.id != me {
-                m.liveness = med.liveness(m.id, now);
+                m.liveness = self.liveness(m.id, now);
                 if m.liveness == Liveness::Left {
                     m.liveness = Liveness::Alive;
                 }
@@ -377,7 +401,7 @@ impl Node {
                 }
             }
         }
-        let peers = med.peers.lock();
+        let peers = self.0.peers.lock();
         for (&id, p) in peers.iter().filter(|(_, p)| p.left_at.is_some()) {
             if addrs.contains_key(&id) {
                 continue;
@@ -399,87 +423,23 @@ impl Node {
         out
     }
 
-    /// This node, as [`Node::members`] lists it.
-    pub fn info(&self) -> Member {
-        let health = self.health();
-        let role = match health.role {
-            crate::node::Role::Leader => MemberRole::Leader,
-            crate::node::Role::Learner => MemberRole::Learner,
-            _ if !health.members.contains(&self.id()) && !health.learners.contains(&self.id()) => {
-                MemberRole::Removed
-            }
-            _ => MemberRole::Follower,
-        };
-        let addr = self
-            .raft()
-            .member_addrs()
-            .remove(&self.id())
-            .unwrap_or_else(|| self.local_addr().to_string());
-        self.info_with(role, addr)
-    }
-
-    fn info_with(&self, role: MemberRole, addr: String) -> Member {
+    /// This node as a member, in `role`, listening on `addr`.
+    pub(crate) fn me(&self, role: MemberRole, addr: String) -> Member {
         Member {
             id: self.id(),
             addr,
-            api_addr: self.mediator().api_addr(),
+            api_addr: self.api_addr(),
             role,
             liveness: Liveness::Alive,
-            load: self.mediator().load(),
-            metadata: self.mediator().metadata(),
+            load: self.load(),
+            metadata: self.metadata(),
             last_seen_ms: Some(0),
         }
     }
 
-    /// Where users reach this node's HTTP API, as set with
-    /// [`ClusterBuilder::api_addr`](crate::ClusterBuilder::api_addr) and
-    /// shown in [`Member::api_addr`].
-    pub fn api_addr(&self) -> Option<String> {
-        self.mediator().api_addr()
-    }
-
-    /// Sets what this node says about itself in [`Member::metadata`] (other
-    /// nodes see it after their next ping, within a second).
-    pub fn set_metadata(&self, metadata: BTreeMap<String, String>) {
-        *self.mediator().metadata.lock() = metadata;
-    }
-
-    /// Runs `query` on node `node` and returns its handler's answer (a
-    /// handler's own error is inside it, typed, as with
-    /// [`send`](Node::send)). Stateful queries read that node's copy of the
-    /// state (with the query's declared consistency); state-less ones run
-    /// there. The route declared on the query's type does not apply.
-    ///
-    /// Errors: [`Error::NodeUnavailable`] when `node` is not a member, has
-    /// left, or could not be reached or died before answering — the query
-    /// is never re-sent to another node; [`Error::Timeout`] when it did not
-    /// answer within the node's request timeout; [`Error::Apply`] when it
-    /// could not run the query (e.g. `UnknownMessage`: it runs another
-    /// version of the program).
-    pub fn send_to<M>(&self, node: u64, query: M) -> BoxFuture<'_, Result<M::Output>>
-    where
-        M: Queryable,
-        M::Output: crate::RemoteAnswer,
-    {
-        Box::pin(async move {
-            let consistency = match M::ROUTE {
-                Route::Query { consistency, .. } => consistency,
-                _ => Consistency::Local,
-            };
-            if node == self.id() {
-                return self.run_here(query, consistency).await;
-            }
-            let deadline = Instant::now() + self.request_timeout();
-            let payload = crate::codec::encode_user(M::NAME, &query)?;
-            let bytes = self
-                .query_on(node, M::NAME, payload, consistency, deadline)
-                .await?;
-            Ok(crate::__private::decode_output::<M::Output>(&bytes)?)
-        })
-    }
-
-    /// One query to another node's mediator, until `deadline`.
-    async fn query_on(
+    /// One query to another node's mediator, until `deadline`; the encoded
+    /// answer.
+    pub(crate) async fn query_on(
         &self,
         node: u64,
         name: &str,
@@ -502,9 +462,9 @@ impl Node {
     /// One request to another node's mediator; records latency and
     /// failures for routing.
     async fn call_node(&self, node: u64, req: &Request, deadline: Instant) -> Result<Reply> {
-        let med = self.mediator();
-        let Some(addr) = self.raft().member_addrs().remove(&node) else {
-            let left = med
+        let Some(addr) = self.0.raft.member_addrs().remove(&node) else {
+            let left = self
+                .0
                 .peers
                 .lock()
                 .get(&node)
@@ -522,26 +482,26 @@ impl Node {
         let ttl = deadline.saturating_duration_since(Instant::now());
         if ttl.is_zero() {
             return Err(Error::Timeout {
-                waited: self.request_timeout(),
+                waited: self.0.request_timeout,
                 reason: TimeoutReason::NoAnswer { node },
             });
         }
         let start = Instant::now();
-        med.loads.lock().entry(node).or_default().outstanding += 1;
+        self.0.loads.lock().entry(node).or_default().outstanding += 1;
         let r = self
-            .raft()
-            .mediator_pool()
+            .0
+            .pool
             .call(node, &addr, mediator_body(&body), ttl)
             .await;
         {
-            let mut loads = med.loads.lock();
+            let mut loads = self.0.loads.lock();
             let l = loads.entry(node).or_default();
             l.outstanding = l.outstanding.saturating_sub(1);
             if r.is_ok() {
                 l.observe(start.elapsed(), Instant::now());
             }
         }
-        med.record(node, r.is_ok());
+        self.record(node, r.is_ok());
         match r {
             Ok(b) => {
                 wire::decode::<Reply>(&b).map_err(|e| unavailable(node, format!("bad reply: {e}")))
@@ -565,7 +525,7 @@ impl Node {
     fn candidates(&self) -> Vec<u64> {
         let me = self.id();
         let now = Instant::now();
-        let mut all: Vec<u64> = self.health().members;
+        let mut all: Vec<u64> = self.0.raft.status().members;
         if !all.contains(&me) {
             all.push(me);
         }
@@ -573,7 +533,7 @@ impl Node {
         let live: Vec<u64> = all
             .iter()
             .copied()
-            .filter(|&id| id == me || self.mediator().liveness(id, now) == Liveness::Alive)
+            .filter(|&id| id == me || self.liveness(id, now) == Liveness::Alive)
             .collect();
         if live.iter().any(|&id| id != me) || all.len() <= 1 {
             live
@@ -582,19 +542,25 @@ impl Node {
         }
     }
 
-    /// Runs a query on the node its declared route picks; a node that
-    /// cannot be reached (or dies mid-call) is skipped for the next
-    /// candidate, until the request timeout.
-    pub(crate) async fn routed<M: Handled>(
+    /// Runs a query on the node its declared route picks (`here` runs it
+    /// on this node); a node that cannot be reached (or dies mid-call) is
+    /// skipped for the next candidate, until the request timeout.
+    pub(crate) async fn routed<M, F, Fut>(
         &self,
         msg: M,
         consistency: Consistency,
-    ) -> Result<M::Output> {
+        here: F,
+    ) -> Result<M::Output>
+    where
+        M: Handled,
+        F: FnOnce(M) -> Fut,
+        Fut: Future<Output = Result<M::Output>>,
+    {
         let Some((routing, decode)) = remote_of::<M>() else {
-            return self.run_here(msg, consistency).await;
+            return here(msg).await;
         };
         let me = self.id();
-        let deadline = Instant::now() + self.request_timeout();
+        let deadline = Instant::now() + self.0.request_timeout;
         let payload = crate::codec::encode_user(M::NAME, &msg)?;
         let mut msg = Some(msg);
         let mut tried: Vec<u64> = Vec::new();
@@ -603,7 +569,7 @@ impl Node {
             let order: Vec<u64> = match routing {
                 Routing::Local => vec![me],
                 Routing::Leader => {
-                    let leader = self.health().leader;
+                    let leader = self.0.raft.status().leader;
                     match leader {
                         Some(l) if !tried.contains(&l) => vec![l],
                         _ => {
@@ -612,7 +578,9 @@ impl Node {
                             if left.is_zero() {
                                 break;
                             }
-                            self.health_changed(left.min(Duration::from_millis(50)))
+                            self.0
+                                .raft
+                                .changed(left.min(Duration::from_millis(50)))
                                 .await;
                             continue;
                         }
@@ -620,12 +588,12 @@ impl Node {
                 }
                 Routing::RoundRobin => {
                     let nodes = self.candidates();
-                    let turn = self.mediator().turn.fetch_add(1, Ordering::Relaxed);
+                    let turn = self.0.turn.fetch_add(1, Ordering::Relaxed);
                     route::round_robin_order(turn, &nodes)
                 }
                 Routing::LeastLoaded => {
                     let nodes = self.candidates();
-                    let loads = self.mediator().loads.lock().clone();
+                    let loads = self.0.loads.lock().clone();
                     route::least_loaded_order(&nodes, &loads, Instant::now(), |n| {
                         rand::random_range(0..n)
                     })
@@ -643,12 +611,12 @@ impl Node {
                 if id == me {
                     let m = match msg.take() {
                         Some(m) => m,
-                        None => crate::__private::decode_message::<M>(&payload)?,
+                        None => crate::codec::decode_user::<M>(M::NAME, &payload)?,
                     };
                     let start = Instant::now();
-                    let r = self.run_here(m, consistency).await;
+                    let r = here(m).await;
                     if matches!(routing, Routing::LeastLoaded) {
-                        self.mediator()
+                        self.0
                             .loads
                             .lock()
                             .entry(me)
@@ -678,64 +646,48 @@ impl Node {
             }
         }
         Err(last.unwrap_or_else(|| Error::Timeout {
-            waited: self.request_timeout(),
+            waited: self.0.request_timeout,
             reason: TimeoutReason::NoMember {
                 name: M::NAME.to_string(),
             },
         }))
     }
 
-    /// Runs `event`'s handlers on every member this node knows of (see
-    /// [`members`](Node::members); suspect ones too) now, without the log: a
-    /// best-effort fan-out that returns each member's outcome (how many
-    /// handlers ran there, or why it could not run them). A member that is
-    /// down misses the event for good; nothing is retried or stored.
-    ///
-    /// Compare [`publish`](Node::publish): durable (through the Raft log),
-    /// delivered at least once to every node, including nodes that are down
-    /// now (when they come back). Use `publish` for what must happen
-    /// everywhere (and deduplicate with [`EventContext::log_index`](crate::EventContext::log_index));
-    /// use `broadcast` for what only matters now (invalidate a cache, reload
-    /// a setting) or when you need to know who got it. Handlers run by a
-    /// broadcast see `ctx.log_index() == 0`.
-    ///
-    /// The outer error is for the event itself (it does not encode).
-    pub fn broadcast<E: Publishable>(&self, event: E) -> BoxFuture<'_, Result<Vec<Delivery>>> {
-        Box::pin(async move {
-            let payload = crate::codec::encode_user(E::NAME, &event)?;
-            let me = self.id();
-            let deadline = Instant::now() + self.request_timeout();
-            let mut targets: Vec<u64> = self.raft().member_addrs().into_keys().collect();
-            if !targets.contains(&me) {
-                targets.push(me);
+    /// Runs the handlers of the event `name` (encoded in `payload`) on
+    /// every member this node knows of, now (see `Node::broadcast`).
+    pub(crate) async fn broadcast(&self, name: &'static str, payload: Vec<u8>) -> Vec<Delivery> {
+        let me = self.id();
+        let deadline = Instant::now() + self.0.request_timeout;
+        let mut targets: Vec<u64> = self.0.raft.member_addrs().into_keys().collect();
+        if !targets.contains(&me) {
+            targets.push(me);
+        }
+        let req = Request::Event {
+            name: name.to_string(),
+            payload: serde_bytes::ByteBuf::from(payload.clone()),
+        };
+        let calls = targets.into_iter().map(|id| {
+            let req = &req;
+            let payload = &payload;
+            async move {
+                let result = if id == me {
+                    let _busy = self.busy();
+                    service::run_event(me, name, payload)
+                        .await
+                        .map_err(|f| from_failure(id, f))
+                } else {
+                    match self.call_node(id, req, deadline).await {
+                        Ok(Reply::Delivered(Ok(n))) => Ok(n),
+                        Ok(Reply::Delivered(Err(f))) => Err(from_failure(id, f)),
+                        Ok(_) => Err(unavailable(id, "it answered something else")),
+                        Err(e) => Err(e),
+                    }
+                };
+                Delivery { node: id, result }
             }
-            let req = Request::Event {
-                name: E::NAME.to_string(),
-                payload: serde_bytes::ByteBuf::from(payload.clone()),
-            };
-            let calls = targets.into_iter().map(|id| {
-                let req = &req;
-                let payload = &payload;
-                async move {
-                    let result = if id == me {
-                        let _busy = self.mediator().busy();
-                        service::run_event(self, E::NAME, payload)
-                            .await
-                            .map_err(|f| from_failure(id, f))
-                    } else {
-                        match self.call_node(id, req, deadline).await {
-                            Ok(Reply::Delivered(Ok(n))) => Ok(n),
-                            Ok(Reply::Delivered(Err(f))) => Err(from_failure(id, f)),
-                            Ok(_) => Err(unavailable(id, "it answered something else")),
-                            Err(e) => Err(e),
-                        }
-                    };
-                    Delivery { node: id, result }
-                }
-            });
-            let mut out = futures::future::join_all(calls).await;
-            out.sort_by_key(|d| d.node);
-            Ok(out)
-        })
+        });
+        let mut out = futures::future::join_all(calls).await;
+        out.sort_by_key(|d| d.node);
+        out
     }
 }

@@ -11,14 +11,14 @@ use futures::FutureExt;
 use futures::future::BoxFuture;
 
 use super::wire::{Failure, Reply, Request, decode, encode};
+use super::{Mediator, Shared};
 use crate::context::EventContext;
 use crate::error::{ApplyError, Error};
-use crate::node::{Node, WeakNode};
 use crate::registry::{QueryRunner, Registry};
 use crate::transport::Service;
 
-pub(crate) struct MediatorService {
-    pub(crate) node: WeakNode,
+pub(super) struct MediatorService {
+    pub(super) mediator: std::sync::Weak<Shared>,
 }
 
 /// Requests this node's mediator serves at once; more are refused at once
@@ -33,10 +33,10 @@ impl Service for MediatorService {
             Ok(r) => r,
             Err(e) => return futures::future::ready(Err(format!("bad request: {e}"))).boxed(),
         };
-        let Some(node) = self.node.upgrade() else {
+        let Some(med) = self.mediator.upgrade().map(Mediator) else {
             return futures::future::ready(Err("node is shut down".to_string())).boxed();
         };
-        if !matches!(req, Request::Ping) && node.mediator().load() >= MAX_SERVING {
+        if !matches!(req, Request::Ping) && med.load() >= MAX_SERVING {
             let busy = Failure::Unavailable(format!("busy: {MAX_SERVING} requests in progress"));
             let reply = match req {
                 Request::Event { .. } => Reply::Delivered(Err(busy)),
@@ -46,21 +46,21 @@ impl Service for MediatorService {
         }
         // no answer can be useful after the caller's deadline (its request
         // timeout, the same setting on every node as a rule)
-        let limit = node.request_timeout();
+        let limit = med.0.request_timeout;
         async move {
             let reply = match req {
                 Request::Ping => Reply::Pong {
-                    load: node.mediator().load(),
-                    metadata: node.mediator().metadata(),
-                    api_addr: node.mediator().api_addr(),
+                    load: med.load(),
+                    metadata: med.metadata(),
+                    api_addr: med.api_addr(),
                 },
                 Request::Query {
                     name,
                     payload,
                     linearizable,
                 } => {
-                    let _busy = node.mediator().busy();
-                    let run = run_query(&node, &name, &payload, linearizable);
+                    let _busy = med.busy();
+                    let run = run_query(&med, &name, &payload, linearizable);
                     Reply::Answer(match tokio::time::timeout(limit, run).await {
                         Ok(r) => r.map(serde_bytes::ByteBuf::from),
                         Err(_) => Err(Failure::Unavailable(format!(
@@ -69,8 +69,8 @@ impl Service for MediatorService {
                     })
                 }
                 Request::Event { name, payload } => {
-                    let _busy = node.mediator().busy();
-                    let run = run_event(&node, &name, &payload);
+                    let _busy = med.busy();
+                    let run = run_event(med.id(), &name, &payload);
                     Reply::Delivered(match tokio::time::timeout(limit, run).await {
                         Ok(r) => r,
                         Err(_) => Err(Failure::Unavailable(format!(
@@ -104,10 +104,11 @@ fn panicked(handler: &str, p: Box<dyn std::any::Any + Send>) -> Failure {
     })
 }
 
-/// Runs the query named `name` here, as `node.query` would, and encodes
-/// its answer.
-pub(crate) async fn run_query(
-    node: &Node,
+/// Runs the query named `name` here, as `node.query` would (a node that
+/// stopped or that its peers refuse answers no reads), and encodes its
+/// answer.
+async fn run_query(
+    med: &Mediator,
     name: &str,
     payload: &[u8],
     linearizable: bool,
@@ -118,9 +119,12 @@ pub(crate) async fn run_query(
             name: name.to_string(),
         }));
     };
+    let raft = &med.0.raft;
+    if entry.state.is_some() {
+        raft.readable().map_err(failure)?;
+    }
     if linearizable {
-        node.raft()
-            .read_barrier(node.request_timeout())
+        raft.read_barrier(med.0.request_timeout)
             .await
             .map_err(failure)?;
     }
@@ -131,8 +135,7 @@ pub(crate) async fn run_query(
             };
             let info = state();
             let r = std::panic::catch_unwind(AssertUnwindSafe(|| {
-                node.raft()
-                    .read(|m| m.state_any(info).map(|s| run(payload, s)))
+                raft.read(|m| m.state_any(info).map(|s| run(payload, s)))
             }));
             match r {
                 Ok(Some(out)) => out.map_err(Failure::Apply),
@@ -156,7 +159,7 @@ pub(crate) async fn run_query(
 
 /// Runs this node's handlers of the event named `name`, one after the
 /// other; the count of handlers that ran, or the first failure.
-pub(crate) async fn run_event(node: &Node, name: &str, payload: &[u8]) -> Result<u32, Failure> {
+pub(super) async fn run_event(node_id: u64, name: &str, payload: &[u8]) -> Result<u32, Failure> {
     let reg = Registry::global().map_err(failure)?;
     if !reg.applies(name, true) {
         return Err(Failure::Apply(ApplyError::UnknownMessage {
@@ -167,7 +170,7 @@ pub(crate) async fn run_event(node: &Node, name: &str, payload: &[u8]) -> Result
     let mut first_error = None;
     for entry in reg.events.get(name).map(Vec::as_slice).unwrap_or_default() {
         let ctx = EventContext {
-            node_id: node.id(),
+            node_id,
             log_index: 0,
         };
         let fut = match std::panic::catch_unwind(|| (entry.call)(payload, ctx)) {

@@ -4,6 +4,7 @@
 mod builder;
 mod health;
 mod leave;
+mod members;
 mod reply;
 mod selfform;
 
@@ -22,6 +23,7 @@ pub use reply::Reply;
 
 use crate::error::{Error, Result};
 use crate::machine::{Applied, EntryKind, Envelope};
+use crate::mediator::Mediator;
 use crate::message::{BoxFuture, Consistency, Handled, Publishable, Queryable, Route};
 use crate::raft::RaftHandle;
 
@@ -29,7 +31,7 @@ use crate::raft::RaftHandle;
 const MAX_KEY_BYTES: usize = 1024;
 
 struct NodeInner {
-    raft: RaftHandle,
+    raft: Arc<RaftHandle>,
     client_id: u64,
     next_seq: AtomicU64,
     in_flight: Mutex<BTreeSet<u64>>,
@@ -43,7 +45,7 @@ struct NodeInner {
     /// waits for the store: the wait's token (cancelled by `shutdown`) and
     /// why it waits (for `Health::unregistered`).
     selfform_pending: Mutex<Option<(tokio_util::sync::CancellationToken, String)>>,
-    mediator: crate::mediator::Mediator,
+    mediator: Mediator,
 }
 
 /// The longest `add_node` waits for the leader's answer (the leader gives
@@ -81,7 +83,9 @@ impl Drop for InFlight<'_> {
 
 impl Node {
     pub(super) fn new(raft: RaftHandle, max_in_flight: usize, request_timeout: Duration) -> Node {
-        let node = Node {
+        let raft = Arc::new(raft);
+        let mediator = Mediator::start(raft.clone(), request_timeout);
+        Node {
             inner: Arc::new(NodeInner {
                 raft,
                 client_id: loop {
@@ -96,14 +100,12 @@ impl Node {
                 request_timeout,
                 selfform: std::sync::OnceLock::new(),
                 selfform_pending: Mutex::new(None),
-                mediator: Default::default(),
+                mediator,
             }),
-        };
-        crate::mediator::Mediator::start(&node);
-        node
+        }
     }
 
-    pub(crate) fn mediator(&self) -> &crate::mediator::Mediator {
+    pub(crate) fn mediator(&self) -> &Mediator {
         &self.inner.mediator
     }
 
@@ -238,42 +240,14 @@ impl Node {
 
     /// Answers a stateful query from this node's state, now.
     pub(super) fn read_local<M: Handled>(&self, msg: M) -> Result<M::Output> {
-        if let Some(e) = self.inner.raft.failure() {
-            // its state no longer follows the log: stale for good
-            return Err(Error::Raft(format!(
-                "this node stopped ({e}); it answers no reads because its state is no \
-                 longer kept up to date: restart it"
-            )));
-        }
-        if let Some(why) = self.refused() {
-            // its state is not the cluster's (empty, or another cluster's)
-            return Err(Error::ClusterMismatch(why));
-        }
+        self.inner.raft.readable()?;
         self.inner.raft.read(|m| m.query(msg))
     }
 
     /// Why this node is no replica, if its peers refuse it (see
-    /// `raft/identity.rs`): a peer refused it and no leader accepts it. A
-    /// node that hears from a leader serves, whatever another peer says.
-    /// An atomic load unless a peer refused it.
+    /// `RaftHandle::refused`).
     pub(crate) fn refused(&self) -> Option<String> {
-        let refusal = self.inner.raft.refusal()?;
-        self.refused_given(&self.inner.raft.status(), refusal)
-    }
-
-    fn refused_given(&self, s: &crate::raft::Status, r: crate::raft::Refusal) -> Option<String> {
-        if s.leader_confirmed {
-            return None;
-        }
-        let id = self.id();
-        Some(format!(
-            "node {id} is refused by its peers (node {}: {}). It holds no replica of the \
-             cluster's state: it answers no queries and takes no writes. Stop it; remove \
-             id {id} from the cluster (`remove_node({id})` on a member, or the admin route) \
-             and start this machine under a new id with a fresh data dir \
-             (`join_existing()`, then `add_node` on a member)",
-            r.by, r.reason
-        ))
+        self.inner.raft.refused()
     }
 
     /// Resolves once this node is refused (checked again on every change
@@ -296,7 +270,10 @@ impl Node {
 
     async fn run_query<M: Handled>(&self, msg: M, consistency: Consistency) -> Result<M::Output> {
         if crate::mediator::is_routed::<M>() {
-            return self.routed(msg, consistency).await;
+            return self
+                .mediator()
+                .routed(msg, consistency, |m| self.run_here(m, consistency))
+                .await;
         }
         self.run_here(msg, consistency).await
     }
@@ -310,14 +287,7 @@ impl Node {
         match M::ROUTE {
             Route::Query { .. } => {
                 if consistency == Consistency::Linearizable {
-                    if let Some(e) = self.inner.raft.failure() {
-                        return Err(Error::Raft(format!(
-                            "this node stopped ({e}); restart it: it recovers from its data dir"
-                        )));
-                    }
-                    if let Some(why) = self.refused() {
-                        return Err(Error::ClusterMismatch(why));
-                    }
+                    self.inner.raft.readable()?;
                     self.inner
                         .raft
                         .read_barrier(self.inner.request_timeout)
@@ -411,7 +381,7 @@ impl Node {
             .inner
             .raft
             .refusal()
-            .and_then(|r| self.refused_given(&status, r));
+            .and_then(|r| self.inner.raft.refused_given(&status, r));
         let mut h = Health::from(status);
         h.unregistered = self
             .inner
@@ -614,7 +584,7 @@ impl Node {
             // is the graceful exit)
             let _ = sf.stop(false).await;
         }
-        self.inner.mediator.stop();
+        self.inner.mediator.stop().await;
         self.inner.raft.shutdown().await;
     }
 }

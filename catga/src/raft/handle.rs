@@ -96,7 +96,9 @@ pub(crate) struct RaftHandle {
     failed: Arc<std::sync::atomic::AtomicBool>,
     identity: Arc<Identity>,
     mux: Arc<Mux>,
-    mediator_pool: Pool,
+    /// The transport settings, for the pools of other services
+    /// ([`Self::new_pool`]).
+    transport: Arc<TransportConfig>,
     /// The voter target (`RaftSettings::voters`).
     voters: usize,
 }
@@ -154,10 +156,7 @@ impl RaftHandle {
             }
         })?;
         let local_addr = server.local_addr();
-        // the mediator's calls have a pool (connections, reconnect backoff)
-        // of their own: they never delay or fail Raft's
-        let mediator_pool = Pool::new(tcfg.clone(), faults.clone());
-        let pool = Pool::new(tcfg, faults.clone());
+        let pool = Pool::new(tcfg.clone(), faults.clone());
 
         let (election_min, lease) =
             openraft_election(s.heartbeat_ms, s.election_min_ms, s.election_max_ms);
@@ -277,7 +276,7 @@ impl RaftHandle {
             failed,
             identity,
             mux,
-            mediator_pool,
+            transport: tcfg,
             voters: s.voters,
         };
 
@@ -389,6 +388,47 @@ impl RaftHandle {
         self.identity.watch_refusals()
     }
 
+    /// Why this node is no replica, if its peers refuse it (see
+    /// `identity.rs`): a peer refused it and no leader accepts it. A node
+    /// that hears from a leader serves, whatever another peer says. An
+    /// atomic load unless a peer refused it.
+    pub(crate) fn refused(&self) -> Option<String> {
+        let refusal = self.identity.refusal()?;
+        self.refused_given(&self.status(), refusal)
+    }
+
+    /// [`Self::refused`], given this node's status and a standing refusal.
+    pub(crate) fn refused_given(&self, s: &Status, r: super::identity::Refusal) -> Option<String> {
+        if s.leader_confirmed {
+            return None;
+        }
+        let id = self.id;
+        Some(format!(
+            "node {id} is refused by its peers (node {}: {}). It holds no replica of the \
+             cluster's state: it answers no queries and takes no writes. Stop it; remove \
+             id {id} from the cluster (`remove_node({id})` on a member, or the admin route) \
+             and start this machine under a new id with a fresh data dir \
+             (`join_existing()`, then `add_node` on a member)",
+            r.by, r.reason
+        ))
+    }
+
+    /// Whether this node's state may answer reads: not when its Raft
+    /// stopped (the state no longer follows the log) or its peers refuse
+    /// it (its state is not the cluster's: empty, or another cluster's).
+    pub(crate) fn readable(&self) -> Result<()> {
+        if let Some(e) = self.failure() {
+            return Err(Error::Raft(format!(
+                "this node stopped ({e}); it answers no reads because its state is no \
+                 longer kept up to date: restart it"
+            )));
+        }
+        if let Some(why) = self.refused() {
+            return Err(Error::ClusterMismatch(why));
+        }
+        Ok(())
+    }
+
     /// The peers that stand by a refusal of this node (`identity.rs`).
     pub(crate) fn refusers(&self) -> std::collections::BTreeSet<u64> {
         self.identity.refusers()
@@ -486,10 +526,11 @@ impl RaftHandle {
         &self.faults
     }
 
-    /// The mediator's connection pool (not Raft's), for its calls to
-    /// other nodes.
-    pub(crate) fn mediator_pool(&self) -> &Pool {
-        &self.mediator_pool
+    /// A connection pool of its own (connections, reconnect backoff) to
+    /// the other nodes, on this node's transport settings and faults: the
+    /// mediator's calls never delay or fail Raft's. Its owner shuts it down.
+    pub(crate) fn new_pool(&self) -> Pool {
+        Pool::new(self.transport.clone(), self.faults.clone())
     }
 
     /// Serves the mediator's requests on this node's server.
@@ -994,7 +1035,6 @@ impl RaftHandle {
             let _ = t.await;
         }
         self.pool.shutdown().await;
-        self.mediator_pool.shutdown().await;
         let mut bg = std::mem::take(&mut *self.background.lock());
         bg.abort_all();
         while bg.join_next().await.is_some() {}

@@ -41,7 +41,6 @@ pub(crate) mod wire;
 
 pub(crate) use events::DeliverySettings;
 pub(crate) use handle::{MembershipView, RaftHandle, RaftSettings};
-pub(crate) use identity::Refusal;
 pub(crate) use poison::{Mode as QuarantineMode, Stop as PoisonStop};
 
 impl fmt::Display for Envelope {

@@ -8,8 +8,9 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use catga::members::{Liveness, Member, MemberRole};
 use catga::prelude::*;
-use catga::{Error, Liveness, MemberRole, Node, Outcome};
+use catga::{Error, Node, Outcome};
 use catga_tests::harness::{Cluster, T};
 use catga_tests::{Echo, GetStock, Restock, Shop};
 
@@ -86,7 +87,7 @@ fn on_wave(e: Wave, ctx: EventContext) {
 }
 
 /// Waits until `node` sees the members as `pred` wants.
-async fn wait_members(node: &Node, what: &str, pred: impl Fn(&[catga::Member]) -> bool) {
+async fn wait_members(node: &Node, what: &str, pred: impl Fn(&[Member]) -> bool) {
     let deadline = tokio::time::Instant::now() + T;
     loop {
         let m = node.members();
@@ -104,7 +105,7 @@ async fn wait_members(node: &Node, what: &str, pred: impl Fn(&[catga::Member]) -
     }
 }
 
-fn all_alive(m: &[catga::Member]) -> bool {
+fn all_alive(m: &[Member]) -> bool {
     m.len() == 3 && m.iter().all(|m| m.liveness == Liveness::Alive)
 }
 

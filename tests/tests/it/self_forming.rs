@@ -768,7 +768,9 @@ async fn members_take_liveness_and_metadata_from_discovery() {
     loop {
         let ms = nodes[0].members();
         let ok = ms.len() == 3
-            && ms.iter().all(|m| m.liveness == catga::Liveness::Alive)
+            && ms
+                .iter()
+                .all(|m| m.liveness == catga::members::Liveness::Alive)
             && ms
                 .iter()
                 .filter(|m| m.id != 1)
@@ -786,7 +788,7 @@ async fn members_take_liveness_and_metadata_from_discovery() {
     loop {
         let ms = nodes[0].members();
         let three = ms.iter().find(|m| m.id == 3).map(|m| m.liveness);
-        if three == Some(catga::Liveness::Suspect) {
+        if three == Some(catga::members::Liveness::Suspect) {
             break;
         }
         assert!(tokio::time::Instant::now() < deadline, "{ms:#?}");

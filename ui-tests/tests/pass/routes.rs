@@ -60,8 +60,8 @@ async fn calls(node: catga::Node) -> catga::Result<()> {
     let _: u32 = node.query(Lightest, catga::Consistency::Local).await?;
     let _: Option<u32> = node.send(BySku { sku: "a".into() }).await?;
     let _: u64 = node.send_to(2, ByTuple(1, "b".into())).await?;
-    let _: Vec<catga::Member> = node.members();
-    let _: Vec<catga::Delivery> = node.broadcast(Ping).await?;
+    let _: Vec<catga::members::Member> = node.members();
+    let _: Vec<catga::members::Delivery> = node.broadcast(Ping).await?;
     Ok(())
 }
 
