@@ -19,8 +19,9 @@
 //   transport/   authenticated, multiplexed TCP between nodes
 //   machine, dispatch, dedup    the deterministic core: no I/O, no clocks
 //   registry, message, state, context    what users' types and the macros touch
-//   codec, error, probe         leaves: the one codec, the error types, the
-//                               write path's stage timings (benchmarks)
+//   codec, error, probe         leaves: the one codec, the error types
+//                               (discovery's too), the write path's stage
+//                               timings (benchmarks)
 //   tls                         a leaf: certificates and keys (TlsConfig,
 //                               reloaded on change), the dev CA
 //

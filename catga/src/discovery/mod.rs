@@ -31,7 +31,6 @@
 //! at most [`MAX_ENTRY_BYTES`] per node; anything larger, unparsable or from
 //! another cluster is skipped with a log line.
 
-mod error;
 mod heartbeat;
 pub mod memory;
 #[cfg(feature = "nats")]
@@ -58,7 +57,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-pub use error::DiscoveryError;
+pub use crate::error::DiscoveryError;
+/// A boxed error from a store client (redis-rs, async-nats).
+pub(crate) use crate::error::discovery::BoxError;
 pub use heartbeat::HeartbeatService;
 pub use memory::{MemoryDiscovery, MemoryStore};
 #[cfg(feature = "nats")]

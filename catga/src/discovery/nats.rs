@@ -122,7 +122,7 @@ impl NatsDiscovery {
     ) -> Result<NatsDiscovery, DiscoveryError> {
         config.validate()?;
         options.validate(&config)?;
-        let unreachable = |source: super::error::BoxError| DiscoveryError::Unreachable {
+        let unreachable = |source: super::BoxError| DiscoveryError::Unreachable {
             url: options.url.clone(),
             source,
         };

@@ -120,7 +120,7 @@ impl RedisDiscovery {
                 "stream_maxlen must be at least 1".into(),
             ));
         }
-        let unreachable = |source: super::error::BoxError| DiscoveryError::Unreachable {
+        let unreachable = |source: super::BoxError| DiscoveryError::Unreachable {
             url: options.url.clone(),
             source,
         };

@@ -11,8 +11,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+use crate::node::Counts;
 use crate::node::{Health, Role};
-use crate::raft::Counts;
 
 type Labels = Vec<(String, String)>;
 
@@ -180,18 +180,26 @@ impl Metrics {
         {
             let mut last = self.last.lock();
             let route = |name: &str| vec![("route".to_string(), name.to_string())];
-            self.writes
-                .get_or_create(&route("local"))
-                .inc_by(counts.writes_local.saturating_sub(last.writes_local));
+            self.writes.get_or_create(&route("local")).inc_by(
+                counts
+                    .raft
+                    .writes_local
+                    .saturating_sub(last.raft.writes_local),
+            );
             self.writes.get_or_create(&route("forwarded")).inc_by(
                 counts
+                    .raft
                     .writes_forwarded
-                    .saturating_sub(last.writes_forwarded),
+                    .saturating_sub(last.raft.writes_forwarded),
             );
             self.retries
-                .inc_by(counts.retries.saturating_sub(last.retries));
-            self.panics
-                .inc_by(counts.handler_panics.saturating_sub(last.handler_panics));
+                .inc_by(counts.raft.retries.saturating_sub(last.raft.retries));
+            self.panics.inc_by(
+                counts
+                    .raft
+                    .handler_panics
+                    .saturating_sub(last.raft.handler_panics),
+            );
             for (i, kind) in ["joined", "updated", "left"].iter().enumerate() {
                 self.discovery
                     .get_or_create(&vec![("kind".to_string(), kind.to_string())])

@@ -2,12 +2,13 @@
 //! to a chosen node ([`Node::send_to`](crate::Node::send_to)), queries routed by the route their
 //! type declares (`#[query(route = ...)]`), and a best-effort broadcast of
 //! an event ([`Node::broadcast`](crate::Node::broadcast)). It has its own RPC service beside Raft's
-//! on the authenticated transport (`transport/mux.rs`), and its own
-//! heartbeat for liveness and load.
+//! on the authenticated transport (`transport/mux.rs`), and pings the
+//! members for their liveness and load (not Raft's heartbeat, nor the
+//! discovery store's lease renewal).
 //!
 //! Inside: `route` chooses nodes (pure logic), `wire` is the RPC format,
 //! `service` answers other nodes, this file is the caller's side and the
-//! heartbeat.
+//! pings.
 
 mod route;
 mod service;
@@ -33,7 +34,7 @@ use crate::raft::RaftHandle;
 use crate::transport::{Pool, TransportError, mediator_body};
 
 /// How often each node pings every other member.
-const HEARTBEAT: Duration = Duration::from_millis(250);
+const PING_EVERY: Duration = Duration::from_millis(250);
 /// A member that has not answered a ping for this long is suspect.
 const SUSPECT_AFTER: Duration = Duration::from_millis(1_000);
 /// How long a ping may take: longer than the pool's longest reconnect
@@ -122,7 +123,7 @@ struct Peer {
 }
 
 /// The mediator of one node: what it knows of the others, its own load
-/// and metadata, its connection pool and its heartbeat task. Cheap to
+/// and metadata, its connection pool and its ping task. Cheap to
 /// clone (every clone is the same mediator).
 ///
 /// It holds what it needs of its node and nothing more: the node's Raft
@@ -149,7 +150,7 @@ struct Shared {
 
 impl Mediator {
     /// Serves other nodes' mediator requests on this node's server and
-    /// starts the heartbeat (both end with [`Self::stop`], or when the
+    /// starts pinging the members (both end with [`Self::stop`], or when the
     /// mediator is dropped).
     pub(crate) fn start(raft: Arc<RaftHandle>, request_timeout: Duration) -> Mediator {
         let shared = Arc::new(Shared {
@@ -168,11 +169,11 @@ impl Mediator {
         shared.raft.serve_mediator(Arc::new(MediatorService {
             mediator: weak.clone(),
         }));
-        *shared.task.lock() = Some(tokio::spawn(heartbeat(weak)));
+        *shared.task.lock() = Some(tokio::spawn(ping_members(weak)));
         Mediator(shared)
     }
 
-    /// Stops the heartbeat and closes the connections.
+    /// Stops the pings and closes the connections.
     pub(crate) async fn stop(&self) {
         if let Some(t) = self.0.task.lock().take() {
             t.abort();
@@ -235,13 +236,13 @@ impl Mediator {
     }
 }
 
-/// Every [`HEARTBEAT`]: pings every other member (their load, metadata and
+/// Every [`PING_EVERY`]: pings every other member (their load, metadata and
 /// liveness) and notes the members that left. Each ping runs on its own, so
 /// a member that hangs delays nobody else's; a member is not pinged again
 /// while its last ping is out. Ends when the mediator is gone (the pings
 /// with it: they are owned here).
-async fn heartbeat(mediator: Weak<Shared>) {
-    let mut tick = tokio::time::interval(HEARTBEAT);
+async fn ping_members(mediator: Weak<Shared>) {
+    let mut tick = tokio::time::interval(PING_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut pings: tokio::task::JoinSet<u64> = tokio::task::JoinSet::new();
     let mut out: std::collections::HashSet<u64> = std::collections::HashSet::new();

@@ -47,8 +47,8 @@ pub struct ClusterBuilder {
     bootstrap_expect: Option<usize>,
     voters: Option<usize>,
     remove_dead_after: Option<Duration>,
-    remove_learners_after: Duration,
-    discovery_timings: (Duration, Duration),
+    remove_learners_after: Option<Duration>,
+    discovery_timings: Option<(Duration, Duration)>,
     quarantine: super::Quarantine,
 }
 
@@ -82,8 +82,8 @@ impl Default for ClusterBuilder {
             bootstrap_expect: None,
             voters: None,
             remove_dead_after: None,
-            remove_learners_after: Duration::from_secs(600),
-            discovery_timings: (Duration::from_secs(1), Duration::from_secs(3)),
+            remove_learners_after: None,
+            discovery_timings: None,
             quarantine: super::Quarantine::Automatic,
         }
     }
@@ -166,7 +166,10 @@ impl ClusterBuilder {
         self
     }
 
-    /// How often the leader sends heartbeats (default 50 ms).
+    /// How often the Raft leader sends heartbeats to its followers (default
+    /// 50 ms). The only "heartbeat" among the settings: discovery's lease is
+    /// renewed every [`discovery_timings`](Self::discovery_timings), and the
+    /// members' liveness comes from pings of their own (four a second).
     pub fn heartbeat_interval(mut self, d: Duration) -> Self {
         self.heartbeat = d;
         self
@@ -175,7 +178,7 @@ impl ClusterBuilder {
     /// How long a follower waits without heartbeats before it starts an
     /// election: a random time in `[min, max)` (default 150–300 ms; in
     /// practice from `max / 2` + a heartbeat on, see
-    /// `raft::handle::openraft_election`). A leader that no majority has
+    /// `raft::handle::start::openraft_election`). A leader that no majority has
     /// answered for `max / 2` stops taking writes and reports it lost its
     /// quorum.
     pub fn election_timeout(mut self, min: Duration, max: Duration) -> Self {
@@ -312,7 +315,7 @@ impl ClusterBuilder {
     /// (cargo feature `redis`) or `catga::discovery::nats("nats://127.0.0.1:4222")`
     /// (feature `nats`), or a [`MemoryStore`](crate::discovery::MemoryStore)
     /// shared by the nodes of one process. `start()` then
-    /// registers the node, heartbeats (reporting its in-flight requests as
+    /// registers the node, renews its registration (reporting its in-flight requests as
     /// its load) and bootstraps a new cluster, joins the running one, or
     /// resumes from the data dir. Cannot be combined with `peer(..)`.
     ///
@@ -378,7 +381,7 @@ impl ClusterBuilder {
     }
 
     /// Removes a voter whose discovery lease has been gone this long
-    /// (default: never; a voter that stops heartbeating is only suspect).
+    /// (default: never; a voter whose lease ran out is only suspect).
     pub fn remove_dead_after(mut self, d: Duration) -> Self {
         self.remove_dead_after = Some(d);
         self
@@ -387,21 +390,53 @@ impl ClusterBuilder {
     /// Removes a learner whose discovery lease has been gone this long
     /// (default 10 minutes). A learner that leaves gracefully goes at once.
     pub fn remove_learners_after(mut self, d: Duration) -> Self {
-        self.remove_learners_after = d;
+        self.remove_learners_after = Some(d);
         self
     }
 
-    /// The discovery heartbeat interval and lease (default 1 s and 3 s).
-    pub fn discovery_timings(mut self, heartbeat: Duration, lease: Duration) -> Self {
-        self.discovery_timings = (heartbeat, lease);
+    /// How often this node renews its registration in the discovery store,
+    /// and how long the registration lasts unrenewed (default 1 s and 3 s):
+    /// a node that crashed is seen gone after `lease`.
+    pub fn discovery_timings(mut self, renew_every: Duration, lease: Duration) -> Self {
+        self.discovery_timings = Some((renew_every, lease));
         self
     }
 
-    fn validate_selfform(&self, advertise: &str) -> Result<Option<selfform::Settings>> {
+    /// The settings that only apply with `discovery(..)`, checked: a node
+    /// with a static peer list must set none of them (they would be
+    /// ignored).
+    fn check_static(&self) -> Result<()> {
+        let set = [
+            ("cluster_name", self.cluster_name.is_some()),
+            ("bootstrap_expect", self.bootstrap_expect.is_some()),
+            ("remove_dead_after", self.remove_dead_after.is_some()),
+            (
+                "remove_learners_after",
+                self.remove_learners_after.is_some(),
+            ),
+            ("discovery_timings", self.discovery_timings.is_some()),
+        ];
+        match set.iter().find(|(_, on)| *on) {
+            Some((setting, _)) => Err(Error::Config {
+                setting,
+                reason: format!(
+                    "only applies to a node that finds the others through .discovery(..); this \
+                     one has a static peer list (peer(..) / join_existing()), so `{setting}` \
+                     would be ignored: drop it, or add .discovery(..)"
+                ),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// The self-forming settings of a node started with `discovery(..)`
+    /// (`source`), checked.
+    fn validate_selfform(
+        &self,
+        source: &DiscoverySource,
+        advertise: &str,
+    ) -> Result<selfform::Settings> {
         let bad = |setting: &'static str, reason: String| Error::Config { setting, reason };
-        let Some(source) = &self.discovery else {
-            return Ok(None);
-        };
         if !self.peers.is_empty() {
             return Err(bad(
                 "discovery",
@@ -430,6 +465,9 @@ impl ClusterBuilder {
         if expect == 0 {
             return Err(bad("bootstrap_expect", "must be at least 1".into()));
         }
+        let (renew_every, lease) = self
+            .discovery_timings
+            .unwrap_or((Duration::from_secs(1), Duration::from_secs(3)));
         let settings = selfform::Settings {
             cluster_name,
             advertise: advertise.to_string(),
@@ -437,16 +475,18 @@ impl ClusterBuilder {
             bootstrap_expect: expect,
             voters,
             remove_dead_after: self.remove_dead_after,
-            remove_learners_after: self.remove_learners_after,
-            heartbeat: self.discovery_timings.0,
-            lease: self.discovery_timings.1,
+            remove_learners_after: self
+                .remove_learners_after
+                .unwrap_or(Duration::from_secs(600)),
+            renew_every,
+            lease,
             catch_up_lag: self.ready_max_lag.max(16),
         };
         settings
             .discovery_config()
             .validate()
             .map_err(|e| bad("discovery_timings / cluster_name", e.to_string()))?;
-        Ok(Some(settings))
+        Ok(settings)
     }
 
     fn validate(self) -> Result<(RaftSettings, Duration)> {
@@ -455,7 +495,15 @@ impl ClusterBuilder {
             .node_id
             .ok_or_else(|| bad("node_id", "required: call .node_id(n)".into()))?;
         let listen_str = match (&self.listen, &self.listener) {
-            (Some(l), _) => l.clone(),
+            (Some(_), Some(_)) => {
+                return Err(bad(
+                    "listener",
+                    "listen(..) and listener(..) both given: the node would advertise one and \
+                     serve on the other; keep one"
+                        .into(),
+                ));
+            }
+            (Some(l), None) => l.clone(),
             (None, Some(l)) => l
                 .local_addr()
                 .map_err(|e| bad("listener", e.to_string()))?
@@ -643,91 +691,142 @@ impl ClusterBuilder {
     /// (or, on the member with the smallest id and a pristine log, forms)
     /// the cluster. Returns once the node runs; it need not have a leader yet.
     pub async fn start(self) -> Result<Node> {
-        let max_in_flight = self.max_in_flight;
-        let mut this = self;
-        let source = this.discovery.take();
-        let selfform = match &source {
-            Some(s) => {
-                this.discovery = Some(s.clone());
-                let listen = this.listen.clone().or_else(|| {
-                    this.listener
+        let plan = self.plan()?;
+        crate::registry::Registry::global()?;
+        match plan.discovery {
+            None => start_static(plan.node).await,
+            Some((source, sf)) => start_discovered(plan.node, source, sf).await,
+        }
+    }
+
+    /// Every setting checked, for one of the two modes: a static peer list,
+    /// or discovery.
+    fn plan(mut self) -> Result<Plan> {
+        let discovery = match self.discovery.clone() {
+            Some(source) => {
+                let listen = self.listen.clone().or_else(|| {
+                    self.listener
                         .as_ref()
                         .and_then(|l| l.local_addr().ok())
                         .map(|a| a.to_string())
                 });
-                let me = this.advertise.clone().or(listen).unwrap_or_default();
-                this.validate_selfform(&me)?
+                let me = self.advertise.clone().or(listen).unwrap_or_default();
+                let sf = self.validate_selfform(&source, &me)?;
+                // a discovered node never bootstraps from a peer list
+                self.join = true;
+                Some((source, sf))
             }
-            None => None,
-        };
-        if selfform.is_some() {
-            // a discovered node never bootstraps from a peer list
-            this.join = true;
-        }
-        let api_addr = this.api_addr.clone();
-        let (settings, request_timeout) = this.validate()?;
-        crate::registry::Registry::global()?;
-        let (Some(source), Some(mut sf)) = (source, selfform) else {
-            let (id, dir) = (settings.node_id, settings.data_dir.clone());
-            let how = if settings.join {
-                "empty until a member calls add_node".to_string()
-            } else if settings.members.len() == 1 {
-                "a cluster of one (no peers)".to_string()
-            } else {
-                format!("members {:?}", settings.members.keys().collect::<Vec<_>>())
-            };
-            let raft = RaftHandle::start(settings).await?;
-            // one line that says what this node is, so a first run shows
-            // something without openraft's own INFO lines
-            tracing::info!(
-                "node {id} started on {}, data dir {}: {how}",
-                raft.local_addr(),
-                dir.display()
-            );
-            let node = Node::new(raft, max_in_flight, request_timeout);
-            if let Some(a) = api_addr {
-                node.mediator().set_api_addr(a);
+            None => {
+                self.check_static()?;
+                None
             }
-            return Ok(node);
         };
-        let discovery = selfform::connect(source.clone(), &sf).await;
-        if let Err(e) = &discovery
-            && !selfform::store_unreachable(e)
-        {
-            return Err(discovery.err().unwrap_or(Error::ShutDown));
-        }
-        let raft = RaftHandle::start(settings).await?;
-        if sf.advertise.ends_with(":0") {
-            sf.advertise = raft.local_addr().to_string();
-        }
-        let node = Node::new(raft, max_in_flight, request_timeout);
-        if let Some(a) = api_addr {
+        let api_addr = self.api_addr.clone();
+        let max_in_flight = self.max_in_flight;
+        let (raft, request_timeout) = self.validate()?;
+        Ok(Plan {
+            node: NodePlan {
+                raft,
+                request_timeout,
+                max_in_flight,
+                api_addr,
+            },
+            discovery,
+        })
+    }
+}
+
+/// What `start` starts, every setting checked.
+struct Plan {
+    node: NodePlan,
+    /// With `discovery(..)`: the store and the self-forming settings.
+    discovery: Option<(DiscoverySource, selfform::Settings)>,
+}
+
+/// The settings of the node itself (both modes).
+struct NodePlan {
+    raft: RaftSettings,
+    request_timeout: Duration,
+    max_in_flight: usize,
+    api_addr: Option<String>,
+}
+
+impl NodePlan {
+    /// Starts the Raft side and the node over it.
+    async fn start(self) -> Result<Node> {
+        let raft = RaftHandle::start(self.raft).await?;
+        let node = Node::new(raft, self.max_in_flight, self.request_timeout);
+        if let Some(a) = self.api_addr {
             node.mediator().set_api_addr(a);
         }
-        let started = match discovery {
-            Ok(d) => selfform::start(&node, d, sf.clone()).await,
-            Err(e) => Err(e),
-        };
-        match started {
-            Ok(running) => {
-                node.set_selfform(running);
-                Ok(node)
-            }
-            // a member (it has Raft state) needs no store to resume: it
-            // serves now and registers when the store is back
-            Err(e) if selfform::store_unreachable(&e) && !node.raft().pristine().await? => {
-                tracing::warn!(
-                    error = %e,
-                    "the discovery store is unreachable; this node is a member (it has Raft \
-                     state), so it resumes without it and registers when the store is back"
-                );
-                selfform::register_later(&node, source, sf, &e);
-                Ok(node)
-            }
-            Err(e) => {
-                node.shutdown().await;
-                Err(e)
-            }
+        Ok(node)
+    }
+}
+
+/// A node of a static cluster: its peers are listed (or it waits for
+/// `add_node`, with `join_existing()`).
+async fn start_static(plan: NodePlan) -> Result<Node> {
+    let s = &plan.raft;
+    let (id, dir) = (s.node_id, s.data_dir.clone());
+    let how = if s.join {
+        "empty until a member calls add_node".to_string()
+    } else if s.members.len() == 1 {
+        "a cluster of one (no peers)".to_string()
+    } else {
+        format!("members {:?}", s.members.keys().collect::<Vec<_>>())
+    };
+    let node = plan.start().await?;
+    // one line that says what this node is, so a first run shows
+    // something without openraft's own INFO lines
+    tracing::info!(
+        "node {id} started on {}, data dir {}: {how}",
+        node.local_addr(),
+        dir.display()
+    );
+    Ok(node)
+}
+
+/// A node that finds the others through a discovery store: it connects to
+/// the store, starts, then registers and forms, joins or resumes the
+/// cluster (a member resumes without the store and registers later).
+async fn start_discovered(
+    plan: NodePlan,
+    source: DiscoverySource,
+    mut sf: selfform::Settings,
+) -> Result<Node> {
+    let discovery = selfform::connect(source.clone(), &sf).await;
+    if let Err(e) = &discovery
+        && !selfform::store_unreachable(e)
+    {
+        return Err(discovery.err().unwrap_or(Error::ShutDown));
+    }
+    let node = plan.start().await?;
+    if sf.advertise.ends_with(":0") {
+        sf.advertise = node.local_addr().to_string();
+    }
+    let started = match discovery {
+        Ok(d) => selfform::start(&node, d, sf.clone()).await,
+        Err(e) => Err(e),
+    };
+    match started {
+        Ok(running) => {
+            node.set_selfform(running);
+            Ok(node)
+        }
+        // a member (it has Raft state) needs no store to resume: it
+        // serves now and registers when the store is back
+        Err(e) if selfform::store_unreachable(&e) && !node.raft().pristine().await? => {
+            tracing::warn!(
+                error = %e,
+                "the discovery store is unreachable; this node is a member (it has Raft \
+                 state), so it resumes without it and registers when the store is back"
+            );
+            selfform::register_later(&node, source, sf, &e);
+            Ok(node)
+        }
+        Err(e) => {
+            node.shutdown().await;
+            Err(e)
         }
     }
 }
@@ -821,6 +920,8 @@ impl std::fmt::Debug for ClusterBuilder {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     #[test]
     fn api_addrs_are_host_and_port_only() {
         for good in [
@@ -863,6 +964,71 @@ mod tests {
             Err(crate::Error::Config { setting, .. }) => Some(setting),
             Err(e) => panic!("{e}"),
         }
+    }
+
+    /// The setting `plan()` (both modes) names, or `None` if it passes.
+    fn refused_plan(b: super::ClusterBuilder) -> Option<&'static str> {
+        match b.plan() {
+            Ok(_) => None,
+            Err(crate::Error::Config { setting, .. }) => Some(setting),
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    #[test]
+    fn a_discovery_setting_without_discovery_is_refused_not_ignored() {
+        let base = || {
+            crate::cluster()
+                .node_id(1)
+                .listen("127.0.0.1:7001")
+                .data_dir("/nonexistent")
+        };
+        let s = Duration::from_secs(1);
+        assert_eq!(refused_plan(base()), None);
+        assert_eq!(refused_plan(base().voters(3)), None);
+        for (b, setting) in [
+            (base().cluster_name("shop"), "cluster_name"),
+            (base().bootstrap_expect(3), "bootstrap_expect"),
+            (base().remove_dead_after(s), "remove_dead_after"),
+            (base().remove_learners_after(s), "remove_learners_after"),
+            (base().discovery_timings(s, 3 * s), "discovery_timings"),
+        ] {
+            assert_eq!(refused_plan(b), Some(setting));
+        }
+        let e = base()
+            .cluster_name("shop")
+            .plan()
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            e.contains(".discovery("),
+            "the error must say what to do: {e}"
+        );
+        // with discovery they apply
+        let store = crate::discovery::MemoryStore::new();
+        assert_eq!(
+            refused_plan(
+                base()
+                    .discovery(store)
+                    .cluster_name("shop")
+                    .bootstrap_expect(3)
+                    .remove_learners_after(s)
+                    .discovery_timings(s, 3 * s)
+            ),
+            None
+        );
+    }
+
+    #[test]
+    fn listen_and_listener_together_are_refused() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let b = crate::cluster()
+            .node_id(1)
+            .listen("127.0.0.1:7001")
+            .listener(l)
+            .data_dir("/nonexistent");
+        assert_eq!(refused_plan(b), Some("listener"));
     }
 
     #[test]

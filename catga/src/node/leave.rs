@@ -4,8 +4,6 @@
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use tokio::time::Instant;
-
 use super::{Node, NodeInner, selfform};
 use crate::error::{Error, Result};
 
@@ -93,7 +91,6 @@ impl Node {
     /// ```
     pub async fn leave(&self) -> Result<()> {
         let timeout = self.inner.request_timeout.max(Duration::from_secs(5));
-        let deadline = Instant::now() + timeout;
         let raft = &self.inner.raft;
         let me = raft.id();
         if let Some(sf) = self.inner.selfform.get() {
@@ -108,28 +105,16 @@ impl Node {
                     .into(),
             ));
         }
-        let mut backoff = Duration::from_millis(20);
-        loop {
-            let view = raft.membership();
-            if !view.voters.contains_key(&me) && !view.learners.contains_key(&me) {
-                break;
-            }
+        let view = raft.membership();
+        if view.voters.contains_key(&me) || view.learners.contains_key(&me) {
             if view.voters.len() == 1 && view.voters.contains_key(&me) {
                 return Err(Error::Membership(
                     "the last voter cannot leave: add another node first, or shut it down".into(),
                 ));
             }
-            let left = deadline.saturating_duration_since(Instant::now());
-            match raft.remove_node(me, left).await {
-                Ok(()) => break,
-                // another change in progress, or a leader change: retry
-                Err(Error::Membership(e)) if Instant::now() < deadline => {
-                    tracing::debug!(error = %e, "leave: retrying the membership change");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_millis(500));
-                }
-                Err(e) => return Err(e),
-            }
+            // the leader waits out another change in progress, and the
+            // call follows leader changes; a refusal (`Membership`) is final
+            raft.remove_node(me, timeout).await?;
         }
         if let Some(sf) = self.inner.selfform.get() {
             sf.stop(true).await?;

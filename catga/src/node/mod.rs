@@ -46,6 +46,18 @@ struct NodeInner {
     /// why it waits (for `Health::unregistered`).
     selfform_pending: Mutex<Option<(tokio_util::sync::CancellationToken, String)>>,
     mediator: Mediator,
+    /// Discovery events the membership watch saw: joined, updated, left.
+    discovery_events: [AtomicU64; 3],
+}
+
+/// What a node did, read at one moment (for `catga::http`'s metrics).
+#[cfg_attr(not(feature = "http"), allow(dead_code))]
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Counts {
+    /// Writes, retries and handler panics (the Raft side's).
+    pub(crate) raft: crate::raft::Counts,
+    /// Discovery events seen: joined, updated, left.
+    pub(crate) discovery: [u64; 3],
 }
 
 /// The longest `add_node` waits for the leader's answer (the leader gives
@@ -101,6 +113,7 @@ impl Node {
                 selfform: std::sync::OnceLock::new(),
                 selfform_pending: Mutex::new(None),
                 mediator,
+                discovery_events: Default::default(),
             }),
         }
     }
@@ -114,10 +127,24 @@ impl Node {
     }
 
     /// What this node did (writes proposed here or forwarded, retries,
-    /// handler panics), for `catga::http`'s metrics.
+    /// handler panics, discovery events), for `catga::http`'s metrics.
     #[cfg_attr(not(feature = "http"), allow(dead_code))]
-    pub(crate) fn counts(&self) -> crate::raft::Counts {
-        self.inner.raft.counts()
+    pub(crate) fn counts(&self) -> Counts {
+        Counts {
+            raft: self.inner.raft.counts(),
+            discovery: self
+                .inner
+                .discovery_events
+                .each_ref()
+                .map(|d| d.load(Ordering::Relaxed)),
+        }
+    }
+
+    /// Counts a discovery event (0 joined, 1 updated, 2 left).
+    pub(crate) fn count_discovery(&self, kind: usize) {
+        if let Some(c) = self.inner.discovery_events.get(kind) {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// The Raft side of this node, for the test hooks in [`crate::testing`].

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures::StreamExt;
 use openraft::async_runtime::WatchReceiver;
-use openraft::errors::{ClientWriteError, RaftError};
+use openraft::errors::{ChangeMembershipError, ClientWriteError, PreconditionFailed, RaftError};
 use openraft::{BasicNode, ChangeMembers, ReadPolicy};
 
 use super::compat::Compat;
@@ -180,12 +180,7 @@ pub(crate) async fn add_node(
         .await
     {
         Ok(r) => r.log_id.index,
-        Err(e) => {
-            return match e.forward_to_leader() {
-                Some(f) => Redirect::NotLeader(f.leader_id),
-                None => Redirect::Failed(e.to_string()),
-            };
-        }
+        Err(e) => return membership_refused(e),
     };
     // Promote only a learner that really replicates: one that is down or
     // fails the handshake would otherwise count in the quorum.
@@ -383,10 +378,7 @@ pub(crate) async fn remove_node(raft: &Raft, id: u64, target: usize) -> Redirect
 pub(crate) async fn add_learner(raft: &Raft, id: u64, addr: String) -> Redirect<()> {
     match raft.add_learner(id, BasicNode::new(addr), false).await {
         Ok(_) => Redirect::Ok(()),
-        Err(e) => match e.forward_to_leader() {
-            Some(f) => Redirect::NotLeader(f.leader_id),
-            None => Redirect::Failed(e.to_string()),
-        },
+        Err(e) => membership_refused(e),
     }
 }
 
@@ -408,9 +400,31 @@ async fn membership_change(
 ) -> Redirect<()> {
     match raft.change_membership(change, retain).await {
         Ok(_) => Redirect::Ok(()),
-        Err(e) => match e.forward_to_leader() {
-            Some(f) => Redirect::NotLeader(f.leader_id),
-            None => Redirect::Failed(e.to_string()),
-        },
+        Err(e) => membership_refused(e),
+    }
+}
+
+/// A membership change openraft did not make: another node leads (go
+/// there), another change is still uncommitted or came first (nothing was
+/// proposed: the caller tries again, see `RaftHandle::route`, until its
+/// timeout), or a refusal for good.
+fn membership_refused(e: RaftError<super::TC, ClientWriteError<super::TC>>) -> Redirect<()> {
+    if let Some(f) = e.forward_to_leader() {
+        return Redirect::NotLeader(f.leader_id);
+    }
+    match e.api_error() {
+        Some(ClientWriteError::ChangeMembershipError(ChangeMembershipError::InProgress(p))) => {
+            Redirect::Unknown(format!(
+                "another membership change is in progress ({p}); waiting for it"
+            ))
+        }
+        // the change was computed from a membership that another change
+        // replaced in between: computed again on the next try
+        Some(ClientWriteError::PreconditionFailed(
+            p @ PreconditionFailed::LastMembershipLogIdMismatch { .. },
+        )) => Redirect::Unknown(format!(
+            "another membership change came first ({p}); trying again"
+        )),
+        _ => Redirect::Failed(e.to_string()),
     }
 }

@@ -135,9 +135,6 @@ pub(crate) struct Counters {
     pub(crate) writes_forwarded: std::sync::atomic::AtomicU64,
     /// Attempts of a call after its first (a leader change, a timeout).
     pub(crate) retries: std::sync::atomic::AtomicU64,
-    /// Discovery events this node's membership watch saw: joined, updated,
-    /// left.
-    pub(crate) discovery: [std::sync::atomic::AtomicU64; 3],
 }
 
 /// [`Counters`] read at one moment, plus the handler panics applied here.
@@ -148,6 +145,4 @@ pub(crate) struct Counts {
     pub(crate) writes_forwarded: u64,
     pub(crate) retries: u64,
     pub(crate) handler_panics: u64,
-    /// Discovery events seen: joined, updated, left.
-    pub(crate) discovery: [u64; 3],
 }

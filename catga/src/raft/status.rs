@@ -36,7 +36,7 @@ pub(crate) struct Readiness {
     contact_window: Duration,
     /// How long a leader may go without a quorum's acknowledgement before
     /// it reports it lost its quorum: openraft's leader lease (half the
-    /// election timeout's maximum, see `handle::openraft_election`), after
+    /// election timeout's maximum, see `handle::start::openraft_election`), after
     /// which it refuses writes.
     lease: Duration,
     /// The applied index last seen by `status`, and since when.

@@ -719,3 +719,23 @@ async fn a_local_query_reads_the_state_when_awaited() {
     assert_eq!(q.await.unwrap(), Some(5));
     c.shutdown().await;
 }
+
+/// Two membership changes at once: openraft refuses the second while the
+/// first is uncommitted ("already undergoing a configuration change"); the
+/// leader waits for the first instead of failing the call (nothing was
+/// proposed, so trying again is safe).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_membership_changes_at_once_both_succeed() {
+    let c = Cluster::start(3).await;
+    let l = c.leader().await;
+    let others: Vec<u64> = (1..=3).filter(|i| *i != l).collect();
+    let (a, b) = tokio::join!(
+        c.node(l).remove_node(others[0]),
+        c.node(l).remove_node(others[1])
+    );
+    a.expect("the first removal");
+    b.expect("the second removal");
+    let h = c.node(l).health();
+    assert_eq!((h.members, h.learners), (vec![l], vec![]));
+    c.shutdown().await;
+}

@@ -168,7 +168,7 @@ mod tests {
             voters: 3,
             remove_dead_after: None,
             remove_learners_after: Duration::from_secs(600),
-            heartbeat: Duration::from_millis(200),
+            renew_every: Duration::from_millis(200),
             lease: Duration::from_secs(1),
             catch_up_lag: 100,
         }

@@ -52,7 +52,8 @@ pub(crate) struct Settings {
     pub(crate) voters: usize,
     pub(crate) remove_dead_after: Option<Duration>,
     pub(crate) remove_learners_after: Duration,
-    pub(crate) heartbeat: Duration,
+    /// How often the registration is renewed (`discovery_timings`).
+    pub(crate) renew_every: Duration,
     pub(crate) lease: Duration,
     /// A learner this close to the leader's log is caught up.
     pub(crate) catch_up_lag: u64,
@@ -61,11 +62,11 @@ pub(crate) struct Settings {
 impl Settings {
     /// How long the seen nodes must stay the same before bootstrapping.
     fn margin(&self) -> Duration {
-        self.heartbeat.max(Duration::from_millis(200))
+        self.renew_every.max(Duration::from_millis(200))
     }
 
     pub(crate) fn discovery_config(&self) -> DiscoveryConfig {
-        DiscoveryConfig::new(self.cluster_name.clone()).timings(self.heartbeat, self.lease)
+        DiscoveryConfig::new(self.cluster_name.clone()).timings(self.renew_every, self.lease)
     }
 }
 

@@ -183,7 +183,7 @@ pub(super) async fn run(
                         continue;
                     };
                     if let Some(me) = node.upgrade() {
-                        me.raft().count_discovery(usize::from(updated));
+                        me.count_discovery(usize::from(updated));
                         me.discovery_saw(n.id, Some(n.clone()));
                     }
                     seen.left.remove(&n.id);
@@ -191,7 +191,7 @@ pub(super) async fn run(
                 }
                 Some(MemberEvent::Left { id, reason, .. }) => {
                     if let Some(me) = node.upgrade() {
-                        me.raft().count_discovery(2);
+                        me.count_discovery(2);
                         me.discovery_saw(id, None);
                     }
                     seen.alive.remove(&id);
@@ -382,7 +382,7 @@ mod tests {
             voters: 3,
             remove_dead_after: None,
             remove_learners_after: Duration::from_secs(600),
-            heartbeat: Duration::from_millis(200),
+            renew_every: Duration::from_millis(200),
             lease: Duration::from_secs(1),
             catch_up_lag: 10,
         }

@@ -1,4 +1,6 @@
-//! What can go wrong in discovery, with messages that say what to do.
+//! What can go wrong in discovery, with messages that say what to do
+//! (re-exported as `catga::discovery::DiscoveryError`; here, with the other
+//! error types, so that `Error` needs nothing from the layers above).
 
 use std::time::Duration;
 
@@ -31,7 +33,7 @@ pub enum DiscoveryError {
     },
 
     /// A store operation failed (usually a lost connection); the caller may
-    /// retry, [`HeartbeatService`](super::HeartbeatService) and watches do.
+    /// retry, [`HeartbeatService`](crate::discovery::HeartbeatService) and watches do.
     #[error(
         "discovery store operation `{op}` failed: the store is down or the connection was lost \
          (heartbeats and watches retry by themselves; a call that returned this can be made again)"

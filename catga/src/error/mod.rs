@@ -5,6 +5,10 @@
 //! Behaviour is decided on these types, never on their messages: a message
 //! is for a person, and says what to do.
 
+pub(crate) mod discovery;
+
+pub use self::discovery::DiscoveryError;
+
 /// The result type of catga's API.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -164,7 +168,7 @@ pub enum Error {
     /// The discovery store failed or refused (unreachable at start, a
     /// duplicate node id, a bad setting).
     #[error("discovery: {0}")]
-    Discovery(#[from] crate::discovery::DiscoveryError),
+    Discovery(#[from] DiscoveryError),
     /// This node does not belong to the cluster it was started in: its data
     /// dir is of another cluster, was wiped or replaced, or its id was
     /// removed. The message says what to do. Nothing was merged.
