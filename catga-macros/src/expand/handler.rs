@@ -370,7 +370,12 @@ fn impl_handled(cx: &Cx, route: TokenStream) -> TokenStream {
     };
     let mut body = proc_macro2::Group::new(proc_macro2::Delimiter::Brace, items);
     body.set_span(first);
-    quote!(#head #msg #body)
+    // `Handled: Message: Send`. A message with a field that is not `Send` is
+    // reported on that field (`WireField`); the higher-ranked bound defers
+    // `Send` to where the message is sent, as the message's own impls do,
+    // so that its handler is not one more error.
+    let send = quote!(where for<'__catga> #msg: ::core::marker::Send);
+    quote!(#head #msg #send #body)
 }
 
 /// The checks and items of a command handler, and its route.
@@ -391,7 +396,7 @@ fn command(cx: &Cx, slots: &[TokenStream]) -> (TokenStream, TokenStream, TokenSt
             match #k::__private::Param::<#ty>::command(&env) {
                 ::core::option::Option::Some(p) => p,
                 ::core::option::Option::None => return ::core::result::Result::Err(
-                    #k::__private::missing_param(#k::__private::name_of::<#msg>())),
+                    #k::__private::missing_param(#k::__private::Probe::<#msg>::NAME)),
             }
         }
     });
@@ -411,7 +416,7 @@ fn command(cx: &Cx, slots: &[TokenStream]) -> (TokenStream, TokenStream, TokenSt
         }
         #k::__private::inventory::submit! {
             #k::__private::CommandHandlerEntry {
-                name: #k::__private::name_of::<#msg>(),
+                name: #k::__private::Probe::<#msg>::NAME,
                 handler: #path,
                 state: __CATGA_STATE,
                 apply: __catga_apply,
@@ -453,12 +458,12 @@ fn query(cx: &Cx, slots: &[TokenStream]) -> (TokenStream, TokenStream, TokenStre
             match __catga_run(msg, state) {
                 ::core::option::Option::Some(out) => (__CATGA_ANSWER.encode)(&out),
                 ::core::option::Option::None => ::core::result::Result::Err(
-                    #k::__private::missing_param(#k::__private::name_of::<#msg>())),
+                    #k::__private::missing_param(#k::__private::Probe::<#msg>::NAME)),
             }
         }
         #k::__private::inventory::submit! {
             #k::__private::QueryHandlerEntry {
-                name: #k::__private::name_of::<#msg>(),
+                name: #k::__private::Probe::<#msg>::NAME,
                 handler: #path,
                 state: ::core::option::Option::Some(__CATGA_STATE),
                 run: #k::__private::QueryRunner::Stateful(__catga_remote),
@@ -510,7 +515,7 @@ fn stateless_query(cx: &Cx) -> (TokenStream, TokenStream, TokenStream) {
         }
         #k::__private::inventory::submit! {
             #k::__private::QueryHandlerEntry {
-                name: #k::__private::name_of::<#msg>(),
+                name: #k::__private::Probe::<#msg>::NAME,
                 handler: #path,
                 state: ::core::option::Option::None,
                 run: #k::__private::QueryRunner::Stateless(__catga_remote),
@@ -559,8 +564,11 @@ fn event(cx: &Cx) -> TokenStream {
     let k = &cx.k;
     let msg = &cx.msg;
     let fn_name = &cx.h.func.sig.ident;
-    // The one place where `Message` is required of an event handler's type.
-    let name = assert_on(msg, quote!(#k::__private::Message), quote!(NAME));
+    // The one place where `Message` is required of an event handler's type:
+    // in a fn never called, whose higher-ranked bound defers `Send` (as the
+    // message's own impls do: a field that is not `Send` is reported on the
+    // field, not again here).
+    let is_message = assert_on(msg, quote!(#k::__private::Message), quote!(NAME));
     let names: Vec<syn::Ident> = (0..cx.h.params.len())
         .map(|i| syn::Ident::new(&format!("__catga_arg{i}"), Span::call_site()))
         .collect();
@@ -590,7 +598,14 @@ fn event(cx: &Cx) -> TokenStream {
     };
     let path = handler_path(cx);
     quote! {
-        const __CATGA_NAME: &str = #name;
+        #[allow(dead_code)]
+        fn __catga_is_message() -> &'static str
+        where
+            for<'__catga> #msg: ::core::marker::Send,
+        {
+            #is_message
+        }
+        const __CATGA_NAME: &str = #k::__private::Probe::<#msg>::NAME;
         fn __catga_on_event(
             payload: &[u8],
             ctx: #k::__private::EventContext,
