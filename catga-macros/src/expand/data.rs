@@ -137,6 +137,41 @@ fn message(
             const KIND: #k::__private::MessageKind = #k::__private::MessageKind::#kind;
         }
         #marker
+        // A message written after a handler's first parameter is known as
+        // one (`Slot::Message`), so that `fn on(ctx: EventContext, e: Msg)`
+        // is one error, "move `e` to the front", decided by the types, and
+        // no "`Msg` cannot be a parameter" besides. (Per type: a blanket impl
+        // over `Message` would overlap the one over `State`.)
+        #[diagnostic::do_not_recommend]
+        impl #k::__private::EventParam for #ident {
+            const SLOT: #k::__private::Slot =
+                #k::__private::Slot::Message(#k::__private::MessageKind::#kind);
+            fn take(
+                _: &::core::cell::Cell<::core::option::Option<#k::__private::EventContext>>,
+            ) -> ::core::option::Option<Self> {
+                ::core::option::Option::None
+            }
+        }
+        #[diagnostic::do_not_recommend]
+        impl<'__catga> #k::__private::CommandParam<'__catga> for #ident {
+            const SLOT: #k::__private::Slot =
+                #k::__private::Slot::Message(#k::__private::MessageKind::#kind);
+            fn take(
+                _: &#k::__private::CommandEnv<'__catga>,
+            ) -> ::core::option::Option<Self> {
+                ::core::option::Option::None
+            }
+        }
+        #[diagnostic::do_not_recommend]
+        impl<'__catga> #k::__private::QueryParam<'__catga> for #ident {
+            const SLOT: #k::__private::Slot =
+                #k::__private::Slot::Message(#k::__private::MessageKind::#kind);
+            fn take(
+                _: &'__catga (dyn ::core::any::Any + ::core::marker::Send + ::core::marker::Sync),
+            ) -> ::core::option::Option<Self> {
+                ::core::option::Option::None
+            }
+        }
         #k::__private::inventory::submit! {
             #k::__private::MessageEntry {
                 name: #name,

@@ -13,7 +13,9 @@
 //!
 //! What each parameter IS comes from its type: `CommandParam`, `QueryParam`
 //! and `EventParam` (with `on_unimplemented` texts) take it from the
-//! runtime. The message's kind is checked against the handler's shape in a
+//! runtime; so does which one is the message (a message type implements them
+//! too, as `Slot::Message`), when the first parameter is a reference or a
+//! context: no type is recognised by its name. The message's kind is checked against the handler's shape in a
 //! `const` (`check_kind`), whose panic names what the message is and what
 //! its handler may take. Each bound on a user's type is required at exactly
 //! one place, spanned on that type; every other use goes through a probe
@@ -24,9 +26,9 @@ use quote::{ToTokens, quote, quote_spanned};
 use syn::{GenericParam, Ident, ItemFn, Lifetime, Type};
 
 use super::{assert_on, relifetime, span_range};
-use crate::ast::{Handler, Shape};
+use crate::ast::{Handler, Shape, strip};
 use crate::attr::Args;
-use crate::valid::mentions_lifetime;
+use crate::valid::{mentions_lifetime, pretty};
 
 struct Cx<'a> {
     k: TokenStream,
@@ -106,17 +108,7 @@ pub fn expand(args: &Args, h: &Handler) -> TokenStream {
         .ty
         .as_ref()
         .clone();
-    let lifetimes = h
-        .func
-        .sig
-        .generics
-        .params
-        .iter()
-        .filter_map(|p| match p {
-            GenericParam::Lifetime(l) => Some(l.lifetime.clone()),
-            _ => None,
-        })
-        .collect();
+    let lifetimes = lifetimes(h);
     let cx = Cx {
         k: args.krate(),
         h,
@@ -136,7 +128,7 @@ pub fn expand(args: &Args, h: &Handler) -> TokenStream {
         Shape::Query => query(&cx, &slots),
         Shape::StatelessQuery => stateless_query(&cx),
         Shape::Event | Shape::EventReturning => {
-            (TokenStream::new(), event(&cx), TokenStream::new())
+            (message_first(&cx, &slots), event(&cx), TokenStream::new())
         }
     };
     // The checks go first in the handler's body (they name nothing of the
@@ -168,6 +160,20 @@ pub fn expand(args: &Args, h: &Handler) -> TokenStream {
     }
 }
 
+/// The handler's own lifetime parameters.
+fn lifetimes(h: &Handler) -> Vec<Lifetime> {
+    h.func
+        .sig
+        .generics
+        .params
+        .iter()
+        .filter_map(|p| match p {
+            GenericParam::Lifetime(l) => Some(l.lifetime.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
 /// `func` with `items` first in its body.
 fn with_items(func: &ItemFn, items: TokenStream) -> TokenStream {
     let mut func = func.clone();
@@ -184,6 +190,18 @@ fn with_items(func: &ItemFn, items: TokenStream) -> TokenStream {
 pub fn refused(args: &Args, h: &Handler) -> TokenStream {
     let mut func = h.func.clone();
     func.sig.abi = None;
+    refused_with(args, h, func.into_token_stream())
+}
+
+/// A handler whose first parameter is a reference (`&mut Shop`, `&Cmd`):
+/// refused, with checks in its body that say, by the types, where its
+/// message is (see [`reference_first_checks`]).
+pub fn reference_first(args: &Args, h: &Handler) -> TokenStream {
+    let func = with_items(&h.func, reference_first_checks(args, h));
+    refused_with(args, h, func)
+}
+
+fn refused_with(args: &Args, h: &Handler, func: TokenStream) -> TokenStream {
     let stubs = if h.receiver.is_some() {
         TokenStream::new()
     } else {
@@ -266,6 +284,110 @@ fn mentions_any(ty: &Type, names: &[Ident]) -> bool {
     };
     syn::visit::Visit::visit_type(&mut f, ty);
     f.found
+}
+
+/// An example signature for the texts below.
+const EXAMPLE: &str = "e.g. `fn place_order(cmd: PlaceOrder, shop: &mut Shop)`";
+
+/// For an event handler, whose first parameter is asserted to be a
+/// `FirstParam` (a message, or a context written before it): when it is a
+/// context, one error that says where the message goes, decided by the
+/// types (a parameter after it that is a message has `Slot::Message`).
+fn message_first(cx: &Cx, slots: &[TokenStream]) -> TokenStream {
+    let k = &cx.k;
+    let Some(first) = &cx.h.msg else {
+        return TokenStream::new();
+    };
+    let msg = &cx.msg;
+    let first_slot = quote!(#k::__private::Param::<#msg>::FIRST_SLOT);
+    let missing = format!(
+        "a handler's first parameter is the message it handles, by value: add it before `{}`, e.g. `fn on_order_placed(event: OrderPlaced, ctx: EventContext)`",
+        pretty(first)
+    );
+    let mut out = TokenStream::new();
+    let check = spanned_call(
+        &first.ty,
+        quote!(#k::__private::check_message_first),
+        quote!(#first_slot, &[#(#slots),*], #missing),
+    );
+    out.extend(quote!(const _: () = #check;));
+    for (p, slot) in cx.h.params.iter().zip(slots) {
+        let why = format!(
+            "a handler takes its message first: move `{}` to the front, e.g. `fn on_order_placed(event: OrderPlaced, ctx: EventContext)`",
+            pretty(p)
+        );
+        let check = spanned_call(
+            &p.ty,
+            quote!(#k::__private::check_moved_message),
+            quote!(#first_slot, #slot, #why),
+        );
+        out.extend(quote!(const _: () = #check;));
+    }
+    out
+}
+
+/// The checks of a handler whose first parameter is a reference: on it,
+/// "take the message by value" when it borrows a message, "add the message
+/// before it" when no parameter is one; on a later parameter that is the
+/// message, "move it to the front". Decided by the types (`Probe::KIND`).
+fn reference_first_checks(args: &Args, h: &Handler) -> TokenStream {
+    let k = args.krate();
+    let Some(first) = &h.msg else {
+        return TokenStream::new();
+    };
+    let Type::Reference(r) = strip(&first.ty) else {
+        return TokenStream::new();
+    };
+    let lifetimes = lifetimes(h);
+    let named = |ty: &Type| relifetime(ty, &lifetimes, "'_", false);
+    let referent = named(&r.elem);
+    let referent_kind = quote!(#k::__private::Probe::<#referent>::KIND);
+    let by_value: Vec<&syn::PatType> = h
+        .params
+        .iter()
+        .filter(|p| !matches!(strip(&p.ty), Type::Reference(_)))
+        .collect();
+    let kinds: Vec<TokenStream> = by_value
+        .iter()
+        .map(|p| {
+            let ty = named(&p.ty);
+            quote!(#k::__private::Probe::<#ty>::KIND)
+        })
+        .collect();
+    let by_value_why = format!(
+        "take the message by value, e.g. `cmd: PlaceOrder`, not by reference: write `{}`",
+        pretty(&r.elem)
+    );
+    let missing = format!(
+        "a handler's first parameter is the message it handles, by value: add it before `{}`, {EXAMPLE}",
+        pretty(first)
+    );
+    let mut out = TokenStream::new();
+    let check = spanned_call(
+        &first.ty,
+        quote!(#k::__private::check_ref_first),
+        quote!(#referent_kind, &[#(#kinds),*], #by_value_why, #missing),
+    );
+    out.extend(quote!(const _: () = #check;));
+    for (p, kind) in by_value.iter().zip(&kinds) {
+        let why = format!(
+            "a handler takes its message first: move `{}` to the front, {EXAMPLE}",
+            pretty(*p)
+        );
+        let check = spanned_call(
+            &p.ty,
+            quote!(#k::__private::check_message_after_ref),
+            quote!(#referent_kind, #kind, #why),
+        );
+        out.extend(quote!(const _: () = #check;));
+    }
+    quote! {
+        const _: () = {
+            #[allow(unused_imports)]
+            use #k::__private::ProbeFallback as _;
+            #out
+        };
+    }
 }
 
 /// `check_kind(Probe::<Msg>::KIND, Shape::X, slots)`, reported on the
@@ -564,11 +686,12 @@ fn event(cx: &Cx) -> TokenStream {
     let k = &cx.k;
     let msg = &cx.msg;
     let fn_name = &cx.h.func.sig.ident;
-    // The one place where `Message` is required of an event handler's type:
-    // in a fn never called, whose higher-ranked bound defers `Send` (as the
-    // message's own impls do: a field that is not `Send` is reported on the
-    // field, not again here).
-    let is_message = assert_on(msg, quote!(#k::__private::Message), quote!(NAME));
+    // The one place where an event handler's first parameter is required
+    // to be a message (`FirstParam`: a message, or a context written before
+    // it, which `message_first` reports): in a fn never called, whose
+    // higher-ranked bound defers `Send` (as the message's own impls do: a
+    // field that is not `Send` is reported on the field, not again here).
+    let is_message = assert_on(msg, quote!(#k::__private::FirstParam), quote!(SLOT));
     let names: Vec<syn::Ident> = (0..cx.h.params.len())
         .map(|i| syn::Ident::new(&format!("__catga_arg{i}"), Span::call_site()))
         .collect();
@@ -599,7 +722,7 @@ fn event(cx: &Cx) -> TokenStream {
     let path = handler_path(cx);
     quote! {
         #[allow(dead_code)]
-        fn __catga_is_message() -> &'static str
+        fn __catga_is_message() -> #k::__private::Slot
         where
             for<'__catga> #msg: ::core::marker::Send,
         {

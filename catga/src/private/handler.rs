@@ -133,6 +133,9 @@ pub enum Slot {
     CommandContext,
     /// `EventContext`.
     EventContext,
+    /// A message (`#[command]`, `#[query]` or `#[event]`, by value): the
+    /// first parameter, or one misplaced after it.
+    Message(MessageKind),
     /// Stands in for a parameter whose type is refused (reported on its own).
     Refused,
 }
@@ -246,13 +249,43 @@ impl EventParam for EventContext {
 
 // A state taken by value is known here (a handler without `&`/`&mut`
 // parameters has the shape of an event handler), so that it is one error
-// from `check_param`, on that parameter: "take it as `&mut S`".
+// from `check_param`, on that parameter: "take it as `&mut S`". So is a
+// message: `#[command]`, `#[query]` and `#[event]` implement `EventParam`
+// for their type (`Slot::Message`; a blanket impl over `Message` would
+// overlap this one), so that `fn on(ctx: EventContext, e: OrderPlaced)` is
+// one error from `check_message_first`, on `e`.
 #[diagnostic::do_not_recommend]
 impl<S: State> EventParam for S {
     const SLOT: Slot = Slot::State(StateInfo::of::<S>, Access::Owned);
     fn take(_: &Cell<Option<EventContext>>) -> Option<Self> {
         None
     }
+}
+
+/// What an event handler's first parameter may be: a message, or a
+/// context written before it (then [`check_message_first`] and
+/// [`check_moved_message`] report, by type, where the message goes).
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a catga message",
+    label = "not annotated with #[command], #[query] or #[event]",
+    note = "a handler takes its message first; annotate `{Self}` with `#[command]` (a replicated write), `#[query]` (a read) or `#[event]` (a notification)"
+)]
+pub trait FirstParam {
+    #[doc(hidden)]
+    const SLOT: Slot;
+}
+#[diagnostic::do_not_recommend]
+impl<M: crate::message::Message> FirstParam for M {
+    const SLOT: Slot = Slot::Message(M::KIND);
+}
+// (hidden from "other types implement": the advice is to annotate it)
+#[diagnostic::do_not_recommend]
+impl FirstParam for EventContext {
+    const SLOT: Slot = Slot::EventContext;
+}
+#[diagnostic::do_not_recommend]
+impl FirstParam for CommandContext {
+    const SLOT: Slot = Slot::CommandContext;
 }
 
 /// Probe for a parameter type `P`: `Param::<P>::COMMAND_SLOT` and
@@ -265,6 +298,9 @@ impl<P: CommandParam<'static>> Param<P> {
 }
 impl<P: QueryParam<'static>> Param<P> {
     pub const QUERY_SLOT: Slot = P::SLOT;
+}
+impl<P: FirstParam> Param<P> {
+    pub const FIRST_SLOT: Slot = P::SLOT;
 }
 impl<P: EventParam> Param<P> {
     pub const EVENT_SLOT: Slot = P::SLOT;
@@ -289,6 +325,7 @@ pub trait ParamFallback {
     const COMMAND_SLOT: Slot = Slot::Refused;
     const QUERY_SLOT: Slot = Slot::Refused;
     const EVENT_SLOT: Slot = Slot::Refused;
+    const FIRST_SLOT: Slot = Slot::Refused;
 }
 impl<P> ParamFallback for Param<P> {}
 
@@ -363,6 +400,10 @@ const fn misplaced(kind: MessageKind, slot: Slot) -> Option<&'static str> {
         ),
         (MessageKind::Event, Slot::CommandContext) => Some(
             "an event handler takes `ctx: EventContext`, not `&mut CommandContext` (the context of a #[command] handler)",
+        ),
+        (_, Slot::Message(_)) => Some(
+            "a handler takes one message, as its first parameter, and this is a second one: \
+             a handler handles one message type (write one handler per message)",
         ),
         _ => None,
     }
@@ -456,6 +497,77 @@ pub const fn check_param(kind: Option<MessageKind>, before: &[Slot], this: Slot)
     }
 }
 
+/// Compile-time check, on an event handler's first parameter `first`,
+/// that it is its message: when it is a context (`fn on(ctx: EventContext,
+/// ..)`) and no later parameter is a message, panics with `why` ("add the
+/// message before it"); when one is, [`check_moved_message`] reports there.
+#[track_caller]
+pub const fn check_message_first(first: Slot, later: &[Slot], why: &str) {
+    if !matches!(first, Slot::CommandContext | Slot::EventContext) {
+        return;
+    }
+    let mut i = 0;
+    while i < later.len() {
+        if matches!(later[i], Slot::Message(_)) {
+            return;
+        }
+        i += 1;
+    }
+    panic!("{}", why)
+}
+
+/// Compile-time check, on a parameter `this` after an event handler's
+/// first one: when the first is a context and this is the message, panics
+/// with `why` ("move it to the front"). A message after a message is
+/// [`check_param`]'s ("a second one").
+#[track_caller]
+pub const fn check_moved_message(first: Slot, this: Slot, why: &str) {
+    if matches!(first, Slot::CommandContext | Slot::EventContext)
+        && matches!(this, Slot::Message(_))
+    {
+        panic!("{}", why)
+    }
+}
+
+/// Compile-time checks of a handler whose first parameter is a reference
+/// (`fn f(shop: &mut Shop, cmd: PlaceOrder)`), by the types: on the first
+/// parameter, `referent` the kind of what it borrows and `later` those of
+/// the parameters taken by value. Panics with `by_value` when it borrows a
+/// message, with `missing` when no parameter is a message; when a later
+/// one is, [`check_message_after_ref`] reports there.
+#[track_caller]
+pub const fn check_ref_first(
+    referent: Option<MessageKind>,
+    later: &[Option<MessageKind>],
+    by_value: &str,
+    missing: &str,
+) {
+    if referent.is_some() {
+        panic!("{}", by_value)
+    }
+    let mut i = 0;
+    while i < later.len() {
+        if later[i].is_some() {
+            return;
+        }
+        i += 1;
+    }
+    panic!("{}", missing)
+}
+
+/// On a parameter taken by value after a first one that is a reference:
+/// panics with `why` ("move it to the front") when this is the message.
+#[track_caller]
+pub const fn check_message_after_ref(
+    referent: Option<MessageKind>,
+    this: Option<MessageKind>,
+    why: &str,
+) {
+    if referent.is_none() && this.is_some() {
+        panic!("{}", why)
+    }
+}
+
 /// The state among a command or query handler's parameters (checked by
 /// [`check_param`] to be at most one, and by [`check_has_state`] to be there).
 pub const fn state_of(slots: &[Slot]) -> fn() -> StateInfo {
@@ -464,7 +576,7 @@ pub const fn state_of(slots: &[Slot]) -> fn() -> StateInfo {
         match slots[i] {
             Slot::State(info, _) => return info,
             Slot::Refused => return refused,
-            Slot::CommandContext | Slot::EventContext => {}
+            Slot::CommandContext | Slot::EventContext | Slot::Message(_) => {}
         }
         i += 1;
     }
