@@ -138,20 +138,12 @@ fn message(
         }
         #marker
         // A message written after a handler's first parameter is known as
-        // one (`Slot::Message`), so that `fn on(ctx: EventContext, e: Msg)`
-        // is one error, "move `e` to the front", decided by the types, and
-        // no "`Msg` cannot be a parameter" besides. (Per type: a blanket impl
-        // over `Message` would overlap the one over `State`.)
-        #[diagnostic::do_not_recommend]
-        impl #k::__private::EventParam for #ident {
-            const SLOT: #k::__private::Slot =
-                #k::__private::Slot::Message(#k::__private::MessageKind::#kind);
-            fn take(
-                _: &::core::cell::Cell<::core::option::Option<#k::__private::EventContext>>,
-            ) -> ::core::option::Option<Self> {
-                ::core::option::Option::None
-            }
-        }
+        // one (`Slot::Message`), so that `fn f(ctx: CommandContext, cmd: Msg,
+        // shop: &mut Shop)` is not also "`Msg` cannot be a parameter". (An
+        // event handler's parameters get it from `EventParam<true>`, over
+        // every message: a type here would overlap `EventParam` over `State`
+        // for a message that derives `Default`; the impls over a state are for
+        // references, so these overlap nothing.)
         #[diagnostic::do_not_recommend]
         impl<'__catga> #k::__private::CommandParam<'__catga> for #ident {
             const SLOT: #k::__private::Slot =

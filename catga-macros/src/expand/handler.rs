@@ -440,9 +440,19 @@ fn param_checks(cx: &Cx) -> (TokenStream, Vec<TokenStream>) {
         let ty = cx.named(&p.ty);
         let (first, last) = span_range(&p.ty);
         let open = quote_spanned!(first=> <);
+        let (tr, this) = match params {
+            // `EventParam<true>` when the type is a message (see there)
+            ParamTrait::Event => {
+                let kind = quote!(#k::__private::Probe::<#ty>::KIND);
+                (
+                    quote!(#k::__private::EventParam<{ #kind.is_some() }>),
+                    quote!(#k::__private::event_slot(#kind, #k::__private::Param::<#ty>::#slot)),
+                )
+            }
+            _ => (tr.clone(), quote!(#k::__private::Param::<#ty>::#slot)),
+        };
         let rest = quote_spanned!(last=> as #tr>::SLOT);
         out.extend(quote!(const _: #k::__private::Slot = #open #ty #rest;));
-        let this = quote!(#k::__private::Param::<#ty>::#slot);
         let check = spanned_call(
             &p.ty,
             quote!(#k::__private::check_param),

@@ -228,12 +228,20 @@ impl<'a, S: State> QueryParam<'a> for &'a S {
 }
 
 /// A parameter of an event handler, after the event: `EventContext`.
+///
+/// `MESSAGE` is whether the parameter's type is a message (read from
+/// `Probe::KIND` by the generated code): a message is `EventParam<true>`,
+/// as `Slot::Message`, so that `fn on(ctx: EventContext, e: OrderPlaced)` is
+/// one error, "move `e` to the front" (from [`check_moved_message`]), and
+/// not also "`OrderPlaced` cannot be a parameter". (A message may also be a
+/// [`State`], when it derives `Default`: the parameter keeps the two impls
+/// apart. Defaulted, so rustc prints `EventParam`.)
 #[diagnostic::on_unimplemented(
     message = "`{Self}` cannot be a parameter of an event handler: after the event it takes only `EventContext`, by value",
     label = "not the event context (`EventContext`, by value)",
     note = "an event handler takes the event and optionally `ctx: EventContext`, and returns nothing; it cannot read or change state (do that in a #[command] or #[query] handler)"
 )]
-pub trait EventParam: Sized {
+pub trait EventParam<const MESSAGE: bool = false>: Sized {
     #[doc(hidden)]
     const SLOT: Slot;
     #[doc(hidden)]
@@ -249,16 +257,30 @@ impl EventParam for EventContext {
 
 // A state taken by value is known here (a handler without `&`/`&mut`
 // parameters has the shape of an event handler), so that it is one error
-// from `check_param`, on that parameter: "take it as `&mut S`". So is a
-// message: `#[command]`, `#[query]` and `#[event]` implement `EventParam`
-// for their type (`Slot::Message`; a blanket impl over `Message` would
-// overlap this one), so that `fn on(ctx: EventContext, e: OrderPlaced)` is
-// one error from `check_message_first`, on `e`.
+// from `check_param`, on that parameter: "take it as `&mut S`".
 #[diagnostic::do_not_recommend]
 impl<S: State> EventParam for S {
     const SLOT: Slot = Slot::State(StateInfo::of::<S>, Access::Owned);
     fn take(_: &Cell<Option<EventContext>>) -> Option<Self> {
         None
+    }
+}
+
+#[diagnostic::do_not_recommend]
+impl<M: crate::message::Message> EventParam<true> for M {
+    const SLOT: Slot = Slot::Message(M::KIND);
+    fn take(_: &Cell<Option<EventContext>>) -> Option<Self> {
+        None
+    }
+}
+
+/// The slot of an event handler's parameter: `Slot::Message` when its
+/// type is a message (`kind`, from `Probe::KIND`), else `slot` (its
+/// `EventParam` slot, from `Param::EVENT_SLOT`).
+pub const fn event_slot(kind: Option<MessageKind>, slot: Slot) -> Slot {
+    match kind {
+        Some(kind) => Slot::Message(kind),
+        None => slot,
     }
 }
 
