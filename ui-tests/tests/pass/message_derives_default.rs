@@ -11,11 +11,13 @@ pub struct Shop {
 
 #[command]
 #[derive(Default)]
-pub struct PlaceOrder;
+pub struct PlaceOrder {
+    pub qty: u64,
+}
 
 #[handler]
-fn place_order(_cmd: PlaceOrder, shop: &mut Shop, _ctx: &mut CommandContext) -> u64 {
-    shop.orders += 1;
+fn place_order(cmd: PlaceOrder, shop: &mut Shop, _ctx: &mut CommandContext) -> u64 {
+    shop.orders += cmd.qty.max(1);
     shop.orders
 }
 
