@@ -69,7 +69,10 @@ fn data(attr: Attr, args: TokenStream2, item: TokenStream2) -> TokenStream2 {
             if d.input.generics.params.is_empty() {
                 Ok(expand::data::expand(attr, &args, d))
             } else {
-                Err((item, TokenStream2::new()))
+                // Refused (generic): stub impls for a type with lifetimes
+                // only, so that its handlers add no error.
+                let stubs = expand::data::lifetime_stubs(attr, &args, &d);
+                Err((item, stubs))
             }
         }
         Ok(DataItem::Union(u)) => {

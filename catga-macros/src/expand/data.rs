@@ -174,6 +174,60 @@ fn message(
     }
 }
 
+/// With errors, for a type refused because it has lifetime parameters
+/// (`struct Rename<'a> { name: &'a str }`, reported on them): impls that
+/// stand in for the expansion (never run: the crate does not compile), so
+/// that a handler of `Rename<'static>` or one taking `&mut` such a state is
+/// not one more error. Nothing for a type with type or const parameters.
+pub fn lifetime_stubs(attr: Attr, args: &Args, data: &DataType) -> TokenStream {
+    let generics = &data.input.generics;
+    if !generics
+        .params
+        .iter()
+        .all(|p| matches!(p, syn::GenericParam::Lifetime(_)))
+    {
+        return TokenStream::new();
+    }
+    let k = args.krate();
+    let ident = &data.input.ident;
+    let (impl_g, ty_g, _) = generics.split_for_impl();
+    if attr == Attr::State {
+        return quote!(impl #impl_g #k::__private::DeclaredState for #ident #ty_g {});
+    }
+    let lifetimes = generics.params.iter();
+    let serde = quote!(#k::__private::serde);
+    let kind = match attr {
+        Attr::Command => quote!(Command),
+        Attr::Query => quote!(Query),
+        _ => quote!(Event),
+    };
+    let marker = quote!(impl #impl_g #k::__private::#kind for #ident #ty_g where Self: 'static {});
+    quote! {
+        const _: () = {
+            impl #impl_g #serde::Serialize for #ident #ty_g {
+                fn serialize<__S: #serde::Serializer>(
+                    &self,
+                    _: __S,
+                ) -> ::core::result::Result<__S::Ok, __S::Error> {
+                    ::core::unreachable!("a refused message does not compile")
+                }
+            }
+            impl<'de, #(#lifetimes),*> #serde::Deserialize<'de> for #ident #ty_g {
+                fn deserialize<__D: #serde::Deserializer<'de>>(
+                    _: __D,
+                ) -> ::core::result::Result<Self, __D::Error> {
+                    ::core::unreachable!("a refused message does not compile")
+                }
+            }
+            impl #impl_g #k::__private::Message for #ident #ty_g where Self: 'static {
+                const NAME: &'static str = ::core::stringify!(#ident);
+                const KIND: #k::__private::MessageKind = #k::__private::MessageKind::#kind;
+            }
+            #marker
+        };
+    }
+}
+
 /// The `Routing` of a query, from `route = ...`; `key(field)` becomes a fn
 /// that hashes the field with the runtime's stable hash.
 fn routing(args: &Args, k: &TokenStream, ident: &Ident) -> TokenStream {
@@ -201,6 +255,9 @@ fn state(k: &TokenStream, ident: &Ident, name: &TokenStream, check: TokenStream)
     let check = assert_on(&ty, check, quote!(ASSERT));
     quote! {
         const _: () = #check;
+        // Whatever its fields: a handler that takes it adds no error when
+        // they are reported (see `DeclaredState`).
+        impl #k::__private::DeclaredState for #ident {}
         #[allow(unused_imports)]
         use #k::__private::StatefulFallback as _;
         #k::__private::inventory::submit! {

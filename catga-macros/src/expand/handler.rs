@@ -66,6 +66,16 @@ impl ParamTrait {
         }
     }
 
+    /// The trait with its `REPORTED` parameter (`CommandParam` and
+    /// `QueryParam` only).
+    fn path_reported(self, k: &TokenStream, reported: TokenStream) -> TokenStream {
+        match self {
+            ParamTrait::Command => quote!(#k::__private::CommandParam<'_, #reported>),
+            ParamTrait::Query => quote!(#k::__private::QueryParam<'_, #reported>),
+            ParamTrait::Event => quote!(#k::__private::EventParam),
+        }
+    }
+
     /// The probe's constant that reads the trait's `SLOT` (silent when the
     /// trait is not implemented: the assertion reports it).
     fn slot(self) -> Ident {
@@ -119,7 +129,7 @@ pub fn expand(args: &Args, h: &Handler) -> TokenStream {
     let f = &h.func;
     let imports = quote! {
         #[allow(unused_imports)]
-        use #k::__private::{AnswerFallback as _, OutputFallback as _, ParamFallback as _, ProbeFallback as _, TakeFallback as _};
+        use #k::__private::{AnswerFallback as _, OutputFallback as _, ParamFallback as _, ProbeFallback as _, StateProbeFallback as _, TakeFallback as _};
     };
     let (checks, slots) = param_checks(&cx);
     let check_kind = check_kind(&cx, &slots);
@@ -449,7 +459,22 @@ fn param_checks(cx: &Cx) -> (TokenStream, Vec<TokenStream>) {
                     quote!(#k::__private::event_slot(#kind, #k::__private::Param::<#ty>::#slot)),
                 )
             }
-            _ => (tr.clone(), quote!(#k::__private::Param::<#ty>::#slot)),
+            // `CommandParam<'_, true>` for a borrowed `#[state]` type that
+            // is not a `State`: reported on the state (see there)
+            ParamTrait::Command | ParamTrait::Query => {
+                let tr = match strip(&ty) {
+                    Type::Reference(r) => {
+                        let s = &r.elem;
+                        let reported = quote! {{
+                            #k::__private::StateProbe::<#s>::DECLARED
+                                && !#k::__private::StateProbe::<#s>::STATE
+                        }};
+                        params.path_reported(k, reported)
+                    }
+                    _ => tr.clone(),
+                };
+                (tr, quote!(#k::__private::Param::<#ty>::#slot))
+            }
         };
         let rest = quote_spanned!(last=> as #tr>::SLOT);
         out.extend(quote!(const _: #k::__private::Slot = #open #ty #rest;));

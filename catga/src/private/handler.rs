@@ -173,7 +173,7 @@ impl<'a> CommandEnv<'a> {
     label = "neither `&mut` a state (a Default + Serialize + Deserialize + Send + Sync type) nor `&mut CommandContext`",
     note = "a command handler takes the command, then the state it changes as `&mut State`, and optionally `ctx: &mut CommandContext`, e.g. `fn place_order(cmd: PlaceOrder, shop: &mut Shop, ctx: &mut CommandContext)`"
 )]
-pub trait CommandParam<'a>: Sized {
+pub trait CommandParam<'a, const REPORTED: bool = false>: Sized {
     #[doc(hidden)]
     const SLOT: Slot;
     #[doc(hidden)]
@@ -213,7 +213,7 @@ impl<'a> CommandParam<'a> for &'a mut CommandContext {
     label = "not `&` a state (a Default + Serialize + Deserialize + Send + Sync type)",
     note = "a query handler takes the query and optionally the state it reads as `&State`, and returns the answer, e.g. `fn count(q: CountOrders, shop: &Shop) -> u64`"
 )]
-pub trait QueryParam<'a>: Sized {
+pub trait QueryParam<'a, const REPORTED: bool = false>: Sized {
     #[doc(hidden)]
     const SLOT: Slot;
     #[doc(hidden)]
@@ -308,6 +308,47 @@ impl FirstParam for EventContext {
 #[diagnostic::do_not_recommend]
 impl FirstParam for CommandContext {
     const SLOT: Slot = Slot::CommandContext;
+}
+
+/// Implemented by `#[state]` for its type, whatever its fields: a
+/// `#[state]` type that is not a [`State`] (a field that is not `Send`,
+/// `Sync`, or serializable; no `Default`) is reported on that field or on
+/// the type, so a handler that takes it need not say it again.
+pub trait DeclaredState {}
+
+/// Probe for a type `S` that a handler borrows: whether it is declared
+/// with `#[state]` (`DECLARED`) and whether it is a [`State`] (`STATE`).
+pub struct StateProbe<S>(PhantomData<S>);
+impl<S: DeclaredState> StateProbe<S> {
+    pub const DECLARED: bool = true;
+}
+impl<S: State> StateProbe<S> {
+    pub const STATE: bool = true;
+}
+/// What `StateProbe::<S>` falls back to.
+pub trait StateProbeFallback {
+    const DECLARED: bool = false;
+    const STATE: bool = false;
+}
+impl<S> StateProbeFallback for StateProbe<S> {}
+
+// `CommandParam<'a, true>` / `QueryParam<'a, true>`: a borrowed `#[state]`
+// type that is not a `State`, already reported on its own (see
+// `DeclaredState`); the generated code picks `REPORTED` from `StateProbe`.
+// `Slot::Refused` keeps every other check silent.
+#[diagnostic::do_not_recommend]
+impl<'a, P> CommandParam<'a, true> for P {
+    const SLOT: Slot = Slot::Refused;
+    fn take(_: &CommandEnv<'a>) -> Option<Self> {
+        None
+    }
+}
+#[diagnostic::do_not_recommend]
+impl<'a, P> QueryParam<'a, true> for P {
+    const SLOT: Slot = Slot::Refused;
+    fn take(_: &'a (dyn Any + Send + Sync)) -> Option<Self> {
+        None
+    }
 }
 
 /// Probe for a parameter type `P`: `Param::<P>::COMMAND_SLOT` and
