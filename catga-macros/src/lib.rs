@@ -69,7 +69,10 @@ fn data(attr: Attr, args: TokenStream2, item: TokenStream2) -> TokenStream2 {
             if d.input.generics.params.is_empty() {
                 Ok(expand::data::expand(attr, &args, d))
             } else {
-                Err((item, TokenStream2::new()))
+                // Refused (generic): stub impls for a type with lifetimes
+                // only, so that its handlers add no error.
+                let stubs = expand::data::lifetime_stubs(attr, &args, &d);
+                Err((item, stubs))
             }
         }
         Ok(DataItem::Union(u)) => {
@@ -114,6 +117,13 @@ fn handler_fn(args: TokenStream2, item: TokenStream2) -> TokenStream2 {
                 // above, so that rustc adds no warning about it), with the
                 // stubs inside its body: valid wherever the function is.
                 Err((expand::handler::refused(&args, &h), TokenStream2::new()))
+            } else if valid::reference_first(&h) {
+                // Refused too; its checks say by the types where the
+                // message is (one error, from the type system).
+                Err((
+                    expand::handler::reference_first(&args, &h),
+                    TokenStream2::new(),
+                ))
             } else {
                 Ok(expand::handler::expand(&args, &h))
             }

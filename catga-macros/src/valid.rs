@@ -287,7 +287,7 @@ pub fn handler(h: &Handler, errors: &mut Errors) {
     not_const_unsafe_variadic(h, errors);
     no_type_generics(h, errors);
     no_receiver(h, errors);
-    message_first_by_value(h, errors);
+    has_message(h, errors);
     sync_when_stateful(h, errors);
     owned_output(h, errors);
 }
@@ -351,63 +351,26 @@ fn no_receiver(h: &Handler, errors: &mut Errors) {
     }
 }
 
-fn is_context_name(ty: &Type) -> bool {
-    let ty = match strip(ty) {
-        Type::Reference(r) => strip(&r.elem),
-        other => other,
-    };
-    matches!(ty, Type::Path(p) if p.path.segments.last().is_some_and(|s| s.ident == "CommandContext" || s.ident == "EventContext"))
+/// A handler with no typed parameter has no message. (One whose first
+/// parameter is a reference is checked by the types: see
+/// [`reference_first`].)
+fn has_message(h: &Handler, errors: &mut Errors) {
+    if h.msg.is_none() && h.receiver.is_none() {
+        errors.push(syn::Error::new(
+            h.func.sig.paren_token.span.join(),
+            "a handler takes its message as the first parameter, e.g. `fn place_order(cmd: PlaceOrder, shop: &mut Shop)`",
+        ));
+    }
 }
 
-fn message_first_by_value(h: &Handler, errors: &mut Errors) {
-    let Some(msg) = &h.msg else {
-        if h.receiver.is_none() {
-            errors.push(syn::Error::new(
-                h.func.sig.paren_token.span.join(),
-                "a handler takes its message as the first parameter, e.g. `fn place_order(cmd: PlaceOrder, shop: &mut Shop)`",
-            ));
-        }
-        return;
-    };
-    // A context (by its name: this is only a hint) or a reference first: the
-    // message is not there.
-    let context_first = is_context_name(&msg.ty);
-    let reference = match strip(&msg.ty) {
-        Type::Reference(r) => Some(r),
-        _ => None,
-    };
-    if reference.is_none() && !context_first {
-        return;
-    }
-    // `fn f(shop: &mut Shop, cmd: PlaceOrder)`: the message is there, in the
-    // wrong place. Say so once, on the message. (A by-value parameter named
-    // like a context is not taken for the message.)
-    let misplaced = h
-        .params
-        .iter()
-        .find(|p| !matches!(strip(&p.ty), Type::Reference(_)) && !is_context_name(&p.ty));
-    if let Some(m) = misplaced {
-        errors.push(syn::Error::new_spanned(
-            m,
-            format!(
-                "a handler takes its message first: move `{}` to the front, e.g. `fn place_order(cmd: PlaceOrder, shop: &mut Shop)`",
-                pretty(m)
-            ),
-        ));
-    } else if context_first || reference.is_some_and(|r| r.mutability.is_some()) {
-        errors.push(syn::Error::new_spanned(
-            &msg.ty,
-            format!(
-                "a handler's first parameter is the message it handles, by value: add it before `{}`, e.g. `fn place_order(cmd: PlaceOrder, shop: &mut Shop)`",
-                pretty(msg)
-            ),
-        ));
-    } else if let Some(r) = reference {
-        errors.push(syn::Error::new_spanned(
-            r,
-            "take the message by value, e.g. `cmd: PlaceOrder`, not by reference",
-        ));
-    }
+/// Whether the handler's first parameter is a reference: the message is
+/// taken by value, so it is either a message taken by reference, or the
+/// message is later or missing. Which one is decided by the types (see
+/// `expand::handler::reference_first`), not by the names of the types.
+pub fn reference_first(h: &Handler) -> bool {
+    h.msg
+        .as_ref()
+        .is_some_and(|m| matches!(strip(&m.ty), Type::Reference(_)))
 }
 
 fn sync_when_stateful(h: &Handler, errors: &mut Errors) {

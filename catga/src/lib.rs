@@ -72,8 +72,8 @@ pub use message::{Command, Consistency, Event, Handled, Message, MessageKind, Qu
 // under `__private`. Not for use.
 #[doc(hidden)]
 pub use __private::{
-    CommandOutput, CommandParam, EventParam, QueryParam, RemoteAnswer, StateField, StateInit,
-    StateType, WireField,
+    CommandOutput, CommandParam, EventParam, FirstParam, QueryParam, RemoteAnswer, StateField,
+    StateInit, StateType, WireField,
 };
 #[doc(hidden)]
 pub use message::{Publishable, Queryable};

@@ -87,11 +87,6 @@ fn encode_output<O: Serialize>(out: &O) -> Result<Vec<u8>, ApplyError> {
     })
 }
 
-/// The wire name of a handled message (for registry entries).
-pub const fn name_of<M: Handled>() -> &'static str {
-    M::NAME
-}
-
 /// Compile-time view of a handler's message type `M`.
 ///
 /// A command or query handler implements `Handled` for its message, and an
@@ -104,6 +99,8 @@ pub const fn name_of<M: Handled>() -> &'static str {
 pub struct Probe<M>(PhantomData<M>);
 
 impl<M: Message> Probe<M> {
+    /// The wire name (for registry entries and errors).
+    pub const NAME: &'static str = M::NAME;
     pub const KIND: Option<MessageKind> = Some(M::KIND);
     pub fn decode(bytes: &[u8]) -> Result<M, ApplyError> {
         decode_message::<M>(bytes)
@@ -118,6 +115,7 @@ impl<M: Query> Probe<M> {
 /// What `Probe::<M>`'s items fall back to when `M` is not a message (resp.
 /// not a query); generated code imports it.
 pub trait ProbeFallback<M> {
+    const NAME: &'static str = "";
     const KIND: Option<MessageKind> = None;
     const CONSISTENCY: Consistency = Consistency::Local;
     const ROUTING: Routing<M> = Routing::Local;

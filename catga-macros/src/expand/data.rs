@@ -137,6 +137,33 @@ fn message(
             const KIND: #k::__private::MessageKind = #k::__private::MessageKind::#kind;
         }
         #marker
+        // A message written after a handler's first parameter is known as
+        // one (`Slot::Message`), so that `fn f(ctx: CommandContext, cmd: Msg,
+        // shop: &mut Shop)` is not also "`Msg` cannot be a parameter". (An
+        // event handler's parameters get it from `EventParam<true>`, over
+        // every message: a type here would overlap `EventParam` over `State`
+        // for a message that derives `Default`; the impls over a state are for
+        // references, so these overlap nothing.)
+        #[diagnostic::do_not_recommend]
+        impl<'__catga> #k::__private::CommandParam<'__catga> for #ident {
+            const SLOT: #k::__private::Slot =
+                #k::__private::Slot::Message(#k::__private::MessageKind::#kind);
+            fn take(
+                _: &#k::__private::CommandEnv<'__catga>,
+            ) -> ::core::option::Option<Self> {
+                ::core::option::Option::None
+            }
+        }
+        #[diagnostic::do_not_recommend]
+        impl<'__catga> #k::__private::QueryParam<'__catga> for #ident {
+            const SLOT: #k::__private::Slot =
+                #k::__private::Slot::Message(#k::__private::MessageKind::#kind);
+            fn take(
+                _: &'__catga (dyn ::core::any::Any + ::core::marker::Send + ::core::marker::Sync),
+            ) -> ::core::option::Option<Self> {
+                ::core::option::Option::None
+            }
+        }
         #k::__private::inventory::submit! {
             #k::__private::MessageEntry {
                 name: #name,
@@ -144,6 +171,60 @@ fn message(
                 rust_type: ::core::concat!(::core::module_path!(), "::", ::core::stringify!(#ident)),
             }
         }
+    }
+}
+
+/// With errors, for a type refused because it has lifetime parameters
+/// (`struct Rename<'a> { name: &'a str }`, reported on them): impls that
+/// stand in for the expansion (never run: the crate does not compile), so
+/// that a handler of `Rename<'static>` or one taking `&mut` such a state is
+/// not one more error. Nothing for a type with type or const parameters.
+pub fn lifetime_stubs(attr: Attr, args: &Args, data: &DataType) -> TokenStream {
+    let generics = &data.input.generics;
+    if !generics
+        .params
+        .iter()
+        .all(|p| matches!(p, syn::GenericParam::Lifetime(_)))
+    {
+        return TokenStream::new();
+    }
+    let k = args.krate();
+    let ident = &data.input.ident;
+    let (impl_g, ty_g, _) = generics.split_for_impl();
+    if attr == Attr::State {
+        return quote!(impl #impl_g #k::__private::DeclaredState for #ident #ty_g {});
+    }
+    let lifetimes = generics.params.iter();
+    let serde = quote!(#k::__private::serde);
+    let kind = match attr {
+        Attr::Command => quote!(Command),
+        Attr::Query => quote!(Query),
+        _ => quote!(Event),
+    };
+    let marker = quote!(impl #impl_g #k::__private::#kind for #ident #ty_g where Self: 'static {});
+    quote! {
+        const _: () = {
+            impl #impl_g #serde::Serialize for #ident #ty_g {
+                fn serialize<__S: #serde::Serializer>(
+                    &self,
+                    _: __S,
+                ) -> ::core::result::Result<__S::Ok, __S::Error> {
+                    ::core::unreachable!("a refused message does not compile")
+                }
+            }
+            impl<'de, #(#lifetimes),*> #serde::Deserialize<'de> for #ident #ty_g {
+                fn deserialize<__D: #serde::Deserializer<'de>>(
+                    _: __D,
+                ) -> ::core::result::Result<Self, __D::Error> {
+                    ::core::unreachable!("a refused message does not compile")
+                }
+            }
+            impl #impl_g #k::__private::Message for #ident #ty_g where Self: 'static {
+                const NAME: &'static str = ::core::stringify!(#ident);
+                const KIND: #k::__private::MessageKind = #k::__private::MessageKind::#kind;
+            }
+            #marker
+        };
     }
 }
 
@@ -174,6 +255,9 @@ fn state(k: &TokenStream, ident: &Ident, name: &TokenStream, check: TokenStream)
     let check = assert_on(&ty, check, quote!(ASSERT));
     quote! {
         const _: () = #check;
+        // Whatever its fields: a handler that takes it adds no error when
+        // they are reported (see `DeclaredState`).
+        impl #k::__private::DeclaredState for #ident {}
         #[allow(unused_imports)]
         use #k::__private::StatefulFallback as _;
         #k::__private::inventory::submit! {

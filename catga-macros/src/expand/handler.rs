@@ -13,7 +13,9 @@
 //!
 //! What each parameter IS comes from its type: `CommandParam`, `QueryParam`
 //! and `EventParam` (with `on_unimplemented` texts) take it from the
-//! runtime. The message's kind is checked against the handler's shape in a
+//! runtime; so does which one is the message (a message type implements them
+//! too, as `Slot::Message`), when the first parameter is a reference or a
+//! context: no type is recognised by its name. The message's kind is checked against the handler's shape in a
 //! `const` (`check_kind`), whose panic names what the message is and what
 //! its handler may take. Each bound on a user's type is required at exactly
 //! one place, spanned on that type; every other use goes through a probe
@@ -24,9 +26,9 @@ use quote::{ToTokens, quote, quote_spanned};
 use syn::{GenericParam, Ident, ItemFn, Lifetime, Type};
 
 use super::{assert_on, relifetime, span_range};
-use crate::ast::{Handler, Shape};
+use crate::ast::{Handler, Shape, strip};
 use crate::attr::Args;
-use crate::valid::mentions_lifetime;
+use crate::valid::{mentions_lifetime, pretty};
 
 struct Cx<'a> {
     k: TokenStream,
@@ -60,6 +62,16 @@ impl ParamTrait {
         match self {
             ParamTrait::Command => quote!(#k::__private::CommandParam<'_>),
             ParamTrait::Query => quote!(#k::__private::QueryParam<'_>),
+            ParamTrait::Event => quote!(#k::__private::EventParam),
+        }
+    }
+
+    /// The trait with its `REPORTED` parameter (`CommandParam` and
+    /// `QueryParam` only).
+    fn path_reported(self, k: &TokenStream, reported: TokenStream) -> TokenStream {
+        match self {
+            ParamTrait::Command => quote!(#k::__private::CommandParam<'_, #reported>),
+            ParamTrait::Query => quote!(#k::__private::QueryParam<'_, #reported>),
             ParamTrait::Event => quote!(#k::__private::EventParam),
         }
     }
@@ -106,17 +118,7 @@ pub fn expand(args: &Args, h: &Handler) -> TokenStream {
         .ty
         .as_ref()
         .clone();
-    let lifetimes = h
-        .func
-        .sig
-        .generics
-        .params
-        .iter()
-        .filter_map(|p| match p {
-            GenericParam::Lifetime(l) => Some(l.lifetime.clone()),
-            _ => None,
-        })
-        .collect();
+    let lifetimes = lifetimes(h);
     let cx = Cx {
         k: args.krate(),
         h,
@@ -127,7 +129,7 @@ pub fn expand(args: &Args, h: &Handler) -> TokenStream {
     let f = &h.func;
     let imports = quote! {
         #[allow(unused_imports)]
-        use #k::__private::{AnswerFallback as _, OutputFallback as _, ParamFallback as _, ProbeFallback as _, TakeFallback as _};
+        use #k::__private::{AnswerFallback as _, OutputFallback as _, ParamFallback as _, ProbeFallback as _, StateProbeFallback as _, TakeFallback as _};
     };
     let (checks, slots) = param_checks(&cx);
     let check_kind = check_kind(&cx, &slots);
@@ -136,7 +138,7 @@ pub fn expand(args: &Args, h: &Handler) -> TokenStream {
         Shape::Query => query(&cx, &slots),
         Shape::StatelessQuery => stateless_query(&cx),
         Shape::Event | Shape::EventReturning => {
-            (TokenStream::new(), event(&cx), TokenStream::new())
+            (message_first(&cx, &slots), event(&cx), TokenStream::new())
         }
     };
     // The checks go first in the handler's body (they name nothing of the
@@ -168,6 +170,20 @@ pub fn expand(args: &Args, h: &Handler) -> TokenStream {
     }
 }
 
+/// The handler's own lifetime parameters.
+fn lifetimes(h: &Handler) -> Vec<Lifetime> {
+    h.func
+        .sig
+        .generics
+        .params
+        .iter()
+        .filter_map(|p| match p {
+            GenericParam::Lifetime(l) => Some(l.lifetime.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
 /// `func` with `items` first in its body.
 fn with_items(func: &ItemFn, items: TokenStream) -> TokenStream {
     let mut func = func.clone();
@@ -184,6 +200,18 @@ fn with_items(func: &ItemFn, items: TokenStream) -> TokenStream {
 pub fn refused(args: &Args, h: &Handler) -> TokenStream {
     let mut func = h.func.clone();
     func.sig.abi = None;
+    refused_with(args, h, func.into_token_stream())
+}
+
+/// A handler whose first parameter is a reference (`&mut Shop`, `&Cmd`):
+/// refused, with checks in its body that say, by the types, where its
+/// message is (see [`reference_first_checks`]).
+pub fn reference_first(args: &Args, h: &Handler) -> TokenStream {
+    let func = with_items(&h.func, reference_first_checks(args, h));
+    refused_with(args, h, func)
+}
+
+fn refused_with(args: &Args, h: &Handler, func: TokenStream) -> TokenStream {
     let stubs = if h.receiver.is_some() {
         TokenStream::new()
     } else {
@@ -268,6 +296,110 @@ fn mentions_any(ty: &Type, names: &[Ident]) -> bool {
     f.found
 }
 
+/// An example signature for the texts below.
+const EXAMPLE: &str = "e.g. `fn place_order(cmd: PlaceOrder, shop: &mut Shop)`";
+
+/// For an event handler, whose first parameter is asserted to be a
+/// `FirstParam` (a message, or a context written before it): when it is a
+/// context, one error that says where the message goes, decided by the
+/// types (a parameter after it that is a message has `Slot::Message`).
+fn message_first(cx: &Cx, slots: &[TokenStream]) -> TokenStream {
+    let k = &cx.k;
+    let Some(first) = &cx.h.msg else {
+        return TokenStream::new();
+    };
+    let msg = &cx.msg;
+    let first_slot = quote!(#k::__private::Param::<#msg>::FIRST_SLOT);
+    let missing = format!(
+        "a handler's first parameter is the message it handles, by value: add it before `{}`, e.g. `fn on_order_placed(event: OrderPlaced, ctx: EventContext)`",
+        pretty(first)
+    );
+    let mut out = TokenStream::new();
+    let check = spanned_call(
+        &first.ty,
+        quote!(#k::__private::check_message_first),
+        quote!(#first_slot, &[#(#slots),*], #missing),
+    );
+    out.extend(quote!(const _: () = #check;));
+    for (p, slot) in cx.h.params.iter().zip(slots) {
+        let why = format!(
+            "a handler takes its message first: move `{}` to the front, e.g. `fn on_order_placed(event: OrderPlaced, ctx: EventContext)`",
+            pretty(p)
+        );
+        let check = spanned_call(
+            &p.ty,
+            quote!(#k::__private::check_moved_message),
+            quote!(#first_slot, #slot, #why),
+        );
+        out.extend(quote!(const _: () = #check;));
+    }
+    out
+}
+
+/// The checks of a handler whose first parameter is a reference: on it,
+/// "take the message by value" when it borrows a message, "add the message
+/// before it" when no parameter is one; on a later parameter that is the
+/// message, "move it to the front". Decided by the types (`Probe::KIND`).
+fn reference_first_checks(args: &Args, h: &Handler) -> TokenStream {
+    let k = args.krate();
+    let Some(first) = &h.msg else {
+        return TokenStream::new();
+    };
+    let Type::Reference(r) = strip(&first.ty) else {
+        return TokenStream::new();
+    };
+    let lifetimes = lifetimes(h);
+    let named = |ty: &Type| relifetime(ty, &lifetimes, "'_", false);
+    let referent = named(&r.elem);
+    let referent_kind = quote!(#k::__private::Probe::<#referent>::KIND);
+    let by_value: Vec<&syn::PatType> = h
+        .params
+        .iter()
+        .filter(|p| !matches!(strip(&p.ty), Type::Reference(_)))
+        .collect();
+    let kinds: Vec<TokenStream> = by_value
+        .iter()
+        .map(|p| {
+            let ty = named(&p.ty);
+            quote!(#k::__private::Probe::<#ty>::KIND)
+        })
+        .collect();
+    let by_value_why = format!(
+        "take the message by value, e.g. `cmd: PlaceOrder`, not by reference: write `{}`",
+        pretty(&r.elem)
+    );
+    let missing = format!(
+        "a handler's first parameter is the message it handles, by value: add it before `{}`, {EXAMPLE}",
+        pretty(first)
+    );
+    let mut out = TokenStream::new();
+    let check = spanned_call(
+        &first.ty,
+        quote!(#k::__private::check_ref_first),
+        quote!(#referent_kind, &[#(#kinds),*], #by_value_why, #missing),
+    );
+    out.extend(quote!(const _: () = #check;));
+    for (p, kind) in by_value.iter().zip(&kinds) {
+        let why = format!(
+            "a handler takes its message first: move `{}` to the front, {EXAMPLE}",
+            pretty(*p)
+        );
+        let check = spanned_call(
+            &p.ty,
+            quote!(#k::__private::check_message_after_ref),
+            quote!(#referent_kind, #kind, #why),
+        );
+        out.extend(quote!(const _: () = #check;));
+    }
+    quote! {
+        const _: () = {
+            #[allow(unused_imports)]
+            use #k::__private::ProbeFallback as _;
+            #out
+        };
+    }
+}
+
 /// `check_kind(Probe::<Msg>::KIND, Shape::X, slots)`, reported on the
 /// message type.
 fn check_kind(cx: &Cx, slots: &[TokenStream]) -> TokenStream {
@@ -318,9 +450,34 @@ fn param_checks(cx: &Cx) -> (TokenStream, Vec<TokenStream>) {
         let ty = cx.named(&p.ty);
         let (first, last) = span_range(&p.ty);
         let open = quote_spanned!(first=> <);
+        let (tr, this) = match params {
+            // `EventParam<true>` when the type is a message (see there)
+            ParamTrait::Event => {
+                let kind = quote!(#k::__private::Probe::<#ty>::KIND);
+                (
+                    quote!(#k::__private::EventParam<{ #kind.is_some() }>),
+                    quote!(#k::__private::event_slot(#kind, #k::__private::Param::<#ty>::#slot)),
+                )
+            }
+            // `CommandParam<'_, true>` for a borrowed `#[state]` type that
+            // is not a `State`: reported on the state (see there)
+            ParamTrait::Command | ParamTrait::Query => {
+                let tr = match strip(&ty) {
+                    Type::Reference(r) => {
+                        let s = &r.elem;
+                        let reported = quote! {{
+                            #k::__private::StateProbe::<#s>::DECLARED
+                                && !#k::__private::StateProbe::<#s>::STATE
+                        }};
+                        params.path_reported(k, reported)
+                    }
+                    _ => tr.clone(),
+                };
+                (tr, quote!(#k::__private::Param::<#ty>::#slot))
+            }
+        };
         let rest = quote_spanned!(last=> as #tr>::SLOT);
         out.extend(quote!(const _: #k::__private::Slot = #open #ty #rest;));
-        let this = quote!(#k::__private::Param::<#ty>::#slot);
         let check = spanned_call(
             &p.ty,
             quote!(#k::__private::check_param),
@@ -370,7 +527,12 @@ fn impl_handled(cx: &Cx, route: TokenStream) -> TokenStream {
     };
     let mut body = proc_macro2::Group::new(proc_macro2::Delimiter::Brace, items);
     body.set_span(first);
-    quote!(#head #msg #body)
+    // `Handled: Message: Send`. A message with a field that is not `Send` is
+    // reported on that field (`WireField`); the higher-ranked bound defers
+    // `Send` to where the message is sent, as the message's own impls do,
+    // so that its handler is not one more error.
+    let send = quote!(where for<'__catga> #msg: ::core::marker::Send);
+    quote!(#head #msg #send #body)
 }
 
 /// The checks and items of a command handler, and its route.
@@ -391,7 +553,7 @@ fn command(cx: &Cx, slots: &[TokenStream]) -> (TokenStream, TokenStream, TokenSt
             match #k::__private::Param::<#ty>::command(&env) {
                 ::core::option::Option::Some(p) => p,
                 ::core::option::Option::None => return ::core::result::Result::Err(
-                    #k::__private::missing_param(#k::__private::name_of::<#msg>())),
+                    #k::__private::missing_param(#k::__private::Probe::<#msg>::NAME)),
             }
         }
     });
@@ -411,7 +573,7 @@ fn command(cx: &Cx, slots: &[TokenStream]) -> (TokenStream, TokenStream, TokenSt
         }
         #k::__private::inventory::submit! {
             #k::__private::CommandHandlerEntry {
-                name: #k::__private::name_of::<#msg>(),
+                name: #k::__private::Probe::<#msg>::NAME,
                 handler: #path,
                 state: __CATGA_STATE,
                 apply: __catga_apply,
@@ -453,12 +615,12 @@ fn query(cx: &Cx, slots: &[TokenStream]) -> (TokenStream, TokenStream, TokenStre
             match __catga_run(msg, state) {
                 ::core::option::Option::Some(out) => (__CATGA_ANSWER.encode)(&out),
                 ::core::option::Option::None => ::core::result::Result::Err(
-                    #k::__private::missing_param(#k::__private::name_of::<#msg>())),
+                    #k::__private::missing_param(#k::__private::Probe::<#msg>::NAME)),
             }
         }
         #k::__private::inventory::submit! {
             #k::__private::QueryHandlerEntry {
-                name: #k::__private::name_of::<#msg>(),
+                name: #k::__private::Probe::<#msg>::NAME,
                 handler: #path,
                 state: ::core::option::Option::Some(__CATGA_STATE),
                 run: #k::__private::QueryRunner::Stateful(__catga_remote),
@@ -510,7 +672,7 @@ fn stateless_query(cx: &Cx) -> (TokenStream, TokenStream, TokenStream) {
         }
         #k::__private::inventory::submit! {
             #k::__private::QueryHandlerEntry {
-                name: #k::__private::name_of::<#msg>(),
+                name: #k::__private::Probe::<#msg>::NAME,
                 handler: #path,
                 state: ::core::option::Option::None,
                 run: #k::__private::QueryRunner::Stateless(__catga_remote),
@@ -559,8 +721,12 @@ fn event(cx: &Cx) -> TokenStream {
     let k = &cx.k;
     let msg = &cx.msg;
     let fn_name = &cx.h.func.sig.ident;
-    // The one place where `Message` is required of an event handler's type.
-    let name = assert_on(msg, quote!(#k::__private::Message), quote!(NAME));
+    // The one place where an event handler's first parameter is required
+    // to be a message (`FirstParam`: a message, or a context written before
+    // it, which `message_first` reports): in a fn never called, whose
+    // higher-ranked bound defers `Send` (as the message's own impls do: a
+    // field that is not `Send` is reported on the field, not again here).
+    let is_message = assert_on(msg, quote!(#k::__private::FirstParam), quote!(SLOT));
     let names: Vec<syn::Ident> = (0..cx.h.params.len())
         .map(|i| syn::Ident::new(&format!("__catga_arg{i}"), Span::call_site()))
         .collect();
@@ -590,7 +756,14 @@ fn event(cx: &Cx) -> TokenStream {
     };
     let path = handler_path(cx);
     quote! {
-        const __CATGA_NAME: &str = #name;
+        #[allow(dead_code)]
+        fn __catga_is_message() -> #k::__private::Slot
+        where
+            for<'__catga> #msg: ::core::marker::Send,
+        {
+            #is_message
+        }
+        const __CATGA_NAME: &str = #k::__private::Probe::<#msg>::NAME;
         fn __catga_on_event(
             payload: &[u8],
             ctx: #k::__private::EventContext,

@@ -133,6 +133,9 @@ pub enum Slot {
     CommandContext,
     /// `EventContext`.
     EventContext,
+    /// A message (`#[command]`, `#[query]` or `#[event]`, by value): the
+    /// first parameter, or one misplaced after it.
+    Message(MessageKind),
     /// Stands in for a parameter whose type is refused (reported on its own).
     Refused,
 }
@@ -170,7 +173,7 @@ impl<'a> CommandEnv<'a> {
     label = "neither `&mut` a state (a Default + Serialize + Deserialize + Send + Sync type) nor `&mut CommandContext`",
     note = "a command handler takes the command, then the state it changes as `&mut State`, and optionally `ctx: &mut CommandContext`, e.g. `fn place_order(cmd: PlaceOrder, shop: &mut Shop, ctx: &mut CommandContext)`"
 )]
-pub trait CommandParam<'a>: Sized {
+pub trait CommandParam<'a, const REPORTED: bool = false>: Sized {
     #[doc(hidden)]
     const SLOT: Slot;
     #[doc(hidden)]
@@ -210,7 +213,7 @@ impl<'a> CommandParam<'a> for &'a mut CommandContext {
     label = "not `&` a state (a Default + Serialize + Deserialize + Send + Sync type)",
     note = "a query handler takes the query and optionally the state it reads as `&State`, and returns the answer, e.g. `fn count(q: CountOrders, shop: &Shop) -> u64`"
 )]
-pub trait QueryParam<'a>: Sized {
+pub trait QueryParam<'a, const REPORTED: bool = false>: Sized {
     #[doc(hidden)]
     const SLOT: Slot;
     #[doc(hidden)]
@@ -225,12 +228,20 @@ impl<'a, S: State> QueryParam<'a> for &'a S {
 }
 
 /// A parameter of an event handler, after the event: `EventContext`.
+///
+/// `MESSAGE` is whether the parameter's type is a message (read from
+/// `Probe::KIND` by the generated code): a message is `EventParam<true>`,
+/// as `Slot::Message`, so that `fn on(ctx: EventContext, e: OrderPlaced)` is
+/// one error, "move `e` to the front" (from [`check_moved_message`]), and
+/// not also "`OrderPlaced` cannot be a parameter". (A message may also be a
+/// [`State`], when it derives `Default`: the parameter keeps the two impls
+/// apart. Defaulted, so rustc prints `EventParam`.)
 #[diagnostic::on_unimplemented(
     message = "`{Self}` cannot be a parameter of an event handler: after the event it takes only `EventContext`, by value",
     label = "not the event context (`EventContext`, by value)",
     note = "an event handler takes the event and optionally `ctx: EventContext`, and returns nothing; it cannot read or change state (do that in a #[command] or #[query] handler)"
 )]
-pub trait EventParam: Sized {
+pub trait EventParam<const MESSAGE: bool = false>: Sized {
     #[doc(hidden)]
     const SLOT: Slot;
     #[doc(hidden)]
@@ -255,6 +266,91 @@ impl<S: State> EventParam for S {
     }
 }
 
+#[diagnostic::do_not_recommend]
+impl<M: crate::message::Message> EventParam<true> for M {
+    const SLOT: Slot = Slot::Message(M::KIND);
+    fn take(_: &Cell<Option<EventContext>>) -> Option<Self> {
+        None
+    }
+}
+
+/// The slot of an event handler's parameter: `Slot::Message` when its
+/// type is a message (`kind`, from `Probe::KIND`), else `slot` (its
+/// `EventParam` slot, from `Param::EVENT_SLOT`).
+pub const fn event_slot(kind: Option<MessageKind>, slot: Slot) -> Slot {
+    match kind {
+        Some(kind) => Slot::Message(kind),
+        None => slot,
+    }
+}
+
+/// What an event handler's first parameter may be: a message, or a
+/// context written before it (then [`check_message_first`] and
+/// [`check_moved_message`] report, by type, where the message goes).
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a catga message",
+    label = "not annotated with #[command], #[query] or #[event]",
+    note = "a handler takes its message first; annotate `{Self}` with `#[command]` (a replicated write), `#[query]` (a read) or `#[event]` (a notification)"
+)]
+pub trait FirstParam {
+    #[doc(hidden)]
+    const SLOT: Slot;
+}
+#[diagnostic::do_not_recommend]
+impl<M: crate::message::Message> FirstParam for M {
+    const SLOT: Slot = Slot::Message(M::KIND);
+}
+// (hidden from "other types implement": the advice is to annotate it)
+#[diagnostic::do_not_recommend]
+impl FirstParam for EventContext {
+    const SLOT: Slot = Slot::EventContext;
+}
+#[diagnostic::do_not_recommend]
+impl FirstParam for CommandContext {
+    const SLOT: Slot = Slot::CommandContext;
+}
+
+/// Implemented by `#[state]` for its type, whatever its fields: a
+/// `#[state]` type that is not a [`State`] (a field that is not `Send`,
+/// `Sync`, or serializable; no `Default`) is reported on that field or on
+/// the type, so a handler that takes it need not say it again.
+pub trait DeclaredState {}
+
+/// Probe for a type `S` that a handler borrows: whether it is declared
+/// with `#[state]` (`DECLARED`) and whether it is a [`State`] (`STATE`).
+pub struct StateProbe<S>(PhantomData<S>);
+impl<S: DeclaredState> StateProbe<S> {
+    pub const DECLARED: bool = true;
+}
+impl<S: State> StateProbe<S> {
+    pub const STATE: bool = true;
+}
+/// What `StateProbe::<S>` falls back to.
+pub trait StateProbeFallback {
+    const DECLARED: bool = false;
+    const STATE: bool = false;
+}
+impl<S> StateProbeFallback for StateProbe<S> {}
+
+// `CommandParam<'a, true>` / `QueryParam<'a, true>`: a borrowed `#[state]`
+// type that is not a `State`, already reported on its own (see
+// `DeclaredState`); the generated code picks `REPORTED` from `StateProbe`.
+// `Slot::Refused` keeps every other check silent.
+#[diagnostic::do_not_recommend]
+impl<'a, P> CommandParam<'a, true> for P {
+    const SLOT: Slot = Slot::Refused;
+    fn take(_: &CommandEnv<'a>) -> Option<Self> {
+        None
+    }
+}
+#[diagnostic::do_not_recommend]
+impl<'a, P> QueryParam<'a, true> for P {
+    const SLOT: Slot = Slot::Refused;
+    fn take(_: &'a (dyn Any + Send + Sync)) -> Option<Self> {
+        None
+    }
+}
+
 /// Probe for a parameter type `P`: `Param::<P>::COMMAND_SLOT` and
 /// `Param::<P>::command(env)` are the trait's when `P: CommandParam`, else
 /// [`ParamFallback`]'s (a refused parameter is reported once, elsewhere).
@@ -265,6 +361,9 @@ impl<P: CommandParam<'static>> Param<P> {
 }
 impl<P: QueryParam<'static>> Param<P> {
     pub const QUERY_SLOT: Slot = P::SLOT;
+}
+impl<P: FirstParam> Param<P> {
+    pub const FIRST_SLOT: Slot = P::SLOT;
 }
 impl<P: EventParam> Param<P> {
     pub const EVENT_SLOT: Slot = P::SLOT;
@@ -289,6 +388,7 @@ pub trait ParamFallback {
     const COMMAND_SLOT: Slot = Slot::Refused;
     const QUERY_SLOT: Slot = Slot::Refused;
     const EVENT_SLOT: Slot = Slot::Refused;
+    const FIRST_SLOT: Slot = Slot::Refused;
 }
 impl<P> ParamFallback for Param<P> {}
 
@@ -363,6 +463,10 @@ const fn misplaced(kind: MessageKind, slot: Slot) -> Option<&'static str> {
         ),
         (MessageKind::Event, Slot::CommandContext) => Some(
             "an event handler takes `ctx: EventContext`, not `&mut CommandContext` (the context of a #[command] handler)",
+        ),
+        (_, Slot::Message(_)) => Some(
+            "a handler takes one message, as its first parameter, and this is a second one: \
+             a handler handles one message type (write one handler per message)",
         ),
         _ => None,
     }
@@ -456,6 +560,77 @@ pub const fn check_param(kind: Option<MessageKind>, before: &[Slot], this: Slot)
     }
 }
 
+/// Compile-time check, on an event handler's first parameter `first`,
+/// that it is its message: when it is a context (`fn on(ctx: EventContext,
+/// ..)`) and no later parameter is a message, panics with `why` ("add the
+/// message before it"); when one is, [`check_moved_message`] reports there.
+#[track_caller]
+pub const fn check_message_first(first: Slot, later: &[Slot], why: &str) {
+    if !matches!(first, Slot::CommandContext | Slot::EventContext) {
+        return;
+    }
+    let mut i = 0;
+    while i < later.len() {
+        if matches!(later[i], Slot::Message(_)) {
+            return;
+        }
+        i += 1;
+    }
+    panic!("{}", why)
+}
+
+/// Compile-time check, on a parameter `this` after an event handler's
+/// first one: when the first is a context and this is the message, panics
+/// with `why` ("move it to the front"). A message after a message is
+/// [`check_param`]'s ("a second one").
+#[track_caller]
+pub const fn check_moved_message(first: Slot, this: Slot, why: &str) {
+    if matches!(first, Slot::CommandContext | Slot::EventContext)
+        && matches!(this, Slot::Message(_))
+    {
+        panic!("{}", why)
+    }
+}
+
+/// Compile-time checks of a handler whose first parameter is a reference
+/// (`fn f(shop: &mut Shop, cmd: PlaceOrder)`), by the types: on the first
+/// parameter, `referent` the kind of what it borrows and `later` those of
+/// the parameters taken by value. Panics with `by_value` when it borrows a
+/// message, with `missing` when no parameter is a message; when a later
+/// one is, [`check_message_after_ref`] reports there.
+#[track_caller]
+pub const fn check_ref_first(
+    referent: Option<MessageKind>,
+    later: &[Option<MessageKind>],
+    by_value: &str,
+    missing: &str,
+) {
+    if referent.is_some() {
+        panic!("{}", by_value)
+    }
+    let mut i = 0;
+    while i < later.len() {
+        if later[i].is_some() {
+            return;
+        }
+        i += 1;
+    }
+    panic!("{}", missing)
+}
+
+/// On a parameter taken by value after a first one that is a reference:
+/// panics with `why` ("move it to the front") when this is the message.
+#[track_caller]
+pub const fn check_message_after_ref(
+    referent: Option<MessageKind>,
+    this: Option<MessageKind>,
+    why: &str,
+) {
+    if referent.is_none() && this.is_some() {
+        panic!("{}", why)
+    }
+}
+
 /// The state among a command or query handler's parameters (checked by
 /// [`check_param`] to be at most one, and by [`check_has_state`] to be there).
 pub const fn state_of(slots: &[Slot]) -> fn() -> StateInfo {
@@ -464,7 +639,7 @@ pub const fn state_of(slots: &[Slot]) -> fn() -> StateInfo {
         match slots[i] {
             Slot::State(info, _) => return info,
             Slot::Refused => return refused,
-            Slot::CommandContext | Slot::EventContext => {}
+            Slot::CommandContext | Slot::EventContext | Slot::Message(_) => {}
         }
         i += 1;
     }

@@ -1,8 +1,11 @@
-// Known weak spot: a serde derive written ABOVE the catga attribute runs
-// first (rustc hands catga the item without it) and, without
-// `#[serde(crate = "catga::serde")]`, fails with "can't find crate for `serde`"
-// (one per derived trait). No trace of it reaches catga (it reads no source
-// file), so these E0463 errors, serde's own, are all the user sees.
+// Known weak spot, documented instead (catga/docs/command.md, "Do not derive
+// Serialize or Deserialize"): a serde derive written ABOVE the catga attribute
+// runs first, and rustc hands catga the item without it; no attribute macro
+// sees what was written above it, and catga reads no source file, so there is
+// no token-level way to tell. The derive fails on its own, with serde's
+// "can't find crate for `serde`", once per derived trait. (With
+// `#[serde(crate = "catga::serde")]` the leftover helper attribute gives it
+// away: one error from catga, see derive_serde_before_command_with_crate.rs.)
 
 use catga::prelude::*;
 
