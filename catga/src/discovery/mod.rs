@@ -59,6 +59,7 @@ use serde::{Deserialize, Serialize};
 
 pub use crate::error::DiscoveryError;
 /// A boxed error from a store client (redis-rs, async-nats).
+#[cfg(any(feature = "redis", feature = "nats"))]
 pub(crate) use crate::error::discovery::BoxError;
 pub use heartbeat::HeartbeatService;
 pub use memory::{MemoryDiscovery, MemoryStore};
