@@ -5,11 +5,14 @@
 //!
 //! ```text
 //! cargo run --release --example http_bench -- [--service PATH] [--connections 64,1]
-//!     [--seconds D] [--via-follower] [--tls] [--get PATH]
+//!     [--seconds D] [--via-follower] [--tls] [--get PATH] [--one-process]
 //! ```
 //!
 //! `--get /health` sends `GET /health` instead of the writes: the door's own
 //! round trip, without Raft (the figures still say `writes`).
+//! `--one-process` runs the three nodes in one process (`http_service
+//! --nodes-in-one`, this branch on), as `bench` does: the door's cost apart
+//! from the cost of three processes.
 //!
 //! `--service` defaults to the `http_service` beside this binary; any
 //! build of it whose `--node` command line matches works, so one generator
@@ -45,10 +48,13 @@ struct Args {
     /// `GET` this path instead of the writes (e.g. `/health`: the door's
     /// own round trip, no Raft).
     get: Option<String>,
+    /// The three nodes in one process (`http_service --nodes-in-one`), as
+    /// in `bench`: what the door costs apart from the process layout.
+    one_process: bool,
 }
 
 const USAGE: &str = "usage: http_bench [--service PATH] [--connections N[,N...]] [--seconds D] \
-                     [--via-follower] [--tls] [--get PATH]";
+                     [--via-follower] [--tls] [--get PATH] [--one-process]";
 
 fn parse_args() -> Result<Args, String> {
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
@@ -59,6 +65,7 @@ fn parse_args() -> Result<Args, String> {
         via_follower: false,
         tls: false,
         get: None,
+        one_process: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -82,6 +89,7 @@ fn parse_args() -> Result<Args, String> {
             }
             "--via-follower" => a.via_follower = true,
             "--tls" => a.tls = true,
+            "--one-process" => a.one_process = true,
             "--get" => a.get = Some(it.next().ok_or("--get takes a path")?),
             "--help" | "-h" => return Err(USAGE.into()),
             other => return Err(format!("unknown argument `{other}`; {USAGE}")),
@@ -203,7 +211,22 @@ async fn launch(a: &Args, dir: &std::path::Path) -> Result<(Cluster, usize), Str
     if a.tls {
         write_dev_certs(&tls, 1..=3)?;
     }
-    for i in 0..3usize {
+    if a.one_process {
+        // one process, three nodes (`http_service --nodes-in-one ...`)
+        let mut cmd = Command::new(&a.service);
+        cmd.arg("--nodes-in-one")
+            .arg(http.join(","))
+            .arg(raft.join(","))
+            .arg(dir);
+        let child = cmd
+            .env("RUST_LOG", "error")
+            .env_remove("CATGA_ADMIN_TOKEN")
+            .stdin(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("cannot start {}: {e}", a.service.display()))?;
+        cluster.children.push(child);
+    }
+    for i in (0..3usize).filter(|_| !a.one_process) {
         let mut cmd = Command::new(&a.service);
         cmd.arg("--node")
             .arg((i + 1).to_string())
@@ -352,7 +375,8 @@ async fn run(a: Args) -> Result<(), String> {
     }
     drop(c);
     for &conns in &a.connections {
-        let p = phase(&addr, conns, a.seconds, &pids, target - 1, a.get.as_deref()).await?;
+        let own = if a.one_process { 0 } else { target - 1 };
+        let p = phase(&addr, conns, a.seconds, &pids, own, a.get.as_deref()).await?;
         let n = p.latencies.len() as u64;
         let pct = |q: f64| {
             p.latencies
