@@ -19,6 +19,8 @@
 //!
 //! Load over real HTTP from another process (the nodes are children):
 //! `cargo run --release --example http_service -- --bench --connections 64 --seconds 10 [--via-follower]`
+//! (reqwest, TLS between the nodes); `examples/http_bench` is the leaner
+//! generator the benchmarks guide uses.
 //!
 //! One node by hand:
 //!
@@ -422,6 +424,41 @@ async fn bench(mut args: impl Iterator<Item = String>) -> Result<String, String>
     ))
 }
 
+/// `--nodes-in-one HTTP1,HTTP2,HTTP3 RAFT1,RAFT2,RAFT3 DIR`: the three
+/// nodes of the cluster in this one process (plain TCP between them), as
+/// `examples/bench` runs them: `http_bench --one-process` measures the HTTP
+/// door apart from the cost of three processes.
+fn nodes_in_one(mut args: impl Iterator<Item = String>) -> Result<Vec<NodeArgs>, String> {
+    let mut list = || -> Result<Vec<String>, String> {
+        let v: Vec<String> = args
+            .next()
+            .ok_or("missing an address list")?
+            .split(',')
+            .map(String::from)
+            .collect();
+        if v.len() == 3 {
+            Ok(v)
+        } else {
+            Err("three addresses, comma-separated".into())
+        }
+    };
+    let (http, raft) = (list()?, list()?);
+    let dir = args.next().ok_or("missing the data directory")?;
+    Ok((0..3)
+        .map(|i| NodeArgs {
+            id: i as u64 + 1,
+            http: http[i].clone(),
+            raft: raft[i].clone(),
+            peers: (0..3)
+                .filter(|j| *j != i)
+                .map(|j| (j as u64 + 1, raft[j].clone()))
+                .collect(),
+            data_dir: format!("{dir}/node-{}", i + 1),
+            tls: None,
+        })
+        .collect())
+}
+
 fn main() -> ExitCode {
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
@@ -446,6 +483,26 @@ fn main() -> ExitCode {
             Err(e) => {
                 println!("http bench FAILED: {e}");
                 ExitCode::FAILURE
+            }
+        };
+    }
+    if args.peek().map(String::as_str) == Some("--nodes-in-one") {
+        args.next();
+        return match nodes_in_one(args) {
+            Ok(nodes) => match rt.block_on(futures::future::try_join_all(
+                nodes.into_iter().map(run_node),
+            )) {
+                Ok(_) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("node: {e}");
+                    ExitCode::FAILURE
+                }
+            },
+            Err(e) => {
+                eprintln!(
+                    "usage: http_service --nodes-in-one HTTP1,HTTP2,HTTP3 RAFT1,RAFT2,RAFT3 DIR: {e}"
+                );
+                ExitCode::from(2)
             }
         };
     }

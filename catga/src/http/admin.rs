@@ -194,9 +194,8 @@ async fn guard(State(h): State<Http>, req: Request, next: Next) -> Response {
             }
         },
     };
-    if let Ok(v) = HeaderValue::from_str(&h.node.id().to_string()) {
-        resp.headers_mut().insert("x-catga-node", v);
-    }
+    resp.headers_mut()
+        .insert("x-catga-node", h.node_header.clone());
     resp
 }
 

@@ -10,11 +10,9 @@
 use serde::Serialize;
 use serde::ser::{self, Impossible};
 
-/// `Some(Ok(v))` / `Some(Err(e))` (as JSON) when `value` serializes as a
-/// `Result`, else `None`.
-pub(super) fn as_result<T: Serialize + ?Sized>(
-    value: &T,
-) -> Option<Result<serde_json::Value, serde_json::Value>> {
+/// `Some(Ok(v))` / `Some(Err(e))` (the payload encoded as JSON, straight
+/// into bytes) when `value` serializes as a `Result`, else `None`.
+pub(super) fn as_result<T: Serialize + ?Sized>(value: &T) -> Option<Result<Vec<u8>, Vec<u8>>> {
     value.serialize(Probe).ok()
 }
 
@@ -38,7 +36,7 @@ impl ser::Error for NotResult {
 
 struct Probe;
 
-type Answer = Result<serde_json::Value, serde_json::Value>;
+type Answer = Result<Vec<u8>, Vec<u8>>;
 
 macro_rules! refuse {
     ($($name:ident($($t:ty),*)),* $(,)?) => {$(
@@ -102,7 +100,7 @@ impl ser::Serializer for Probe {
         if name != "Result" {
             return Err(NotResult);
         }
-        let inner = serde_json::to_value(value).map_err(|_| NotResult)?;
+        let inner = serde_json::to_vec(value).map_err(|_| NotResult)?;
         match variant {
             "Ok" => Ok(Ok(inner)),
             "Err" => Ok(Err(inner)),
@@ -177,12 +175,13 @@ mod tests {
 
     #[test]
     fn only_a_result_is_taken_apart() {
+        let json = |v: serde_json::Value| serde_json::to_vec(&v).unwrap();
         let ok: Result<u32, String> = Ok(3);
-        assert_eq!(as_result(&ok), Some(Ok(json!(3))));
+        assert_eq!(as_result(&ok), Some(Ok(json(json!(3)))));
         let err: Result<u32, String> = Err("out of stock".into());
-        assert_eq!(as_result(&err), Some(Err(json!("out of stock"))));
+        assert_eq!(as_result(&err), Some(Err(json(json!("out of stock")))));
         let nested: Result<Option<Vec<u8>>, ()> = Ok(Some(vec![1]));
-        assert_eq!(as_result(&nested), Some(Ok(json!([1]))));
+        assert_eq!(as_result(&nested), Some(Ok(json(json!([1])))));
         // answers that look like a result in JSON are not one
         assert_eq!(as_result(&LooksLikeOne { err: 1 }), None);
         assert_eq!(as_result(&Outcome::Err(1)), None);

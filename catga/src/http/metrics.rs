@@ -1,9 +1,10 @@
 //! Prometheus metrics of the HTTP layer and the node's Raft view, in the
 //! OpenMetrics text format (`prometheus-client`).
 
+use std::collections::HashMap;
 use std::time::Duration;
 
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock};
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -42,7 +43,13 @@ pub(super) struct Metrics {
     discovery: Family<Labels, Counter>,
     /// The node's counts at the last render (counters move by the delta).
     last: Mutex<Counts>,
+    /// The request counter and latency histogram of each (message, kind,
+    /// status) seen, found by the `'static` names: the families' own
+    /// lookup takes labels of owned strings, five allocations a request.
+    handles: RwLock<HashMap<RequestKey, (Counter, Histogram)>>,
 }
+
+type RequestKey = (&'static str, &'static str, u16);
 
 impl std::fmt::Debug for Metrics {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -72,6 +79,7 @@ impl Metrics {
             panics: Counter::default(),
             discovery: Family::default(),
             last: Mutex::new(Counts::default()),
+            handles: RwLock::new(HashMap::new()),
         };
         {
             let mut r = m.registry.lock();
@@ -159,20 +167,39 @@ impl Metrics {
         m
     }
 
-    pub(super) fn request(&self, message: &str, kind: &str, status: u16, took: Duration) {
-        let labels = vec![
-            ("message".to_string(), message.to_string()),
-            ("kind".to_string(), kind.to_string()),
-            ("status".to_string(), status.to_string()),
-        ];
-        self.requests.get_or_create(&labels).inc();
-        let labels = vec![
-            ("message".to_string(), message.to_string()),
-            ("kind".to_string(), kind.to_string()),
-        ];
-        self.latency
-            .get_or_create(&labels)
-            .observe(took.as_secs_f64());
+    pub(super) fn request(
+        &self,
+        message: &'static str,
+        kind: &'static str,
+        status: u16,
+        took: Duration,
+    ) {
+        let key = (message, kind, status);
+        let found = self.handles.read().get(&key).cloned();
+        let (count, latency) = match found {
+            Some(handles) => handles,
+            None => {
+                let handles = (
+                    self.requests
+                        .get_or_create(&vec![
+                            ("message".to_string(), message.to_string()),
+                            ("kind".to_string(), kind.to_string()),
+                            ("status".to_string(), status.to_string()),
+                        ])
+                        .clone(),
+                    self.latency
+                        .get_or_create(&vec![
+                            ("message".to_string(), message.to_string()),
+                            ("kind".to_string(), kind.to_string()),
+                        ])
+                        .clone(),
+                );
+                self.handles.write().insert(key, handles.clone());
+                handles
+            }
+        };
+        count.inc();
+        latency.observe(took.as_secs_f64());
     }
 
     /// The text exposition, with the Raft gauges read from `h` now.

@@ -62,7 +62,7 @@ use std::time::Instant;
 
 pub use axum;
 use axum::body::{Body, Bytes};
-use axum::extract::{RawQuery, State};
+use axum::extract::{RawQuery, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, get, post};
@@ -129,6 +129,8 @@ pub const MAX_BODY: usize = 1 << 20;
 #[derive(Clone, Debug)]
 pub struct Http {
     node: Node,
+    /// `x-catga-node` of every response: this node's id, encoded once.
+    node_header: HeaderValue,
     metrics: Arc<Metrics>,
     /// The admin routes' credentials; `None`: no admin routes.
     admin: Option<Arc<Admin>>,
@@ -138,6 +140,7 @@ impl Http {
     /// Routes over `node`.
     pub fn new(node: Node) -> Http {
         Http {
+            node_header: HeaderValue::from(node.id()),
             node,
             metrics: Arc::new(Metrics::new()),
             admin: None,
@@ -192,30 +195,32 @@ where
     M: Handled + Command,
     M::Output: Serialize,
 {
-    post(
-        |State(h): State<Http>, headers: HeaderMap, body: Body| async move {
-            let started = Instant::now();
-            let span = span::<M>(&h, "command");
-            let resp = async {
-                let msg: M = match read_json(&headers, body).await {
-                    Ok(m) => m,
-                    Err(r) => return r,
-                };
-                let sent = match idempotency_key(&headers) {
-                    Ok(Some(key)) => h.node.send_keyed(key, msg).await,
-                    Ok(None) => h.node.send(msg).await,
-                    Err(r) => return r,
-                };
-                match sent {
-                    Ok(out) => output::<M>(&out),
-                    Err(e) => error_response(&e, true),
-                }
+    // `Request`, not the `HeaderMap` extractor: that one clones the headers
+    post(|State(h): State<Http>, req: Request| async move {
+        let started = Instant::now();
+        let span = span::<M>(&h, "command");
+        let resp = async {
+            let (parts, body) = req.into_parts();
+            let msg: M = match read_json(&parts.headers, body).await {
+                Ok(m) => m,
+                Err(r) => return r,
+            };
+            let sent = match idempotency_key(&parts.headers) {
+                // boxed: `send_keyed`'s future is large, and would
+                // make every request's future as large (see read_body)
+                Ok(Some(key)) => Box::pin(h.node.send_keyed(key, msg)).await,
+                Ok(None) => h.node.send(msg).await,
+                Err(r) => return r,
+            };
+            match sent {
+                Ok(out) => output::<M>(&out),
+                Err(e) => error_response(&e, true),
             }
-            .instrument(span)
-            .await;
-            h.finish::<M>("command", started, resp)
-        },
-    )
+        }
+        .instrument(span)
+        .await;
+        h.finish::<M>("command", started, resp)
+    })
 }
 
 /// A route for the query `M`: `GET` with the query's fields in the query
@@ -254,12 +259,11 @@ where
         });
         run::<M>(h, msg).await
     })
-    .post(
-        |State(h): State<Http>, headers: HeaderMap, body: Body| async move {
-            let msg = read_json::<M>(&headers, body).await;
-            run::<M>(h, msg).await
-        },
-    )
+    .post(|State(h): State<Http>, req: Request| async move {
+        let (parts, body) = req.into_parts();
+        let msg = read_json::<M>(&parts.headers, body).await;
+        run::<M>(h, msg).await
+    })
 }
 
 impl Http {
@@ -271,22 +275,29 @@ impl Http {
     ) -> Response {
         self.metrics
             .request(M::NAME, kind, resp.status().as_u16(), started.elapsed());
-        if let Ok(v) = HeaderValue::from_str(&self.node.id().to_string()) {
-            resp.headers_mut().insert("x-catga-node", v);
-        }
+        resp.headers_mut()
+            .insert("x-catga-node", self.node_header.clone());
         resp
     }
 }
 
+/// The request's span. Whether a command is forwarded is read from the
+/// node's health only when the span is recorded: `health()` reads
+/// openraft's metrics under their lock, takes four others and allocates,
+/// for a field nobody sees when the span is off.
 fn span<M: Handled>(h: &Http, kind: &'static str) -> tracing::Span {
-    let health = h.node.health();
-    tracing::info_span!(
+    let span = tracing::info_span!(
         "catga.http",
         message = M::NAME,
         kind,
-        node = health.node_id,
-        forwarded = kind == "command" && health.role != Role::Leader,
-    )
+        node = h.node.id(),
+        forwarded = tracing::field::Empty,
+    );
+    if !span.is_disabled() {
+        let forwarded = kind == "command" && h.node.health().role != Role::Leader;
+        span.record("forwarded", forwarded);
+    }
+    span
 }
 
 /// The `Idempotency-Key` header, if any: a retry with the same key, on any
@@ -330,7 +341,6 @@ enum BodyError {
 /// `Content-Length`, or by what arrives) is read on and dropped, up to
 /// [`DRAIN_MAX`] bytes and [`DRAIN_TIME`].
 async fn read_body(headers: &HeaderMap, body: Body) -> Result<Bytes, BodyError> {
-    use futures::StreamExt;
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -344,6 +354,15 @@ async fn read_body(headers: &HeaderMap, body: Body) -> Result<Bytes, BodyError> 
             .await
             .map_err(|e| BodyError::Broken(e.to_string()));
     }
+    // boxed: its timer and stream would otherwise sit in every request's
+    // future, which axum moves into a box of its own (a memcpy of the whole
+    // future per request)
+    Box::pin(read_body_unsized(declared, body)).await
+}
+
+/// [`read_body`] of a body without a `Content-Length`, or an oversized one.
+async fn read_body_unsized(declared: Option<usize>, body: Body) -> Result<Bytes, BodyError> {
+    use futures::StreamExt;
     let mut stream = body.into_data_stream();
     let mut kept = Vec::new();
     let mut seen = 0usize;
@@ -408,7 +427,8 @@ async fn read_json<M: DeserializeOwned + Handled>(
 }
 
 /// A handler's output as a response: `Err` of a `Result` is the handler's
-/// typed error (422), anything else is the answer (200).
+/// typed error (422), anything else is the answer (200). Encoded once,
+/// straight into the body (no `serde_json::Value` in between).
 fn output<M: Handled>(out: &M::Output) -> Response
 where
     M::Output: Serialize,
@@ -416,20 +436,30 @@ where
     // serde encodes a `Result` as {"Ok": v} or {"Err": e}; only a real
     // `Result` output is unwrapped (not a user type that looks like one)
     match answer::as_result(out) {
-        Some(Ok(ok)) => return (StatusCode::OK, Json(ok)).into_response(),
-        Some(Err(err)) => return (StatusCode::UNPROCESSABLE_ENTITY, Json(err)).into_response(),
+        Some(Ok(ok)) => return json_body(StatusCode::OK, ok),
+        Some(Err(err)) => return json_body(StatusCode::UNPROCESSABLE_ENTITY, err),
         None => {}
     }
-    let value = match serde_json::to_value(out) {
-        Ok(v) => v,
-        Err(e) => {
-            return problem(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!("the answer of `{}` does not encode as JSON: {e}", M::NAME),
-            );
-        }
-    };
-    (StatusCode::OK, Json(value)).into_response()
+    match serde_json::to_vec(out) {
+        Ok(body) => json_body(StatusCode::OK, body),
+        Err(e) => problem(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("the answer of `{}` does not encode as JSON: {e}", M::NAME),
+        ),
+    }
+}
+
+/// A response of JSON encoded already.
+fn json_body(status: StatusCode, body: Vec<u8>) -> Response {
+    (
+        status,
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        body,
+    )
+        .into_response()
 }
 
 #[derive(Serialize)]
