@@ -105,7 +105,8 @@ impl ClusterBuilder {
     }
 
     /// Listens on an already bound socket (tests bind port 0 first to learn
-    /// every node's address before starting any).
+    /// every node's address before starting any). Instead of
+    /// [`listen`](Self::listen): giving both is a start-up error.
     pub fn listener(mut self, listener: std::net::TcpListener) -> Self {
         self.listener = Some(listener);
         self
@@ -318,6 +319,11 @@ impl ClusterBuilder {
     /// registers the node, renews its registration (reporting its in-flight requests as
     /// its load) and bootstraps a new cluster, joins the running one, or
     /// resumes from the data dir. Cannot be combined with `peer(..)`.
+    ///
+    /// The settings below it (`cluster_name`, `bootstrap_expect`,
+    /// `remove_dead_after`, `remove_learners_after`, `discovery_timings`)
+    /// only apply with discovery: without it, `start()` refuses them
+    /// (`Error::Config` naming the setting) instead of ignoring them.
     ///
     /// ```no_run
     /// # #[cfg(feature = "redis")]
