@@ -35,10 +35,52 @@ fn binary(name: &str) -> PathBuf {
     dir.join(name)
 }
 
-/// A free port on 127.0.0.1 (bound, then released for the child to take).
+/// A free address on 127.0.0.1 for a child process to listen on (see
+/// [`free_port`]).
 pub fn free_addr() -> String {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr").to_string()
+    format!("127.0.0.1:{}", free_port())
+}
+
+/// A port on 127.0.0.1 that nothing listens on, for a child process to
+/// bind later. Not port 0's pick: a port from the kernel's ephemeral range
+/// (`ip_local_port_range`, 32768-60999 here), once released, can be taken
+/// as the source port of any outgoing connection before the child binds
+/// it (seen: "cannot listen on 127.0.0.1:46579: Address already in use" in
+/// a process test). So: a random port below that range, never handed out
+/// twice by this process, and checked to be bindable now.
+pub fn free_port() -> u16 {
+    use std::collections::HashSet;
+    use std::sync::{Mutex, OnceLock};
+    /// The ports handed out, and a xorshift state (seeded per process, so
+    /// two test binaries start at different places).
+    static GIVEN: OnceLock<Mutex<(HashSet<u16>, u64)>> = OnceLock::new();
+    const LOW: u16 = 20_000;
+    const HIGH: u16 = 32_000;
+    let mut guard = GIVEN
+        .get_or_init(|| {
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.subsec_nanos() as u64);
+            let seed = (nanos ^ (u64::from(std::process::id()) << 32)) | 1;
+            Mutex::new((HashSet::new(), seed))
+        })
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    let (given, state) = &mut *guard;
+    for _ in 0..10_000 {
+        *state ^= *state << 13;
+        *state ^= *state >> 7;
+        *state ^= *state << 17;
+        let port = LOW + (*state % u64::from(HIGH - LOW)) as u16;
+        if given.contains(&port) {
+            continue;
+        }
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            given.insert(port);
+            return port;
+        }
+    }
+    panic!("no free port in {LOW}..{HIGH} on 127.0.0.1")
 }
 
 type Waiters = Arc<std::sync::Mutex<HashMap<u64, oneshot::Sender<String>>>>;

@@ -6,7 +6,7 @@
 //! killed when the guard drops). Only the binaries are needed on PATH
 //! (Debian packages `redis-server` and `nats-server`); no service has to run.
 
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Mutex, Once, OnceLock, mpsc};
@@ -144,12 +144,7 @@ pub struct ServerProcess {
     child: Option<Child>,
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("no free port")
-}
+use crate::process::free_port;
 
 impl ServerProcess {
     /// A `redis-server` with an append-only file (fsync always) in a temp

@@ -134,10 +134,8 @@ async fn detection_times_are_printed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_store_at_start_is_a_clear_error_naming_the_url() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port");
+    // no one listens there, and no other test is handed it
+    let port = catga_tests::process::free_port();
     let dead = format!("nats://127.0.0.1:{port}");
     let mut options = NatsOptions::new(&dead);
     options.connect_timeout = Duration::from_secs(1);

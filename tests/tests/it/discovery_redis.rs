@@ -156,12 +156,7 @@ async fn an_unreachable_store_at_start_is_a_clear_error_naming_the_url() {
     assert!(std::error::Error::source(&err).is_some());
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
+use catga_tests::process::free_port;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_foreign_and_huge_entries_are_skipped() {
