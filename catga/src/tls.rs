@@ -349,9 +349,11 @@ mod dev {
     /// production use your own CA.
     ///
     /// ```
-    /// let ca = catga::tls::DevCa::new().unwrap();
-    /// let node1 = ca.tls_config(1).unwrap();
+    /// # fn main() -> catga::Result<()> {
+    /// let ca = catga::tls::DevCa::new()?;
+    /// let node1 = ca.tls_config(1)?;
     /// # drop(node1);
+    /// # Ok(()) }
     /// ```
     pub struct DevCa {
         issuer: CertifiedIssuer<'static, KeyPair>,

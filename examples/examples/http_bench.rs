@@ -256,6 +256,8 @@ async fn launch(a: &Args, dir: &std::path::Path) -> Result<(Cluster, usize), Str
     let mut leader = None;
     for addr in &http {
         let deadline = Instant::now() + Duration::from_secs(30);
+        // the processes are starting: asked again after a doubling pause
+        let mut pause = Duration::from_millis(5);
         loop {
             let answer = async {
                 let mut c = Conn::open(addr).await.ok()?;
@@ -270,7 +272,8 @@ async fn launch(a: &Args, dir: &std::path::Path) -> Result<(Cluster, usize), Str
             if Instant::now() > deadline {
                 return Err(format!("node at {addr} not ready within 30 s"));
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(200));
         }
     }
     let leader = leader.ok_or("no leader")?;
@@ -367,11 +370,14 @@ async fn run(a: Args) -> Result<(), String> {
     let mut c = Conn::open(&addr).await.map_err(|e| e.to_string())?;
     let warm = post("/restock", r#"{"sku":"warm-up","qty":1}"#);
     let deadline = Instant::now() + Duration::from_secs(10);
+    let mut pause = Duration::from_millis(5);
     while c.call(&warm).await.map_err(|e| e.to_string())?.0 != 200 {
         if Instant::now() > deadline {
             return Err("the leader took no write within 10 s".into());
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        // a refused write (no leader yet): again after a doubling pause
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(200));
     }
     drop(c);
     for &conns in &a.connections {

@@ -294,6 +294,9 @@ async fn certificates_rotate_under_load_without_a_failed_write() {
                 "node {} still serves its old certificate",
                 i + 1
             );
+            // not a wait for a condition: each attempt is the new
+            // connection that makes the node look at its files (at most
+            // once a second), so the attempts are paced, until the deadline
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }

@@ -33,28 +33,12 @@ impl RaftHandle {
     }
 
     /// Sends `rpc` to the leader (or runs `local` when this node leads),
-    /// retrying through leader changes until `timeout`. `refused` makes
+    /// retrying through leader changes until `timeout`, in attempts of up
+    /// to `attempt` each ([`ATTEMPT_TIMEOUT`] for all but `add_node`).
+    /// `refused` makes
     /// the error of a definite refusal by the leader (it differs per call:
     /// a membership change, a quarantine, a write).
     async fn route<T, L, F, R, G>(
-        &self,
-        timeout: Duration,
-        refused: fn(String) -> Error,
-        remote: R,
-        local: L,
-    ) -> Result<T>
-    where
-        L: Fn(Raft) -> F,
-        F: Future<Output = Redirect<T>>,
-        R: Fn(u64, String, Duration) -> G,
-        G: Future<Output = Redirect<T>>,
-    {
-        self.route_attempts(timeout, ATTEMPT_TIMEOUT, refused, remote, local)
-            .await
-    }
-
-    /// [`Self::route`] with attempts of up to `attempt` each.
-    async fn route_attempts<T, L, F, R, G>(
         &self,
         timeout: Duration,
         attempt: Duration,
@@ -236,6 +220,7 @@ impl RaftHandle {
     ) -> Result<Applied> {
         self.route(
             timeout,
+            ATTEMPT_TIMEOUT,
             // `client_write` refuses only to forward (handled); anything
             // else is the leader's Raft failing
             |e| Error::Raft(format!("the leader could not take the write: {e}")),
@@ -270,6 +255,7 @@ impl RaftHandle {
         let read_id = self
             .route(
                 timeout,
+                ATTEMPT_TIMEOUT,
                 |e| Error::Raft(format!("the leader could not serve a read index: {e}")),
                 |l, addr, ttl| self.call_leader(l, addr, Rpc::ReadIndex, ttl),
                 |raft| async move { leader::read_index(&raft).await },
@@ -292,7 +278,7 @@ impl RaftHandle {
     pub(crate) async fn add_node(&self, id: u64, addr: String, timeout: Duration) -> Result<()> {
         // one attempt lasts as long as the new node progresses (the
         // leader gives up on one that does not)
-        self.route_attempts(
+        self.route(
             timeout,
             timeout,
             Error::Membership,
@@ -320,6 +306,7 @@ impl RaftHandle {
     pub(crate) async fn remove_node(&self, id: u64, timeout: Duration) -> Result<()> {
         self.route(
             timeout,
+            ATTEMPT_TIMEOUT,
             Error::Membership,
             |l, a, ttl| self.call_leader(l, a, Rpc::RemoveNode { id }, ttl),
             |raft| async move { leader::remove_node(&raft, id, self.voters).await },
@@ -335,6 +322,7 @@ impl RaftHandle {
         let id = self.id;
         self.route(
             timeout,
+            ATTEMPT_TIMEOUT,
             Error::Quarantine,
             |l, a, ttl| self.call_leader(l, a, Rpc::Quarantine { index }, ttl),
             |raft| {
