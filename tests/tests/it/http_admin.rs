@@ -115,15 +115,39 @@ async fn admin(
 
 /// Waits until every node in `nodes` sees exactly `voters` as voters.
 async fn wait_voters(nodes: &[&catga::Node], voters: &[u64]) {
+    wait_views(
+        nodes,
+        |h| h.members == voters,
+        &format!("voters {voters:?}"),
+    )
+    .await
+}
+
+/// Waits until every one of `nodes` sees exactly these voters and learners.
+async fn wait_membership(nodes: &[&catga::Node], voters: &[u64], learners: &[u64]) {
+    wait_views(
+        nodes,
+        |h| h.members == voters && h.learners == learners,
+        &format!("voters {voters:?} and learners {learners:?}"),
+    )
+    .await
+}
+
+/// Waits until `ok` holds for every one of `nodes`' health.
+async fn wait_views(nodes: &[&catga::Node], ok: impl Fn(&catga::Health) -> bool, what: &str) {
     let deadline = tokio::time::Instant::now() + T;
     loop {
-        let views: Vec<Vec<u64>> = nodes.iter().map(|n| n.health().members).collect();
-        if views.iter().all(|v| v == voters) {
+        let views: Vec<catga::Health> = nodes.iter().map(|n| n.health()).collect();
+        if views.iter().all(&ok) {
             return;
         }
+        let seen: Vec<(Vec<u64>, Vec<u64>)> = views
+            .iter()
+            .map(|h| (h.members.clone(), h.learners.clone()))
+            .collect();
         assert!(
             tokio::time::Instant::now() < deadline,
-            "wanted voters {voters:?} everywhere, saw {views:?}"
+            "wanted {what} everywhere, saw (voters, learners) {seen:?}"
         );
         let waits = nodes
             .iter()
@@ -366,9 +390,10 @@ async fn members_show_api_addrs_and_nodes_are_removed_and_leave_through_the_admi
         r.json::<Value>().await.expect("json"),
         json!({"removed": gone})
     );
-    // two voters would be even: the other follower becomes a learner
-    wait_voters(&[c.node(leader), c.node(via)], &[leader]).await;
-    assert_eq!(c.node(leader).health().learners, vec![via]);
+    // two voters would be even: the other follower becomes a learner; the
+    // removal is a second change after that one: both nodes must have seen
+    // it before `via` is asked for its list
+    wait_membership(&[c.node(leader), c.node(via)], &[leader], &[via]).await;
     let members: Vec<Value> = admin(
         &client,
         reqwest::Method::GET,
