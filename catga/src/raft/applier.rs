@@ -1,6 +1,13 @@
-//! Where command handlers run: one long-lived thread per node with a large
-//! stack, so deep recursion in a handler (or in decoding deeply nested user
-//! data) does not overflow a 2 MiB async worker stack and abort the process.
+//! Where command handlers run: on a large stack (256 MiB, reserved, its
+//! pages committed only as a handler really goes that deep), so deep
+//! recursion in a handler (or in decoding deeply nested user data) does
+//! not overflow a 2 MiB async worker stack and abort the process. The
+//! calling worker switches to the node's apply stack for the batch
+//! (`raft/stack.rs`), without handing it to another thread; once a batch
+//! has taken long (a handler that computes for milliseconds), batches go
+//! to a dedicated apply thread with a stack of the same size for a while,
+//! so that slow handlers do not hold a runtime worker.
+//!
 //! And the marker that makes what cannot be guarded visible: before each
 //! entry is applied, "applying N ..." is written to `<data dir>/applying`;
 //! after each batch, "idle". A node that restarts and finds a marker knows
@@ -15,20 +22,33 @@
 use std::io::{self, Write as _};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
+use std::time::{Duration, Instant};
 
 use memmap2::MmapMut;
 
 use parking_lot::Mutex;
 
-/// The stack of the apply thread (reserved address space; pages are only
+use super::stack::BigStack;
+
+/// The apply stack's size (reserved address space; pages are only
 /// committed when a handler really goes that deep).
 const APPLY_STACK: usize = 256 << 20;
 
+/// A batch that takes this much CPU time sends the next ones to the apply
+/// thread for [`SLOW_FOR`], so that slow handlers do not hold a runtime
+/// worker (CPU time: a batch preempted on a busy machine is not slow).
+const SLOW_BATCH: Duration = Duration::from_millis(10);
+const SLOW_FOR: Duration = Duration::from_secs(10);
+
 type Job = Box<dyn FnOnce() + Send>;
 
-/// The apply thread.
+/// The apply stack, and the apply thread for slow handlers.
 pub(crate) struct Applier {
     jobs: Mutex<Option<mpsc::Sender<Job>>>,
+    /// `None` if it could not be mapped: every batch goes to the thread.
+    stack: Mutex<Option<BigStack>>,
+    /// Until when batches go to the thread (a recent batch was slow).
+    slow_until: std::sync::Arc<Mutex<Option<Instant>>>,
 }
 
 impl Applier {
@@ -42,19 +62,46 @@ impl Applier {
                     job();
                 }
             })?;
+        let stack = match BigStack::new(APPLY_STACK) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot map the apply stack: handlers run on the apply thread");
+                None
+            }
+        };
         Ok(Applier {
             jobs: Mutex::new(Some(tx)),
+            stack: Mutex::new(stack),
+            slow_until: Default::default(),
         })
     }
 
-    /// Runs `f` on the apply thread and waits for it without blocking the runtime.
+    /// Runs `f` on a large stack: here, on the node's apply stack, or on
+    /// the apply thread while handlers are slow (or the stack is in use),
+    /// waiting for it without blocking the runtime.
     pub(crate) async fn run<R: Send + 'static>(
         &self,
         f: impl FnOnce() -> R + Send + 'static,
     ) -> io::Result<R> {
+        let slow = self.slow_until.lock().is_some_and(|t| Instant::now() < t);
+        if !slow
+            && let Some(mut guard) = self.stack.try_lock()
+            && let Some(stack) = guard.as_mut()
+        {
+            let t = cpu_now();
+            // as on the thread: a panic outside the handlers' own guard
+            // (they catch theirs) fails the batch, not the runtime's task
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| stack.run(f)));
+            note(&self.slow_until, t);
+            return r.map_err(|_| io::Error::other("applying a batch panicked"));
+        }
         let (tx, rx) = tokio::sync::oneshot::channel();
+        let slow_until = self.slow_until.clone();
         let job: Job = Box::new(move || {
-            let _ = tx.send(f());
+            let t = cpu_now();
+            let r = f();
+            note(&slow_until, t);
+            let _ = tx.send(r);
         });
         let sent = match &*self.jobs.lock() {
             Some(jobs) => jobs.send(job).is_ok(),
@@ -70,6 +117,25 @@ impl Applier {
     /// Lets the thread end once its last job is done.
     pub(crate) fn stop(&self) {
         self.jobs.lock().take();
+    }
+}
+
+/// This thread's CPU time so far.
+fn cpu_now() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid out-pointer; this clock exists on every Linux
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+/// A batch that started at CPU time `t` (of this thread) just ended: a
+/// slow one sends the next batches to the thread for a while.
+fn note(slow_until: &Mutex<Option<Instant>>, t: Duration) {
+    if cpu_now().saturating_sub(t) >= SLOW_BATCH {
+        *slow_until.lock() = Some(Instant::now() + SLOW_FOR);
     }
 }
 
@@ -250,6 +316,34 @@ fn parse(bytes: &[u8]) -> Option<InProgress> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn thread_name() -> Option<String> {
+        std::thread::current().name().map(str::to_string)
+    }
+
+    #[tokio::test]
+    async fn batches_run_here_on_the_apply_stack_until_one_is_slow_then_on_the_thread() {
+        let a = Applier::start().unwrap();
+        let here = thread_name();
+        assert_eq!(a.run(thread_name).await.unwrap(), here);
+        // a batch that computes for longer than SLOW_BATCH (CPU time)
+        a.run(|| {
+            let t = cpu_now();
+            let mut x = 0u64;
+            while cpu_now() - t < SLOW_BATCH + Duration::from_millis(2) {
+                x = std::hint::black_box(x.wrapping_add(1));
+            }
+            x
+        })
+        .await
+        .unwrap();
+        // the next ones go to the apply thread (its stack is as large)
+        assert_eq!(
+            a.run(thread_name).await.unwrap().as_deref(),
+            Some("catga-apply")
+        );
+        a.stop();
+    }
 
     #[test]
     fn the_marker_tells_the_next_run_which_entry_was_in_progress() {

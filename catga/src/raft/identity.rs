@@ -497,31 +497,62 @@ impl PeerCheck for Identity {
 }
 
 /// Feeds every membership this node applied to
-/// [`Identity::observe_membership`], until Raft stops.
+/// [`Identity::observe_membership`], until Raft stops. It wakes on changes
+/// of the server metrics (memberships, roles: rare), and follows the
+/// applied index only while a membership waits to be applied, not on every
+/// write.
 pub(crate) async fn record_removals(raft: super::Raft, identity: std::sync::Arc<Identity>) {
     use openraft::async_runtime::WatchReceiver;
-    let mut rx = raft.metrics();
+    let mut server = raft.server_metrics();
     let mut done = None;
     loop {
-        let seen = {
-            let m = rx.borrow_watched();
-            let at = m.membership_config.log_id().map(|l| l.index);
-            let applied = m.last_applied.map(|l| l.index);
-            // only an applied membership is committed for good
-            (at <= applied && at != done).then(|| {
-                let mem = m.membership_config.membership();
-                let voters: BTreeSet<u64> = mem.voter_ids().collect();
-                let nodes: BTreeSet<u64> = mem.nodes().map(|(id, _)| *id).collect();
-                (at, voters, nodes)
-            })
+        let (at, voters, nodes) = {
+            let m = server.borrow_watched();
+            let mem = m.membership_config.membership();
+            let voters: BTreeSet<u64> = mem.voter_ids().collect();
+            let nodes: BTreeSet<u64> = mem.nodes().map(|(id, _)| *id).collect();
+            (m.membership_config.log_id().map(|l| l.index), voters, nodes)
         };
-        if let Some((at, voters, nodes)) = seen {
-            match identity.observe_membership(&voters, &nodes) {
-                Ok(()) => done = at,
-                Err(e) => tracing::warn!(error = %e, "cannot record a removed node; retrying"),
+        if at != done {
+            // only an applied membership is committed for good
+            let mut data = raft.data_metrics();
+            let applied = loop {
+                let applied = data.borrow_watched().last_applied.map(|l| l.index);
+                if at <= applied {
+                    break true;
+                }
+                let newer = server
+                    .borrow_watched()
+                    .membership_config
+                    .log_id()
+                    .map(|l| l.index);
+                if newer != at {
+                    // superseded before it was applied: look at the new one
+                    break false;
+                }
+                if data.changed().await.is_err() {
+                    return;
+                }
+            };
+            if applied {
+                match identity.observe_membership(&voters, &nodes) {
+                    Ok(()) => done = at,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot record a removed node; retrying");
+                        // retried on the next change of either metrics
+                        let _ = tokio::time::timeout(
+                            std::time::Duration::from_secs(1),
+                            server.changed(),
+                        )
+                        .await;
+                        continue;
+                    }
+                }
+            } else {
+                continue;
             }
         }
-        if rx.changed().await.is_err() {
+        if server.changed().await.is_err() {
             return;
         }
     }

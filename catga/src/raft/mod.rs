@@ -32,6 +32,7 @@ mod proptests;
 mod quiet;
 mod service;
 mod snapshot_file;
+mod stack;
 mod stall;
 mod state_machine;
 mod status;

@@ -49,6 +49,14 @@ pub(crate) struct Inner {
 pub(crate) struct Shared {
     pub inner: RwLock<Inner>,
     current: Mutex<Option<(Meta, SnapFile)>>,
+    /// Held while a snapshot file is written and made current (built here,
+    /// or installed from the leader): openraft builds in a task of its own,
+    /// which may run while a leader's snapshot is installed. Both write
+    /// the same temporary file and rename it over the same name; without
+    /// this, one renamed the other's file away (the install then failed
+    /// with ENOENT and stopped the node), or an older build could replace
+    /// a newer installed snapshot on disk.
+    files: Mutex<()>,
     pub(crate) dir: PathBuf,
     /// A received snapshot's machine, restored while checking it (see
     /// `service.rs`), so installing it does not decode it again.
@@ -118,6 +126,7 @@ impl SmStore {
                     membership,
                 }),
                 current: Mutex::new(current),
+                files: Mutex::new(()),
                 dir,
                 prepared: Mutex::new(None),
                 events,
@@ -178,6 +187,7 @@ impl RaftSnapshotBuilder<TC> for SmStore {
     async fn build_snapshot(&mut self) -> Result<SnapshotOf<TC, SnapFile>, io::Error> {
         let shared = self.shared.clone();
         let (meta, file) = tokio::task::spawn_blocking(move || {
+            let _files = shared.files.lock();
             // The state is encoded straight into the file, in a forked copy
             // of this process (writers wait only for the fork), else here
             // under the read lock (writers wait for the whole encoding).
@@ -199,6 +209,7 @@ impl RaftSnapshotBuilder<TC> for SmStore {
                         g.machine.snapshot_to(w)
                     })?;
                 if let Some(file) = written {
+                    *shared.current.lock() = Some((meta.clone(), file.clone()));
                     return Ok::<_, io::Error>((meta, file));
                 }
             }
@@ -206,7 +217,6 @@ impl RaftSnapshotBuilder<TC> for SmStore {
         })
         .await
         .map_err(other)??;
-        *self.shared.current.lock() = Some((meta.clone(), file.clone()));
         Ok(Snapshot {
             meta,
             snapshot: file,
@@ -312,19 +322,23 @@ impl RaftStateMachine<TC> for SmStore {
         // from the new snapshot, never from a state no file describes
         let shared = self.shared.clone();
         let m2 = meta.clone();
-        let file = tokio::task::spawn_blocking(move || {
-            snapshot_file::write_copy(&shared.dir, &snapshot, &m2, &events)
+        tokio::task::spawn_blocking(move || {
+            // the file, the state and `current` change together: a build
+            // waiting for the lock then sees the installed state
+            let _files = shared.files.lock();
+            let file = snapshot_file::write_copy(&shared.dir, &snapshot, &m2, &events)?;
+            let _ = std::fs::remove_file(shared.dir.join(snapshot_file::INCOMING));
+            {
+                let mut g = shared.inner.write();
+                g.machine = restored;
+                g.last_applied = m2.last_log_id;
+                g.membership = m2.last_membership.clone();
+            }
+            *shared.current.lock() = Some((m2, file));
+            Ok::<_, io::Error>(())
         })
         .await
         .map_err(other)??;
-        let _ = std::fs::remove_file(self.shared.dir.join(snapshot_file::INCOMING));
-        {
-            let mut g = self.shared.inner.write();
-            g.machine = restored;
-            g.last_applied = meta.last_log_id;
-            g.membership = meta.last_membership.clone();
-        }
-        *self.shared.current.lock() = Some((meta.clone(), file));
         self.shared.applied.send_replace(idx);
         self.shared.stall.snapshot_restored();
         // the leader's state covers the entry this node stopped before
@@ -464,4 +478,66 @@ fn apply_batch(shared: &Shared, items: Vec<EntryResponder<TC>>) -> Batch {
         let _ = shared.marker.idle();
     }
     Batch { done, stalled }
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::impls::leader_id_adv::LeaderId;
+
+    use super::*;
+
+    fn open_store(dir: &std::path::Path) -> SmStore {
+        let events = EventLog::open(dir).unwrap();
+        let log = LogStore::open(dir, 1 << 20).unwrap();
+        SmStore::open(dir.to_path_buf(), events, log).unwrap()
+    }
+
+    fn log_id(index: u64) -> LogId {
+        LogId::new(
+            LeaderId {
+                term: 1,
+                node_id: 1,
+            },
+            index,
+        )
+    }
+
+    /// openraft builds snapshots in a task of its own, so a build may run
+    /// while a leader's snapshot is installed: both succeed, and the
+    /// installed (newer) one is what stays, in memory and on disk. (Seen
+    /// failing in the fault test before the two were serialized: the
+    /// install's rename found its file renamed away, ENOENT, and the node
+    /// stopped.)
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_build_during_an_install_leaves_the_installed_snapshot() {
+        let src_dir = tempfile::tempdir().unwrap();
+        let mut src = open_store(src_dir.path());
+        src.shared.inner.write().last_applied = Some(log_id(500));
+        let newer = src.build_snapshot().await.unwrap();
+        for round in 1..=60u64 {
+            let dir = tempfile::tempdir().unwrap();
+            let sm = open_store(dir.path());
+            sm.shared.inner.write().last_applied = Some(log_id(round));
+            let (mut a, mut b) = (sm.clone(), sm.clone());
+            let build = tokio::spawn(async move { a.build_snapshot().await.map(|s| s.meta) });
+            let (meta, file) = (newer.meta.clone(), newer.snapshot.clone());
+            let install = tokio::spawn(async move { b.install_snapshot(&meta, file).await });
+            let built = build.await.unwrap().expect("the build succeeds");
+            install.await.unwrap().expect("the install succeeds");
+            // a build that ran first saw the old state; one that ran after, the new
+            assert!([Some(log_id(round)), Some(log_id(500))].contains(&built.last_log_id));
+            let current = sm
+                .shared
+                .current
+                .lock()
+                .as_ref()
+                .map(|(m, _)| m.last_log_id);
+            assert_eq!(current, Some(Some(log_id(500))), "round {round}: in memory");
+            let on_disk = snapshot_file::open(dir.path())
+                .unwrap()
+                .map(|l| l.meta.last_log_id);
+            assert_eq!(on_disk, Some(Some(log_id(500))), "round {round}: on disk");
+            sm.stop_applier();
+        }
+    }
 }

@@ -128,18 +128,8 @@ impl RaftHandle {
     /// Resolves when this node's Raft stops: with the failure, or `None`
     /// after a shutdown.
     pub(crate) async fn stopped(&self) -> Option<String> {
-        let mut metrics = self.raft.metrics();
-        loop {
-            {
-                let m = metrics.borrow_watched();
-                if m.running_state.is_err() {
-                    return failure_of(&m.running_state);
-                }
-            }
-            if metrics.changed().await.is_err() {
-                return self.failure();
-            }
-        }
+        core_ended(&self.raft).await;
+        failure_of(&self.raft.metrics().borrow_watched().running_state)
     }
 
     /// Waits until the metrics change or `max` passes (whichever first).
@@ -262,6 +252,24 @@ impl RaftHandle {
         bg.abort_all();
         while bg.join_next().await.is_some() {}
         self.log.close();
+    }
+}
+
+/// Resolves once `raft`'s core has ended (a failure or a shutdown). It
+/// watches the server metrics (role, leader, membership), which change
+/// rarely and whose channel closes when the core ends, not the full
+/// metrics: those are sent again with every write's progress, and a
+/// long-lived watcher of them (every node's `stopped()`, in every `main`)
+/// would be woken several times per write for nothing.
+pub(crate) async fn core_ended(raft: &Raft) {
+    let mut server = raft.server_metrics();
+    loop {
+        if raft.metrics().borrow_watched().running_state.is_err() {
+            return;
+        }
+        if server.changed().await.is_err() {
+            return;
+        }
     }
 }
 

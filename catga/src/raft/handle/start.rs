@@ -410,13 +410,8 @@ pub(crate) fn openraft_election(heartbeat: u64, min: u64, max: u64) -> (u64, u64
 
 /// Sets `failed` once Raft stops for a reason other than a shutdown.
 async fn watch_failure(raft: Raft, failed: Arc<AtomicBool>) {
-    let stopped = raft
-        .wait(None)
-        .metrics(|m| m.running_state.is_err(), "raft stops")
-        .await;
-    if let Ok(m) = stopped
-        && failure_of(&m.running_state).is_some()
-    {
+    super::core_ended(&raft).await;
+    if failure_of(&raft.metrics().borrow_watched().running_state).is_some() {
         failed.store(true, Ordering::Relaxed);
     }
 }
