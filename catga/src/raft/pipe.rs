@@ -157,8 +157,9 @@ async fn serve(
     let (input, requests) = mpsc::unbounded_channel::<Req>();
     let mut out = std::pin::pin!(raft.stream_append(stream_of(requests)));
     // Raft stopping (a shutdown, a storage failure) ends the lane too
-    let waiter = raft.wait(None);
-    let stopped = waiter.metrics(|m| m.running_state.is_err(), "raft stops");
+    // (watched on the server metrics: the full ones change with every
+    // append, and a watcher of them would be woken, and clone them, each time)
+    let stopped = super::handle::core_ended(&raft);
     let mut stopped = std::pin::pin!(stopped);
     // answers owed, in order: who asked, and what to note if it succeeds
     let mut owed: VecDeque<(oneshot::Sender<PipeReply>, u64, u64, Option<u64>)> = VecDeque::new();

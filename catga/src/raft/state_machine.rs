@@ -1,5 +1,5 @@
 //! The openraft state machine adapter around [`Machine`]: applies entries
-//! (on the apply thread, `raft/applier.rs`), keeps snapshots on disk, and
+//! (on the apply stack or thread, `raft/applier.rs`), keeps snapshots on disk, and
 //! hands each entry's events, in log order, to the event log
 //! (`raft/events.rs`) without ever waiting for their handlers.
 //!
@@ -33,7 +33,7 @@ use super::stall::Stall;
 use super::{LogId, TC};
 use crate::machine::{Applied, Machine, Quarantine};
 
-/// Most entries handed to the apply thread at once (those already read).
+/// Most entries applied as one batch (those already read).
 const APPLY_BATCH: usize = 512;
 
 pub(crate) type Meta = SnapshotMetaOf<TC>;
@@ -356,7 +356,7 @@ impl RaftStateMachine<TC> for SmStore {
     }
 }
 
-/// What the apply thread did with a batch.
+/// What applying a batch did.
 struct Batch {
     /// Applied entries, in log order, with their callers' responders.
     done: Vec<(u64, Applied, Option<ApplyResponder>)>,
@@ -376,7 +376,7 @@ struct Stalled {
 
 type ApplyResponder = openraft::storage::ApplyResponder<TC>;
 
-/// Applies a batch in log order, on the apply thread.
+/// Applies a batch in log order, on a large stack (`raft/applier.rs`).
 fn apply_batch(shared: &Shared, items: Vec<EntryResponder<TC>>) -> Batch {
     let mut done = Vec::with_capacity(items.len());
     let mut stalled = None;

@@ -131,7 +131,9 @@ impl RaftHandle {
 
     /// Resolves once this node knows a leader other than `l`.
     async fn leader_moved_from(&self, l: u64) -> u64 {
-        let mut rx = self.raft.metrics();
+        // the server metrics: they change with the leader, not with every
+        // write's progress (every forwarded write in flight waits here)
+        let mut rx = self.raft.server_metrics();
         loop {
             let now = rx.borrow_watched().current_leader;
             if let Some(n) = now.filter(|n| *n != l) {
@@ -195,14 +197,7 @@ impl RaftHandle {
         if *rx.borrow() >= index {
             return;
         }
-        let stopped = async {
-            let mut m = self.raft.metrics();
-            while m.borrow_watched().running_state.is_ok() {
-                if m.changed().await.is_err() {
-                    return;
-                }
-            }
-        };
+        let stopped = super::core_ended(&self.raft);
         tokio::select! {
             _ = rx.wait_for(|a| *a >= index) => {}
             _ = tokio::time::sleep_until(deadline) => {
