@@ -44,24 +44,36 @@ type Job = Box<dyn FnOnce() + Send>;
 
 /// The apply stack, and the apply thread for slow handlers.
 pub(crate) struct Applier {
-    jobs: Mutex<Option<mpsc::Sender<Job>>>,
+    jobs: Mutex<Jobs>,
     /// `None` if it could not be mapped: every batch goes to the thread.
     stack: Mutex<Option<BigStack>>,
     /// Until when batches go to the thread (a recent batch was slow).
     slow_until: std::sync::Arc<Mutex<Option<Instant>>>,
 }
 
+/// The apply thread, started when a batch first needs it (most nodes
+/// never do: no thread and no second 256 MiB reservation).
+enum Jobs {
+    NotStarted,
+    Running(mpsc::Sender<Job>),
+    Stopped,
+}
+
+fn spawn_thread() -> io::Result<mpsc::Sender<Job>> {
+    let (tx, rx) = mpsc::channel::<Job>();
+    std::thread::Builder::new()
+        .name("catga-apply".into())
+        .stack_size(APPLY_STACK)
+        .spawn(move || {
+            while let Ok(job) = rx.recv() {
+                job();
+            }
+        })?;
+    Ok(tx)
+}
+
 impl Applier {
     pub(crate) fn start() -> io::Result<Applier> {
-        let (tx, rx) = mpsc::channel::<Job>();
-        std::thread::Builder::new()
-            .name("catga-apply".into())
-            .stack_size(APPLY_STACK)
-            .spawn(move || {
-                while let Ok(job) = rx.recv() {
-                    job();
-                }
-            })?;
         let stack = match BigStack::new(APPLY_STACK) {
             Ok(s) => Some(s),
             Err(e) => {
@@ -70,7 +82,7 @@ impl Applier {
             }
         };
         Ok(Applier {
-            jobs: Mutex::new(Some(tx)),
+            jobs: Mutex::new(Jobs::NotStarted),
             stack: Mutex::new(stack),
             slow_until: Default::default(),
         })
@@ -78,11 +90,15 @@ impl Applier {
 
     /// Runs `f` on a large stack: here, on the node's apply stack, or on
     /// the apply thread while handlers are slow (or the stack is in use),
-    /// waiting for it without blocking the runtime.
+    /// waiting for it without blocking the runtime. Refused once stopped.
     pub(crate) async fn run<R: Send + 'static>(
         &self,
         f: impl FnOnce() -> R + Send + 'static,
     ) -> io::Result<R> {
+        let stopped = || io::Error::other("the apply thread is stopped");
+        if matches!(*self.jobs.lock(), Jobs::Stopped) {
+            return Err(stopped());
+        }
         let slow = self.slow_until.lock().is_some_and(|t| Instant::now() < t);
         if !slow
             && let Some(mut guard) = self.stack.try_lock()
@@ -103,20 +119,27 @@ impl Applier {
             note(&slow_until, t);
             let _ = tx.send(r);
         });
-        let sent = match &*self.jobs.lock() {
-            Some(jobs) => jobs.send(job).is_ok(),
-            None => false,
-        };
-        if !sent {
-            return Err(io::Error::other("the apply thread is stopped"));
+        {
+            let mut jobs = self.jobs.lock();
+            if matches!(*jobs, Jobs::NotStarted) {
+                *jobs = Jobs::Running(spawn_thread()?);
+            }
+            let sent = match &*jobs {
+                Jobs::Running(sender) => sender.send(job).is_ok(),
+                _ => false,
+            };
+            if !sent {
+                return Err(stopped());
+            }
         }
         rx.await
             .map_err(|_| io::Error::other("the apply thread panicked"))
     }
 
-    /// Lets the thread end once its last job is done.
+    /// Lets the thread (if it started) end once its last job is done;
+    /// later batches are refused.
     pub(crate) fn stop(&self) {
-        self.jobs.lock().take();
+        *self.jobs.lock() = Jobs::Stopped;
     }
 }
 
@@ -343,6 +366,7 @@ mod tests {
             Some("catga-apply")
         );
         a.stop();
+        assert!(a.run(|| 1).await.is_err(), "refused once stopped");
     }
 
     #[test]
