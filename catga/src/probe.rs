@@ -43,7 +43,8 @@ pub(crate) enum Stage {
     /// A follower serving one without entries.
     FollowerAppendEmpty,
     /// From a batch of committed entries reaching the state machine to the
-    /// start of its apply (the hand-off), per batch.
+    /// start of its apply (near zero on the apply stack; the hand-off when
+    /// slow handlers send batches to the apply thread), per batch.
     ApplyQueue,
     /// Applying a batch (handlers, dedup, markers), per batch.
     ApplyBatch,

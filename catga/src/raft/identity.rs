@@ -534,23 +534,17 @@ pub(crate) async fn record_removals(raft: super::Raft, identity: std::sync::Arc<
                     return;
                 }
             };
-            if applied {
-                match identity.observe_membership(&voters, &nodes) {
-                    Ok(()) => done = at,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "cannot record a removed node; retrying");
-                        // retried on the next change of either metrics
-                        let _ = tokio::time::timeout(
-                            std::time::Duration::from_secs(1),
-                            server.changed(),
-                        )
-                        .await;
-                        continue;
-                    }
-                }
-            } else {
+            if !applied {
                 continue;
             }
+            if let Err(e) = identity.observe_membership(&voters, &nodes) {
+                tracing::warn!(error = %e, "cannot record a removed node; retrying");
+                // again within a second, or at the next membership change
+                let _ =
+                    tokio::time::timeout(std::time::Duration::from_secs(1), server.changed()).await;
+                continue;
+            }
+            done = at;
         }
         if server.changed().await.is_err() {
             return;
