@@ -60,12 +60,17 @@ impl Readiness {
     }
 
     /// This node's view of the cluster, read from openraft's metrics.
+    /// `applied_here`: the highest index this node's state machine has
+    /// applied, which openraft's metrics report only once the whole batch
+    /// has returned, after its callers were answered: a caller whose write
+    /// returned must see it counted.
     pub(crate) fn status(
         &self,
         id: u64,
         raft: &Raft,
         events: &EventLog,
         stalled: Option<String>,
+        applied_here: u64,
     ) -> Status {
         let m = raft.metrics();
         let m = m.borrow_watched();
@@ -74,7 +79,10 @@ impl Readiness {
         let members: Vec<u64> = membership.voter_ids().collect();
         let learners: Vec<u64> = membership.learner_ids().collect();
         let last_log = m.last_log_index;
-        let applied = m.last_applied.map(|l| l.index);
+        let applied = m
+            .last_applied
+            .map(|l| l.index)
+            .max((applied_here > 0).then_some(applied_here));
         let replication_lag = m
             .replication
             .as_ref()

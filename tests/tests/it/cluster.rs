@@ -702,6 +702,34 @@ async fn a_local_query_after_a_write_on_the_same_follower_sees_it() {
     c.shutdown().await;
 }
 
+/// Once `send` returned, the node written through reports the write as
+/// applied in its health (seen failing in the poison suite: the leader's
+/// `applied_index` still named the entry before, because openraft's own
+/// applied index moves only after the whole batch returns, while the
+/// callers are answered inside it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_counts_a_write_as_applied_once_send_returned() {
+    let c = Cluster::start(3).await;
+    let l = c.leader().await;
+    let node = c.node(l);
+    let mut before = node.health().applied_index.unwrap_or(0);
+    for i in 1..=300u32 {
+        node.send(Restock {
+            sku: "health".into(),
+            qty: 1,
+        })
+        .await
+        .unwrap();
+        let now = node.health().applied_index.unwrap_or(0);
+        assert!(
+            now > before,
+            "write {i} returned, but health's applied index stayed at {now}"
+        );
+        before = now;
+    }
+    c.shutdown().await;
+}
+
 /// `send` of a local query returns a future that reads the state when it is
 /// awaited, not when it is made (it is answered on its first poll, with no
 /// allocation, but it is still lazy like every future).

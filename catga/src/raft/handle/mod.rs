@@ -98,9 +98,13 @@ impl RaftHandle {
     /// `raft/status.rs` for what `ready` means).
     pub(crate) fn status(&self) -> Status {
         let stalled = self.sm.shared.stall.reason();
-        let mut st = self
-            .readiness
-            .status(self.id, &self.raft, &self.sm.shared.events, stalled);
+        let mut st = self.readiness.status(
+            self.id,
+            &self.raft,
+            &self.sm.shared.events,
+            stalled,
+            *self.sm.shared.applied.borrow(),
+        );
         if let Some(p) = self.sm.shared.poison.stop() {
             if st.failed.is_none() {
                 st.not_ready = Some(format!(
